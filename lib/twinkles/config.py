@@ -1,0 +1,391 @@
+"""Run configuration: ``runs/<name>.yaml``, validated.
+
+A run is described by one YAML file. Every section below is a configured object in the style of
+LSST pipe_tasks: each field has a default, a unit and a doc string (``twinkles config show``
+prints them). Unknown keys, wrong types and impossible values are refused with one message
+that names every offending key, e.g. ``cadence.n_visits: must be greater than 0 (got -3)``.
+
+The run's outputs go to the directory next to the file, with the file's stem as its name:
+``runs/tiny.yaml`` writes ``runs/tiny/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from twinkles.errors import TwinklesError
+
+__all__ = [
+    "BANDS",
+    "RUN1_FILTER_COUNTS",
+    "CadenceConfig",
+    "ConfigError",
+    "FieldConfig",
+    "ReferenceCatalogConfig",
+    "RenderConfig",
+    "Run",
+    "RunConfig",
+    "SensorConfig",
+    "TruthConfig",
+    "load_run",
+    "load_run_config",
+]
+
+#: The LSST filters, blue to red.
+BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
+Band = Literal["u", "g", "r", "i", "z", "y"]
+
+#: Visits per filter in Twinkles Run 1 (1227 visits over 10 years).
+RUN1_FILTER_COUNTS: dict[str, int] = {"u": 254, "g": 195, "r": 196, "i": 195, "z": 195, "y": 192}
+
+
+class ConfigError(TwinklesError, ValueError):
+    """A run configuration that cannot be used; ``problems`` lists each offending key."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} is not a valid run configuration:\n{lines}")
+
+
+class _Section(BaseModel):
+    """Strict, frozen config section: unknown keys and silent type coercion are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FieldConfig(_Section):
+    """The pointing: one LSST sensor in a deep-drilling field."""
+
+    ra: float = Field(
+        53.01, ge=0.0, lt=360.0, description="Field centre right ascension (deg, ICRS); CDFS DDF."
+    )
+    dec: float = Field(-27.44, ge=-90.0, le=90.0, description="Field centre declination (deg).")
+
+
+class SensorConfig(_Section):
+    """The detector: size, pixels, full well and exposure (an LSST R22_S11 eimage by default)."""
+
+    width_px: int = Field(4000, ge=32, le=20000, description="Sensor width, x (pixels).")
+    height_px: int = Field(4072, ge=32, le=20000, description="Sensor height, y (pixels).")
+    pixel_scale: float = Field(0.2, gt=0.0, le=2.0, description="Pixel scale (arcsec/pixel).")
+    pixel_size_um: float = Field(
+        10.0, gt=0.0, description="Physical pixel size (micron); sets the cosmic-ray rate per area."
+    )
+    saturation: float = Field(
+        100000.0, gt=0.0, description="Full well (electrons); excess charge bleeds along columns."
+    )
+    exposure_time: float = Field(30.0, gt=0.0, description="Exposure time of a visit (s).")
+
+
+class CadenceConfig(_Section):
+    """The OpSim stand-in: which nights and filters are observed, and in what conditions."""
+
+    start_mjd: float = Field(
+        59853.0, description="MJD (UTC) of the first night; 59853 is 2022-10-01, as minion_1016."
+    )
+    n_years: int = Field(10, ge=1, le=20, description="Survey length (years).")
+    n_visits: int = Field(1227, ge=1, description="Number of visits over the survey.")
+    filters: list[Band] = Field(
+        default_factory=lambda: list(BANDS), description="Filters observed (subset of ugrizy)."
+    )
+    filter_weights: dict[Band, float] | None = Field(
+        None,
+        description="Relative number of visits per filter; default: the Run-1 proportions "
+        "(u 254, g 195, r 196, i 195, z 195, y 192).",
+    )
+    weather_loss: float = Field(
+        0.25, ge=0.0, lt=1.0, description="Fraction of nights lost to weather."
+    )
+    max_airmass: float = Field(
+        1.5, ge=1.01, le=3.0, description="Highest airmass at which the field is observed."
+    )
+    min_window_hours: float = Field(
+        2.5,
+        ge=0.0,
+        le=12.0,
+        description="A night counts towards the observing season when the field stays below "
+        "max_airmass for at least this long (h).",
+    )
+    seeing_median: float = Field(
+        0.62, gt=0.2, le=2.0, description="Median atmospheric FWHM at 500 nm, zenith (arcsec)."
+    )
+    seeing_log_sigma: float = Field(
+        0.25, ge=0.0, le=1.0, description="Scatter of ln(atmospheric seeing) between nights."
+    )
+    fwhm_eff_min: float = Field(0.6, gt=0.1, description="Smallest FWHMeff kept (arcsec).")
+    fwhm_eff_max: float = Field(1.6, gt=0.1, description="Largest FWHMeff kept (arcsec).")
+
+    @model_validator(mode="after")
+    def _check(self) -> CadenceConfig:
+        problems = []
+        if not self.filters:
+            problems.append("filters: at least one filter is needed")
+        if len(set(self.filters)) != len(self.filters):
+            problems.append(f"filters: repeated filter in {self.filters}")
+        if self.filter_weights is not None:
+            extra = sorted(set(self.filter_weights) - set(self.filters))
+            if extra:
+                problems.append(f"filter_weights: filters {extra} are not in filters")
+            if any(w <= 0 for w in self.filter_weights.values()):
+                problems.append("filter_weights: weights must be positive")
+        if self.fwhm_eff_min >= self.fwhm_eff_max:
+            problems.append("fwhm_eff_min: must be below fwhm_eff_max")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def weights(self) -> dict[str, float]:
+        """Relative visit weight of each observed filter."""
+        if self.filter_weights is not None:
+            return {f: float(self.filter_weights.get(f, 0.0)) for f in self.filters}
+        return {f: float(RUN1_FILTER_COUNTS[f]) for f in self.filters}
+
+
+class TruthConfig(_Section):
+    """What is in the sky (the CatSim stand-in). Densities are per square degree."""
+
+    star_density: float = Field(
+        2.0e4, ge=0.0, description="Stars per deg^2 with r between star_mag_min and star_mag_max."
+    )
+    star_mag_min: float = Field(
+        16.0, description="Brightest star, r (AB mag); Twinkles left out r < 16."
+    )
+    star_mag_max: float = Field(26.0, description="Faintest star, r (AB mag).")
+    star_count_slope: float = Field(
+        0.15, ge=0.0, le=1.0, description="Star counts dlog10N/dm (high galactic latitude)."
+    )
+    variable_star_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="Fraction of stars that are periodic variables."
+    )
+    galaxy_density: float = Field(
+        2.0e5, ge=0.0, description="Galaxies per deg^2 with r in [galaxy_mag_min, galaxy_mag_max]."
+    )
+    galaxy_mag_min: float = Field(17.0, description="Brightest galaxy, r (AB mag).")
+    galaxy_mag_max: float = Field(26.5, description="Faintest galaxy, r (AB mag).")
+    galaxy_count_slope: float = Field(0.38, ge=0.0, le=1.0, description="Galaxy counts dlog10N/dm.")
+    n_supernovae: int = Field(
+        500, ge=0, description="SNe Ia in host galaxies, peaks spread over the observed seasons."
+    )
+    sn_max_redshift: float = Field(
+        1.0, gt=0.0, le=2.0, description="Hosts of SNe are galaxies with redshift below this."
+    )
+    n_lensed_quasars: int = Field(20, ge=0, description="Strongly lensed quasar systems.")
+    lens_theta_e_min: float = Field(
+        0.5, gt=0.0, description="Smallest Einstein radius of a lens (arcsec)."
+    )
+    lens_theta_e_max: float = Field(
+        1.8, gt=0.0, description="Largest Einstein radius of a lens (arcsec)."
+    )
+    quasar_mag_min: float = Field(20.5, description="Brightest unlensed quasar, i (AB mag).")
+    quasar_mag_max: float = Field(22.5, description="Faintest unlensed quasar, i (AB mag).")
+
+    @model_validator(mode="after")
+    def _check(self) -> TruthConfig:
+        problems = []
+        for lo, hi in [
+            ("star_mag_min", "star_mag_max"),
+            ("galaxy_mag_min", "galaxy_mag_max"),
+            ("lens_theta_e_min", "lens_theta_e_max"),
+            ("quasar_mag_min", "quasar_mag_max"),
+        ]:
+            if getattr(self, lo) > getattr(self, hi):
+                problems.append(f"{lo}: must not exceed {hi}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ReferenceCatalogConfig(_Section):
+    """The external reference catalog used by astrometric and photometric calibration."""
+
+    mag_limit: float = Field(22.0, description="Faintest star in the catalog, r (AB mag).")
+    position_error_floor_mas: float = Field(
+        2.0, ge=0.0, description="Position error of bright stars (mas, per coordinate)."
+    )
+    position_error_at_limit_mas: float = Field(
+        15.0, ge=0.0, description="Position error at mag_limit (mas, per coordinate)."
+    )
+    photometric_floor_mag: float = Field(
+        0.005, ge=0.0, description="Magnitude error of bright stars (mag)."
+    )
+    depth_mag: float = Field(
+        24.5, description="5-sigma depth of the survey the catalog comes from (AB mag)."
+    )
+    resolved_mag_limit: float = Field(
+        20.0, description="Galaxies brighter than this (r) are included, flagged resolved."
+    )
+
+
+class RenderConfig(_Section):
+    """How a visit is drawn into an eimage (the PhoSim stand-in)."""
+
+    psf_profile: Literal["moffat", "kolmogorov"] = Field(
+        "moffat",
+        description="PSF profile. moffat: beta = moffat_beta (stamps of 5 FWHM radius hold all "
+        "but 1e-6 of the flux); kolmogorov: pure atmospheric turbulence (heavy wings).",
+    )
+    moffat_beta: float = Field(
+        4.765, gt=1.5, le=20.0, description="Moffat beta; 4.765 fits turbulence (Trujillo 2001)."
+    )
+    psf_ellipticity: float = Field(
+        0.02, ge=0.0, lt=0.3, description="Rms PSF ellipticity per component at the centre."
+    )
+    psf_variation: float = Field(
+        0.02,
+        ge=0.0,
+        lt=0.3,
+        description="Fractional change of the PSF FWHM from the centre to the sensor corner.",
+    )
+    sky_gradient: float = Field(
+        0.01, ge=0.0, lt=0.5, description="Fractional change of the sky level across the sensor."
+    )
+    airglow_sigma: float = Field(
+        0.08, ge=0.0, le=1.0, description="Visit-to-visit scatter of the dark sky (mag)."
+    )
+    cloud_extinction_mean: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Mean grey cloud extinction (mag), exponentially distributed per visit.",
+    )
+    cosmic_ray_rate: float = Field(
+        1.0, ge=0.0, description="Cosmic-ray hits per cm^2 of sensor per minute of exposure."
+    )
+    pointing_error_arcsec: float = Field(
+        3.0, ge=0.0, le=60.0, description="Rms error of the nominal pointing, per axis (arcsec)."
+    )
+    rotation_error_deg: float = Field(
+        0.05, ge=0.0, le=5.0, description="Rms error of the nominal rotation (deg)."
+    )
+    distortion_arcsec: float = Field(
+        0.1, ge=0.0, le=10.0, description="Radial optical distortion at the sensor corner (arcsec)."
+    )
+
+
+class RunConfig(_Section):
+    """One run: the simulated field and everything needed to process it."""
+
+    name: str = Field(description="Run name; defaults to the file's stem.")
+    seed: int = Field(1, ge=0, description="Seed of every random draw in the run.")
+    field: FieldConfig = Field(default_factory=FieldConfig)
+    sensor: SensorConfig = Field(default_factory=SensorConfig)
+    cadence: CadenceConfig = Field(default_factory=CadenceConfig)
+    truth: TruthConfig = Field(default_factory=TruthConfig)
+    refcat: ReferenceCatalogConfig = Field(default_factory=ReferenceCatalogConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+
+    @model_validator(mode="after")
+    def _check_name(self) -> RunConfig:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ValueError(f"name: {self.name!r} is not a usable directory name")
+        return self
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``2e4`` as a float, as YAML 1.2 does (PyYAML makes it a string)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = ""
+    for part in err["loc"]:
+        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if err["type"] == "missing":
+        return f"{loc}: missing value"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and ":" in msg:
+        # model validators report "<field>: <problem>; ..." relative to their section
+        parts = [p.strip() for p in msg.split(";")]
+        prefix = f"{loc}." if loc else ""
+        return "; ".join(prefix + p for p in parts)
+    shown = repr(err.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{loc}: {msg[0].lower() + msg[1:]} (got {shown})"
+
+
+def parse_run_config(data: Any, source: str, default_name: str | None = None) -> RunConfig:
+    """Validate a mapping as a :class:`RunConfig`; raise :class:`ConfigError` naming each key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"top level: expected a mapping, got {type(data).__name__}"])
+    if default_name is not None:
+        data = {"name": default_name, **data}
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            problems.extend(_describe_error(err).split("; "))
+        raise ConfigError(source, problems) from None
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate ``runs/<name>.yaml``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return parse_run_config(data, str(path), default_name=path.stem)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run: its validated configuration and the directory its outputs go to."""
+
+    config: RunConfig
+    config_path: Path
+    dir: Path
+
+    @cached_property
+    def butler(self):
+        from twinkles.butler import Butler
+
+        return Butler(self.dir / "repo")
+
+
+def load_run(path: str | Path) -> Run:
+    """A run from its YAML file, or from a run directory that a previous command created.
+
+    ``runs/tiny.yaml`` and ``runs/tiny`` name the same run; the directory holds a copy of the
+    configuration (``config.yaml``) written when the run was first used.
+    """
+    path = Path(path)
+    if path.is_dir():
+        copy = path / "config.yaml"
+        if not copy.exists():
+            raise ConfigError(str(path), ["not a run directory: it has no config.yaml"])
+        config = load_run_config(copy)
+        return Run(config=config, config_path=copy, dir=path)
+    config = load_run_config(path)
+    return Run(config=config, config_path=path, dir=path.with_suffix(""))

@@ -1,0 +1,66 @@
+"""The dataset types of the pipeline (LSST names where LSST has one).
+
+Registered here, in one place, so ``twinkles.butler`` knows every product whatever module
+made it. Paths are relative to a run's repository, ``runs/<name>/repo``.
+"""
+
+from twinkles.butler import register_dataset_type
+
+# --- the simulated sky (twinkles.sim) -------------------------------------------------------
+register_dataset_type(
+    "visitTable",
+    (),
+    "sim/visits.parquet",
+    "table",
+    "OpSim-like visit table: what the telescope knows about each visit.",
+)
+register_dataset_type(
+    "skyFingerprint",
+    (),
+    "sim/fingerprint.json",
+    "json",
+    "The configuration the sky was simulated from; written last, so it marks a complete sky.",
+)
+register_dataset_type(
+    "visitConditionsTruth",
+    (),
+    "truth/visit_conditions.parquet",
+    "table",
+    "Per-visit truth: zero point, sky counts, PSF parameters, true pointing and rotation.",
+)
+for _name, _doc in [
+    ("Stars", "stars: magnitudes, colours, variability"),
+    ("Galaxies", "galaxies: bulge + disk Sersic parameters, colours, redshifts"),
+    ("Supernovae", "SNe Ia: host, position, SALT2-like parameters"),
+    ("LensedSystems", "lensed quasars: lens, source, DRW parameters"),
+    ("LensedImages", "lensed-quasar images: positions, magnifications, time delays"),
+    ("QuasarVariability", "DRW light curve of each lensed quasar source on a 1-day grid"),
+]:
+    register_dataset_type(
+        f"truth{_name}",
+        (),
+        f"truth/{_name[0].lower() + _name[1:]}.parquet",
+        "table",
+        f"Truth table of {_doc}.",
+    )
+register_dataset_type(
+    "refcat",
+    (),
+    "refcat/refcat.parquet",
+    "table",
+    "Reference catalog for astrometric and photometric calibration.",
+)
+register_dataset_type(
+    "eimage",
+    ("visit",),
+    "eimage/eimage_{visit:08d}.fits",
+    "fits",
+    "Simulated single-sensor image in electrons (docs/eimage-format.md).",
+)
+register_dataset_type(
+    "eimageTruth",
+    ("visit",),
+    "truth/eimage/eimage_truth_{visit:08d}.json",
+    "json",
+    "What an eimage was drawn with: true WCS, zero point, sky, PSF, cosmic rays.",
+)

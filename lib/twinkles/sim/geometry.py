@@ -1,0 +1,40 @@
+"""Gnomonic (tangent-plane) projection helpers for placing objects around a field centre."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["random_positions_in_disc", "sky_to_tangent", "tangent_to_sky"]
+
+
+def tangent_to_sky(
+    xi: np.ndarray, eta: np.ndarray, ra0: float, dec0: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tangent-plane offsets (deg; xi towards East, eta North) to (ra, dec) in deg."""
+    x, y = np.deg2rad(np.asarray(xi)), np.deg2rad(np.asarray(eta))
+    a0, d0 = np.deg2rad(ra0), np.deg2rad(dec0)
+    denom = np.cos(d0) - y * np.sin(d0)
+    ra = a0 + np.arctan2(x, denom)
+    dec = np.arctan2(np.sin(d0) + y * np.cos(d0), np.hypot(x, denom))
+    return np.rad2deg(ra) % 360.0, np.rad2deg(dec)
+
+
+def sky_to_tangent(
+    ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ra, dec) in deg to tangent-plane offsets (deg; xi towards East, eta North)."""
+    a, d = np.deg2rad(np.asarray(ra)), np.deg2rad(np.asarray(dec))
+    a0, d0 = np.deg2rad(ra0), np.deg2rad(dec0)
+    cos_c = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
+    xi = np.cos(d) * np.sin(a - a0) / cos_c
+    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cos_c
+    return np.rad2deg(xi), np.rad2deg(eta)
+
+
+def random_positions_in_disc(
+    n: int, ra0: float, dec0: float, radius_deg: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` positions uniform in a disc of ``radius_deg`` around (ra0, dec0)."""
+    r = radius_deg * np.sqrt(rng.random(n))
+    phi = rng.uniform(0.0, 2 * np.pi, n)
+    return tangent_to_sky(r * np.sin(phi), r * np.cos(phi), ra0, dec0)

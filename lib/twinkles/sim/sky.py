@@ -1,0 +1,259 @@
+"""The simulated sky of a run: cadence, per-visit conditions, truth and reference catalog.
+
+:func:`make_sky` is deterministic in the run's seed. Each part draws from its own random
+stream, so changing, say, the number of supernovae leaves the stars and galaxies unchanged.
+:func:`ensure_sky` writes the sky into the run's repository once, with a fingerprint of the
+configuration it was made from; a later command with a changed configuration is refused
+rather than silently mixing two skies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from astropy.table import Table, vstack
+
+from twinkles.config import ConfigError, Run, RunConfig
+from twinkles.errors import TwinklesError
+from twinkles.sim.cadence import CONDITION_TRUTH_COLUMNS, make_visit_table
+from twinkles.sim.galaxies import make_galaxies
+from twinkles.sim.geometry import random_positions_in_disc, sky_to_tangent
+from twinkles.sim.lensing import make_lensed_quasars
+from twinkles.sim.refcat import make_reference_catalog
+from twinkles.sim.stars import make_stars
+from twinkles.sim.supernovae import make_supernovae
+from twinkles.sim.truth import Truth
+
+__all__ = [
+    "SKY_SECTIONS",
+    "Sky",
+    "SkyMismatchError",
+    "ensure_sky",
+    "field_radius_deg",
+    "make_sky",
+    "placement_radius_deg",
+    "random_stream",
+]
+
+#: Config sections that determine the simulated sky and its images.
+SKY_SECTIONS = ("seed", "field", "sensor", "cadence", "truth", "refcat", "render")
+
+_STREAMS = {
+    "cadence": 1,
+    "conditions": 2,
+    "stars": 3,
+    "galaxies": 4,
+    "supernovae": 5,
+    "lensed_quasars": 6,
+    "refcat": 7,
+    "render": 100,
+}
+
+
+class SkyMismatchError(TwinklesError):
+    """The run's repository holds a sky made from a different configuration."""
+
+
+def random_stream(seed: int, name: str, *extra: int) -> np.random.Generator:
+    """Independent, reproducible random stream ``name`` of a run (plus e.g. a visit id)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _STREAMS[name], *extra]))
+
+
+def field_radius_deg(config: RunConfig) -> float:
+    """Radius of the disc that any rotation of the sensor can see, with margins."""
+    s = config.sensor
+    half_diagonal = 0.5 * np.hypot(s.width_px, s.height_px) * s.pixel_scale
+    margin = 4.0 * config.render.pointing_error_arcsec + 20.0 * s.pixel_scale
+    return (half_diagonal + margin) / 3600.0
+
+
+def placement_radius_deg(config: RunConfig) -> float:
+    """Radius of the disc that stays on the sensor in every visit, whatever its rotation.
+
+    Supernova hosts and lensed quasars are placed inside it so their light curves are complete.
+    """
+    s = config.sensor
+    inner = 0.48 * min(s.width_px, s.height_px) * s.pixel_scale
+    return max(inner - config.render.pointing_error_arcsec, 0.0) / 3600.0
+
+
+@dataclass
+class Sky:
+    """Everything simulated about a run before any image is drawn."""
+
+    visits: Table
+    conditions: Table
+    truth: Truth
+    refcat: Table
+
+    def visit(self, visit: int) -> tuple[Any, Any]:
+        """(visit-table row, conditions row) of one visit."""
+        sel = np.flatnonzero(np.asarray(self.visits["obsHistID"]) == visit)
+        if len(sel) != 1:
+            raise KeyError(f"visit {visit} is not in the run's visit table")
+        return self.visits[sel[0]], self.conditions[sel[0]]
+
+    @classmethod
+    def read(cls, butler) -> Sky:
+        """Load a sky written by :func:`ensure_sky`."""
+        return cls(
+            visits=butler.get("visitTable"),
+            conditions=butler.get("visitConditionsTruth"),
+            truth=Truth.read(butler),
+            refcat=butler.get("refcat"),
+        )
+
+
+def _conditions(config: RunConfig, visits: Table, rng: np.random.Generator) -> Table:
+    """Per-visit truth the telescope does not know: zero point, sky, PSF, true pointing."""
+    n = len(visits)
+    render = config.render
+
+    def random_direction(magnitude: float) -> tuple[np.ndarray, np.ndarray]:
+        angle = rng.uniform(0, 2 * np.pi, n)
+        return magnitude * np.cos(angle), magnitude * np.sin(angle)
+
+    table = Table()
+    table["obsHistID"] = visits["obsHistID"]
+    for col in CONDITION_TRUTH_COLUMNS:
+        table[col] = visits[col]
+    table["psf_profile"] = np.full(n, render.psf_profile)
+    table["psf_fwhm"] = visits["FWHMgeom"]
+    table["psf_beta"] = np.full(n, render.moffat_beta)
+    table["psf_e1"] = rng.normal(0.0, render.psf_ellipticity, n)
+    table["psf_e2"] = rng.normal(0.0, render.psf_ellipticity, n)
+    table["psf_fwhm_grad_x"], table["psf_fwhm_grad_y"] = random_direction(render.psf_variation)
+    for comp in ("e1", "e2"):
+        for axis in ("x", "y"):
+            table[f"psf_{comp}_grad_{axis}"] = rng.normal(0.0, 0.5 * render.psf_ellipticity, n)
+    cos_dec = np.cos(np.deg2rad(np.asarray(visits["fieldDec"])))
+    err = render.pointing_error_arcsec / 3600.0
+    table["true_ra"] = (
+        np.asarray(visits["fieldRA"]) + err * rng.standard_normal(n) / cos_dec
+    ) % 360
+    table["true_dec"] = np.asarray(visits["fieldDec"]) + err * rng.standard_normal(n)
+    table["true_rotation"] = np.asarray(visits["rotSkyPos"]) + render.rotation_error_deg * (
+        rng.standard_normal(n)
+    )
+    table["distortion_px"] = np.full(n, render.distortion_arcsec / config.sensor.pixel_scale)
+    table["sky_grad_x"], table["sky_grad_y"] = random_direction(render.sky_gradient)
+    return table
+
+
+def make_sky(config: RunConfig) -> Sky:
+    """Simulate the run's cadence, conditions, truth populations and reference catalog."""
+    seed = config.seed
+    full = make_visit_table(
+        config.cadence, config.field, config.sensor, config.render, random_stream(seed, "cadence")
+    )
+    conditions = _conditions(config, full, random_stream(seed, "conditions"))
+    visits = full.copy()
+    visits.remove_columns(list(CONDITION_TRUTH_COLUMNS))
+
+    t = config.truth
+    radius = field_radius_deg(config)
+    area = np.pi * radius**2
+    ra0, dec0 = config.field.ra, config.field.dec
+
+    rng = random_stream(seed, "stars")
+    n_stars = rng.poisson(t.star_density * area)
+    ra, dec = random_positions_in_disc(n_stars, ra0, dec0, radius, rng)
+    stars = make_stars(t, ra, dec, config.cadence.start_mjd, rng)
+
+    rng = random_stream(seed, "galaxies")
+    n_gal = rng.poisson(t.galaxy_density * area)
+    ra, dec = random_positions_in_disc(n_gal, ra0, dec0, radius, rng)
+    galaxies = make_galaxies(t, ra, dec, rng)
+
+    rng = random_stream(seed, "lensed_quasars")
+    mjd = np.asarray(visits["expMJD"])
+    systems, images, variability, lenses = make_lensed_quasars(
+        t,
+        t.n_lensed_quasars,
+        ra0,
+        dec0,
+        placement_radius_deg(config),
+        (float(mjd.min()), float(mjd.max())),
+        galaxy_id_start=len(galaxies) + 1,
+        rng=rng,
+    )
+    if len(lenses):
+        galaxies = vstack([galaxies, lenses])
+
+    rng = random_stream(seed, "supernovae")
+    xi, eta = sky_to_tangent(np.asarray(galaxies["ra"]), np.asarray(galaxies["dec"]), ra0, dec0)
+    inner = np.hypot(xi, eta) < placement_radius_deg(config)
+    host_ok = (
+        inner
+        & ~np.asarray(galaxies["is_lens"])
+        & (np.asarray(galaxies["redshift"]) < t.sn_max_redshift)
+    )
+    if t.n_supernovae and not host_ok.any():
+        raise ConfigError(
+            "truth",
+            [
+                f"truth.sn_max_redshift: no galaxy with redshift < {t.sn_max_redshift} lies "
+                f'within {placement_radius_deg(config) * 3600:.0f}" of the centre to host the '
+                f"{t.n_supernovae} supernovae (raise it, or truth.galaxy_density)"
+            ],
+        )
+    supernovae = make_supernovae(t.n_supernovae, galaxies[host_ok], mjd, rng)
+
+    truth = Truth(
+        stars=stars,
+        galaxies=galaxies,
+        supernovae=supernovae,
+        lensed_systems=systems,
+        lensed_images=images,
+        quasar_variability=variability,
+    )
+    refcat = make_reference_catalog(stars, galaxies, config.refcat, random_stream(seed, "refcat"))
+    return Sky(visits=visits, conditions=conditions, truth=truth, refcat=refcat)
+
+
+def sky_fingerprint(config: RunConfig) -> dict[str, Any]:
+    """The parts of the configuration the sky depends on."""
+    dump = config.model_dump(mode="json")
+    return {key: dump[key] for key in SKY_SECTIONS}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def ensure_sky(run: Run, force: bool = False) -> Sky:
+    """The run's sky: read from its repository, or simulated and written there.
+
+    Raises
+    ------
+    SkyMismatchError
+        The repository holds a sky from a different configuration and ``force`` is False.
+    """
+    butler = run.butler
+    fingerprint = sky_fingerprint(run.config)
+    if butler.exists("skyFingerprint") and not force:
+        stored = butler.get("skyFingerprint")
+        changed = _differences(stored, fingerprint)
+        if changed:
+            raise SkyMismatchError(
+                f"{run.dir} was simulated from a different configuration "
+                f"(changed: {', '.join(changed)}); rerun with --force to simulate it again, "
+                f"or use a new run name"
+            )
+        return Sky.read(butler)
+    sky = make_sky(run.config)
+    butler.put(sky.visits, "visitTable")
+    butler.put(sky.conditions, "visitConditionsTruth")
+    sky.truth.write(butler)
+    butler.put(sky.refcat, "refcat")
+    # the fingerprint goes last: its presence means the sky is complete
+    butler.put(json.loads(json.dumps(fingerprint)), "skyFingerprint")
+    return sky
