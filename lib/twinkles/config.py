@@ -116,7 +116,11 @@ class CadenceConfig(_Section):
         "max_airmass for at least this long (h).",
     )
     seeing_median: float = Field(
-        0.62, gt=0.2, le=2.0, description="Median atmospheric FWHM at 500 nm, zenith (arcsec)."
+        0.66,
+        gt=0.2,
+        le=2.0,
+        description="Median atmospheric FWHM at 500 nm, zenith (arcsec); gives the Run-1 "
+        "median FWHMeff of 0.87 arcsec.",
     )
     seeing_log_sigma: float = Field(
         0.25, ge=0.0, le=1.0, description="Scatter of ln(atmospheric seeing) between nights."
@@ -230,8 +234,8 @@ class RenderConfig(_Section):
 
     psf_profile: Literal["moffat", "kolmogorov"] = Field(
         "moffat",
-        description="PSF profile. moffat: beta = moffat_beta (stamps of 5 FWHM radius hold all "
-        "but 1e-6 of the flux); kolmogorov: pure atmospheric turbulence (heavy wings).",
+        description="PSF profile. moffat: beta = moffat_beta, truncated at 5 FWHM so every stamp "
+        "holds the whole flux; kolmogorov: pure atmospheric turbulence (heavy wings).",
     )
     moffat_beta: float = Field(
         4.765, gt=1.5, le=20.0, description="Moffat beta; 4.765 fits turbulence (Trujillo 2001)."
@@ -374,18 +378,35 @@ class Run:
         return Butler(self.dir / "repo")
 
 
-def load_run(path: str | Path) -> Run:
-    """A run from its YAML file, or from a run directory that a previous command created.
+def _locate(path: Path) -> Path:
+    """``path`` as given, or, if relative and absent, found from a parent of the working
+    directory (a recipe opened in ``cookbook/`` names runs as ``runs/<name>``)."""
+    if path.exists() or path.is_absolute():
+        return path
+    for parent in list(Path.cwd().parents)[:3]:
+        candidate = parent / path
+        if candidate.exists() or candidate.with_suffix(".yaml").exists():
+            return candidate
+    return path
 
-    ``runs/tiny.yaml`` and ``runs/tiny`` name the same run; the directory holds a copy of the
-    configuration (``config.yaml``) written when the run was first used.
+
+def load_run(path: str | Path) -> Run:
+    """A run from its YAML file or its run directory.
+
+    ``runs/tiny.yaml`` and ``runs/tiny`` name the same run. The directory keeps a copy of the
+    configuration (``config.yaml``) from the first time the run is used; before that, the
+    directory's sibling ``runs/tiny.yaml`` is read.
     """
-    path = Path(path)
-    if path.is_dir():
-        copy = path / "config.yaml"
-        if not copy.exists():
-            raise ConfigError(str(path), ["not a run directory: it has no config.yaml"])
-        config = load_run_config(copy)
-        return Run(config=config, config_path=copy, dir=path)
-    config = load_run_config(path)
-    return Run(config=config, config_path=path, dir=path.with_suffix(""))
+    path = _locate(Path(path))
+    if path.suffix in (".yaml", ".yml"):
+        config = load_run_config(path)
+        return Run(config=config, config_path=path, dir=path.with_suffix(""))
+    copy = path / "config.yaml"
+    if copy.exists():
+        return Run(config=load_run_config(copy), config_path=copy, dir=path)
+    sibling = path.with_suffix(".yaml")
+    if sibling.exists():
+        return Run(config=load_run_config(sibling), config_path=sibling, dir=path)
+    raise ConfigError(
+        str(path), ["not a run: neither a run configuration nor a run directory with config.yaml"]
+    )

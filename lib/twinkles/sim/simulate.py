@@ -15,7 +15,13 @@ from twinkles.config import Run, load_run
 from twinkles.sim.render import RenderedVisit, eimage_hdulist, render_visit
 from twinkles.sim.sky import Sky, ensure_sky
 
-__all__ = ["SimulationSummary", "prepare_run_dir", "simulate_run", "simulate_visit"]
+__all__ = [
+    "SimulationSummary",
+    "prepare_run_dir",
+    "simulate_run",
+    "simulate_visit",
+    "write_visit",
+]
 
 
 def prepare_run_dir(run: Run) -> None:
@@ -32,14 +38,19 @@ def prepare_run_dir(run: Run) -> None:
             tmp.write_text(text)
 
 
+def write_visit(run: Run, rendered: RenderedVisit) -> None:
+    """Write a rendered visit's truth and eimage into the run's repository."""
+    butler = run.butler
+    butler.put(rendered.truth, "eimageTruth", visit=rendered.visit)
+    # the eimage goes last: its presence means the visit is done
+    butler.put(eimage_hdulist(rendered), "eimage", visit=rendered.visit)
+
+
 def simulate_visit(run: Run, visit: int, sky: Sky | None = None) -> RenderedVisit:
     """Render one visit and write its eimage and truth into the run's repository."""
     sky = sky if sky is not None else ensure_sky(run)
     rendered = render_visit(sky, run.config, visit)
-    butler = run.butler
-    butler.put(rendered.truth, "eimageTruth", visit=visit)
-    # the eimage goes last: its presence means the visit is done
-    butler.put(eimage_hdulist(rendered), "eimage", visit=visit)
+    write_visit(run, rendered)
     return rendered
 
 

@@ -1,0 +1,279 @@
+"""Rendering physics, measured on the images against the truth.
+
+Scenes are built from the real sky machinery with controlled content (a grid of isolated
+stars) and drawn by the real renderer; every tolerance follows from the Poisson noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
+from twinkles.config import RunConfig, parse_run_config
+from twinkles.sim.psf import NEFF_PER_FWHM2
+from twinkles.sim.render import RenderedVisit, eimage_hdulist, render_visit
+from twinkles.sim.sky import Sky, make_sky
+from twinkles.sim.stars import make_stars
+from twinkles.sim.wcs import make_wcs, wcs_from_header_dict
+
+SIZE = 512
+SPACING = 40
+
+
+@dataclass
+class Scene:
+    """A simulated sky with stars on a grid of the first visit's pixels, and that visit."""
+
+    config: RunConfig
+    sky: Sky
+    visit: int
+    x: np.ndarray
+    y: np.ndarray
+    rendered: RenderedVisit | None = None
+
+
+def make_scene(render=None, grid_mags=(18.0, 21.0), seed=7, spacing=SPACING, extra=None) -> Scene:
+    """A 512^2 sensor, one r-band visit of interest, stars on a grid in its pixel frame."""
+    data = {
+        "seed": seed,
+        "sensor": {"width_px": SIZE, "height_px": SIZE},
+        "cadence": {"n_years": 1, "n_visits": 3, "filters": ["r"]},
+        "truth": {
+            "star_density": 0.0,
+            "galaxy_density": 0.0,
+            "n_supernovae": 0,
+            "n_lensed_quasars": 0,
+        },
+        "render": {"cosmic_ray_rate": 0.0, **(render or {})},
+    }
+    config = parse_run_config(data, "scene", default_name="scene")
+    sky = make_sky(config)
+    visit = int(sky.visits["obsHistID"][0])
+    _, cond = sky.visit(visit)
+    true_wcs = make_wcs(
+        float(cond["true_ra"]),
+        float(cond["true_dec"]),
+        float(cond["true_rotation"]),
+        0.2,
+        SIZE,
+        SIZE,
+        float(cond["distortion_px"]),
+    )
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(30, SIZE - 30, spacing), np.arange(30, SIZE - 30, spacing))
+    x = xs.ravel() + rng.uniform(-0.5, 0.5, xs.size)  # random sub-pixel phases
+    y = ys.ravel() + rng.uniform(-0.5, 0.5, xs.size)
+    if extra is not None:
+        x, y = np.append(x, extra[0]), np.append(y, extra[1])
+    ra, dec = true_wcs.all_pix2world(x, y, 0)
+    stars = make_stars(config.truth, ra, dec, 60000.0, rng)
+    mags = rng.uniform(*grid_mags, len(x))
+    if extra is not None:
+        mags[-1] = extra[2]
+    for band in "ugrizy":
+        stars[f"mag_{band}"] = mags
+    stars["is_variable"] = False
+    stars["var_amplitude"] = 0.0
+    sky.truth.stars = stars
+    return Scene(config, sky, visit, x, y)
+
+
+@pytest.fixture(scope="module")
+def star_grid() -> Scene:
+    scene = make_scene(render={"psf_variation": 0.0})
+    scene.rendered = render_visit(scene.sky, scene.config, scene.visit)
+    return scene
+
+
+def _sky_model(rendered, shape):
+    t = rendered.truth
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    half_diag = 0.5 * np.hypot(*shape)
+    sx, sy = (xx - 0.5 * (shape[1] - 1)) / half_diag, (yy - 0.5 * (shape[0] - 1)) / half_diag
+    return t["sky_level"] * (1 + t["sky_gradient"][0] * sx + t["sky_gradient"][1] * sy)
+
+
+def _electrons_per_njy(sky, visit):
+    """From the r-band zero point (SMTN-002: 28.36 for 1 e-/s), extinction and clouds."""
+    row, cond = sky.visit(visit)
+    zp = 28.36 + 2.5 * np.log10(30.0) - 0.13 * (row["airmass"] - 1) - cond["cloud"]
+    return 10 ** (-0.4 * (31.4 - zp))
+
+
+def test_star_fluxes_match_truth_within_poisson_noise(star_grid):
+    sky = star_grid.sky
+    visit = star_grid.visit
+    x = star_grid.x
+    y = star_grid.y
+    rendered = star_grid.rendered
+    image = rendered.image.astype(float)
+    sky_model = _sky_model(rendered, image.shape)
+    gain = _electrons_per_njy(sky, visit)
+    assert gain == pytest.approx(rendered.truth["electrons_per_njy"], rel=1e-3)
+    true_e = sky.truth.flux(sky.truth.stars["id"], "r", rendered.truth["mjd"]) * gain
+    radius = 4.5 * rendered.psf.fwhm / 0.2  # < 2e-6 of a beta=4.765 Moffat lies outside
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    pulls = []
+    for xi, yi, f in zip(x, y, true_e, strict=True):
+        inside = (xx - xi) ** 2 + (yy - yi) ** 2 <= radius**2
+        measured = image[inside].sum() - sky_model[inside].sum()
+        pulls.append((measured - f) / np.sqrt(f + sky_model[inside].sum()))
+    pulls = np.array(pulls)
+    n = len(pulls)
+    assert n > 100
+    assert abs(pulls.mean()) < 3 / np.sqrt(n)
+    assert abs(pulls.std(ddof=1) - 1) < 3 / np.sqrt(2 * n)
+
+
+def test_psf_effective_fwhm_matches_fwhmeff(star_grid):
+    sky = star_grid.sky
+    x = star_grid.x
+    y = star_grid.y
+    rendered = star_grid.rendered
+    image = rendered.image.astype(float)
+    sky_model = _sky_model(rendered, image.shape)
+    gain = rendered.truth["electrons_per_njy"]
+    true_e = sky.truth.flux(sky.truth.stars["id"], "r", rendered.truth["mjd"]) * gain
+    half = int(np.ceil(5 * rendered.psf.fwhm / 0.2))
+    sum_sq = []
+    for xi, yi, f in zip(x, y, true_e, strict=True):
+        if f < 5e4:
+            continue
+        cx, cy = round(xi), round(yi)
+        d = image[cy - half : cy + half + 1, cx - half : cx + half + 1]
+        s = sky_model[cy - half : cy + half + 1, cx - half : cx + half + 1]
+        # E[(d - s)^2 - d] = e^2 for Poisson d: an unbiased sum of squared star counts
+        sum_sq.append(np.sum((d - s) ** 2 - d) / f**2)
+    neff = 1.0 / np.mean(sum_sq)  # sub-pixel phases are random, so this is the phase average
+    measured = np.sqrt(neff / NEFF_PER_FWHM2) * 0.2
+    assert len(sum_sq) > 30
+    assert measured == pytest.approx(rendered.truth["fwhm_eff"], rel=0.03)
+
+
+def test_sky_level_matches_filtskybrightness(star_grid):
+    sky = star_grid.sky
+    visit = star_grid.visit
+    rendered = star_grid.rendered
+    row, _ = sky.visit(visit)
+    zp1 = 28.36  # r, SMTN-002, 1 e-/s at zenith
+    expected = 10 ** (-0.4 * (row["filtSkyBrightness"] - zp1)) * 30 * 0.2**2
+    _, median, _ = sigma_clipped_stats(rendered.image, sigma=3)
+    assert median == pytest.approx(expected, rel=0.005)
+
+
+def test_stars_are_where_the_true_wcs_puts_them(star_grid):
+    sky = star_grid.sky
+    x = star_grid.x
+    y = star_grid.y
+    rendered = star_grid.rendered
+    image = rendered.image.astype(float) - _sky_model(rendered, rendered.image.shape)
+    gain = rendered.truth["electrons_per_njy"]
+    true_e = sky.truth.flux(sky.truth.stars["id"], "r", rendered.truth["mjd"]) * gain
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    radius = 3 * rendered.psf.fwhm / 0.2
+    dx, dy = [], []
+    for xi, yi, f in zip(x, y, true_e, strict=True):
+        if f < 5e4:
+            continue
+        inside = (xx - xi) ** 2 + (yy - yi) ** 2 <= radius**2
+        w = image[inside]
+        dx.append(np.sum(w * xx[inside]) / w.sum() - xi)
+        dy.append(np.sum(w * yy[inside]) / w.sum() - yi)
+    dx, dy = np.array(dx), np.array(dy)
+    assert abs(dx.mean()) < 0.01 and abs(dy.mean()) < 0.01
+    assert np.median(np.hypot(dx, dy)) < 0.05
+    # the header's nominal WCS is off by the pointing error: calibration is needed
+    nominal = make_wcs(
+        rendered.header["CRVAL1"],
+        rendered.header["CRVAL2"],
+        rendered.header["ROTANG"],
+        0.2,
+        SIZE,
+        SIZE,
+    )
+    ra, dec = sky.truth.stars["ra"], sky.truth.stars["dec"]
+    nx, ny = nominal.all_world2pix(ra, dec, 0)
+    assert np.median(np.hypot(nx - x, ny - y)) > 0.5
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(star_grid):
+    sky = star_grid.sky
+    visit = star_grid.visit
+    rendered = star_grid.rendered
+    config = star_grid.config
+    again = render_visit(sky, config, visit)
+    assert np.array_equal(again.image, rendered.image)
+    other = render_visit(sky, config.model_copy(update={"seed": config.seed + 1}), visit)
+    assert not np.array_equal(other.image, rendered.image)
+
+
+def test_saturation_bleeds_along_columns_and_conserves_charge():
+    scene = make_scene(grid_mags=(30.0, 30.1), extra=(256.3, 255.8, 14.0))
+    config, sky = scene.config, scene.sky
+    rendered = render_visit(sky, config, scene.visit)
+    image = rendered.image.astype(float)
+    full_well = config.sensor.saturation
+    assert image.max() == full_well
+    saturated = image >= full_well
+    cols = np.flatnonzero(saturated.any(axis=0))
+    rows = np.flatnonzero(saturated.any(axis=1))
+    assert len(rows) > 3 * len(cols)  # a vertical trail, not a disc
+    flux = (
+        sky.truth.flux(sky.truth.stars["id"][-1:], "r", rendered.truth["mjd"])[0]
+        * rendered.truth["electrons_per_njy"]
+    )
+    box = image[:, 200:313] - _sky_model(rendered, image.shape)[:, 200:313]
+    sky_in_box = _sky_model(rendered, image.shape)[:, 200:313].sum()
+    assert abs(box.sum() - flux) < 5 * np.sqrt(flux + sky_in_box)
+
+
+def test_cosmic_rays_at_the_configured_rate():
+    scene = make_scene(render={"cosmic_ray_rate": 100.0}, grid_mags=(30, 30.1))
+    rendered = render_visit(scene.sky, scene.config, scene.visit)
+    tracks = rendered.truth["cosmic_rays"]
+    area_cm2 = SIZE * SIZE * (10e-4) ** 2
+    expected = 100.0 * area_cm2 * 30 / 60
+    assert abs(len(tracks) - expected) < 4 * np.sqrt(expected)
+    image = rendered.image - rendered.truth["sky_level"]
+    hits = 0
+    for x0, y0, x1, y1, _ in tracks:
+        xm, ym = round((x0 + x1) / 2), round((y0 + y1) / 2)
+        if 0 <= xm < SIZE and 0 <= ym < SIZE:
+            hits += image[ym, xm] > 5 * np.sqrt(rendered.truth["sky_level"])
+    assert hits > 0.8 * sum(
+        0 <= (t[0] + t[2]) / 2 < SIZE - 0.5 and 0 <= (t[1] + t[3]) / 2 < SIZE - 0.5 for t in tracks
+    )
+
+
+def test_header_carries_what_the_telescope_knows(star_grid):
+    sky = star_grid.sky
+    visit = star_grid.visit
+    rendered = star_grid.rendered
+    header = eimage_hdulist(rendered)[0].header
+    row, _ = sky.visit(visit)
+    assert header["OBSID"] == visit
+    assert header["MJD-OBS"] == pytest.approx(row["expMJD"])
+    assert header["FILTER"] == "r" and header["EXPTIME"] == 30.0
+    assert header["AIRMASS"] == pytest.approx(row["airmass"])
+    assert header["ROTANG"] == pytest.approx(row["rotSkyPos"])
+    assert (header["RATEL"], header["DECTEL"]) == (row["fieldRA"], row["fieldDec"])
+    for key in ("CTYPE1", "CRVAL1", "CRPIX1", "CD1_1", "CD2_2"):
+        assert key in header
+    # the truth is not in the header; it is in the truth record
+    for key in ("ZEROPNT", "MAGZERO", "SEEING", "FWHM"):
+        assert key not in header
+    true_wcs = wcs_from_header_dict(rendered.truth["true_wcs"])
+    assert "SIP" in true_wcs.wcs.ctype[0]
+    assert rendered.image.dtype == np.float32
+
+
+def test_eimage_is_valid_fits(tmp_path, star_grid):
+    rendered = star_grid.rendered
+    path = tmp_path / "e.fits"
+    eimage_hdulist(rendered).writeto(path)
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        assert hdul[0].data.shape == (SIZE, SIZE)
