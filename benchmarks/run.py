@@ -1,0 +1,157 @@
+"""``make bench``: speed and memory of the pipeline's steps, measured, written, printed.
+
+Each benchmark runs in a fresh process, so its peak memory is its own; results are merged into
+``benchmarks/results/bench.json`` (one entry per benchmark, with its target and the machine)
+and printed as a table.
+
+Usage::
+
+    python benchmarks/run.py            # every benchmark
+    python benchmarks/run.py render     # those whose name contains "render"
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "bench.json"
+BENCHMARKS: dict[str, Callable[[], dict]] = {}
+
+
+def benchmark(fn: Callable[[], dict]) -> Callable[[], dict]:
+    """Register a benchmark; it returns a dict of measurements (and a ``target``)."""
+    BENCHMARKS[fn.__name__] = fn
+    return fn
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn: Callable, *args, **kwargs) -> tuple[object, float, float]:
+    """(result, CPU seconds, wall seconds) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def run1_sky(**truth_overrides):
+    from twinkles.config import load_run_config
+    from twinkles.sim.sky import make_sky
+
+    config = load_run_config(ROOT / "runs" / "run1.yaml")
+    if truth_overrides:
+        config = config.model_copy(
+            update={"truth": config.truth.model_copy(update=truth_overrides)}
+        )
+    return config, make_sky(config)
+
+
+# --- issue 2: the simulated sky -------------------------------------------------------------
+
+
+@benchmark
+def render_run1_visit() -> dict:
+    """Render one run1-size visit (4000 x 4072, Run-1 densities) on one core."""
+    from twinkles.sim.render import render_visit
+
+    config, sky = run1_sky()
+    visit = int(sky.visits["obsHistID"][len(sky.visits) // 2])
+    before = peak_rss_mb()
+    rendered, cpu, wall = timed(render_visit, sky, config, visit)
+    return {
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+        "peak_rss_before_render_mb": round(before, 0),
+        "objects_drawn": len(rendered.objects),
+        "filter": str(rendered.truth["filter"]),
+        "target": "<= 30 s CPU on one core",
+        "pass": cpu <= 30.0,
+    }
+
+
+@benchmark
+def render_time_vs_objects() -> dict:
+    """How rendering time grows with the number of objects (densities x 0.25 .. x 2)."""
+    from twinkles.sim.render import render_visit
+
+    base, _ = run1_sky()
+    rows = []
+    for factor in (0.25, 0.5, 1.0, 2.0):
+        config, sky = run1_sky(
+            star_density=base.truth.star_density * factor,
+            galaxy_density=base.truth.galaxy_density * factor,
+        )
+        visit = int(sky.visits["obsHistID"][len(sky.visits) // 2])
+        rendered, cpu, _ = timed(render_visit, sky, config, visit)
+        rows.append({"density_factor": factor, "objects": len(rendered.objects), "cpu_s": round(cpu, 2)})
+    import numpy as np
+
+    n = np.array([r["objects"] for r in rows], dtype=float)
+    t = np.array([r["cpu_s"] for r in rows])
+    slope, intercept = np.polyfit(n, t, 1)
+    return {
+        "runs": rows,
+        "ms_per_object": round(1e3 * slope, 3),
+        "fixed_cost_s": round(intercept, 2),
+        "target": "linear in the number of objects",
+    }
+
+
+# --- harness --------------------------------------------------------------------------------
+
+
+def _machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _run_child(name: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", name], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--child"]:
+        print(json.dumps(BENCHMARKS[argv[1]]()))
+        return 0
+    names = [n for n in BENCHMARKS if not argv or any(a in n for a in argv)]
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    failed = False
+    for name in names:
+        print(f"-- {name}: {BENCHMARKS[name].__doc__.strip().splitlines()[0]}", flush=True)
+        result = _run_child(name)
+        result["measured"] = dt.datetime.now().isoformat(timespec="seconds")
+        result["machine"] = _machine()
+        results[name] = result
+        failed |= "error" in result
+        for key, value in result.items():
+            if key not in ("machine",):
+                print(f"   {key}: {value}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"results written to {RESULTS.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
