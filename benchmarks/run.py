@@ -96,7 +96,9 @@ def render_time_vs_objects() -> dict:
         )
         visit = int(sky.visits["obsHistID"][len(sky.visits) // 2])
         rendered, cpu, _ = timed(render_visit, sky, config, visit)
-        rows.append({"density_factor": factor, "objects": len(rendered.objects), "cpu_s": round(cpu, 2)})
+        rows.append(
+            {"density_factor": factor, "objects": len(rendered.objects), "cpu_s": round(cpu, 2)}
+        )
     import numpy as np
 
     n = np.array([r["objects"] for r in rows], dtype=float)
@@ -107,6 +109,109 @@ def render_time_vs_objects() -> dict:
         "ms_per_object": round(1e3 * slope, 3),
         "fixed_cost_s": round(intercept, 2),
         "target": "linear in the number of objects",
+    }
+
+
+# --- issue 3: the workflow ------------------------------------------------------------------
+
+FIXTURES = ROOT / "tests" / "fixtures" / "recipes"
+
+
+@benchmark
+def notebook_startup_overhead() -> dict:
+    """Per-notebook start-up of a recipe importing the science stack: fresh vs warm kernel."""
+    import tempfile
+
+    import papermill
+
+    from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+
+    recipe = str(FIXTURES / "science_imports.ipynb")
+    n = 6
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = []
+        for i in range(n):
+            start = time.perf_counter()
+            papermill.execute_notebook(
+                recipe, f"{tmp}/fresh{i}.ipynb", parameters={"item": i}, progress_bar=False
+            )
+            fresh.append(time.perf_counter() - start)
+        # a warm kernel: started and the science stack imported once per task ...
+        start = time.perf_counter()
+        kernel = WarmKernel(
+            imports=("numpy", "astropy.table", "astropy.io.fits", "photutils", "matplotlib.pyplot")
+        )
+        kernel.reset(tmp)
+        warm_start = time.perf_counter() - start
+        warm = []
+        for i in range(n):
+            start = time.perf_counter()
+            kernel.reset(tmp)
+            papermill.execute_notebook(
+                recipe,
+                f"{tmp}/warm{i}.ipynb",
+                parameters={"item": i},
+                progress_bar=False,
+                engine_name=ENGINE_NAME,
+                warm_kernel=kernel,
+            )
+            kernel.usage()
+            warm.append(time.perf_counter() - start)
+        kernel.shutdown()
+    import numpy as np
+
+    per_fresh, per_warm = float(np.median(fresh)), float(np.median(warm))
+    return {
+        "fresh_kernel_s_per_notebook": round(per_fresh, 3),
+        "warm_kernel_s_per_notebook": round(per_warm, 3),
+        "warm_kernel_start_once_per_task_s": round(warm_start, 3),
+        "speedup": round(per_fresh / per_warm, 1),
+        "notebooks": n,
+        "target": "<= 0.3 s per notebook (warm)",
+        "pass": per_warm <= 0.3,
+    }
+
+
+@benchmark
+def slurm_array_cpu_efficiency() -> dict:
+    """CPU efficiency of a Slurm job array of 32 tasks of ~10 s of CPU each."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests" / "workflow"))
+    from twinkles.workflow.driver import run_pipeline
+    from twinkles.workflow.kernel import SCIENCE_IMPORTS
+    from twinkles.workflow.status import run_report
+
+    from sweep_pipeline import make_run, sweep_pipeline
+
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        run = make_run(
+            Path(tmp),
+            "slurm",
+            sweep={"sleep_s": 10.0},
+            ids_per_task=1,
+            max_retries=0,
+            poll_seconds=1.0,
+        )
+        pipeline = sweep_pipeline(n=32)
+        pipeline.kernel_imports = SCIENCE_IMPORTS  # what a real recipe's task pays
+        start = time.perf_counter()
+        summary = run_pipeline(run, pipeline, steps=["sweep"], progress=False)
+        makespan = time.perf_counter() - start
+        report = run_report(run, pipeline)
+    sweep = report["steps"][0]
+    cores = os.cpu_count() or 1
+    cpu_total = sweep["task_cpu_hours"] * 3600.0
+    return {
+        "tasks": sweep["tasks"],
+        "ok": summary.ok,
+        "task_cpu_efficiency": round(sweep["cpu_efficiency"], 3),
+        "array_cpu_efficiency": round(cpu_total / (makespan * cores), 3),
+        "makespan_s": round(makespan, 1),
+        "cpu_s_total": round(cpu_total, 1),
+        "cores": cores,
+        "target": ">= 0.90 task CPU efficiency",
+        "pass": sweep["cpu_efficiency"] >= 0.9,
     }
 
 

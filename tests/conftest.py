@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from twinkles.config import Run, load_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,3 +30,49 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     run = load_run(config)
     simulate_run(run, jobs=1)
     return run
+
+
+# --- real services (scripts/services.sh) -----------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+
+SERVICES_ENV = REPO / ".services" / "services.env"
+
+
+def _load_services_env() -> None:
+    """Export what scripts/services.sh wrote (SLURM_CONF, ...) to this test session."""
+    path = Path(os.environ.get("TWINKLES_SERVICES_DIR", REPO / ".services")) / "services.env"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key and value:
+                os.environ.setdefault(key.strip(), value.strip())
+
+
+_load_services_env()
+
+
+def _service_missing(name: str, why: str) -> None:
+    """Fail when services are required (make test, CI); skip otherwise."""
+    message = f"{name} is not running ({why}); start it with scripts/services.sh start"
+    if os.environ.get("TWINKLES_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> str:
+    """A usable single-node Slurm; returns its SLURM_CONF."""
+    conf = os.environ.get("SLURM_CONF")
+    if not conf:
+        _service_missing("Slurm", "no SLURM_CONF")
+    try:
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _service_missing("Slurm", str(exc))
+    if proc.returncode != 0 or ("idle" not in proc.stdout and "mix" not in proc.stdout):
+        _service_missing("Slurm", proc.stderr.strip() or proc.stdout.strip())
+    return conf

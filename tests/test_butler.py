@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.table import Table
+
 from twinkles.butler import Butler, atomic_path, file_checksum
 
 

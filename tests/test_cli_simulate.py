@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
-from conftest import copy_config
+
 from twinkles.cli import main
 from twinkles.config import load_run
+
+from conftest import copy_config
 
 HEADER_KEYS = (
     "OBSID",
@@ -112,3 +115,25 @@ def test_console_script_and_run_directory(tiny_run):
     assert result.returncode == 0, result.stderr
     assert "0 visits" in result.stdout and "12 already done" in result.stdout
     assert load_run(tiny_run.dir).config == tiny_run.config
+
+
+def test_twinkles_run_renders_the_tiny_run_through_the_workflow(tmp_path, capsys):
+    config = copy_config("tiny", tmp_path)
+    assert main(["run", str(config), "-q"]) == 0
+    assert "simulate_visit: 12 done" in capsys.readouterr().out
+    run = load_run(config)
+    notebooks = sorted((run.dir / "notebooks" / "simulate_visit").glob("visit=*.ipynb"))
+    assert len(notebooks) == 12
+    assert all(run.butler.exists("eimage", visit=v) for v in range(1, 13))
+    assert main(["status", str(run.dir), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["steps"][0] == {
+        "step": "simulate_visit",
+        "done": 12,
+        "failed": 0,
+        "blocked": 0,
+        "pending": 0,
+        "failures": [],
+    }
+    assert main(["run", str(config), "-q"]) == 0  # nothing left to do
+    assert "0 done" in capsys.readouterr().out

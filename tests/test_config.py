@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import RUNS
+
 from twinkles.config import ConfigError, RunConfig, load_run, load_run_config, parse_run_config
+
+from conftest import RUNS
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo", "run1"])

@@ -9,6 +9,7 @@ import numpy as np
 import papermill
 import pytest
 from astropy.io import fits
+
 from conftest import REPO
 
 pytestmark = pytest.mark.recipe

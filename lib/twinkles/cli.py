@@ -38,6 +38,110 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_steps(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from twinkles.workflow.driver import run_pipeline
+
+    run = load_run(args.config)
+    summary = run_pipeline(
+        run,
+        executor=args.executor,
+        steps=_split_steps(args.steps),
+        force=args.force,
+        only_failed=args.only_failed,
+        workers=args.jobs,
+        progress=not args.quiet,
+    )
+    for line in summary.lines():
+        print(line)
+    if summary.interrupted:
+        print(f"interrupted: run `twinkles run {args.config}` again to resume", file=sys.stderr)
+        return 130
+    if not summary.ok:
+        print(f"see `twinkles status {run.dir}` and the failed notebooks", file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from twinkles.workflow.status import run_status
+
+    status = run_status(load_run(args.run_dir))
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"{'step':<24}{'done':>7}{'failed':>8}{'blocked':>9}{'pending':>9}")
+    for s in status["steps"]:
+        print(f"{s['step']:<24}{s['done']:>7}{s['failed']:>8}{s['blocked']:>9}{s['pending']:>9}")
+    for s in status["steps"]:
+        for f in s["failures"]:
+            cell = f" cell {f['cell']}" if f["cell"] is not None else ""
+            print(
+                f"{s['step']} {f['data_id']}: {f['state']} "
+                f"({f['failure_class']}{cell}): {f['error']}"
+            )
+            if f["notebook"] and f["state"] == "failed":
+                print(f"    {f['notebook']}")
+    return 0
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from twinkles.workflow.status import run_report
+
+    report = run_report(load_run(args.run_dir))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    header = ("step", "processed", "failed", "CPU h", "wall h", "CPU eff.", "success", "peak MB")
+    print(f"{header[0]:<24}" + "".join(f"{h:>11}" for h in header[1:]))
+    for entry in [*report["steps"], {"step": "total", **report["total"]}]:
+        cells = (
+            entry["data_ids_processed"],
+            entry["data_ids_failed"],
+            _fmt(entry["cpu_hours"], 4),
+            _fmt(entry["wall_hours"], 4),
+            _fmt(entry["cpu_efficiency"], 3),
+            _fmt(entry["success_rate"], 3),
+            _fmt(entry["peak_rss_mb"], 0),
+        )
+        print(f"{entry['step']:<24}" + "".join(f"{c!s:>11}" for c in cells))
+    return 0
+
+
+def _cmd_recipe_show(args: argparse.Namespace) -> int:
+    from twinkles.workflow.contract import read_contract
+    from twinkles.workflow.spec import COOKBOOK, PIPELINE
+
+    name = args.name.removesuffix(".ipynb")
+    try:
+        step = PIPELINE.step(name)
+        path, doc = step.recipe_path(), f"step {step.name} ({step.dimension}): {step.doc}"
+    except KeyError:
+        path, doc = COOKBOOK / f"{name}.ipynb", ""
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in COOKBOOK.glob("*.ipynb")))
+            print(f"twinkles: no recipe {args.name!r}; the cookbook has {known}", file=sys.stderr)
+            return 2
+    if doc:
+        print(doc)
+    print(read_contract(path).describe())
+    return 0
+
+
 def _describe_model(model: type[BaseModel], prefix: str = "") -> list[str]:
     lines = []
     for name, info in model.model_fields.items():
@@ -80,6 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="simulate again from scratch")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("run", help="run the pipeline's recipes for a run")
+    p.add_argument("config", help="run configuration (runs/<name>.yaml) or run directory")
+    p.add_argument("--executor", choices=["local", "slurm"], help="override executor.kind")
+    p.add_argument("--steps", help="only these steps, comma-separated")
+    p.add_argument("--force", action="store_true", help="rerun even what is up to date")
+    p.add_argument("--only-failed", action="store_true", help="rerun only failed and blocked")
+    p.add_argument("--jobs", "-j", type=int, help="local executor: CPUs to use")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="what ran, what failed and where, what is left")
+    p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("report", help="throughput, CPU hours, efficiency, success, memory")
+    p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("recipe", help="the cookbook's recipes")
+    recipe_sub = p.add_subparsers(dest="recipe_command", required=True)
+    p = recipe_sub.add_parser("show", help="a recipe's parameter contract")
+    p.add_argument("name", help="step or recipe name (e.g. simulate_visit)")
+    p.set_defaults(func=_cmd_recipe_show)
 
     p = sub.add_parser("config", help="run configuration")
     config_sub = p.add_subparsers(dest="config_command", required=True)

@@ -27,12 +27,15 @@ __all__ = [
     "RUN1_FILTER_COUNTS",
     "CadenceConfig",
     "ConfigError",
+    "DatabaseConfig",
+    "ExecutorConfig",
     "FieldConfig",
     "ReferenceCatalogConfig",
     "RenderConfig",
     "Run",
     "RunConfig",
     "SensorConfig",
+    "StepConfig",
     "TruthConfig",
     "load_run",
     "load_run_config",
@@ -275,6 +278,65 @@ class RenderConfig(_Section):
     )
 
 
+class ExecutorConfig(_Section):
+    """Where and how the recipes are executed (``twinkles run``)."""
+
+    kind: Literal["local", "slurm"] = Field(
+        "local", description="local: worker processes on this machine; slurm: job arrays."
+    )
+    workers: int | None = Field(
+        None, ge=1, description="local: tasks run at once (default: the CPUs available)."
+    )
+    ids_per_task: int = Field(
+        8,
+        ge=1,
+        description="Most data ids one task runs in sequence in one warm kernel; tasks share "
+        "the start-up cost among their data ids.",
+    )
+    kernel: Literal["warm", "fresh"] = Field(
+        "warm",
+        description="warm: one kernel per task, science stack imported once, namespace reset "
+        "between data ids; fresh: a new kernel per data id (papermill's default).",
+    )
+    max_retries: int = Field(
+        2, ge=0, le=10, description="Retries of a data id after an infrastructure failure."
+    )
+    retry_science_failures: bool = Field(
+        False, description="Also retry data ids whose recipe raised (normally pointless)."
+    )
+    poll_seconds: float = Field(1.0, gt=0.0, le=60.0, description="Status polling interval (s).")
+    slurm_partition: str | None = Field(None, description="Slurm partition (default: the default).")
+    slurm_array_parallelism: int = Field(
+        256, ge=1, description="Most array tasks of one step running at once on Slurm."
+    )
+    memory_growth_on_retry: float = Field(
+        2.0, ge=1.0, le=8.0, description="Slurm: memory request multiplier for each retry."
+    )
+
+
+class StepConfig(_Section):
+    """Overrides for one pipeline step: recipe parameters and resources."""
+
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Recipe parameters (checked against the recipe)."
+    )
+    cpus: int | None = Field(None, ge=1, le=256, description="CPUs per task.")
+    mem_gb: float | None = Field(None, gt=0.0, description="Memory per task (GB).")
+    timeout_min: float | None = Field(
+        None, gt=0.0, description="Wall-time limit of one data id (minutes)."
+    )
+
+
+class DatabaseConfig(_Section):
+    """The catalog database."""
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL (postgresql+psycopg://..., mysql+pymysql://...); default: "
+        "SQLite at runs/<name>/catalogs.db.",
+    )
+
+
 class RunConfig(_Section):
     """One run: the simulated field and everything needed to process it."""
 
@@ -286,6 +348,11 @@ class RunConfig(_Section):
     truth: TruthConfig = Field(default_factory=TruthConfig)
     refcat: ReferenceCatalogConfig = Field(default_factory=ReferenceCatalogConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    steps: dict[str, StepConfig] = Field(
+        default_factory=dict, description="Per-step overrides, by step name."
+    )
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
 
     @model_validator(mode="after")
     def _check_name(self) -> RunConfig:
@@ -397,7 +464,7 @@ def load_run(path: str | Path) -> Run:
     configuration (``config.yaml``) from the first time the run is used; before that, the
     directory's sibling ``runs/tiny.yaml`` is read.
     """
-    path = _locate(Path(path))
+    path = _locate(Path(path)).resolve()
     if path.suffix in (".yaml", ".yml"):
         config = load_run_config(path)
         return Run(config=config, config_path=path, dir=path.with_suffix(""))

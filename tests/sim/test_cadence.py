@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RUNS
 from scipy.optimize import brentq
+
 from twinkles.config import RUN1_FILTER_COUNTS, ConfigError, load_run_config
 from twinkles.sim.bands import LSST_BANDS
 from twinkles.sim.cadence import SITE_LONGITUDE, altitude, fwhm_eff, gmst_deg, make_visit_table
 from twinkles.sim.psf import NEFF_PER_FWHM2
 from twinkles.sim.sky import random_stream
+
+from conftest import RUNS
 
 OPSIM_FIELDS = [
     "obsHistID",

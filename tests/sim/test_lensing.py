@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.table import Table
+
 from twinkles.config import TruthConfig
 from twinkles.sim.lensing import (
     SISShearLens,

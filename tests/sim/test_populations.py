@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RUNS
+
 from twinkles.config import load_run_config
 from twinkles.sim.ids import ObjectKind, kind_of
 from twinkles.sim.sky import field_radius_deg, make_sky
 from twinkles.sim.stars import variable_delta_mag
 from twinkles.units import mag_to_njy, njy_to_mag
+
+from conftest import RUNS
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
+
 from twinkles.config import RunConfig, parse_run_config
 from twinkles.sim.psf import NEFF_PER_FWHM2
 from twinkles.sim.render import RenderedVisit, eimage_hdulist, render_visit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.table import Table
+
 from twinkles.sim.bands import LSST_BANDS
 from twinkles.sim.supernovae import (
     ALPHA,

@@ -1,0 +1,211 @@
+"""Execute one recipe for one data id, and keep the executed notebook as its provenance.
+
+The executed notebook (``runs/<name>/notebooks/<step>/<data id>.ipynb``) carries, in its
+metadata under ``twinkles``: the step, data id and parameters; the recipe and its checksum; the
+git commit of the code and whether the tree was dirty; the versions of twinkles and of the key
+dependencies; the checksums of its inputs; host, job id, attempt; wall and CPU seconds and peak
+RSS; and how it ended. A failed notebook keeps papermill's error marker. The notebook is
+written atomically: papermill works on a temporary copy that replaces the final path at the end.
+
+Failures are classified:
+
+* ``science``: an exception in a recipe cell (``PapermillExecutionError``), or a recipe that
+  finished without writing its outputs. Not retried by default.
+* ``infrastructure``: a dead kernel, a timeout, an executor error, or (seen by the driver) a
+  result that never came. Retried.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from papermill.exceptions import PapermillExecutionError
+
+from twinkles.butler import file_checksum
+from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+
+__all__ = ["KEY_PACKAGES", "code_versions", "execute_item", "job_id"]
+
+#: Dependencies whose versions go into every notebook's provenance.
+KEY_PACKAGES = (
+    "twinkles",
+    "numpy",
+    "scipy",
+    "astropy",
+    "photutils",
+    "sep",
+    "galsim",
+    "sqlalchemy",
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "submitit",
+    "matplotlib",
+)
+
+
+def code_versions() -> dict[str, str]:
+    """Python and key package versions."""
+    out = {"python": platform.python_version()}
+    for name in KEY_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def job_id() -> str:
+    """Identifier of the job this process runs in (Slurm array element, job, or local pid)."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    if "SLURM_JOB_ID" in env:
+        return env["SLURM_JOB_ID"]
+    return f"local-{os.getpid()}"
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0][:500] if lines else ""
+
+
+def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKernel | None) -> dict:
+    """Execute one data id of a step; returns its result record (also the provenance).
+
+    Parameters
+    ----------
+    item : dict
+        ``step``, ``data_id`` (string), ``recipe`` (path), ``parameters``, ``notebook`` (final
+        path), ``inputs`` (paths read), ``outputs`` (paths that must exist after success),
+        ``attempt``, ``timeout_s``, ``cwd``.
+    common : dict
+        Shared by the items of a run: ``token``, ``git``, ``versions``, ``kernel_name``.
+    kernel : WarmKernel or None
+        The task's warm kernel; None for a fresh kernel per notebook.
+    """
+    notebook = Path(item["notebook"])
+    notebook.parent.mkdir(parents=True, exist_ok=True)
+    tmp = notebook.with_name(f".{notebook.stem}.{os.getpid()}.tmp.ipynb")
+    start = time.time()
+    inputs = {str(p): (file_checksum(p) if Path(p).exists() else "missing") for p in item["inputs"]}
+    record: dict[str, Any] = {
+        "token": common["token"],
+        "step": item["step"],
+        "data_id": item["data_id"],
+        "attempt": item["attempt"],
+        "host": socket.gethostname(),
+        "job_id": job_id(),
+        "start": start,
+        "status": "done",
+        "failure_class": None,
+        "failed_cell": None,
+        "error": None,
+        "notebook": str(notebook),
+    }
+    cpu_s = peak = None
+    base = None
+    kwargs = dict(
+        parameters=item["parameters"],
+        kernel_name=common.get("kernel_name", "python3"),
+        progress_bar=False,
+        execution_timeout=item["timeout_s"],
+        request_save_on_cell_execute=True,
+    )
+    try:
+        if kernel is not None:
+            base = kernel.reset(item["cwd"])
+            papermill.execute_notebook(
+                item["recipe"], str(tmp), engine_name=ENGINE_NAME, warm_kernel=kernel, **kwargs
+            )
+        else:
+            cpu0 = _children_cpu()
+            try:
+                papermill.execute_notebook(item["recipe"], str(tmp), cwd=item["cwd"], **kwargs)
+            finally:
+                cpu_s = _children_cpu() - cpu0
+                peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    except PapermillExecutionError as exc:
+        record.update(
+            status="failed",
+            failure_class="science",
+            failed_cell=exc.cell_index,
+            error=_first_line(f"{exc.ename}: {exc.evalue}"),
+        )
+    except (DeadKernelError, CellTimeoutError, TimeoutError) as exc:
+        kind = "timeout" if not isinstance(exc, DeadKernelError) else "kernel died"
+        record.update(
+            status="failed", failure_class="infrastructure", error=f"{kind}: {_first_line(exc)}"
+        )
+        if kernel is not None:
+            kernel.shutdown()  # may still be busy: the next data id gets a new kernel
+    except Exception as exc:
+        record.update(
+            status="failed",
+            failure_class="infrastructure",
+            error=_first_line(f"{type(exc).__name__}: {exc}"),
+            traceback=traceback.format_exc(limit=5),
+        )
+    # the kernel answers only when idle: not after a timeout or a death (it was restarted)
+    if base is not None and record["failure_class"] != "infrastructure" and kernel.alive():
+        usage = kernel.usage()
+        cpu_s, peak = usage.cpu_s - base.cpu_s, usage.peak_rss_mb
+    if record["status"] == "done":
+        missing = [p for p in item["outputs"] if not Path(p).exists()]
+        if missing:
+            record.update(
+                status="failed",
+                failure_class="science",
+                error=f"the recipe finished without writing {', '.join(missing)}",
+            )
+    end = time.time()
+    record.update(
+        end=end,
+        wall_s=end - start,
+        cpu_s=cpu_s,
+        peak_rss_mb=peak,
+        kernel="warm" if kernel is not None else "fresh",
+    )
+    if tmp.exists():
+        nb = nbformat.read(tmp, as_version=4)
+        if record["failure_class"] == "science" and record["failed_cell"] is not None:
+            # papermill put its error marker on top and an anchor before the failing cell:
+            # point at the cell that holds the error, as the saved notebook numbers it
+            record["failed_cell"] = next(
+                (
+                    i
+                    for i, c in enumerate(nb.cells)
+                    if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+                ),
+                record["failed_cell"],
+            )
+        nb.metadata["twinkles"] = {
+            **{k: v for k, v in record.items() if k not in ("token", "traceback")},
+            "parameters": item["parameters"],
+            "recipe": str(item["recipe"]),
+            "recipe_checksum": file_checksum(item["recipe"]),
+            "git": common["git"],
+            "versions": common["versions"],
+            "inputs": inputs,
+        }
+        nbformat.write(nb, tmp)
+        os.replace(tmp, notebook)
+    else:
+        record["notebook"] = None
+    return record

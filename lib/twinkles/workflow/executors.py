@@ -1,0 +1,277 @@
+"""Executors: where tasks run. One interface, so the driver has one code path.
+
+* :class:`LocalExecutor`: each task is a process (``python -m twinkles.workflow.task``) in its
+  own process group, at most ``workers`` CPUs' worth at once; a task past its time limit is
+  killed.
+* :class:`SlurmExecutor`: each submission is a job array (submitit ``map_array``), one array
+  element per task, with the step's CPUs, memory and time limit. Without slurmdbd ``sacct``
+  does not answer, so job states come from ``squeue`` (and ``scontrol`` for the final state).
+
+An executor only reports that a task *ended* (and why, if it knows); what each data id did is
+read by the driver from the result files the task wrote. :data:`EXECUTORS` is the registry.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twinkles.errors import TwinklesError
+
+__all__ = ["EXECUTORS", "Ended", "Executor", "LocalExecutor", "SlurmExecutor", "Submission"]
+
+
+@dataclass
+class Submission:
+    """A task handed to an executor."""
+
+    task_id: str
+    spec_path: Path
+    cpus: int
+    mem_gb: float
+    timeout_s: float
+    name: str
+    submitted: float = field(default_factory=time.time)
+    job_id: str | None = None
+
+
+@dataclass
+class Ended:
+    """A task that is no longer running, with what the executor knows of how it ended."""
+
+    submission: Submission
+    note: str
+
+
+class Executor:
+    """Interface of the executors."""
+
+    name = "base"
+
+    def free_cpus(self) -> int | None:
+        """CPUs available for new tasks now (None: let the scheduler queue them)."""
+        raise NotImplementedError
+
+    def submit(self, submissions: list[Submission]) -> None:
+        raise NotImplementedError
+
+    def poll(self) -> list[Ended]:
+        raise NotImplementedError
+
+    def running(self) -> int:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop every task this executor started."""
+        raise NotImplementedError
+
+    @staticmethod
+    def kill_stale(job_id: str) -> None:
+        """Stop a task left running by a previous driver (``job_id`` as recorded)."""
+
+
+class LocalExecutor(Executor):
+    """Tasks as processes on this machine."""
+
+    name = "local"
+
+    def __init__(self, workers: int, log_dir: Path):
+        self.workers = workers
+        self.log_dir = log_dir
+        self._procs: dict[str, tuple[subprocess.Popen, Submission]] = {}
+
+    def free_cpus(self) -> int:
+        return self.workers - sum(s.cpus for _, s in self._procs.values())
+
+    def running(self) -> int:
+        return len(self._procs)
+
+    def submit(self, submissions: list[Submission]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for sub in submissions:
+            log = open(self.log_dir / f"{sub.task_id}.log", "wb")
+            env = dict(
+                os.environ, OMP_NUM_THREADS=str(sub.cpus), OPENBLAS_NUM_THREADS=str(sub.cpus)
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "twinkles.workflow.task", str(sub.spec_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: the kernel goes with it
+                env=env,
+            )
+            log.close()
+            sub.job_id = f"local-{proc.pid}"
+            self._procs[sub.task_id] = (proc, sub)
+
+    def poll(self) -> list[Ended]:
+        ended = []
+        for task_id, (proc, sub) in list(self._procs.items()):
+            code = proc.poll()
+            if code is None and time.time() - sub.submitted > sub.timeout_s:
+                self._kill(proc)
+                code = proc.wait()
+                note = f"timeout: killed after {sub.timeout_s:.0f} s"
+            elif code is None:
+                continue
+            elif code < 0:
+                note = f"worker killed by signal {-code} ({signal.Signals(-code).name})"
+            else:
+                note = f"worker exited with status {code}"
+            del self._procs[task_id]
+            ended.append(Ended(sub, note))
+        return ended
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def cancel(self) -> None:
+        for proc, _ in self._procs.values():
+            self._kill(proc)
+        for proc, _ in self._procs.values():
+            proc.wait()
+        self._procs.clear()
+
+    @staticmethod
+    def kill_stale(job_id: str) -> None:
+        if not job_id.startswith("local-"):
+            return
+        pid = int(job_id.removeprefix("local-"))
+        try:
+            # the task ran in its own process group, led by itself
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _run_task_entry(spec_path: str) -> dict[str, Any]:
+    """What a Slurm array element runs (pickled by reference by submitit)."""
+    from twinkles.workflow.task import run_task
+
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    return run_task(spec_path)
+
+
+class SlurmExecutor(Executor):
+    """Tasks as elements of Slurm job arrays, submitted with submitit."""
+
+    name = "slurm"
+
+    def __init__(self, log_dir: Path, partition: str | None, array_parallelism: int):
+        if not _command_works(["sinfo", "-h"]):
+            raise TwinklesError(
+                "Slurm is not reachable (sinfo failed): start it (scripts/services.sh start "
+                "slurm) or run with --executor local"
+            )
+        self.log_dir = log_dir
+        self.partition = partition
+        self.array_parallelism = array_parallelism
+        self._jobs: dict[str, tuple[Any, Submission]] = {}
+        self._seen: set[str] = set()
+
+    def free_cpus(self) -> None:
+        return None
+
+    def running(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, submissions: list[Submission]) -> None:
+        import submitit
+
+        groups: dict[tuple, list[Submission]] = {}
+        for sub in submissions:
+            groups.setdefault((sub.name, sub.cpus, sub.mem_gb, sub.timeout_s), []).append(sub)
+        for (name, cpus, mem_gb, timeout_s), subs in groups.items():
+            executor = submitit.AutoExecutor(folder=self.log_dir / "%j", cluster="slurm")
+            params: dict[str, Any] = dict(
+                name=name,
+                cpus_per_task=cpus,
+                mem_gb=mem_gb,
+                timeout_min=max(1, int(timeout_s / 60 + 0.999)),
+                slurm_array_parallelism=self.array_parallelism,
+            )
+            if self.partition:
+                params["slurm_partition"] = self.partition
+            executor.update_parameters(**params)
+            jobs = executor.map_array(_run_task_entry, [str(s.spec_path) for s in subs])
+            for job, sub in zip(jobs, subs, strict=True):
+                sub.job_id = str(job.job_id)
+                self._jobs[sub.task_id] = (job, sub)
+
+    def _active(self) -> dict[str, str]:
+        proc = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise TwinklesError(f"squeue failed: {proc.stderr.strip()}")
+        out = {}
+        for line in proc.stdout.splitlines():
+            job, _, state = line.strip().partition("|")
+            out[job] = state
+        return out
+
+    @staticmethod
+    def final_state(job_id: str) -> str:
+        proc = subprocess.run(
+            ["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False
+        )
+        for token in proc.stdout.split():
+            if token.startswith("JobState="):
+                return token.removeprefix("JobState=")
+        return "UNKNOWN"
+
+    def poll(self) -> list[Ended]:
+        if not self._jobs:
+            return []
+        active = self._active()
+        ended = []
+        for task_id, (_job, sub) in list(self._jobs.items()):
+            if sub.job_id in active:
+                self._seen.add(sub.job_id)
+                continue
+            # a job just submitted may not be listed yet; give the scheduler a moment
+            if sub.job_id not in self._seen and time.time() - sub.submitted < 10.0:
+                continue
+            state = self.final_state(sub.job_id)
+            del self._jobs[task_id]
+            ended.append(Ended(sub, f"Slurm job {sub.job_id} {state}"))
+        return ended
+
+    def cancel(self) -> None:
+        ids = [sub.job_id for _, sub in self._jobs.values() if sub.job_id]
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, check=False)
+        self._jobs.clear()
+
+    @staticmethod
+    def kill_stale(job_id: str) -> None:
+        if job_id and not job_id.startswith("local-"):
+            subprocess.run(["scancel", job_id], capture_output=True, check=False)
+
+
+def _command_works(cmd: list[str]) -> bool:
+    try:
+        return subprocess.run(cmd, capture_output=True, check=False, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+#: Executors by name: ``factory(run_dir, executor_config) -> Executor``.
+EXECUTORS: dict[str, Callable[..., Executor]] = {
+    "local": lambda run_dir, cfg, workers: LocalExecutor(workers, run_dir / "logs" / "local"),
+    "slurm": lambda run_dir, cfg, workers: SlurmExecutor(
+        run_dir / "logs" / "slurm", cfg.slurm_partition, cfg.slurm_array_parallelism
+    ),
+}

@@ -1,0 +1,228 @@
+"""Kernels for executing recipes: warm (shared across the data ids of a task) or fresh.
+
+A fresh Jupyter kernel costs ~0.65 s to start, and a recipe's science imports (numpy, astropy,
+photutils, matplotlib, GalSim) another ~1.6 s: paid per notebook, that is the start-up overhead
+papermill has on every data id. A :class:`WarmKernel` starts one kernel per task, imports the
+science stack once, and before each notebook resets it:
+
+* ``%reset -f`` empties the user namespace (imported modules stay loaded: that is the saving);
+* open figures are closed, the working directory is set, the execution counter restarts at 1
+  (so each executed notebook numbers its cells 1, 2, ... as a fresh kernel would);
+* the kernel's peak-RSS counter is reset (Linux ``/proc/self/clear_refs``), so the CPU time and
+  peak memory measured around each notebook are that notebook's own.
+
+Each data id still gets its own executed notebook, with papermill's parameter injection and
+error marker: the kernel is lent to papermill through an engine registered in papermill's
+engine registry (``twinkles-warm``). A kernel that dies is replaced before the next notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from jupyter_core.utils import run_sync
+from nbclient import NotebookClient
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, papermill_engines
+
+__all__ = ["ENGINE_NAME", "KernelUsage", "WarmKernel", "WarmKernelEngine"]
+
+ENGINE_NAME = "twinkles-warm"
+#: What every recipe imports: loaded once per warm kernel.
+SCIENCE_IMPORTS = (
+    "numpy",
+    "scipy.ndimage",
+    "astropy.table",
+    "astropy.io.fits",
+    "astropy.wcs",
+    "matplotlib.pyplot",
+    "galsim",
+    "twinkles.config",
+    "twinkles.plotting",
+    "twinkles.sim.render",
+)
+log = logging.getLogger(__name__)
+
+_PROBE = """
+import json as _json, resource as _resource
+_usage = _resource.getrusage(_resource.RUSAGE_SELF)
+_peak = _usage.ru_maxrss / 1024.0
+try:
+    with open("/proc/self/status") as _status:
+        for _line in _status:
+            if _line.startswith("VmHWM:"):
+                _peak = int(_line.split()[1]) / 1024.0
+except OSError:
+    pass
+print(_json.dumps({"cpu_s": _usage.ru_utime + _usage.ru_stime, "peak_rss_mb": _peak}))
+"""
+
+_RESET = """
+%reset -f
+import os as _os
+_os.chdir({cwd!r})
+try:
+    import matplotlib.pyplot as _plt
+    _plt.close("all")
+except ImportError:
+    pass
+try:
+    with open("/proc/self/clear_refs", "w") as _refs:
+        _refs.write("5")  # reset the peak RSS (VmHWM) of this process
+except OSError:
+    pass
+"""
+
+
+@dataclass
+class KernelUsage:
+    """CPU seconds and peak resident memory (MB) of the kernel while it ran one notebook."""
+
+    cpu_s: float
+    peak_rss_mb: float
+
+
+class WarmKernel:
+    """One Jupyter kernel, kept alive and reset between notebooks.
+
+    Parameters
+    ----------
+    kernel_name : str
+        Kernel spec (``python3``: the interpreter running twinkles).
+    imports : tuple of str
+        Modules to import once when the kernel starts.
+    startup_timeout : float
+        Seconds to wait for the kernel to start.
+    """
+
+    def __init__(
+        self,
+        kernel_name: str = "python3",
+        imports: tuple[str, ...] = SCIENCE_IMPORTS,
+        startup_timeout: float = 60.0,
+    ):
+        self.kernel_name = kernel_name
+        self.imports = imports
+        self.startup_timeout = startup_timeout
+        self._client: NotebookClient | None = None
+        self.starts = 0
+
+    @property
+    def km(self):
+        return self._ensure().km
+
+    @property
+    def kc(self):
+        return self._ensure().kc
+
+    def _ensure(self) -> NotebookClient:
+        if self.alive():
+            return self._client
+        self.shutdown()
+        client = NotebookClient(
+            nbformat.v4.new_notebook(),
+            kernel_name=self.kernel_name,
+            startup_timeout=self.startup_timeout,
+            timeout=600,
+        )
+        client.km = client.create_kernel_manager()
+        client.start_new_kernel()
+        client.start_new_kernel_client()
+        self._client = client
+        self.starts += 1
+        if self.imports:
+            self.run("\n".join(f"import {m}" for m in self.imports))
+        return client
+
+    def run(self, code: str) -> list[str]:
+        """Execute control code in the kernel (not part of any notebook); its stdout lines."""
+        client = self._ensure()
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        runner = NotebookClient(nb, km=client.km, timeout=600, kernel_name=self.kernel_name)
+        runner.kc = client.kc
+        runner.execute()
+        outputs = nb.cells[0].outputs
+        errors = [o for o in outputs if o.output_type == "error"]
+        if errors:
+            raise RuntimeError(f"kernel control code failed: {errors[0].ename}: {errors[0].evalue}")
+        return "".join(o.text for o in outputs if o.output_type == "stream").splitlines()
+
+    def reset(self, cwd: str | Path) -> KernelUsage:
+        """Empty the namespace and counters before the next notebook; the usage baseline."""
+        # the probe runs in the same control cell, and the cell counter is set last, so the
+        # notebook's first cell is In [1]
+        code = _RESET.format(cwd=str(cwd)) + _PROBE + "get_ipython().execution_count = 1\n"
+        return KernelUsage(**json.loads(self.run(code)[-1]))
+
+    def usage(self) -> KernelUsage:
+        """The kernel's cumulative CPU seconds, and its peak RSS since the last reset."""
+        return KernelUsage(**json.loads(self.run(_PROBE)[-1]))
+
+    def alive(self) -> bool:
+        """Whether the kernel process is running."""
+        client = self._client
+        return client is not None and client.km is not None and run_sync(client.km.is_alive)()
+
+    def shutdown(self) -> None:
+        """Stop the kernel (if running)."""
+        client, self._client = self._client, None
+        if client is None or client.km is None:
+            return
+        try:
+            if client.kc is not None:
+                client.kc.stop_channels()
+            run_sync(client.km.shutdown_kernel)(now=True)
+        except Exception as exc:
+            log.debug("kernel shutdown: %s", exc)
+        finally:
+            try:
+                run_sync(client.km.cleanup_resources)()
+            except Exception as exc:
+                log.debug("kernel cleanup: %s", exc)
+
+    def __enter__(self) -> WarmKernel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+class WarmKernelEngine(NBClientEngine):
+    """Papermill engine executing a notebook in a :class:`WarmKernel` it is given."""
+
+    @classmethod
+    def execute_managed_notebook(
+        cls,
+        nb_man,
+        kernel_name,
+        log_output=False,
+        stdout_file=None,
+        stderr_file=None,
+        start_timeout=60,
+        execution_timeout=None,
+        warm_kernel: WarmKernel | None = None,
+        **kwargs,
+    ):
+        if warm_kernel is None:
+            raise ValueError(f"the {ENGINE_NAME} engine needs warm_kernel=")
+        client = PapermillNotebookClient(
+            nb_man,
+            km=warm_kernel.km,
+            timeout=execution_timeout,
+            startup_timeout=start_timeout,
+            kernel_name=kernel_name,
+            log=logging.getLogger("papermill"),
+            log_output=log_output,
+            stdout_file=stdout_file,
+            stderr_file=stderr_file,
+        )
+        client.kc = warm_kernel.kc
+        return client.execute()
+
+
+papermill_engines.register(ENGINE_NAME, WarmKernelEngine)

@@ -1,0 +1,217 @@
+"""The run database: what ran, where, how long, and how it ended.
+
+One SQLite file per run (``runs/<name>/run.db``), written only by the driver:
+
+* ``nodes``: one row per (step, data id): state (``pending``, ``running``, ``done``,
+  ``failed``, ``blocked``), attempts, job id, host, start, end, wall and CPU seconds, peak RSS,
+  failure class (``science`` or ``infrastructure``), failing cell, error line, notebook path,
+  and the fingerprint that decides whether it must run again;
+* ``attempts``: every execution of every data id, retries included (the cost of the run);
+* ``tasks``: every task (one process or Slurm array element running several data ids in one
+  kernel) with its own wall and CPU time, so CPU efficiency counts start-up and idle time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SCHEMA_VERSION", "NodeRow", "RunDatabase"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    step TEXT NOT NULL,
+    data_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    job_id TEXT,
+    host TEXT,
+    start REAL,
+    end REAL,
+    wall_s REAL,
+    cpu_s REAL,
+    peak_rss_mb REAL,
+    failure_class TEXT,
+    failed_cell INTEGER,
+    error TEXT,
+    notebook TEXT,
+    fingerprint TEXT,
+    PRIMARY KEY (step, data_id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    step TEXT NOT NULL,
+    data_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    task_id TEXT,
+    job_id TEXT,
+    host TEXT,
+    start REAL,
+    end REAL,
+    wall_s REAL,
+    cpu_s REAL,
+    peak_rss_mb REAL,
+    outcome TEXT NOT NULL,
+    failure_class TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    step TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    job_id TEXT,
+    host TEXT,
+    n_items INTEGER NOT NULL,
+    cpus INTEGER NOT NULL,
+    submitted REAL,
+    start REAL,
+    end REAL,
+    wall_s REAL,
+    cpu_s REAL,
+    peak_rss_mb REAL,
+    kernel_starts INTEGER,
+    outcome TEXT
+);
+"""
+
+STATES = ("pending", "running", "done", "failed", "blocked")
+
+
+@dataclass
+class NodeRow:
+    """One (step, data id) as stored."""
+
+    step: str
+    data_id: str
+    state: str
+    attempts: int = 0
+    job_id: str | None = None
+    host: str | None = None
+    start: float | None = None
+    end: float | None = None
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    peak_rss_mb: float | None = None
+    failure_class: str | None = None
+    failed_cell: int | None = None
+    error: str | None = None
+    notebook: str | None = None
+    fingerprint: str | None = None
+
+
+_NODE_COLUMNS = [f.name for f in fields(NodeRow)]
+
+
+class RunDatabase:
+    """The run database at ``path`` (created on first use)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row["value"]) != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has run-database schema {row['value']}, this twinkles writes "
+                f"{SCHEMA_VERSION}; use a new run directory"
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    def node(self, step: str, data_id: str) -> NodeRow | None:
+        row = self._conn.execute(
+            "SELECT * FROM nodes WHERE step = ? AND data_id = ?", (step, data_id)
+        ).fetchone()
+        return NodeRow(**dict(row)) if row else None
+
+    def nodes(self, step: str | None = None) -> list[NodeRow]:
+        if step is None:
+            rows = self._conn.execute("SELECT * FROM nodes ORDER BY step, data_id")
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM nodes WHERE step = ? ORDER BY data_id", (step,)
+            )
+        return [NodeRow(**dict(r)) for r in rows]
+
+    def upsert(self, rows: Iterable[NodeRow]) -> None:
+        columns = ", ".join(_NODE_COLUMNS)
+        placeholders = ", ".join("?" for _ in _NODE_COLUMNS)
+        with self.transaction() as conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO nodes ({columns}) VALUES ({placeholders})",
+                [tuple(getattr(r, c) for c in _NODE_COLUMNS) for r in rows],
+            )
+
+    def set_state(self, keys: Iterable[tuple[str, str]], state: str, **values: Any) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        assignments = ", ".join(["state = ?"] + [f"{k} = ?" for k in values])
+        with self.transaction() as conn:
+            conn.executemany(
+                f"UPDATE nodes SET {assignments} WHERE step = ? AND data_id = ?",
+                [(state, *values.values(), step, did) for step, did in keys],
+            )
+
+    # --- attempts and tasks -------------------------------------------------------------------
+
+    def _insert(self, table: str, values: dict[str, Any], replace: bool = False) -> None:
+        # column names come from this module's callers, never from user input
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        columns = ", ".join(values)
+        placeholders = ", ".join("?" for _ in values)
+        with self.transaction() as conn:
+            conn.execute(
+                f"{verb} INTO {table} ({columns}) VALUES ({placeholders})", tuple(values.values())
+            )
+
+    def record_attempt(self, **values: Any) -> None:
+        """One execution of one data id."""
+        self._insert("attempts", values)
+
+    def record_task(self, **values: Any) -> None:
+        """One task (process or array element) and its own wall and CPU time."""
+        self._insert("tasks", values, replace=True)
+
+    def attempts(self, step: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM attempts", ()
+        if step is not None:
+            query, args = query + " WHERE step = ?", (step,)
+        return [dict(r) for r in self._conn.execute(query + " ORDER BY start", args)]
+
+    def tasks(self, step: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM tasks", ()
+        if step is not None:
+            query, args = query + " WHERE step = ?", (step,)
+        return [dict(r) for r in self._conn.execute(query + " ORDER BY submitted", args)]
+
+
+def now() -> float:
+    """Wall-clock time stored in the database (Unix seconds)."""
+    return time.time()

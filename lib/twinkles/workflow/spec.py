@@ -1,0 +1,225 @@
+"""The pipeline specification: steps, their recipes, granularity, dependencies and resources.
+
+A :class:`Step` runs one recipe (``cookbook/<recipe>``) once per data id of its *dimension*:
+``visit`` (one per visit), ``filter`` (one per filter observed), ``patch`` or ``run`` (one).
+A step depends on earlier steps; which upstream data ids a data id needs follows from the
+dimensions: the same visit for visit -> visit, every visit of the filter for visit -> filter,
+everything for anything -> run.
+
+:data:`PIPELINE` is the Twinkles cookbook (../shared/DESIGN.md section 3); steps are added as
+their recipes land. Tests build their own :class:`Pipeline` with fixture recipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twinkles.config import Run
+from twinkles.workflow.kernel import SCIENCE_IMPORTS
+
+__all__ = [
+    "COOKBOOK",
+    "PIPELINE",
+    "DataId",
+    "Pipeline",
+    "Resources",
+    "Step",
+    "data_id_str",
+    "parse_data_id",
+]
+
+#: Where the recipes live.
+COOKBOOK = Path(__file__).resolve().parents[3] / "cookbook"
+
+DataId = dict[str, Any]
+
+
+def data_id_str(data_id: DataId) -> str:
+    """``{"visit": 3}`` -> ``"visit=3"``; the run-level data id ``{}`` -> ``"run"``."""
+    return ",".join(f"{k}={v}" for k, v in sorted(data_id.items())) or "run"
+
+
+def parse_data_id(text: str) -> DataId:
+    """Inverse of :func:`data_id_str` (integers come back as int)."""
+    if text == "run":
+        return {}
+    out: DataId = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one data id of a step needs."""
+
+    cpus: int = 1
+    mem_gb: float = 2.0
+    timeout_min: float = 30.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recipe run per data id.
+
+    Attributes
+    ----------
+    name : str
+        Step name (``twinkles run --steps NAME``).
+    recipe : str
+        Notebook file name in the cookbook (or an absolute path).
+    dimension : str
+        ``visit``, ``filter``, ``patch``, ``run`` or a dimension the pipeline defines.
+    depends : tuple of str
+        Steps whose outputs this one reads.
+    inputs : callable
+        ``inputs(run, data_id) -> [(dataset_type, data_id), ...]``: files the step reads
+        (their checksums go into the provenance; their stat into the incremental check).
+    outputs : callable
+        ``outputs(run, data_id) -> [(dataset_type, data_id), ...]``: files a successful
+        execution must leave.
+    resources : Resources
+        Default resources per data id.
+    doc : str
+        One line for ``twinkles recipe show`` and the status table.
+    """
+
+    name: str
+    recipe: str
+    dimension: str
+    depends: tuple[str, ...] = ()
+    inputs: Callable[[Run, DataId], list[tuple[str, DataId]]] = field(
+        default=lambda run, did: [], repr=False
+    )
+    outputs: Callable[[Run, DataId], list[tuple[str, DataId]]] = field(
+        default=lambda run, did: [], repr=False
+    )
+    resources: Resources = Resources()
+    doc: str = ""
+
+    def recipe_path(self, cookbook: Path = COOKBOOK) -> Path:
+        path = Path(self.recipe)
+        return path if path.is_absolute() else cookbook / path
+
+
+def _visit_ids(run: Run) -> list[DataId]:
+    visits = run.butler.get("visitTable")
+    return [{"visit": int(v)} for v in visits["obsHistID"]]
+
+
+def _filter_ids(run: Run) -> list[DataId]:
+    visits = run.butler.get("visitTable")
+    return [{"filter": str(f)} for f in sorted(set(visits["filter"]))]
+
+
+@dataclass
+class Pipeline:
+    """An ordered set of steps and how to enumerate their data ids.
+
+    Parameters
+    ----------
+    steps : list of Step
+        In execution order (dependencies before dependants).
+    dimensions : dict
+        ``name -> function(run) -> [data_id, ...]``; ``run`` is always ``[{}]``.
+    prepare : callable, optional
+        Called with the run before data ids are enumerated (e.g. simulate the sky).
+    cookbook : Path
+        Where relative recipe names are found.
+    kernel_imports : tuple of str
+        Modules a warm kernel imports once, before its first notebook.
+    """
+
+    steps: list[Step]
+    dimensions: dict[str, Callable[[Run], list[DataId]]] = field(default_factory=dict)
+    prepare: Callable[[Run], None] | None = None
+    cookbook: Path = COOKBOOK
+    kernel_imports: tuple[str, ...] = SCIENCE_IMPORTS
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.name in seen:
+                raise ValueError(f"step {step.name} is defined twice")
+            unknown = [d for d in step.depends if d not in seen]
+            if unknown:
+                raise ValueError(f"step {step.name} depends on {unknown}, not defined before it")
+            seen.add(step.name)
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        known = ", ".join(s.name for s in self.steps)
+        raise KeyError(f"unknown step {name!r}; the pipeline has: {known}")
+
+    def data_ids(self, run: Run, dimension: str) -> list[DataId]:
+        if dimension == "run":
+            return [{}]
+        if dimension not in self.dimensions:
+            raise KeyError(f"the pipeline cannot enumerate data ids of dimension {dimension!r}")
+        return self.dimensions[dimension](run)
+
+    def upstream(
+        self, run: Run, step: Step, data_id: DataId, upstream: Step, filters: dict[int, str]
+    ) -> list[DataId]:
+        """Data ids of ``upstream`` that ``step``'s ``data_id`` needs."""
+        if upstream.dimension == "run":
+            return [{}]
+        if step.dimension == "run":
+            return self.data_ids(run, upstream.dimension)
+        if upstream.dimension == step.dimension:
+            return [data_id]
+        if upstream.dimension == "visit" and step.dimension == "filter":
+            return [{"visit": v} for v, f in filters.items() if f == data_id["filter"]]
+        if upstream.dimension == "filter" and step.dimension == "visit":
+            return [{"filter": filters[data_id["visit"]]}]
+        if "patch" in (upstream.dimension, step.dimension):
+            return self.data_ids(run, upstream.dimension)
+        raise ValueError(
+            f"no rule for {step.name} ({step.dimension}) depending on "
+            f"{upstream.name} ({upstream.dimension})"
+        )
+
+
+# --- the Twinkles cookbook --------------------------------------------------------------------
+
+_SKY_INPUTS = [
+    "visitTable",
+    "visitConditionsTruth",
+    "truthStars",
+    "truthGalaxies",
+    "truthSupernovae",
+    "truthLensedSystems",
+    "truthLensedImages",
+    "truthQuasarVariability",
+]
+
+
+def _prepare_sky(run: Run) -> None:
+    from twinkles.sim.simulate import prepare_run_dir
+    from twinkles.sim.sky import ensure_sky
+
+    prepare_run_dir(run)
+    ensure_sky(run)
+
+
+PIPELINE = Pipeline(
+    steps=[
+        Step(
+            name="simulate_visit",
+            recipe="simulate_visit.ipynb",
+            dimension="visit",
+            inputs=lambda run, did: [(name, {}) for name in _SKY_INPUTS],
+            outputs=lambda run, did: [("eimage", did), ("eimageTruth", did)],
+            resources=Resources(cpus=1, mem_gb=2.0, timeout_min=20.0),
+            doc="render one visit into an eimage (the PhoSim stand-in)",
+        ),
+    ],
+    dimensions={"visit": _visit_ids, "filter": _filter_ids, "patch": lambda run: [{"patch": 0}]},
+    prepare=_prepare_sky,
+)

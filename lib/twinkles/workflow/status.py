@@ -1,0 +1,134 @@
+"""``twinkles status`` and ``twinkles report``: read-only views of a run database.
+
+Status: per step, how many data ids are done, failed, blocked and pending (pending includes
+data ids planned but never run), and each failure with its cell, error line and notebook.
+
+Report: per step and for the whole run, data ids processed, CPU and wall hours, CPU
+efficiency, success rate and peak memory. CPU efficiency is ``CPU / (wall x cores)`` of the
+*tasks* (processes or Slurm array elements), so start-up, kernel warm-up and idle time count
+against it, as they did in Twinkles' own 2-4% figure at NERSC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twinkles.config import ConfigError, Run
+from twinkles.workflow import spec
+from twinkles.workflow.rundb import RunDatabase
+from twinkles.workflow.spec import Pipeline
+
+__all__ = ["run_report", "run_status"]
+
+
+def _planned(run: Run, pipeline: Pipeline) -> dict[str, list[str]]:
+    """Data ids each step would run, when the run's data ids can be enumerated."""
+    from twinkles.workflow.driver import make_plan
+
+    try:
+        plan = make_plan(run, pipeline)
+    except (FileNotFoundError, KeyError, ConfigError):
+        return {}
+    out: dict[str, list[str]] = {}
+    for step, did in plan:
+        out.setdefault(step, []).append(did)
+    return out
+
+
+def run_status(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
+    """``{"steps": [{"step", "done", "failed", "blocked", "pending", "failures"}, ...]}``."""
+    pipeline = pipeline or spec.PIPELINE
+    db = RunDatabase(run.dir / "run.db")
+    try:
+        rows = db.nodes()
+    finally:
+        db.close()
+    planned = _planned(run, pipeline)
+    by_step: dict[str, dict[str, Any]] = {}
+    order = [s.name for s in pipeline.steps] + sorted({r.step for r in rows} - set(planned))
+    for name in order:
+        by_step[name] = {
+            "step": name,
+            "done": 0,
+            "failed": 0,
+            "blocked": 0,
+            "pending": 0,
+            "failures": [],
+        }
+    seen = set()
+    for r in rows:
+        entry = by_step.setdefault(
+            r.step,
+            {"step": r.step, "done": 0, "failed": 0, "blocked": 0, "pending": 0, "failures": []},
+        )
+        state = r.state if r.state in ("done", "failed", "blocked") else "pending"
+        entry[state] += 1
+        seen.add((r.step, r.data_id))
+        if state in ("failed", "blocked"):
+            entry["failures"].append(
+                {
+                    "data_id": r.data_id,
+                    "state": r.state,
+                    "failure_class": r.failure_class,
+                    "cell": r.failed_cell,
+                    "error": r.error,
+                    "attempts": r.attempts,
+                    "notebook": r.notebook,
+                }
+            )
+    for step, dids in planned.items():
+        by_step[step]["pending"] += sum((step, d) not in seen for d in dids)
+    return {"steps": [by_step[name] for name in order if name in by_step]}
+
+
+def _sum(values: list[float | None]) -> float:
+    return float(sum(v for v in values if v is not None))
+
+
+def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
+    """Throughput, cost, efficiency, success rate and memory of a run, per step and in total."""
+    pipeline = pipeline or spec.PIPELINE
+    db = RunDatabase(run.dir / "run.db")
+    try:
+        nodes, attempts, tasks = db.nodes(), db.attempts(), db.tasks()
+    finally:
+        db.close()
+    steps = [s.name for s in pipeline.steps]
+    steps += sorted({n.step for n in nodes} - set(steps))
+
+    def summarise(node_rows, attempt_rows, task_rows) -> dict[str, Any]:
+        done = sum(n.state == "done" for n in node_rows)
+        failed = sum(n.state == "failed" for n in node_rows)
+        measured = [t for t in task_rows if t["wall_s"] is not None and t["cpu_s"] is not None]
+        task_cpu = _sum([t["cpu_s"] for t in measured])
+        core_wall = _sum([t["wall_s"] * t["cpus"] for t in measured])
+        peaks = [a["peak_rss_mb"] for a in attempt_rows if a["peak_rss_mb"] is not None]
+        return {
+            "data_ids_processed": done,
+            "data_ids_failed": failed,
+            "attempts": len(attempt_rows),
+            "retries": max(
+                len(attempt_rows) - len({(a["step"], a["data_id"]) for a in attempt_rows}), 0
+            ),
+            "cpu_hours": _sum([a["cpu_s"] for a in attempt_rows]) / 3600.0,
+            "wall_hours": _sum([a["wall_s"] for a in attempt_rows]) / 3600.0,
+            "task_cpu_hours": task_cpu / 3600.0,
+            "task_core_hours": core_wall / 3600.0,
+            "cpu_efficiency": task_cpu / core_wall if core_wall > 0 else None,
+            "success_rate": done / (done + failed) if done + failed else None,
+            "peak_rss_mb": max(peaks) if peaks else None,
+            "tasks": len(task_rows),
+        }
+
+    out = {"run": run.config.name, "steps": [], "total": summarise(nodes, attempts, tasks)}
+    for name in steps:
+        s_nodes = [n for n in nodes if n.step == name]
+        if not s_nodes:
+            continue
+        entry = summarise(
+            s_nodes,
+            [a for a in attempts if a["step"] == name],
+            [t for t in tasks if t["step"] == name],
+        )
+        out["steps"].append({"step": name, **entry})
+    return out
