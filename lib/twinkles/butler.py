@@ -184,7 +184,18 @@ def _read_fits(path: Path) -> Any:
     return copy
 
 
+def _write_exposure(exposure: Any, path: Path) -> None:
+    exposure.write_fits(path)
+
+
+def _read_exposure(path: Path) -> Any:
+    from twinkles.image import Exposure
+
+    return Exposure.read_fits(path)
+
+
 register_storage("table", _write_table, _read_table)
+register_storage("exposure", _write_exposure, _read_exposure)
 register_storage("json", _write_json, _read_json)
 register_storage("fits", _write_fits, _read_fits)
 

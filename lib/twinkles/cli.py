@@ -54,6 +54,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         only_failed=args.only_failed,
         workers=args.jobs,
         progress=not args.quiet,
+        where={"visit": args.visits} if args.visits else None,
     )
     for line in summary.lines():
         print(line)
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", help="only these steps, comma-separated")
     p.add_argument("--force", action="store_true", help="rerun even what is up to date")
     p.add_argument("--only-failed", action="store_true", help="rerun only failed and blocked")
+    p.add_argument("--visits", type=int, nargs="+", help="only these visits (per-visit steps)")
     p.add_argument("--jobs", "-j", type=int, help="local executor: CPUs to use")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)

@@ -34,6 +34,7 @@ __all__ = [
     "RenderConfig",
     "Run",
     "RunConfig",
+    "Section",
     "SensorConfig",
     "StepConfig",
     "TruthConfig",
@@ -59,10 +60,17 @@ class ConfigError(TwinklesError, ValueError):
         super().__init__(f"{source} is not a valid run configuration:\n{lines}")
 
 
-class _Section(BaseModel):
-    """Strict, frozen config section: unknown keys and silent type coercion are errors."""
+class Section(BaseModel):
+    """Strict, frozen configuration: unknown keys and silent type coercion are errors.
+
+    The base of the run configuration's sections and of every task's configuration: each field
+    has a default and a description (with its unit).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+_Section = Section
 
 
 class FieldConfig(_Section):

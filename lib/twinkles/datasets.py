@@ -64,3 +64,33 @@ register_dataset_type(
     "json",
     "What an eimage was drawn with: true WCS, zero point, sky, PSF, cosmic rays.",
 )
+
+# --- single-visit processing (process_eimage) ------------------------------------------------
+register_dataset_type(
+    "calexp",
+    ("visit",),
+    "calexp/calexp_{visit:08d}.fits",
+    "exposure",
+    "Calibrated exposure: background-subtracted image, mask, variance, PSF, WCS, zero point.",
+)
+register_dataset_type(
+    "calexpBackground",
+    ("visit",),
+    "calexp/background_{visit:08d}.fits",
+    "fits",
+    "The background subtracted from the calexp (coarse grid; BackgroundModel.evaluate).",
+)
+register_dataset_type(
+    "src",
+    ("visit",),
+    "src/src_{visit:08d}.parquet",
+    "table",
+    "Single-visit sources: positions, PSF and aperture fluxes (nJy), shapes, flags.",
+)
+register_dataset_type(
+    "visitSummary",
+    ("visit",),
+    "calexp/summary_{visit:08d}.json",
+    "json",
+    "Visit quality: PSF FWHM, zero point, sky, astrometric rms, depth (a CcdVisit row).",
+)

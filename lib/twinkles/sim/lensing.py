@@ -217,7 +217,7 @@ def make_lensed_quasars(
         One row per system; per image; the DRW grid of each system (``mjd``, ``dmag_i``);
         and the lens galaxies as galaxy truth rows (``is_lens`` True).
     """
-    from twinkles.sim.geometry import random_positions_in_disc
+    from twinkles.geometry import random_positions_in_disc
 
     ra, dec = random_positions_in_disc(n, ra0, dec0, placement_radius_deg, rng)
     sys_ids = make_ids(ObjectKind.LENS_SYSTEM, n)

@@ -18,9 +18,9 @@ from astropy.table import Table, vstack
 
 from twinkles.config import ConfigError, Run, RunConfig
 from twinkles.errors import TwinklesError
+from twinkles.geometry import random_positions_in_disc, sky_to_tangent
 from twinkles.sim.cadence import CONDITION_TRUTH_COLUMNS, make_visit_table
 from twinkles.sim.galaxies import make_galaxies
-from twinkles.sim.geometry import random_positions_in_disc, sky_to_tangent
 from twinkles.sim.lensing import make_lensed_quasars
 from twinkles.sim.refcat import make_reference_catalog
 from twinkles.sim.stars import make_stars

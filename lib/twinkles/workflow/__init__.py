@@ -1,0 +1,1 @@
+"""The workflow: pipeline spec, parameter contracts, execution, executors, run database."""

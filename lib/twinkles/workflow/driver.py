@@ -296,15 +296,23 @@ class _Driver:
             self.db.set_state([(r.step, r.data_id) for r in stale], "pending")
 
     def select(
-        self, plan: dict[Key, Node], steps: list[str] | None, force: bool, only_failed: bool
+        self,
+        plan: dict[Key, Node],
+        steps: list[str] | None,
+        force: bool,
+        only_failed: bool,
+        where: dict[str, set] | None = None,
     ) -> tuple[list[Node], list[Node]]:
         """(nodes to run, selected nodes already up to date)."""
         chosen = set(steps) if steps else {s.name for s in self.pipeline.steps}
+        where = where or {}
         rows = {(r.step, r.data_id): r for r in self.db.nodes()}
         todo: dict[Key, Node] = {}
         fresh: list[Node] = []
         for key, node in plan.items():
             if node.step.name not in chosen:
+                continue
+            if any(k in node.data_id and node.data_id[k] not in v for k, v in where.items()):
                 continue
             row = rows.get(key)
             if only_failed:
@@ -617,8 +625,12 @@ def run_pipeline(
     only_failed: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    where: dict[str, list] | None = None,
 ) -> RunSummary:
     """Run the pipeline (or the chosen steps) for a run; see the module docstring.
+
+    ``where`` restricts data ids, e.g. ``{"visit": [1, 2, 3]}``: nodes of steps with that
+    dimension run only for those values (steps without it are not restricted).
 
     Raises
     ------
@@ -641,7 +653,8 @@ def run_pipeline(
     driver = _Driver(run, pipeline, kind, workers, progress)
     try:
         driver.recover()
-        todo, fresh = driver.select(plan, steps, force, only_failed)
+        restrict = {k: set(v) for k, v in (where or {}).items()}
+        todo, fresh = driver.select(plan, steps, force, only_failed, restrict)
         check_parameters(todo, pipeline)
         if not todo:
             summary = RunSummary()

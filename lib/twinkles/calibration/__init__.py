@@ -1,0 +1,1 @@
+"""Astrometric and photometric calibration against the reference catalog; visit summaries."""

@@ -1,0 +1,250 @@
+"""Astrometric calibration against the reference catalog.
+
+The header WCS of an eimage is the *nominal* one: its pointing may be off by several arcsec
+and its rotation by a fraction of a degree, and it knows nothing of the optical distortion.
+
+1. **Coarse solution.** The reference stars are placed on the sensor with the nominal WCS and
+   rotated about the sensor centre by each angle of a grid (``max_rotation_deg`` in steps of
+   ``rotation_step_deg``); for each angle every source-reference offset shorter than
+   ``max_offset_arcsec`` goes into a 2-d histogram, whose peak is the pointing error. The
+   angle with the tallest peak wins. (Voting on offsets is immune to the sources that have no
+   reference and to the references that were not detected.)
+2. **Fit.** Sources and references matched within 3 pixels of the coarse solution give a first
+   TAN fit; then, ``iterations`` times, all references are matched to the sources within
+   ``match_radius_arcsec`` and a TAN-SIP WCS of degree ``sip_degree`` is fitted
+   (:func:`~twinkles.calibration.wcs_fit.fit_tan_sip`), clipping matches beyond
+   ``clip_sigma`` times the rms. The degree is lowered when matches are scarce.
+3. **Report**: the rms of the matches (mas), for all and for bright (S/N > 50) stars; every
+   source of the catalog gets its sky position (``coord_ra``, ``coord_dec``).
+
+Too few matches raises :class:`AstrometryError`, naming the visit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs import WCS
+from pydantic import Field
+from scipy.spatial import cKDTree
+
+from twinkles.calibration.matching import match_nearest
+from twinkles.calibration.wcs_fit import fit_tan_sip
+from twinkles.config import Section
+from twinkles.errors import TwinklesError
+
+__all__ = ["AstrometryConfig", "AstrometryError", "AstrometryResult", "AstrometryTask"]
+
+
+class AstrometryError(TwinklesError):
+    """The exposure could not be matched to the reference catalog."""
+
+
+class AstrometryConfig(Section):
+    """Astrometric calibration."""
+
+    max_offset_arcsec: float = Field(15.0, gt=0, description="Largest pointing error searched.")
+    max_rotation_deg: float = Field(0.6, ge=0, description="Largest rotation error searched.")
+    rotation_step_deg: float = Field(0.1, gt=0, description="Rotation grid step (deg).")
+    match_radius_arcsec: float = Field(1.0, gt=0, description="Final matching radius.")
+    sip_degree: int = Field(3, ge=1, le=5, description="Polynomial degree of the WCS.")
+    min_matches: int = Field(6, ge=3, description="Fewest matches (else AstrometryError).")
+    source_snr_min: float = Field(10.0, gt=0, description="Sources used (signal-to-noise).")
+    max_sources: int = Field(600, ge=10, description="Brightest sources used for the search.")
+    clip_sigma: float = Field(3.0, gt=0, description="Matches clipped beyond this many rms.")
+    iterations: int = Field(3, ge=1, le=10, description="Match-fit-clip passes.")
+
+
+@dataclass
+class AstrometryResult:
+    """The fitted WCS and the matches behind it."""
+
+    wcs: WCS
+    matches: Table
+    rms_mas: float
+    bright_rms_mas: float
+    offset_arcsec: tuple[float, float]
+    rotation_deg: float
+
+    @property
+    def n_matches(self) -> int:
+        return int(np.sum(self.matches["used"]))
+
+
+def _good_sources(catalog: Table, snr_min: float) -> np.ndarray:
+    flux, err = np.asarray(catalog["psfInstFlux"]), np.asarray(catalog["psfInstFluxErr"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = flux / err
+    bad = np.zeros(len(catalog), dtype=bool)
+    for flag in ("flag_saturated", "flag_edge", "flag_bad", "flag_cr", "flag_centroid"):
+        bad |= np.asarray(catalog[flag])
+    return np.flatnonzero((snr > snr_min) & ~bad)
+
+
+class AstrometryTask:
+    """Fit the WCS of an exposure to the reference catalog (see the module docstring)."""
+
+    def __init__(self, config: AstrometryConfig | None = None):
+        self.config = config or AstrometryConfig()
+
+    def coarse(
+        self,
+        sx: np.ndarray,
+        sy: np.ndarray,
+        rx: np.ndarray,
+        ry: np.ndarray,
+        centre: tuple[float, float],
+        pixel_scale: float,
+    ) -> tuple[float, float, float, int]:
+        """(rotation_deg, dx, dy, votes): the rotation and shift taking references to sources."""
+        cfg = self.config
+        radius = cfg.max_offset_arcsec / pixel_scale
+        tree = cKDTree(np.column_stack([sx, sy]))
+        bins = np.arange(-radius, radius + 2.0, 2.0)
+        best = (0.0, 0.0, 0.0, -1)
+        n_steps = round(cfg.max_rotation_deg / cfg.rotation_step_deg)
+        for k in range(-n_steps, n_steps + 1):
+            angle = np.deg2rad(k * cfg.rotation_step_deg)
+            c, s = np.cos(angle), np.sin(angle)
+            qx = centre[0] + c * (rx - centre[0]) - s * (ry - centre[1])
+            qy = centre[1] + s * (rx - centre[0]) + c * (ry - centre[1])
+            near = tree.query_ball_point(np.column_stack([qx, qy]), radius)
+            pairs = [(i, j) for i, js in enumerate(near) for j in js]
+            if not pairs:
+                continue
+            ref_i, src_j = np.array(pairs).T
+            dx, dy = sx[src_j] - qx[ref_i], sy[src_j] - qy[ref_i]
+            hist, ex, ey = np.histogram2d(dx, dy, bins=[bins, bins])
+            peak = np.unravel_index(np.argmax(hist), hist.shape)
+            votes = int(hist[peak])
+            if votes > best[3]:
+                cx, cy = (
+                    0.5 * (ex[peak[0]] + ex[peak[0] + 1]),
+                    0.5 * (ey[peak[1]] + ey[peak[1] + 1]),
+                )
+                near_peak = np.hypot(dx - cx, dy - cy) < 3.0
+                best = (
+                    k * cfg.rotation_step_deg,
+                    float(np.mean(dx[near_peak])),
+                    float(np.mean(dy[near_peak])),
+                    votes,
+                )
+        return best
+
+    def run(
+        self,
+        catalog: Table,
+        refcat: Table,
+        wcs: WCS,
+        shape: tuple[int, int],
+        visit: int | None = None,
+    ) -> AstrometryResult:
+        cfg = self.config
+        h, w = shape
+        good = _good_sources(catalog, cfg.source_snr_min)
+        flux = np.asarray(catalog["psfInstFlux"])
+        bright = good[np.argsort(-flux[good])][: cfg.max_sources]
+        sx, sy = np.asarray(catalog["x"], float), np.asarray(catalog["y"], float)
+        stars = refcat[~np.asarray(refcat["resolved"])]
+        rx, ry = wcs.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
+        pixel_scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
+        margin = cfg.max_offset_arcsec / pixel_scale + 0.01 * max(h, w)
+        inside = (rx > -margin) & (rx < w + margin) & (ry > -margin) & (ry < h + margin)
+        stars, rx, ry = stars[inside], rx[inside], ry[inside]
+        if len(bright) < cfg.min_matches or len(stars) < cfg.min_matches:
+            raise AstrometryError(
+                f"visit {visit}: {len(bright)} usable sources and {len(stars)} reference stars "
+                f"on the sensor; need {cfg.min_matches} of each"
+            )
+        centre = (0.5 * (w - 1), 0.5 * (h - 1))
+        rotation, dx, dy, _ = self.coarse(sx[bright], sy[bright], rx, ry, centre, pixel_scale)
+        angle = np.deg2rad(rotation)
+        qx = centre[0] + np.cos(angle) * (rx - centre[0]) - np.sin(angle) * (ry - centre[1]) + dx
+        qy = centre[1] + np.sin(angle) * (rx - centre[0]) + np.cos(angle) * (ry - centre[1]) + dy
+        i_src, i_ref, _ = match_nearest(sx[bright], sy[bright], qx, qy, 3.0)
+        if len(i_src) < cfg.min_matches:
+            raise AstrometryError(
+                f"visit {visit}: only {len(i_src)} sources match the reference catalog (need "
+                f'{cfg.min_matches}); is the pointing off by more than {cfg.max_offset_arcsec}"?'
+            )
+        crpix = tuple(float(c) for c in wcs.wcs.crpix)
+        crval = tuple(float(c) for c in wcs.wcs.crval)
+        src, ref = bright[i_src], i_ref
+        fit = fit_tan_sip(
+            sx[src], sy[src], stars["ra"][ref], stars["dec"][ref], crpix, crval, 1, shape
+        )
+        all_good = _good_sources(catalog, min(cfg.source_snr_min, 5.0))
+        used = np.ones(0, dtype=bool)
+        for _ in range(cfg.iterations):
+            px, py = fit.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
+            i_src, i_ref, _ = match_nearest(
+                sx[all_good], sy[all_good], px, py, cfg.match_radius_arcsec / pixel_scale
+            )
+            src, ref = all_good[i_src], i_ref
+            if len(src) < cfg.min_matches:
+                raise AstrometryError(
+                    f'visit {visit}: only {len(src)} matches within {cfg.match_radius_arcsec}" '
+                    f"(need {cfg.min_matches})"
+                )
+            degree = cfg.sip_degree
+            while degree > 1 and len(src) < 3 * (degree + 1) * (degree + 2) // 2:
+                degree -= 1
+            used = np.ones(len(src), dtype=bool)
+            for _clip in range(3):
+                fit = fit_tan_sip(
+                    sx[src][used],
+                    sy[src][used],
+                    stars["ra"][ref][used],
+                    stars["dec"][ref][used],
+                    crpix,
+                    crval,
+                    degree,
+                    shape,
+                )
+                dra, ddec = self._residuals_mas(fit, sx[src], sy[src], stars[ref])
+                sep = np.hypot(dra, ddec)
+                rms = np.sqrt(np.mean(sep[used] ** 2))
+                new_used = sep < cfg.clip_sigma * rms
+                if np.array_equal(new_used, used) or new_used.sum() < cfg.min_matches:
+                    break
+                used = new_used
+            crval = tuple(float(c) for c in fit.wcs.crval)
+        snr = flux[src] / np.asarray(catalog["psfInstFluxErr"])[src]
+        matches = Table(
+            {
+                "src_index": src,
+                "ref_index": np.asarray(stars["id"])[ref],
+                "x": sx[src],
+                "y": sy[src],
+                "dra_mas": dra,
+                "ddec_mas": ddec,
+                "snr": snr,
+                "used": used,
+            }
+        )
+        catalog["coord_ra"], catalog["coord_dec"] = fit.all_pix2world(sx, sy, 0)
+        catalog["coord_ra"] = np.asarray(catalog["coord_ra"]) % 360.0
+        bright_ok = used & (snr > 50)
+        bright_rms = (
+            float(np.sqrt(np.mean(sep[bright_ok] ** 2))) if bright_ok.any() else float("nan")
+        )
+        return AstrometryResult(
+            wcs=fit,
+            matches=matches,
+            rms_mas=float(np.sqrt(np.mean(sep[used] ** 2))),
+            bright_rms_mas=bright_rms,
+            offset_arcsec=(dx * pixel_scale, dy * pixel_scale),
+            rotation_deg=rotation,
+        )
+
+    @staticmethod
+    def _residuals_mas(
+        wcs: WCS, x: np.ndarray, y: np.ndarray, refs: Table
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ra, dec = wcs.all_pix2world(x, y, 0)
+        cos_dec = np.cos(np.deg2rad(np.asarray(refs["dec"])))
+        dra = ((ra - np.asarray(refs["ra"]) + 180.0) % 360.0 - 180.0) * cos_dec * 3.6e6
+        ddec = (dec - np.asarray(refs["dec"])) * 3.6e6
+        return dra, ddec

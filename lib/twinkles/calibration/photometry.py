@@ -1,0 +1,132 @@
+"""Photometric calibration: the zero point from matched reference stars.
+
+Clean point sources (no saturated, edge, cosmic-ray, interpolated or blended flag;
+extendedness 0; S/N above ``snr_min``) are matched within ``match_radius_arcsec`` to reference
+stars that are neither resolved nor variable, with magnitude errors below ``max_ref_mag_err``.
+For each pair ``zp_i = m_ref - m_inst`` with ``m_inst = -2.5 log10(F)`` and ``F`` the
+aperture-corrected PSF flux (electrons). The zero point is the weighted mean
+(weights ``1 / (sigma_ref^2 + sigma_inst^2)``), clipped at ``clip_sigma`` times the robust
+scatter until stable; its error is that of the mean, inflated by sqrt(chi^2 per degree of
+freedom) when the scatter exceeds the errors. The refcat is in LSST bands, so there is no
+colour term. Too few stars raises :class:`PhotoCalError`, naming the visit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from pydantic import Field
+
+from twinkles.calibration.matching import match_nearest
+from twinkles.config import Section
+from twinkles.errors import TwinklesError
+from twinkles.geometry import sky_to_tangent
+from twinkles.image import PhotoCalib
+
+__all__ = ["PhotoCalConfig", "PhotoCalError", "PhotoCalResult", "PhotoCalTask"]
+
+
+class PhotoCalError(TwinklesError):
+    """Too few calibration stars."""
+
+
+class PhotoCalConfig(Section):
+    """Photometric calibration."""
+
+    match_radius_arcsec: float = Field(0.5, gt=0, description="Matching radius.")
+    snr_min: float = Field(30.0, gt=0, description="Fewest signal-to-noise of a star used.")
+    max_ref_mag_err: float = Field(0.05, gt=0, description="Largest reference magnitude error.")
+    clip_sigma: float = Field(3.0, gt=0, description="Clipping (robust sigma).")
+    min_stars: int = Field(3, ge=1, description="Fewest stars (else PhotoCalError).")
+
+
+@dataclass
+class PhotoCalResult:
+    """The calibration and the stars behind it."""
+
+    photo_calib: PhotoCalib
+    matches: Table
+    scatter: float
+
+    @property
+    def n_stars(self) -> int:
+        return int(np.sum(self.matches["used"]))
+
+
+class PhotoCalTask:
+    """Zero point of an exposure from its reference stars (see the module docstring)."""
+
+    def __init__(self, config: PhotoCalConfig | None = None):
+        self.config = config or PhotoCalConfig()
+
+    def run(
+        self, catalog: Table, refcat: Table, band: str, visit: int | None = None
+    ) -> PhotoCalResult:
+        cfg = self.config
+        flux = np.asarray(catalog["psfInstFluxCorr"])
+        err = np.asarray(catalog["psfInstFluxCorrErr"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = flux / err
+        clean = (snr > cfg.snr_min) & (np.asarray(catalog["extendedness"]) == 0)
+        for flag in (
+            "flag_saturated",
+            "flag_edge",
+            "flag_cr",
+            "flag_interpolated",
+            "flag_blended",
+            "flag_bad",
+        ):
+            clean &= ~np.asarray(catalog[flag])
+        refs = refcat[
+            ~np.asarray(refcat["resolved"])
+            & ~np.asarray(refcat["variable"])
+            & (np.asarray(refcat[f"{band}_magErr"]) < cfg.max_ref_mag_err)
+        ]
+        src = np.flatnonzero(clean)
+        ra0, dec0 = float(np.median(catalog["coord_ra"])), float(np.median(catalog["coord_dec"]))
+        sx, sy = sky_to_tangent(
+            np.asarray(catalog["coord_ra"])[src], np.asarray(catalog["coord_dec"])[src], ra0, dec0
+        )
+        rx, ry = sky_to_tangent(np.asarray(refs["ra"]), np.asarray(refs["dec"]), ra0, dec0)
+        i_src, i_ref, _ = match_nearest(
+            sx * 3600, sy * 3600, rx * 3600, ry * 3600, cfg.match_radius_arcsec
+        )
+        if len(i_src) < cfg.min_stars:
+            raise PhotoCalError(
+                f"visit {visit}: only {len(i_src)} reference stars for the zero point "
+                f"(need {cfg.min_stars})"
+            )
+        src = src[i_src]
+        m_inst = -2.5 * np.log10(flux[src])
+        m_inst_err = 2.5 / np.log(10) * err[src] / flux[src]
+        m_ref = np.asarray(refs[f"{band}_mag"])[i_ref]
+        m_ref_err = np.asarray(refs[f"{band}_magErr"])[i_ref]
+        zp_i = m_ref - m_inst
+        sigma = np.hypot(m_ref_err, m_inst_err)
+        weight = 1.0 / sigma**2
+        used = np.ones(len(zp_i), dtype=bool)
+        for _ in range(10):
+            zp = np.sum(weight[used] * zp_i[used]) / np.sum(weight[used])
+            scatter = 1.4826 * np.median(np.abs(zp_i[used] - np.median(zp_i[used])))
+            new_used = np.abs(zp_i - zp) < cfg.clip_sigma * np.maximum(scatter, sigma)
+            if np.array_equal(new_used, used) or new_used.sum() < cfg.min_stars:
+                break
+            used = new_used
+        n = int(used.sum())
+        chi2 = np.sum(weight[used] * (zp_i[used] - zp) ** 2) / max(n - 1, 1)
+        zp_err = float(np.sqrt(1.0 / np.sum(weight[used])) * max(1.0, np.sqrt(chi2)))
+        matches = Table(
+            {
+                "src_index": src,
+                "ref_id": np.asarray(refs["id"])[i_ref],
+                "m_ref": m_ref,
+                "m_ref_err": m_ref_err,
+                "m_inst": m_inst,
+                "m_inst_err": m_inst_err,
+                "zp": zp_i,
+                "used": used,
+            }
+        )
+        return PhotoCalResult(PhotoCalib(float(zp), zp_err), matches, float(scatter))

@@ -1,0 +1,1 @@
+"""Sky background, source detection and deblending."""

@@ -1,0 +1,1 @@
+"""Instrument-signature removal for eimages: reading, variance, saturation, cosmic rays."""

@@ -1,0 +1,1 @@
+"""Source measurement: PSF and aperture fluxes, aperture correction, the src catalog."""

@@ -1,0 +1,274 @@
+"""Aperture correction of PSF fluxes, and extendedness.
+
+The PSF model is a 25-pixel kernel normalised to unit sum, so a PSF flux counts the light inside
+the kernel; in poor seeing a few percent of a star's light falls outside. The aperture
+correction brings PSF fluxes to total fluxes in two stages, a curve of growth (Stetson 1990,
+PASP 102, 932):
+
+1. ``inner`` aperture (12 pixels, LSST's calibration aperture) over PSF flux, measured on the
+   PSF stars and fitted as a polynomial of degree ``degree`` over the sensor, with clipping;
+2. the growth from ``inner`` to ``radius`` (25 pixels: all but ~1e-3 of a star's light in
+   1.6" seeing), one number: the median over the stars whose inner-aperture S/N exceeds
+   ``growth_snr_min``, for which the sky in a 25-pixel aperture is a negligible part of the flux.
+
+Apertures leave out the footprints of other detections, and each star's sky comes from an
+annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
+light of undetected faint galaxies, which lifts the sky in the aperture alike (0.5 e- per pixel
+over 2000 pixels is a few percent of a 10^5 e- star); the clipping drops neighbours' wings.
+
+Every PSF flux is multiplied by the correction, so corrected PSF fluxes are total fluxes, and
+so are the calibrated ones. Twinkles failed such visits with "Only 1 sources for calculation of
+aperture correction"; here too few stars raise :class:`ApertureCorrectionError`, naming the
+visit.
+
+Extendedness: a point source has the stars' concentration ``c = apFlux(r) / psfFlux``; a
+galaxy is more extended. A source is extended (1) when its ``c`` exceeds the stars' median by
+more than ``extendedness_excess`` and by ``extendedness_sigma`` times its uncertainty, else 0
+(after the concentration criterion of SDSS and LSST's extendedness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from astropy.table import Table
+from pydantic import Field
+from scipy.spatial import cKDTree
+
+from twinkles.config import Section
+from twinkles.errors import TwinklesError
+from twinkles.image import Exposure
+from twinkles.measurement.measure import aperture_name
+from twinkles.psf.pixel import polynomial_terms
+
+__all__ = [
+    "ApertureCorrectionConfig",
+    "ApertureCorrectionError",
+    "ApertureCorrectionResult",
+    "ApertureCorrectionTask",
+    "local_aperture_flux",
+]
+
+
+class ApertureCorrectionError(TwinklesError):
+    """Too few stars to measure the aperture correction."""
+
+
+class ApertureCorrectionConfig(Section):
+    """Aperture correction and extendedness."""
+
+    inner: float = Field(12.0, gt=0, description="Aperture of the first stage (pixels).")
+    radius: float = Field(25.0, gt=0, description="Aperture taken as the total flux (pixels).")
+    growth_snr_min: float = Field(
+        300.0, gt=0, description="Inner-aperture S/N of the stars measuring the growth."
+    )
+    annulus: tuple[float, float] = Field(
+        (30.0, 45.0), description="Inner and outer radius of the local-sky annulus (pixels)."
+    )
+    degree: int = Field(1, ge=0, le=3, description="Polynomial degree over the sensor.")
+    min_stars: int = Field(4, ge=1, description="Fewest stars (else ApertureCorrectionError).")
+    clip_sigma: float = Field(3.0, gt=0, description="Clipping of outlying stars (sigma).")
+    extendedness_radius: float = Field(
+        12.0, gt=0, description="Aperture of the concentration (pixels)."
+    )
+    extendedness_excess: float = Field(
+        0.03, ge=0, description="Fractional concentration excess of an extended source."
+    )
+    extendedness_sigma: float = Field(3.0, gt=0, description="Significance of that excess (sigma).")
+
+
+@dataclass
+class ApertureCorrectionResult:
+    """The correction: a polynomial over the sensor times the growth to the total aperture."""
+
+    coefficients: np.ndarray
+    degree: int
+    x0: float
+    y0: float
+    scale: float
+    stars: Table
+    scatter: float
+    growth: float
+    growth_n_stars: int
+    uncertainty: float
+    """Fractional uncertainty of the correction (both stages)."""
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        terms = polynomial_terms(
+            (np.asarray(x) - self.x0) / self.scale,
+            (np.asarray(y) - self.y0) / self.scale,
+            self.degree,
+        )
+        return (terms @ self.coefficients) * self.growth
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self(self.stars["x"], self.stars["y"])))
+
+
+def local_aperture_flux(
+    exposure: Exposure,
+    segmentation: np.ndarray,
+    index: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    radius: float,
+    annulus: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aperture fluxes of detections ``index`` without other footprints, less a local sky.
+
+    The sky of each source is the 3-sigma-clipped mean of its annulus pixels that belong to no
+    footprint; it is subtracted over the pixels the aperture actually used.
+    """
+    image = np.ascontiguousarray(exposure.image, dtype=np.float32)
+    seg_id = (np.asarray(index) + 1).astype(np.int32)
+    kwargs = dict(segmap=segmentation, seg_id=seg_id, subpix=5)
+    flux, _, _ = sep.sum_circle(image, x, y, radius, **kwargs)
+    area, _, _ = sep.sum_circle(np.ones_like(image), x, y, radius, **kwargs)
+    var_sum, _, _ = sep.sum_circle(
+        np.ascontiguousarray(exposure.variance, dtype=np.float32), x, y, radius, **kwargs
+    )
+    r_in, r_out = annulus
+    offsets = np.arange(-int(np.ceil(r_out)), int(np.ceil(r_out)) + 1)
+    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
+    ring = (np.hypot(dx, dy) >= r_in) & (np.hypot(dx, dy) < r_out)
+    dy, dx = dy[ring], dx[ring]
+    h, w = image.shape
+    sky = np.zeros(len(x))
+    sky_err = np.zeros(len(x))
+    for k in range(len(x)):
+        yy = round(y[k]) + dy
+        xx = round(x[k]) + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        yy, xx = yy[inside], xx[inside]
+        values = image[yy, xx][segmentation[yy, xx] == 0]
+        for _ in range(3):
+            if len(values) < 10:
+                break
+            mean, std = values.mean(), values.std()
+            values = values[np.abs(values - mean) < 3.0 * std]
+        if len(values):
+            sky[k] = values.mean()
+            sky_err[k] = values.std() / np.sqrt(len(values))
+    return flux - sky * area, np.sqrt(var_sum + (sky_err * area) ** 2)
+
+
+class ApertureCorrectionTask:
+    """Measure the aperture correction on PSF stars; apply it and classify extendedness."""
+
+    def __init__(self, config: ApertureCorrectionConfig | None = None):
+        self.config = config or ApertureCorrectionConfig()
+
+    def run(
+        self,
+        exposure: Exposure,
+        catalog: Table,
+        segmentation: np.ndarray,
+        star_x: np.ndarray,
+        star_y: np.ndarray,
+    ) -> ApertureCorrectionResult:
+        """Measure the correction on the stars at (star_x, star_y); apply it to ``catalog``."""
+        cfg = self.config
+        visit = exposure.metadata.get("visit")
+        x, y = np.asarray(catalog["x"]), np.asarray(catalog["y"])
+        dist, idx = cKDTree(np.column_stack([x, y])).query(np.column_stack([star_x, star_y]))
+        idx = idx[dist < 1.0]
+        clean = ~np.asarray(
+            catalog["flag_saturated"]
+            | catalog["flag_bad"]
+            | catalog["flag_edge"]
+            | catalog["flag_cr"]
+        )
+        idx = idx[clean[idx]]
+        seg = np.ascontiguousarray(segmentation, dtype=np.int32)
+        inner, inner_err = local_aperture_flux(
+            exposure, seg, idx, x[idx], y[idx], cfg.inner, cfg.annulus
+        )
+        psf = np.asarray(catalog["psfInstFlux"])[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = inner / psf
+            ratio_err = ratio * np.hypot(
+                inner_err / inner, np.asarray(catalog["psfInstFluxErr"])[idx] / psf
+            )
+        ok = np.isfinite(ratio) & (psf > 0) & (inner > 0)
+        if ok.sum() < cfg.min_stars:
+            raise ApertureCorrectionError(
+                f"visit {visit}: only {int(ok.sum())} stars for the aperture correction "
+                f"(need {cfg.min_stars})"
+            )
+        # stage 2: growth from the inner to the total aperture, on the brightest stars
+        bright = ok & (inner > cfg.growth_snr_min * inner_err)
+        if bright.sum() < 3:
+            bright = np.zeros_like(ok)
+            bright[np.argsort(-np.where(ok, inner, -np.inf))[:3]] = True
+        total, _ = local_aperture_flux(
+            exposure, seg, idx[bright], x[idx][bright], y[idx][bright], cfg.radius, cfg.annulus
+        )
+        growths = total / inner[bright]
+        growth = float(np.median(growths))
+        growth_err = 1.2533 * np.std(growths) / np.sqrt(len(growths)) if len(growths) > 1 else 0.0
+        # stage 1: inner aperture over PSF flux, over the sensor
+        idx, ratio, ratio_err = idx[ok], ratio[ok], ratio_err[ok]
+        h, w = exposure.shape
+        x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
+        degree = cfg.degree
+        while degree > 0 and len(idx) < 4 * (degree + 1) * (degree + 2) // 2:
+            degree -= 1
+        terms = polynomial_terms((x[idx] - x0) / scale, (y[idx] - y0) / scale, degree)
+        used = np.ones(len(idx), dtype=bool)
+        weight = 1.0 / np.maximum(ratio_err, 1e-4)
+        for _ in range(5):
+            coeffs, *_ = np.linalg.lstsq(
+                terms[used] * weight[used, None], ratio[used] * weight[used], rcond=None
+            )
+            resid = ratio - terms @ coeffs
+            scatter = 1.4826 * np.median(np.abs(resid[used] - np.median(resid[used])))
+            new_used = np.abs(resid) < cfg.clip_sigma * np.maximum(scatter, ratio_err)
+            if new_used.sum() < cfg.min_stars or np.array_equal(new_used, used):
+                break
+            used = new_used
+        stars = Table(
+            {"x": x[idx], "y": y[idx], "ratio": ratio, "ratio_err": ratio_err, "used": used}
+        )
+        stage1_err = max(scatter, float(np.median(ratio_err[used]))) / np.sqrt(used.sum())
+        uncertainty = float(np.hypot(stage1_err / np.median(ratio[used]), growth_err / growth))
+        result = ApertureCorrectionResult(
+            coeffs,
+            degree,
+            x0,
+            y0,
+            scale,
+            stars,
+            float(scatter),
+            growth,
+            int(bright.sum()),
+            uncertainty,
+        )
+        corr = result(x, y)  # includes the growth to the total aperture
+        catalog["psfApCorr"] = corr
+        catalog["psfInstFluxCorr"] = catalog["psfInstFlux"] * corr
+        catalog["psfInstFluxCorrErr"] = catalog["psfInstFluxErr"] * corr
+        self._extendedness(catalog, idx[used])
+        return result
+
+    def _extendedness(self, catalog: Table, stars: np.ndarray) -> None:
+        """Concentration relative to the stars' (see the module docstring)."""
+        cfg = self.config
+        ext = aperture_name(cfg.extendedness_radius)
+        flux = np.asarray(catalog[f"{ext}_instFlux"])
+        psf = np.asarray(catalog["psfInstFlux"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conc = flux / psf
+            conc_err = np.abs(conc) * np.hypot(
+                np.asarray(catalog[f"{ext}_instFluxErr"]) / flux,
+                np.asarray(catalog["psfInstFluxErr"]) / psf,
+            )
+        star_conc = float(np.median(conc[stars]))
+        excess = conc - star_conc
+        extended = (excess > cfg.extendedness_excess * star_conc) & (
+            excess > cfg.extendedness_sigma * conc_err
+        )
+        catalog["concentration"] = conc
+        catalog["extendedness"] = np.where(np.isfinite(conc), extended.astype(float), np.nan)

@@ -1,0 +1,128 @@
+"""Single-visit source measurement: the ``src`` catalog's columns, in electrons.
+
+For every detection:
+
+* centroid: the windowed centroid from detection (``x``, ``y``; 0-based pixels);
+* PSF flux and error (:func:`~twinkles.measurement.psf_flux.psf_flux`);
+* circular aperture fluxes at the Twinkles radii (3, 4.5, 6, 9, 12, 17, 25, 35, 50, 70 pixels),
+  with pixel overlap sub-sampled 5x5, by ``sep.sum_circle``; pixels of *other* detections
+  (their segmentation footprints, deblended children included) are left out, so a large
+  aperture measures the source and not its neighbours (as LSST measures each source with its
+  neighbours replaced by noise). Masked (bad, saturated) pixels are replaced by the aperture's
+  mean and flagged;
+* second moments ``ixx``, ``iyy``, ``ixy`` (pixels^2, isophotal);
+* flags: ``flag_saturated`` (a saturated pixel within ``core_radius``), ``flag_interpolated``
+  and ``flag_cr`` (interpolated or cosmic-ray pixels within it), ``flag_edge`` (the PSF stamp
+  leaves the sensor), ``flag_blended`` (deblended), ``flag_bad`` (no usable PSF flux).
+
+Aperture correction and extendedness follow in :mod:`twinkles.measurement.apcorr`, the
+calibration to nJy in :mod:`twinkles.calibration`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from astropy.table import Table
+from pydantic import Field
+
+from twinkles.config import Section
+from twinkles.detection.detect import BAD_PLANES
+from twinkles.image import Exposure, MaskPlane
+from twinkles.measurement.psf_flux import psf_flux
+from twinkles.psf.determine import cut_stamps
+
+__all__ = [
+    "TWINKLES_APERTURES",
+    "MeasurementConfig",
+    "MeasurementResult",
+    "MeasurementTask",
+    "aperture_name",
+]
+
+#: Aperture radii of Twinkles' processEimage (pixels).
+TWINKLES_APERTURES = [3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0]
+
+
+def aperture_name(radius: float) -> str:
+    """Column stem of an aperture, after the LSST names: 4.5 -> ``apFlux_4_5``."""
+    return "apFlux_" + f"{radius:g}".replace(".", "_")
+
+
+class MeasurementConfig(Section):
+    """Source measurement."""
+
+    aperture_radii: list[float] = Field(
+        default_factory=lambda: list(TWINKLES_APERTURES),
+        description="Circular aperture radii (pixels).",
+    )
+    core_radius: int = Field(
+        2, ge=0, le=10, description="Half-size of the core checked for flags (pixels)."
+    )
+    max_masked_psf: float = Field(
+        0.5, gt=0, le=1, description="Masked PSF fraction beyond which the PSF flux is flagged."
+    )
+
+
+@dataclass
+class MeasurementResult:
+    """The measured catalog (electrons, pixels)."""
+
+    catalog: Table
+
+
+class MeasurementTask:
+    """Measure every detection on an exposure with a PSF."""
+
+    def __init__(self, config: MeasurementConfig | None = None):
+        self.config = config or MeasurementConfig()
+
+    def run(
+        self, exposure: Exposure, detections: Table, segmentation: np.ndarray | None = None
+    ) -> MeasurementResult:
+        """Measure ``detections``; ``segmentation`` (from detection) keeps neighbours out."""
+        cfg = self.config
+        x = np.asarray(detections["x"], dtype=float)
+        y = np.asarray(detections["y"], dtype=float)
+        cat = Table()
+        cat["x"], cat["y"] = x, y
+        flux, err, masked = psf_flux(exposure, x, y)
+        cat["psfInstFlux"], cat["psfInstFluxErr"] = flux, err
+        cat["psfMaskedFraction"] = masked
+        data = np.ascontiguousarray(exposure.image, dtype=np.float32)
+        var = np.ascontiguousarray(exposure.variance, dtype=np.float32)
+        bad = exposure.masked(BAD_PLANES | MaskPlane.SAT)
+        seg = {}
+        if segmentation is not None:
+            seg = dict(
+                segmap=np.ascontiguousarray(segmentation, dtype=np.int32),
+                seg_id=np.arange(1, len(x) + 1, dtype=np.int32),
+            )
+        bad_image = bad.astype(np.float32)
+        for radius in cfg.aperture_radii:
+            f, e, flag = sep.sum_circle(data, x, y, radius, var=var, mask=bad, subpix=5, **seg)
+            # sep flags pixels left out as neighbours too: the flag counts bad pixels only
+            n_bad, _, _ = sep.sum_circle(bad_image, x, y, radius, subpix=1)
+            name = aperture_name(radius)
+            cat[f"{name}_instFlux"], cat[f"{name}_instFluxErr"] = f, e
+            cat[f"{name}_flag"] = ((flag & sep.APER_TRUNC) != 0) | (n_bad > 0)
+        cat["ixx"], cat["iyy"], cat["ixy"] = detections["x2"], detections["y2"], detections["xy"]
+        cat["flux_radius"] = detections["flux_radius"]
+        ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+        core, _ = cut_stamps(exposure.mask, ix, iy, cfg.core_radius, fill=int(MaskPlane.NO_DATA))
+
+        def any_in_core(plane: MaskPlane) -> np.ndarray:
+            return np.any((core & int(plane)) != 0, axis=(1, 2))
+
+        half = exposure.psf.half
+        h, w = exposure.shape
+        cat["flag_saturated"] = any_in_core(MaskPlane.SAT)
+        cat["flag_interpolated"] = any_in_core(MaskPlane.INTRP)
+        cat["flag_cr"] = any_in_core(MaskPlane.CR)
+        cat["flag_edge"] = (ix < half) | (iy < half) | (ix >= w - half) | (iy >= h - half)
+        cat["flag_blended"] = detections["flag_blended"]
+        cat["flag_centroid"] = detections["flag_centroid"]
+        cat["flag_bad"] = ~np.isfinite(flux) | (masked > cfg.max_masked_psf)
+        return MeasurementResult(cat)

@@ -1,0 +1,1 @@
+"""The PSF: a pixelized, spatially varying model (pixel), its measurement (determine), shifts."""

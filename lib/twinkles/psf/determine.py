@@ -1,0 +1,222 @@
+"""Measuring the PSF from the stars of an exposure.
+
+1. **Candidates**: bright detections (``snr_min``) that are isolated (no other detection within
+   ``isolation_radius``), not deblended, whose stamp is inside the sensor and free of
+   saturated, bad, cosmic-ray and interpolated pixels, with a peak below ``max_peak_fraction``
+   of the full well.
+2. **Stars**: the candidates on the stellar locus of half-light radius. Stars are the most
+   compact sources and all share the PSF's size; the locus is the smallest radius at which at
+   least half as many candidates gather (within ``size_tolerance``) as at the densest radius.
+   Galaxies lie above it.
+3. **Fit**: each star's stamp is recentred on its centroid by Lanczos interpolation and
+   normalised to unit flux; every pixel of the kernel is then fitted as a polynomial in the
+   sensor position (:class:`~twinkles.psf.pixel.PixelPSF`), weighting stars by signal-to-noise
+   (capped, so a few bright stars do not decide alone). Stars whose residual chi^2 stands out
+   are clipped and the fit repeated; fluxes are re-measured with the model in between.
+   The polynomial degree is lowered when there are fewer than 4 stars per coefficient.
+
+Too few stars raises :class:`PsfError` with the visit, the number found and the number needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from pydantic import Field, field_validator
+from scipy.spatial import cKDTree
+
+from twinkles.config import Section
+from twinkles.errors import TwinklesError
+from twinkles.image import Exposure, MaskPlane
+from twinkles.psf.pixel import PixelPSF, polynomial_terms
+from twinkles.psf.shift import shift_stamps
+
+__all__ = ["PsfConfig", "PsfError", "PsfResult", "PsfTask", "cut_stamps"]
+
+
+class PsfError(TwinklesError):
+    """The PSF could not be measured (too few stars)."""
+
+
+class PsfConfig(Section):
+    """PSF measurement."""
+
+    kernel_size: int = Field(25, ge=9, le=101, description="Kernel side (pixels, odd).")
+    degree: int = Field(2, ge=0, le=4, description="Polynomial degree of spatial variation.")
+    min_stars: int = Field(5, ge=2, description="Fewest stars for a PSF (else PsfError).")
+    max_stars: int = Field(300, ge=5, description="Most stars used (the brightest).")
+    snr_min: float = Field(50.0, gt=0, description="Candidate signal-to-noise floor.")
+    snr_weight_cap: float = Field(300.0, gt=0, description="S/N beyond which weights stop growing.")
+    isolation_radius: float = Field(
+        10.0, gt=0, description="No other detection this close to a star (pixels)."
+    )
+    size_tolerance: float = Field(
+        0.12, gt=0, le=0.5, description="Fractional half-light-radius width of the star locus."
+    )
+    max_peak_fraction: float = Field(
+        0.8, gt=0, le=1.0, description="Brightest peak allowed, as a fraction of the full well."
+    )
+    clip_sigma: float = Field(4.0, gt=0, description="Stars clipped beyond this chi^2 spread.")
+    iterations: int = Field(3, ge=1, le=10, description="Fit-clip iterations.")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("kernel_size: must be odd")
+        return v
+
+
+@dataclass
+class PsfResult:
+    """The PSF model and the stars it came from."""
+
+    psf: PixelPSF
+    stars: Table
+    residuals: np.ndarray
+    stamps: np.ndarray
+    fwhm: float
+    fwhm_eff: float
+
+    @property
+    def n_stars(self) -> int:
+        return int(np.sum(self.stars["used"]))
+
+
+def cut_stamps(
+    image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int, fill: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stamps (n, 2 half + 1, 2 half + 1) centred on integer pixels, and where they are inside."""
+    offsets = np.arange(-half, half + 1)
+    yy = iy[:, None, None] + offsets[None, :, None]
+    xx = ix[:, None, None] + offsets[None, None, :]
+    h, w = image.shape
+    inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    stamps = image[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+    return np.where(inside, stamps, fill), inside
+
+
+def _stellar_locus(radius: np.ndarray, tolerance: float) -> float:
+    """Centre of the smallest-radius cluster holding at least half the densest count."""
+    r = np.sort(radius[np.isfinite(radius) & (radius > 0)])
+    if len(r) == 0:
+        return float("nan")
+    lo = np.searchsorted(r, r * (1 - tolerance))
+    hi = np.searchsorted(r, r * (1 + tolerance), side="right")
+    counts = hi - lo
+    first = int(np.flatnonzero(counts >= max(3, 0.5 * counts.max()))[0]) if counts.max() >= 3 else 0
+    members = r[lo[first] : hi[first]]
+    return float(np.median(members))
+
+
+class PsfTask:
+    """Measure the PSF of an exposure from its bright, isolated stars."""
+
+    def __init__(self, config: PsfConfig | None = None):
+        self.config = config or PsfConfig()
+
+    def select(self, exposure: Exposure, candidates: Table) -> tuple[np.ndarray, float]:
+        """Indices of PSF stars among ``candidates``, and the stellar-locus radius."""
+        cfg = self.config
+        half = cfg.kernel_size // 2
+        x, y = np.asarray(candidates["x"]), np.asarray(candidates["y"])
+        snr = np.asarray(candidates["flux"]) / np.asarray(candidates["flux_err"])
+        ok = (snr > cfg.snr_min) & ~np.asarray(candidates["flag_blended"])
+        h, w = exposure.shape
+        ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+        ok &= (ix >= half) & (ix < w - half) & (iy >= half) & (iy < h - half)
+        # isolation from every detection, faint ones included
+        tree = cKDTree(np.column_stack([x, y]))
+        neighbours = tree.query_ball_point(np.column_stack([x, y]), cfg.isolation_radius)
+        ok &= np.array([len(n) == 1 for n in neighbours])
+        # clean stamps, peak below the full well
+        bad = MaskPlane.SAT | MaskPlane.BAD | MaskPlane.CR | MaskPlane.INTRP | MaskPlane.NO_DATA
+        idx = np.flatnonzero(ok)
+        if len(idx):
+            masks, _ = cut_stamps(exposure.mask, ix[idx], iy[idx], half, fill=int(MaskPlane.BAD))
+            clean = ~np.any((masks & int(bad)) != 0, axis=(1, 2))
+            full_well = exposure.metadata.get("saturate", 100000.0)
+            peak = np.asarray(candidates["peak"])[idx] + exposure.metadata.get("sky_level", 0.0)
+            clean &= peak < cfg.max_peak_fraction * full_well
+            ok[idx[~clean]] = False
+        locus = _stellar_locus(np.asarray(candidates["flux_radius"])[ok], cfg.size_tolerance)
+        r = np.asarray(candidates["flux_radius"])
+        ok &= np.abs(r - locus) <= cfg.size_tolerance * locus
+        idx = np.flatnonzero(ok)
+        # the brightest max_stars
+        idx = idx[np.argsort(-snr[idx])][: cfg.max_stars]
+        return idx, locus
+
+    def run(self, exposure: Exposure, candidates: Table) -> PsfResult:
+        cfg = self.config
+        half = cfg.kernel_size // 2
+        idx, locus = self.select(exposure, candidates)
+        visit = exposure.metadata.get("visit", "?")
+        if len(idx) < cfg.min_stars:
+            raise PsfError(
+                f"visit {visit}: only {len(idx)} stars usable for the PSF (need "
+                f"{cfg.min_stars}: bright, isolated, unsaturated, on the stellar locus)"
+            )
+        x = np.asarray(candidates["x"], dtype=float)[idx]
+        y = np.asarray(candidates["y"], dtype=float)[idx]
+        ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+        data, _ = cut_stamps(exposure.image, ix, iy, half)
+        var, _ = cut_stamps(exposure.variance, ix, iy, half)
+        centred = shift_stamps(data, -(x - ix), -(y - iy))
+        flux = centred.sum(axis=(1, 2))
+        snr = np.minimum(
+            np.asarray(candidates["flux"])[idx] / np.asarray(candidates["flux_err"])[idx],
+            cfg.snr_weight_cap,
+        )
+        h, w = exposure.shape
+        x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
+        used = np.ones(len(idx), dtype=bool)
+        degree = cfg.degree
+        while degree > 0 and len(idx) < 4 * (degree + 1) * (degree + 2) // 2:
+            degree -= 1
+        psf = None
+        for _ in range(cfg.iterations):
+            stamps = centred / flux[:, None, None]
+            terms = polynomial_terms((x - x0) / scale, (y - y0) / scale, degree)
+            weight = np.sqrt(snr**2 * used)
+            coeffs, *_ = np.linalg.lstsq(
+                terms * weight[:, None], stamps.reshape(len(idx), -1) * weight[:, None], rcond=None
+            )
+            psf = PixelPSF(
+                coeffs.reshape(-1, cfg.kernel_size, cfg.kernel_size), degree, x0, y0, scale
+            )
+            model, _, _ = psf.images(x, y)
+            # re-measure fluxes with the model (less noisy than the stamp sum) and clip
+            fit_flux = np.sum(model * data, axis=(1, 2)) / np.sum(model**2, axis=(1, 2))
+            flux = np.where(fit_flux > 0, fit_flux, flux)
+            resid = data - flux[:, None, None] * model
+            chi2 = np.sum(resid**2 / np.maximum(var, 1e-6), axis=(1, 2)) / cfg.kernel_size**2
+            med = np.median(chi2[used])
+            spread = 1.4826 * np.median(np.abs(chi2[used] - med)) + 1e-9
+            new_used = chi2 < med + cfg.clip_sigma * spread
+            if new_used.sum() < cfg.min_stars or np.array_equal(new_used, used):
+                break
+            used = new_used
+        stars = Table(
+            {
+                "x": x,
+                "y": y,
+                "flux": flux,
+                "chi2": chi2,
+                "used": used,
+                "flux_radius": np.asarray(candidates["flux_radius"])[idx],
+            }
+        )
+        stars.meta["stellar_locus_radius"] = locus
+        stars.meta["degree"] = degree
+        norm_resid = resid / flux[:, None, None]
+        return PsfResult(
+            psf=psf,
+            stars=stars,
+            residuals=norm_resid,
+            stamps=data / flux[:, None, None],
+            fwhm=psf.fwhm(x0, y0),
+            fwhm_eff=psf.fwhm_eff(x0, y0),
+        )

@@ -1,0 +1,152 @@
+"""A pixelized PSF model varying smoothly over the sensor (after PSFEx).
+
+The model is a ``size x size`` kernel (25 pixels, as Twinkles, so it can be PSF-matched later)
+whose every pixel is a polynomial of degree ``degree`` in the normalised sensor position
+``(X, Y) = ((x - x0) / scale, (y - y0) / scale)``: ``K(x, y) = sum_k c_k(X, Y) B_k`` with basis
+images ``B_k`` (Bertin 2011, ASP Conf. Ser. 442, 435). The kernel is the PSF as sampled by the
+pixels (pixel response included) for a source centred on a pixel centre; for a source at a
+fractional position it is shifted by Lanczos interpolation. Every evaluated kernel is
+normalised to unit sum, so PSF fluxes are fluxes inside the kernel (aperture correction brings
+them to total).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from astropy.io import fits
+
+from twinkles.psf.shift import shift_stamps
+
+__all__ = ["PixelPSF", "polynomial_terms"]
+
+#: n_eff of a Gaussian per FWHM^2 (pixels).
+NEFF_PER_FWHM2 = np.pi / (2.0 * np.log(2.0))
+
+
+def polynomial_terms(X: np.ndarray, Y: np.ndarray, degree: int) -> np.ndarray:
+    """Monomials X^i Y^j with i + j <= degree, shape (n, n_terms); order 1, X, Y, X^2, XY, ..."""
+    X, Y = np.atleast_1d(X).astype(float), np.atleast_1d(Y).astype(float)
+    cols = [X**i * Y ** (d - i) for d in range(degree + 1) for i in range(d, -1, -1)]
+    return np.stack(cols, axis=1)
+
+
+@dataclass(frozen=True)
+class PixelPSF:
+    """The model: basis images and how positions are normalised.
+
+    Attributes
+    ----------
+    basis : ndarray, shape (n_terms, size, size)
+        Basis images; the kernel at (X, Y) is ``polynomial_terms(X, Y) @ basis``.
+    degree : int
+        Polynomial degree of the spatial variation.
+    x0, y0, scale : float
+        Normalisation of pixel positions.
+    """
+
+    basis: np.ndarray
+    degree: int
+    x0: float
+    y0: float
+    scale: float
+
+    @property
+    def size(self) -> int:
+        return self.basis.shape[-1]
+
+    @property
+    def half(self) -> int:
+        return self.size // 2
+
+    def _normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(x) - self.x0) / self.scale, (np.asarray(y) - self.y0) / self.scale
+
+    def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Centred kernels (n, size, size), unit sum, for sources at pixel positions (x, y)."""
+        X, Y = self._normalised(x, y)
+        terms = polynomial_terms(X, Y, self.degree)
+        k = np.tensordot(terms, self.basis, axes=(1, 0))
+        return k / k.sum(axis=(1, 2), keepdims=True)
+
+    def kernel(self, x: float, y: float) -> np.ndarray:
+        """Centred kernel (size, size) at pixel position (x, y)."""
+        return self.kernels(np.array([x]), np.array([y]))[0]
+
+    def images(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """PSF images on the pixel grid for sources at (x, y).
+
+        Returns the stamps (n, size, size), each with unit sum, and the integer pixel
+        (ix, iy) of each stamp's centre: stamp pixel (half, half) is image pixel (iy, ix).
+        """
+        x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
+        ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+        stamps = shift_stamps(self.kernels(x, y), x - ix, y - iy)
+        stamps /= stamps.sum(axis=(1, 2), keepdims=True)
+        return stamps, ix, iy
+
+    # --- summaries ------------------------------------------------------------------------------
+
+    def neff(self, x: float, y: float, phases: int = 4) -> float:
+        """Effective number of pixels, averaged over sub-pixel centrings (as FWHMeff is)."""
+        frac = (np.arange(phases) + 0.5) / phases - 0.5
+        fx, fy = np.meshgrid(frac, frac)
+        n = fx.size
+        stamps, _, _ = self.images(np.full(n, x) + fx.ravel(), np.full(n, y) + fy.ravel())
+        return float(1.0 / np.mean(np.sum(stamps**2, axis=(1, 2))))
+
+    def fwhm_eff(self, x: float, y: float) -> float:
+        """FWHMeff (pixels): the Gaussian FWHM with the same n_eff."""
+        return float(np.sqrt(self.neff(x, y) / NEFF_PER_FWHM2))
+
+    def fwhm(self, x: float, y: float) -> float:
+        """Half-maximum width (pixels) of the kernel's azimuthal average (pixel included)."""
+        k = self.kernel(x, y)
+        yy, xx = np.mgrid[0 : self.size, 0 : self.size] - self.half
+        r = np.hypot(xx, yy).ravel()
+        v = k.ravel()
+        rings = np.rint(r * 2.0).astype(int)  # 0.5-pixel rings
+        counts = np.bincount(rings)
+        used = counts > 0
+        radius = (np.bincount(rings, r) / np.maximum(counts, 1))[used]
+        profile = (np.bincount(rings, v) / np.maximum(counts, 1))[used]
+        below = np.flatnonzero(profile < 0.5 * profile[0])
+        if len(below) == 0 or below[0] == 0:
+            return float("nan")
+        j = below[0]
+        half = np.interp(0.5 * profile[0], [profile[j], profile[j - 1]], [radius[j], radius[j - 1]])
+        return float(2.0 * half)
+
+    @cached_property
+    def moments(self) -> tuple[float, float, float]:
+        """Second moments (Ixx, Iyy, Ixy; pixels^2) of the kernel at the normalisation centre."""
+        k = self.kernel(self.x0, self.y0)
+        yy, xx = np.mgrid[0 : self.size, 0 : self.size] - self.half
+        return (
+            float(np.sum(k * xx * xx)),
+            float(np.sum(k * yy * yy)),
+            float(np.sum(k * xx * yy)),
+        )
+
+    # --- FITS -------------------------------------------------------------------------------
+
+    def to_hdu(self) -> fits.ImageHDU:
+        hdu = fits.ImageHDU(self.basis.astype(np.float64), name="PSF")
+        hdu.header["PSFTYPE"] = ("pixel", "pixelized, polynomial spatial variation")
+        hdu.header["PSFDEG"] = (self.degree, "polynomial degree")
+        hdu.header["PSFX0"], hdu.header["PSFY0"] = self.x0, self.y0
+        hdu.header["PSFSCAL"] = (self.scale, "position normalisation (pixels)")
+        return hdu
+
+    @classmethod
+    def from_hdu(cls, hdu: fits.ImageHDU) -> PixelPSF:
+        h = hdu.header
+        return cls(
+            basis=np.asarray(hdu.data, dtype=np.float64),
+            degree=int(h["PSFDEG"]),
+            x0=float(h["PSFX0"]),
+            y0=float(h["PSFY0"]),
+            scale=float(h["PSFSCAL"]),
+        )
