@@ -23,12 +23,38 @@ def copy_config(name: str, dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """The tiny run, simulated once per test session (sky and every eimage)."""
-    from twinkles.sim.simulate import simulate_run
+    """The tiny run, simulated once per test session through the workflow (`twinkles run`)."""
+    from twinkles.workflow.driver import run_pipeline
 
     config = copy_config("tiny", tmp_path_factory.mktemp("runs"))
     run = load_run(config)
-    simulate_run(run, jobs=1)
+    summary = run_pipeline(run, steps=["simulate_visit"], progress=False)
+    assert summary.ok, summary.lines()
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_processed(tiny_run: Run) -> Run:
+    """The tiny run with every visit processed (process_eimage)."""
+    from twinkles.workflow.driver import run_pipeline
+
+    summary = run_pipeline(tiny_run, steps=["process_eimage"], progress=False)
+    assert summary.ok, summary.lines()
+    return tiny_run
+
+
+#: Demo visits processed by the tests (a spread over the ten years and the filters).
+DEMO_VISITS = [1, 8, 15, 22, 29, 36, 43, 50]
+
+
+@pytest.fixture(scope="session")
+def demo_processed(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Eight visits of the demo run, simulated and processed."""
+    from twinkles.workflow.driver import run_pipeline
+
+    run = load_run(copy_config("demo", tmp_path_factory.mktemp("runs")))
+    summary = run_pipeline(run, where={"visit": DEMO_VISITS}, progress=False)
+    assert summary.ok, summary.lines()
     return run
 
 

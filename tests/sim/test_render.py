@@ -6,80 +6,16 @@ stars) and drawn by the real renderer; every tolerance follows from the Poisson 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 
-from twinkles.config import RunConfig, parse_run_config
 from twinkles.sim.psf import NEFF_PER_FWHM2
-from twinkles.sim.render import RenderedVisit, eimage_hdulist, render_visit
-from twinkles.sim.sky import Sky, make_sky
-from twinkles.sim.stars import make_stars
+from twinkles.sim.render import eimage_hdulist, render_visit
 from twinkles.sim.wcs import make_wcs, wcs_from_header_dict
 
-SIZE = 512
-SPACING = 40
-
-
-@dataclass
-class Scene:
-    """A simulated sky with stars on a grid of the first visit's pixels, and that visit."""
-
-    config: RunConfig
-    sky: Sky
-    visit: int
-    x: np.ndarray
-    y: np.ndarray
-    rendered: RenderedVisit | None = None
-
-
-def make_scene(render=None, grid_mags=(18.0, 21.0), seed=7, spacing=SPACING, extra=None) -> Scene:
-    """A 512^2 sensor, one r-band visit of interest, stars on a grid in its pixel frame."""
-    data = {
-        "seed": seed,
-        "sensor": {"width_px": SIZE, "height_px": SIZE},
-        "cadence": {"n_years": 1, "n_visits": 3, "filters": ["r"]},
-        "truth": {
-            "star_density": 0.0,
-            "galaxy_density": 0.0,
-            "n_supernovae": 0,
-            "n_lensed_quasars": 0,
-        },
-        "render": {"cosmic_ray_rate": 0.0, **(render or {})},
-    }
-    config = parse_run_config(data, "scene", default_name="scene")
-    sky = make_sky(config)
-    visit = int(sky.visits["obsHistID"][0])
-    _, cond = sky.visit(visit)
-    true_wcs = make_wcs(
-        float(cond["true_ra"]),
-        float(cond["true_dec"]),
-        float(cond["true_rotation"]),
-        0.2,
-        SIZE,
-        SIZE,
-        float(cond["distortion_px"]),
-    )
-    rng = np.random.default_rng(seed)
-    xs, ys = np.meshgrid(np.arange(30, SIZE - 30, spacing), np.arange(30, SIZE - 30, spacing))
-    x = xs.ravel() + rng.uniform(-0.5, 0.5, xs.size)  # random sub-pixel phases
-    y = ys.ravel() + rng.uniform(-0.5, 0.5, xs.size)
-    if extra is not None:
-        x, y = np.append(x, extra[0]), np.append(y, extra[1])
-    ra, dec = true_wcs.all_pix2world(x, y, 0)
-    stars = make_stars(config.truth, ra, dec, 60000.0, rng)
-    mags = rng.uniform(*grid_mags, len(x))
-    if extra is not None:
-        mags[-1] = extra[2]
-    for band in "ugrizy":
-        stars[f"mag_{band}"] = mags
-    stars["is_variable"] = False
-    stars["var_amplitude"] = 0.0
-    sky.truth.stars = stars
-    return Scene(config, sky, visit, x, y)
+from scenes import SIZE, Scene, make_scene
 
 
 @pytest.fixture(scope="module")

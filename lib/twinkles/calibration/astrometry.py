@@ -8,7 +8,9 @@ and its rotation by a fraction of a degree, and it knows nothing of the optical 
    ``rotation_step_deg``); for each angle every source-reference offset shorter than
    ``max_offset_arcsec`` goes into a 2-d histogram, whose peak is the pointing error. The
    angle with the tallest peak wins. (Voting on offsets is immune to the sources that have no
-   reference and to the references that were not detected.)
+   reference and to the references that were not detected.) The peak must stand out of the
+   chance coincidences, ``min_significance`` Poisson sigma above the mean count per bin;
+   otherwise no solution is claimed (a wrong one would pass for a calibration).
 2. **Fit.** Sources and references matched within 3 pixels of the coarse solution give a first
    TAN fit; then, ``iterations`` times, all references are matched to the sources within
    ``match_radius_arcsec`` and a TAN-SIP WCS of degree ``sip_degree`` is fitted
@@ -51,6 +53,9 @@ class AstrometryConfig(Section):
     match_radius_arcsec: float = Field(1.0, gt=0, description="Final matching radius.")
     sip_degree: int = Field(3, ge=1, le=5, description="Polynomial degree of the WCS.")
     min_matches: int = Field(6, ge=3, description="Fewest matches (else AstrometryError).")
+    min_significance: float = Field(
+        8.0, gt=0, description="Offset-vote peak above chance coincidences (Poisson sigma)."
+    )
     source_snr_min: float = Field(10.0, gt=0, description="Sources used (signal-to-noise).")
     max_sources: int = Field(600, ge=10, description="Brightest sources used for the search.")
     clip_sigma: float = Field(3.0, gt=0, description="Matches clipped beyond this many rms.")
@@ -97,8 +102,9 @@ class AstrometryTask:
         ry: np.ndarray,
         centre: tuple[float, float],
         pixel_scale: float,
-    ) -> tuple[float, float, float, int]:
-        """(rotation_deg, dx, dy, votes): the rotation and shift taking references to sources."""
+    ) -> tuple[float, float, float, float]:
+        """(rotation_deg, dx, dy, significance): the rotation and shift taking references to
+        sources, and how far its vote stands above chance (Poisson sigma)."""
         cfg = self.config
         radius = cfg.max_offset_arcsec / pixel_scale
         tree = cKDTree(np.column_stack([sx, sy]))
@@ -118,8 +124,9 @@ class AstrometryTask:
             dx, dy = sx[src_j] - qx[ref_i], sy[src_j] - qy[ref_i]
             hist, ex, ey = np.histogram2d(dx, dy, bins=[bins, bins])
             peak = np.unravel_index(np.argmax(hist), hist.shape)
-            votes = int(hist[peak])
-            if votes > best[3]:
+            chance = max(len(dx) / hist.size, 1.0)
+            significance = (hist[peak] - chance) / np.sqrt(chance)
+            if significance > best[3]:
                 cx, cy = (
                     0.5 * (ex[peak[0]] + ex[peak[0] + 1]),
                     0.5 * (ey[peak[1]] + ey[peak[1] + 1]),
@@ -129,7 +136,7 @@ class AstrometryTask:
                     k * cfg.rotation_step_deg,
                     float(np.mean(dx[near_peak])),
                     float(np.mean(dy[near_peak])),
-                    votes,
+                    float(significance),
                 )
         return best
 
@@ -159,7 +166,15 @@ class AstrometryTask:
                 f"on the sensor; need {cfg.min_matches} of each"
             )
         centre = (0.5 * (w - 1), 0.5 * (h - 1))
-        rotation, dx, dy, _ = self.coarse(sx[bright], sy[bright], rx, ry, centre, pixel_scale)
+        rotation, dx, dy, significance = self.coarse(
+            sx[bright], sy[bright], rx, ry, centre, pixel_scale
+        )
+        if significance < cfg.min_significance:
+            raise AstrometryError(
+                f'visit {visit}: no offset within {cfg.max_offset_arcsec}" and rotation within '
+                f"{cfg.max_rotation_deg} deg matches the reference catalog (best vote "
+                f"{significance:.1f} sigma above chance); is the pointing off by more?"
+            )
         angle = np.deg2rad(rotation)
         qx = centre[0] + np.cos(angle) * (rx - centre[0]) - np.sin(angle) * (ry - centre[1]) + dx
         qy = centre[1] + np.sin(angle) * (rx - centre[0]) + np.cos(angle) * (ry - centre[1]) + dy

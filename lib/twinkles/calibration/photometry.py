@@ -1,7 +1,9 @@
 """Photometric calibration: the zero point from matched reference stars.
 
-Clean point sources (no saturated, edge, cosmic-ray, interpolated or blended flag;
-extendedness 0; S/N above ``snr_min``) are matched within ``match_radius_arcsec`` to reference
+Clean, isolated point sources (no saturated, edge, cosmic-ray, interpolated or blended flag;
+extendedness 0; S/N above ``snr_min``; no other detection within ``isolation_arcsec``: a star
+sharing its light with a neighbour reads bright, and in the demo run such stars moved zero
+points by 3-7 mmag) are matched within ``match_radius_arcsec`` to reference
 stars that are neither resolved nor variable, with magnitude errors below ``max_ref_mag_err``.
 For each pair ``zp_i = m_ref - m_inst`` with ``m_inst = -2.5 log10(F)`` and ``F`` the
 aperture-corrected PSF flux (electrons). The zero point is the weighted mean
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 from pydantic import Field
+from scipy.spatial import cKDTree
 
 from twinkles.calibration.matching import match_nearest
 from twinkles.config import Section
@@ -40,6 +43,9 @@ class PhotoCalConfig(Section):
     max_ref_mag_err: float = Field(0.05, gt=0, description="Largest reference magnitude error.")
     clip_sigma: float = Field(3.0, gt=0, description="Clipping (robust sigma).")
     min_stars: int = Field(3, ge=1, description="Fewest stars (else PhotoCalError).")
+    isolation_arcsec: float = Field(
+        2.5, ge=0, description="No other detection this close to a calibration star."
+    )
 
 
 @dataclass
@@ -84,11 +90,18 @@ class PhotoCalTask:
             & ~np.asarray(refcat["variable"])
             & (np.asarray(refcat[f"{band}_magErr"]) < cfg.max_ref_mag_err)
         ]
-        src = np.flatnonzero(clean)
         ra0, dec0 = float(np.median(catalog["coord_ra"])), float(np.median(catalog["coord_dec"]))
-        sx, sy = sky_to_tangent(
-            np.asarray(catalog["coord_ra"])[src], np.asarray(catalog["coord_dec"])[src], ra0, dec0
+        all_x, all_y = sky_to_tangent(
+            np.asarray(catalog["coord_ra"]), np.asarray(catalog["coord_dec"]), ra0, dec0
         )
+        if cfg.isolation_arcsec > 0:
+            positions = np.column_stack([all_x, all_y]) * 3600.0
+            neighbours = cKDTree(positions).query_ball_point(
+                positions, cfg.isolation_arcsec, return_length=True
+            )
+            clean &= neighbours == 1
+        src = np.flatnonzero(clean)
+        sx, sy = all_x[src], all_y[src]
         rx, ry = sky_to_tangent(np.asarray(refs["ra"]), np.asarray(refs["dec"]), ra0, dec0)
         i_src, i_ref, _ = match_nearest(
             sx * 3600, sy * 3600, rx * 3600, ry * 3600, cfg.match_radius_arcsec

@@ -45,6 +45,7 @@ def visit_summary(
         "psf_degree": int(psf_result.stars.meta["degree"]),
         "ap_corr": apcorr.median,
         "ap_corr_err": apcorr.uncertainty,
+        "psf_flux_systematic": apcorr.systematic,
         "ap_corr_n_stars": int(np.sum(apcorr.stars["used"])),
         "zero_point": zp,
         "zero_point_err": photocal.photo_calib.zero_point_err,

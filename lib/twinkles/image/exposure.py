@@ -131,7 +131,7 @@ class Exposure:
             image_header.update(self.wcs.to_header(relax=True))
         mask_header = fits.Header()
         for key, bit in MaskPlane.header_cards().items():
-            mask_header[key] = bit
+            mask_header[key if len(key) <= 8 else f"HIERARCH {key}"] = bit
         hdus = [
             primary,
             fits.ImageHDU(self.image.astype(np.float32, copy=False), image_header, name="IMAGE"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["lanczos", "shift_matrices", "shift_stamps"]
+__all__ = ["lanczos", "shift_matrices", "shift_stamps", "shift_stamps_transpose"]
 
 
 def lanczos(x: np.ndarray, order: int = 3) -> np.ndarray:
@@ -45,3 +45,14 @@ def shift_stamps(stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray, order: int 
     mx = shift_matrices(nx, np.broadcast_to(dx, (n,)), order)
     out = np.matmul(np.matmul(my, stamps), mx.transpose(0, 2, 1))
     return out[0] if squeeze else out
+
+
+def shift_stamps_transpose(
+    stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray, order: int = 3
+) -> np.ndarray:
+    """The transpose of :func:`shift_stamps` (for least-squares fits through the shift)."""
+    stamps = np.asarray(stamps, dtype=float)
+    n, ny, nx = stamps.shape
+    my = shift_matrices(ny, np.broadcast_to(dy, (n,)), order)
+    mx = shift_matrices(nx, np.broadcast_to(dx, (n,)), order)
+    return np.matmul(np.matmul(my.transpose(0, 2, 1), stamps), mx)

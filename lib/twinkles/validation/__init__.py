@@ -1,0 +1,1 @@
+"""Validation against the simulation's truth: matching and metrics."""

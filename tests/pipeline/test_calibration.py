@@ -1,0 +1,123 @@
+"""Astrometric and photometric calibration against the truth."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.wcs.utils import fit_wcs_from_points
+
+from twinkles.calibration.astrometry import AstrometryError, AstrometryTask
+from twinkles.calibration.photometry import PhotoCalError, PhotoCalTask
+from twinkles.calibration.wcs_fit import fit_tan_sip
+from twinkles.detection.background import BackgroundTask
+from twinkles.detection.detect import DetectionConfig, DetectionTask
+from twinkles.isr.eimage import EimageIsrTask
+from twinkles.measurement.apcorr import ApertureCorrectionTask
+from twinkles.measurement.measure import MeasurementTask
+from twinkles.psf.determine import PsfTask
+from twinkles.sim.render import render_visit
+from twinkles.sim.wcs import make_wcs
+
+from scenes import make_scene, scene_exposure, scene_refcat
+
+SIZE = 768
+
+
+def _wcs_error_mas(w, true, size=SIZE):
+    g = np.linspace(0, size - 1, 30)
+    x, y = (a.ravel() for a in np.meshgrid(g, g))
+    r1, d1 = true.all_pix2world(x, y, 0)
+    r2, d2 = w.all_pix2world(x, y, 0)
+    return np.hypot((r1 - r2) * np.cos(np.deg2rad(d1)), d1 - d2) * 3.6e6
+
+
+def test_tan_sip_fit_recovers_a_distorted_wcs():
+    true = make_wcs(53.0123, -27.4412, 33.05, 0.2, 4000, 4072, 2.0)
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(0, 3999, 300), rng.uniform(0, 4071, 300)
+    ra, dec = true.all_pix2world(x, y, 0)
+    fit = fit_tan_sip(x, y, ra, dec, (2000.5, 2036.5), (53.01, -27.44), 3, (4072, 4000))
+    assert _wcs_error_mas(fit, true, 4000).max() < 0.1  # noiseless: exact
+    # with 10 mas of noise it agrees with astropy's non-linear fit
+    ra = ra + rng.normal(0, 10 / 3.6e6, 300) / np.cos(np.deg2rad(dec))
+    dec = dec + rng.normal(0, 10 / 3.6e6, 300)
+    ours = fit_tan_sip(x, y, ra, dec, (2000.5, 2036.5), (53.01, -27.44), 3, (4072, 4000))
+    theirs = fit_wcs_from_points((x, y), SkyCoord(ra, dec, unit="deg"), sip_degree=3)
+    assert np.median(_wcs_error_mas(ours, theirs, 4000)) < 1.0
+    # world to pixel needs no iteration and inverts pixel to world
+    px, py = ours.all_world2pix(*ours.all_pix2world(x, y, 0), 0)
+    assert np.abs(px - x).max() < 1e-3 and np.abs(py - y).max() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    scene = make_scene(grid_mags=(17.0, 22.0), size=SIZE, spacing=45, seed=21, scatter=True)
+    rendered = render_visit(scene.sky, scene.config, scene.visit)
+    exp = scene_exposure(rendered, tmp_path_factory.mktemp("cal"))
+    EimageIsrTask().run(exp)
+    BackgroundTask().run(exp)
+    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exp)
+    psf = PsfTask().run(exp, candidates.sources)
+    exp.psf = psf.psf
+    det = DetectionTask().run(exp)
+    cat = MeasurementTask().run(exp, det.sources, det.segmentation).catalog
+    used = psf.stars[psf.stars["used"]]
+    apcorr = ApertureCorrectionTask().run(exp, cat, det.segmentation, used["x"], used["y"])
+    return SimpleNamespace(
+        scene=scene, rendered=rendered, exp=exp, cat=cat, apcorr=apcorr, refcat=scene_refcat(scene)
+    )
+
+
+def _nominal(measured, d_east_arcsec, d_north_arcsec, d_rot_deg):
+    """A header WCS off the truth by the given pointing and rotation errors (no distortion)."""
+    true = measured.rendered.true_wcs
+    ra0, dec0 = true.wcs.crval
+    rot = np.rad2deg(np.arctan2(true.wcs.cd[1, 0], true.wcs.cd[1, 1]))
+    return make_wcs(
+        ra0 + d_east_arcsec / 3600 / np.cos(np.deg2rad(dec0)),
+        dec0 + d_north_arcsec / 3600,
+        rot + d_rot_deg,
+        0.2,
+        SIZE,
+        SIZE,
+    )
+
+
+@pytest.mark.parametrize(
+    ("east", "north", "rot"), [(10.0, 0.0, 0.5), (-7.0, 7.0, -0.5), (0.0, -3.0, 0.0)]
+)
+def test_astrometry_recovers_the_true_wcs_from_a_wrong_pointing(measured, east, north, rot):
+    nominal = _nominal(measured, east, north, rot)
+    cat = measured.cat.copy()
+    result = AstrometryTask().run(cat, measured.refcat, nominal, measured.exp.shape, 3)
+    err = _wcs_error_mas(result.wcs, measured.rendered.true_wcs)
+    assert np.median(err) < 5.0 and err.max() < 25.0
+    assert result.bright_rms_mas < 20.0 and result.n_matches > 50
+    # the sky positions of the catalog come from the fitted WCS
+    _, truth_dec = measured.rendered.true_wcs.all_pix2world(cat["x"], cat["y"], 0)
+    assert np.median(np.abs(cat["coord_dec"] - truth_dec) * 3.6e6) < 5.0
+
+
+def test_astrometry_beyond_the_search_range_is_a_clear_error(measured):
+    nominal = _nominal(measured, 60.0, 0.0, 0.0)
+    message = r"visit 3: no offset within 15.0\" .* is the pointing off by more\?"
+    with pytest.raises(AstrometryError, match=message):
+        AstrometryTask().run(measured.cat.copy(), measured.refcat, nominal, measured.exp.shape, 3)
+
+
+def test_zero_point_matches_the_truth(measured):
+    cat = measured.cat.copy()
+    AstrometryTask().run(cat, measured.refcat, _nominal(measured, 2, 2, 0.1), measured.exp.shape, 3)
+    result = PhotoCalTask().run(cat, measured.refcat, "r", 3)
+    zp, err = result.photo_calib.zero_point, result.photo_calib.zero_point_err
+    assert err < 0.005 and result.n_stars > 30
+    # against the truth (the magnitude of one electron of *total* flux), the aperture
+    # correction's uncertainty adds to the calibration's
+    total_err = np.hypot(err, 1.0857 * measured.apcorr.uncertainty)
+    assert abs(zp - measured.rendered.truth["zero_point"]) < 3 * total_err
+    empty = measured.refcat[:0]
+    with pytest.raises(PhotoCalError, match="visit 3: only 0 reference stars"):
+        PhotoCalTask().run(cat, empty, "r", 3)

@@ -1,0 +1,193 @@
+"""PSF measurement, detection and measurement on synthetic scenes, against their truth."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from twinkles.detection.background import BackgroundTask
+from twinkles.detection.detect import DetectionConfig, DetectionTask
+from twinkles.isr.eimage import EimageIsrTask
+from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionTask
+from twinkles.measurement.measure import MeasurementTask
+from twinkles.psf.determine import PsfError, PsfTask
+from twinkles.psf.pixel import NEFF_PER_FWHM2
+from twinkles.psf.shift import shift_stamps
+from twinkles.sim.psf import SimulatedPSF, profile_fwhm_for_fwhm_eff
+from twinkles.sim.render import render_visit
+
+from scenes import make_scene, scene_exposure
+
+SIZE = 1024
+
+
+def _process(scene, tmp_path):
+    rendered = render_visit(scene.sky, scene.config, scene.visit)
+    exp = scene_exposure(rendered, tmp_path)
+    EimageIsrTask().run(exp)
+    BackgroundTask().run(exp)
+    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exp)
+    psf = PsfTask().run(exp, candidates.sources)
+    exp.psf = psf.psf
+    det = DetectionTask().run(exp)
+    cat = MeasurementTask().run(exp, det.sources, det.segmentation).catalog
+    used = psf.stars[psf.stars["used"]]
+    apcorr = ApertureCorrectionTask().run(exp, cat, det.segmentation, used["x"], used["y"])
+    return SimpleNamespace(
+        scene=scene, rendered=rendered, exp=exp, psf=psf, det=det, cat=cat, apcorr=apcorr
+    )
+
+
+@pytest.fixture(scope="module")
+def stars(tmp_path_factory):
+    scene = make_scene(
+        render={"psf_variation": 0.05}, grid_mags=(17.0, 22.5), size=SIZE, spacing=50
+    )
+    return _process(scene, tmp_path_factory.mktemp("stars"))
+
+
+def _truth_match(result):
+    """Catalog rows of the grid stars (nearest within 1 pixel), and their true electrons."""
+    from scipy.spatial import cKDTree
+
+    d, i = cKDTree(np.column_stack([result.cat["x"], result.cat["y"]])).query(
+        np.column_stack([result.scene.x, result.scene.y])
+    )
+    truth = result.rendered.truth
+    flux = result.scene.sky.truth.flux(result.scene.sky.truth.stars["id"], "r", truth["mjd"])
+    return i[d < 1.0], (flux * truth["electrons_per_njy"])[d < 1.0], d
+
+
+def test_shift_stamps_moves_a_gaussian_and_keeps_its_flux():
+    yy, xx = np.mgrid[0:25, 0:25]
+
+    def gauss(cx, cy):
+        return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 1.8**2))
+
+    moved = shift_stamps(gauss(12, 12), 0.37, -0.21)
+    assert np.abs(moved - gauss(12.37, 11.79)).max() < 0.01
+    assert moved.sum() == pytest.approx(gauss(12, 12).sum(), rel=1e-6)
+
+
+def test_psf_fwhm_matches_the_truth_over_the_sensor(stars):
+    truth = stars.rendered.truth
+    psf = stars.psf.psf
+    # FWHMeff (n_eff based) at the centre, as OpSim's
+    measured = psf.fwhm_eff(SIZE / 2, SIZE / 2) * 0.2
+    assert measured == pytest.approx(truth["fwhm_eff"], rel=0.03)
+    # the spatial variation: the ratio corner/centre follows the true PSF's
+    sim = SimulatedPSF.from_dict(truth["psf"])
+    for corner in [(0, 0), (SIZE - 1, SIZE - 1), (0, SIZE - 1)]:
+        half_diag = 0.5 * np.hypot(SIZE, SIZE)
+        X = (corner[0] - 0.5 * (SIZE - 1)) / half_diag
+        Y = (corner[1] - 0.5 * (SIZE - 1)) / half_diag
+        true_ratio = sim.parameters_at(X, Y)[0] / sim.fwhm
+        ratio = psf.fwhm_eff(*corner) / psf.fwhm_eff(SIZE / 2, SIZE / 2)
+        assert ratio == pytest.approx(true_ratio, abs=0.01)
+    assert stars.psf.n_stars > 80
+    assert np.sqrt(psf.neff(SIZE / 2, SIZE / 2) / NEFF_PER_FWHM2) == pytest.approx(
+        psf.fwhm_eff(SIZE / 2, SIZE / 2)
+    )
+    assert profile_fwhm_for_fwhm_eff(truth["fwhm_eff"], 0.2) == pytest.approx(sim.fwhm, rel=1e-3)
+
+
+def test_psf_residuals_are_noise(stars):
+    used = stars.psf.stars["used"]
+    mean_resid = np.mean(stars.psf.residuals[used], axis=0)
+    peak = stars.psf.psf.kernel(SIZE / 2, SIZE / 2).max()
+    assert np.abs(mean_resid).max() < 0.01 * peak
+
+
+def test_psf_fluxes_match_the_truth_within_their_errors(stars):
+    rows, true_e, _ = _truth_match(stars)
+    cat = stars.cat[rows]
+    ok = ~np.asarray(cat["flag_saturated"] | cat["flag_edge"])
+    flux = np.asarray(cat["psfInstFluxCorr"])[ok]
+    err = np.asarray(cat["psfInstFluxCorrErr"])[ok]
+    true = true_e[ok]
+    # pulls where the errors are statistical (S/N 10-300): above, the PSF model's ~0.1%
+    # per-star interpolation scatter exceeds them, and the flux ratio is the test
+    snr = true / err
+    stat = (snr > 10) & (snr < 300)
+    pulls = (flux[stat] - true[stat]) / err[stat]
+    n = len(pulls)
+    assert n > 200
+    assert abs(np.median(pulls)) < 3 * 1.25 / np.sqrt(n)
+    # a MAD-based sigma has a standard error of 1.16 / sqrt(n)
+    robust = 1.4826 * np.median(np.abs(pulls - np.median(pulls)))
+    assert robust == pytest.approx(1.0, abs=min(0.15, 3 * 1.16 / np.sqrt(n)))
+    bright = true > 2e5
+    assert bright.sum() > 20
+    assert np.median(flux[bright] / true[bright]) == pytest.approx(1.0, abs=0.003)
+
+
+def test_aperture_correction_matches_the_profile(stars):
+    # the kernel holds the light within 12 pixels; beyond, the Moffat of the truth
+    sim = SimulatedPSF.from_dict(stars.rendered.truth["psf"])
+    alpha = sim.fwhm / 0.2 / (2 * np.sqrt(2 ** (1 / sim.beta) - 1))
+    outside_12 = (1 + (12 / alpha) ** 2) ** (1 - sim.beta)
+    rows, true_e, _ = _truth_match(stars)
+    # PSF flux is the light within the kernel: about 1 - outside_12 of the total
+    psf_over_true = np.median(np.asarray(stars.cat["psfInstFlux"])[rows] / true_e)
+    assert psf_over_true == pytest.approx(1 - outside_12, abs=0.004)
+    assert stars.apcorr.median == pytest.approx(
+        1 / psf_over_true, abs=max(0.004, 3 * stars.apcorr.uncertainty)
+    )
+
+
+def test_stars_are_point_sources(stars):
+    rows, true_e, _ = _truth_match(stars)
+    ext = np.asarray(stars.cat["extendedness"])[rows]
+    assert np.mean(ext[true_e > 1e4] == 0) > 0.97
+
+
+def test_galaxies_are_extended(tmp_path):
+    scene = make_scene(grid_mags=(18.0, 20.0), size=512, spacing=60, galaxy_density=3e6, seed=11)
+    result = _process(scene, tmp_path)
+    from scipy.spatial import cKDTree
+
+    gals = scene.sky.truth.galaxies
+    wcs = result.rendered.true_wcs
+    gx, gy = wcs.all_world2pix(gals["ra"], gals["dec"], 0)
+    big = (np.asarray(gals["disk_hlr"]) > 0.6) & (np.asarray(gals["mag_r"]) < 22.5)
+    d, i = cKDTree(np.column_stack([result.cat["x"], result.cat["y"]])).query(
+        np.column_stack([gx[big], gy[big]])
+    )
+    ext = np.asarray(result.cat["extendedness"])[i[d < 2.0]]
+    assert len(ext) >= 5 and np.mean(ext == 1) > 0.9
+
+
+def test_detection_completeness_for_isolated_stars(stars):
+    _, _, d = _truth_match(stars)
+    sky_sigma = np.sqrt(stars.rendered.truth["sky_level"])
+    neff = NEFF_PER_FWHM2 * (stars.rendered.truth["fwhm_eff"] / 0.2) ** 2
+    flux = stars.scene.sky.truth.flux(
+        stars.scene.sky.truth.stars["id"], "r", stars.rendered.truth["mjd"]
+    )
+    electrons = flux * stars.rendered.truth["electrons_per_njy"]
+    snr = electrons / np.sqrt(electrons + sky_sigma**2 * neff)
+    assert np.mean(d[snr >= 10] < 1.0) >= 0.99
+
+
+def test_too_few_stars_is_a_clear_error(tmp_path):
+    scene = make_scene(grid_mags=(17.0, 18.0), size=256, spacing=120)
+    rendered = render_visit(scene.sky, scene.config, scene.visit)
+    exp = scene_exposure(rendered, tmp_path)
+    EimageIsrTask().run(exp)
+    BackgroundTask().run(exp)
+    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exp)
+    with pytest.raises(PsfError, match=rf"visit {scene.visit}: only \d stars usable for the PSF"):
+        PsfTask().run(exp, candidates.sources)
+
+
+def test_too_few_aperture_correction_stars_is_a_clear_error(stars):
+    with pytest.raises(ApertureCorrectionError, match=r"only 1 stars for the aperture correction"):
+        ApertureCorrectionTask().run(
+            stars.exp,
+            stars.cat.copy(),
+            stars.det.segmentation,
+            stars.cat["x"][:1],
+            stars.cat["y"][:1],
+        )
