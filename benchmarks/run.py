@@ -215,6 +215,65 @@ def slurm_array_cpu_efficiency() -> dict:
     }
 
 
+# --- issue 4: process_eimage ----------------------------------------------------------------
+
+
+@benchmark
+def process_eimage_run1_visit() -> dict:
+    """process_eimage (the recipe, figures off) on one run1-size visit at Run-1 densities."""
+    import shutil
+    import tempfile
+
+    import nbformat
+    import papermill
+
+    from twinkles.config import load_run
+    from twinkles.sim.simulate import prepare_run_dir, simulate_visit
+    from twinkles.sim.sky import ensure_sky
+    from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        config = Path(tmp) / "run1.yaml"
+        shutil.copy(ROOT / "runs" / "run1.yaml", config)
+        run = load_run(config)
+        prepare_run_dir(run)
+        sky = ensure_sky(run)
+        visit = int(sky.visits["obsHistID"][len(sky.visits) // 2])
+        simulate_visit(run, visit, sky)
+        with WarmKernel() as kernel:
+            base = kernel.reset(tmp)
+            start = time.perf_counter()
+            papermill.execute_notebook(
+                str(ROOT / "cookbook" / "process_eimage.ipynb"),
+                f"{tmp}/out.ipynb",
+                parameters={"run_dir": str(run.dir), "visit": visit, "figures": False},
+                engine_name=ENGINE_NAME,
+                warm_kernel=kernel,
+                progress_bar=False,
+            )
+            wall = time.perf_counter() - start
+            usage = kernel.usage()
+        nb = nbformat.read(f"{tmp}/out.ipynb", as_version=4)
+        stages = {}
+        for cell in nb.cells:
+            if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+                first = cell.source.strip().splitlines()[0][:60]
+                stages[first] = round(cell.metadata.get("papermill", {}).get("duration") or 0.0, 3)
+        summary = run.butler.get("visitSummary", visit=visit)
+    cpu = usage.cpu_s - base.cpu_s
+    return {
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(usage.peak_rss_mb, 0),
+        "n_sources": summary["n_sources"],
+        "psf_stars": summary["psf_n_stars"],
+        "astrom_matches": summary["astrom_n_matches"],
+        "stage_wall_s": stages,
+        "target": "<= 3 s CPU and <= 1.5 GB on one core",
+        "pass": cpu <= 3.0 and usage.peak_rss_mb <= 1536,
+    }
+
+
 # --- harness --------------------------------------------------------------------------------
 
 

@@ -156,11 +156,14 @@ def test_every_tiny_visit_processed_with_figures(tiny_processed):
     for key in ("psf_fwhm", "zero_point", "sky_level", "sky_noise", "astrom_rms_mas", "n_sources"):
         assert key in summary
     calexp = tiny_processed.butler.get("calexp", visit=1)
-    assert (
-        calexp.psf is not None
-        and calexp.photo_calib is not None
-        and "SIP" in calexp.wcs.wcs.ctype[0]
-    )
+    assert calexp.psf is not None and calexp.photo_calib is not None
+    # a 256-px sensor may have too few stars for distortion terms; the degree follows the matches
+    degree = summary["astrom_sip_degree"]
+    assert 1 <= degree <= 3
+    if degree < 3:  # lowered only for want of matches
+        assert summary["astrom_n_matches"] < 3 * (degree + 2) * (degree + 3) // 2
+    assert ("SIP" in calexp.wcs.wcs.ctype[0]) == (degree >= 2)
+    assert calexp.wcs.wcs.ctype[0].startswith("RA---TAN")
 
 
 def test_a_bad_eimage_fails_alone_with_a_clear_error(tmp_path):

@@ -72,6 +72,9 @@ class AstrometryResult:
     bright_rms_mas: float
     offset_arcsec: tuple[float, float]
     rotation_deg: float
+    sip_degree: int
+    """Polynomial degree of the fit: ``sip_degree`` of the config, lowered while there are
+    fewer than three matches per coefficient (1 means a plain TAN WCS)."""
 
     @property
     def n_matches(self) -> int:
@@ -252,6 +255,7 @@ class AstrometryTask:
             bright_rms_mas=bright_rms,
             offset_arcsec=(dx * pixel_scale, dy * pixel_scale),
             rotation_deg=rotation,
+            sip_degree=degree,
         )
 
     @staticmethod

@@ -56,6 +56,7 @@ def visit_summary(
         "astrom_rms_mas": astrometry.rms_mas,
         "astrom_bright_rms_mas": astrometry.bright_rms_mas,
         "astrom_n_matches": astrometry.n_matches,
+        "astrom_sip_degree": astrometry.sip_degree,
         "pointing_offset_arcsec": list(astrometry.offset_arcsec),
         "rotation_offset_deg": astrometry.rotation_deg,
         "n_sources": int(n_sources),

@@ -90,15 +90,15 @@ def read_eimage(path: str | Path, visit: int | None = None) -> Exposure:
     band = str(header["FILTER"]).strip()
     if band not in BANDS:
         raise EimageError(f"{who}: FILTER {band!r} is not one of {', '.join(BANDS)}")
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise EimageError(f"{who}: every pixel of {path.name} is NaN or infinite")
-    if not np.any(data[finite]):
-        raise EimageError(f"{who}: every pixel of {path.name} is zero")
     mask = np.zeros(data.shape, dtype=np.int32)
-    if not finite.all():
+    if not np.isfinite(data.sum()):  # one pass; only a non-finite pixel makes the sum so
+        finite = np.isfinite(data)
+        if not finite.any():
+            raise EimageError(f"{who}: every pixel of {path.name} is NaN or infinite")
         mask[~finite] |= int(MaskPlane.BAD | MaskPlane.NO_DATA)
         data[~finite] = 0.0
+    if not np.count_nonzero(data):
+        raise EimageError(f"{who}: every pixel of {path.name} is zero")
     try:
         wcs = WCS(header, naxis=2)
     except Exception as exc:  # astropy raises several types for bad WCS keywords

@@ -27,6 +27,7 @@ import numpy as np
 import sep
 from astropy.table import Table
 from pydantic import Field
+from scipy.spatial import cKDTree
 
 from twinkles.config import Section
 from twinkles.detection.detect import BAD_PLANES
@@ -100,14 +101,19 @@ class MeasurementTask:
                 segmap=np.ascontiguousarray(segmentation, dtype=np.int32),
                 seg_id=np.arange(1, len(x) + 1, dtype=np.int32),
             )
-        bad_image = bad.astype(np.float32)
+        # bad pixels are few: count them in apertures only for sources that can reach one
+        bad_y, bad_x = np.nonzero(bad)
+        bad_tree = cKDTree(np.column_stack([bad_x, bad_y])) if len(bad_x) else None
         for radius in cfg.aperture_radii:
             f, e, flag = sep.sum_circle(data, x, y, radius, var=var, mask=bad, subpix=5, **seg)
-            # sep flags pixels left out as neighbours too: the flag counts bad pixels only
-            n_bad, _, _ = sep.sum_circle(bad_image, x, y, radius, subpix=1)
             name = aperture_name(radius)
             cat[f"{name}_instFlux"], cat[f"{name}_instFluxErr"] = f, e
-            cat[f"{name}_flag"] = ((flag & sep.APER_TRUNC) != 0) | (n_bad > 0)
+            has_bad = np.zeros(len(x), dtype=bool)
+            if bad_tree is not None:
+                near = bad_tree.query(np.column_stack([x, y]), distance_upper_bound=radius + 1)[0]
+                has_bad = np.isfinite(near)
+            # sep flags pixels left out as neighbours too: the flag counts bad pixels only
+            cat[f"{name}_flag"] = ((flag & sep.APER_TRUNC) != 0) | has_bad
         cat["ixx"], cat["iyy"], cat["ixy"] = detections["x2"], detections["y2"], detections["xy"]
         cat["flux_radius"] = detections["flux_radius"]
         ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)

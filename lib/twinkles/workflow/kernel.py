@@ -42,9 +42,20 @@ SCIENCE_IMPORTS = (
     "astropy.wcs",
     "matplotlib.pyplot",
     "galsim",
+    "scipy.signal",
+    "scipy.spatial",
     "twinkles.config",
     "twinkles.plotting",
     "twinkles.sim.render",
+    "twinkles.isr.eimage",
+    "twinkles.isr.cosmic_rays",
+    "twinkles.detection.detect",
+    "twinkles.psf.determine",
+    "twinkles.measurement.apcorr",
+    "twinkles.measurement.catalog",
+    "twinkles.calibration.astrometry",
+    "twinkles.calibration.photometry",
+    "twinkles.calibration.summary",
 )
 log = logging.getLogger(__name__)
 
