@@ -94,3 +94,61 @@ register_dataset_type(
     "json",
     "Visit quality: PSF FWHM, zero point, sky, astrometric rms, depth (a CcdVisit row).",
 )
+
+# --- static sky (make_skymap, make_coadd, coadd_sources, forced_photometry) -------------------
+register_dataset_type(
+    "skyMap",
+    (),
+    "coadd/skymap.json",
+    "json",
+    "The patch: tangent point, pixel scale, size (twinkles.coadd.skymap.SkyMap).",
+)
+register_dataset_type(
+    "deepCoadd_directWarp",
+    ("visit",),
+    "warps/warp_{visit:08d}.fits",
+    "exposure",
+    "A calexp resampled onto the patch's bounding box of it (nJy; X0, Y0 its offset).",
+)
+register_dataset_type(
+    "deepCoadd",
+    ("filter",),
+    "coadd/deepCoadd_{filter}.fits",
+    "exposure",
+    "Coadd of a filter's visits (nJy): clipped weighted mean, variance, coadd PSF.",
+)
+register_dataset_type(
+    "deepCoadd_nImage",
+    ("filter",),
+    "coadd/nImage_{filter}.fits",
+    "fits",
+    "Number of warps contributing to each coadd pixel.",
+)
+register_dataset_type(
+    "deepCoadd_summary",
+    ("filter",),
+    "coadd/summary_{filter}.json",
+    "json",
+    "Visits and weights of a coadd, clipped pixels, measured noise against predicted, depth.",
+)
+register_dataset_type(
+    "deepCoadd_ref",
+    ("patch",),
+    "coadd/object_{patch}.parquet",
+    "table",
+    "The Object table: merged multi-band detections measured on every coadd (nJy).",
+)
+register_dataset_type(
+    "forced_src",
+    ("visit",),
+    "forced/forced_src_{visit:08d}.parquet",
+    "table",
+    "ForcedSource: PSF and aperture fluxes (nJy) of every Object on a calexp.",
+)
+register_dataset_type(
+    "staticSkyMetrics",
+    (),
+    "validation/static_sky.json",
+    "json",
+    "Static-sky checks against the truth: coadd noise, Object completeness, PA1, pulls.",
+)

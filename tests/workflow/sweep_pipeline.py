@@ -19,7 +19,7 @@ if "sweepProduct" not in dataset_types():
     register_dataset_type("gatherProduct", (), "products/total.json", "json", "test total")
 
 
-def sweep_pipeline(n: int = 8) -> Pipeline:
+def sweep_pipeline(n: int = 8, partial_gather: bool = False) -> Pipeline:
     return Pipeline(
         steps=[
             Step(
@@ -37,6 +37,7 @@ def sweep_pipeline(n: int = 8) -> Pipeline:
                 inputs=lambda run, did: [("sweepProduct", {"item": i}) for i in range(n)],
                 outputs=lambda run, did: [("gatherProduct", {})],
                 resources=Resources(cpus=1, mem_gb=0.5, timeout_min=2.0),
+                partial=partial_gather,
             ),
         ],
         dimensions={"item": lambda run: [{"item": i} for i in range(n)]},

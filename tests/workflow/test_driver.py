@@ -111,6 +111,25 @@ def test_a_failing_data_id_fails_alone(tmp_path, executor_kind):
     assert nb.metadata["twinkles"]["status"] == "failed"
 
 
+def test_a_partial_gathering_step_runs_on_what_succeeded(tmp_path):
+    run = make_run(tmp_path, sweep={"fail_item": 3})
+    summary = run_pipeline(run, sweep_pipeline(partial_gather=True), progress=False)
+    assert not summary.ok  # item 3 failed, and is reported
+    status = run_status(run, sweep_pipeline(partial_gather=True))
+    assert _step(status, "gather")["done"] == 1
+    total = json.loads((run.dir / "repo" / "products" / "total.json").read_text())
+    assert total["n"] == 7 and total["total"] == 28.0 - 3.0
+
+    # every input failed: blocked, naming the step
+    (tmp_path / "all").mkdir()
+    run = make_run(tmp_path / "all", sweep={"fail_item": 0})
+    one = sweep_pipeline(n=1, partial_gather=True)
+    run_pipeline(run, one, progress=False)
+    gather = _step(run_status(run, one), "gather")
+    assert gather["blocked"] == 1
+    assert "no sweep input succeeded" in gather["failures"][0]["error"]
+
+
 def test_killed_worker_is_retried(tmp_path):
     run = make_run(tmp_path, sweep={"kill_worker_item": 5})
     summary = run_pipeline(run, sweep_pipeline(), progress=False)

@@ -112,6 +112,16 @@ class ApertureCorrectionResult:
         return float(np.median(self(self.stars["x"], self.stars["y"])))
 
 
+def concentration_extended(
+    conc: np.ndarray, conc_err: np.ndarray, star_conc: float, excess: float, n_sigma: float
+) -> np.ndarray:
+    """Whether a source is extended: its concentration (aperture over PSF flux) exceeds the
+    stars' by ``excess`` (a fraction) and by ``n_sigma`` errors."""
+    above = conc - star_conc
+    with np.errstate(invalid="ignore"):
+        return (above > excess * star_conc) & (above > n_sigma * conc_err)
+
+
 def local_aperture_flux(
     exposure: Exposure,
     segmentation: np.ndarray,
@@ -283,9 +293,8 @@ class ApertureCorrectionTask:
                 np.asarray(catalog["psfInstFluxErr"]) / psf,
             )
         star_conc = float(np.median(conc[stars]))
-        excess = conc - star_conc
-        extended = (excess > cfg.extendedness_excess * star_conc) & (
-            excess > cfg.extendedness_sigma * conc_err
+        extended = concentration_extended(
+            conc, conc_err, star_conc, cfg.extendedness_excess, cfg.extendedness_sigma
         )
         catalog["concentration"] = conc
         catalog["extendedness"] = np.where(np.isfinite(conc), extended.astype(float), np.nan)

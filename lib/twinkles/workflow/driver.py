@@ -398,6 +398,11 @@ class _Driver:
         for node in todo:
             if state[node.key] != "pending":
                 continue
+            if node.step.partial:
+                reason = self._partial_block_reason(node, state, rows)
+                if reason:
+                    blocked.append((node.key, reason))
+                continue
             for dep in node.deps:
                 if dep in state:  # runs in this invocation
                     if state[dep] in ("failed", "blocked"):
@@ -418,6 +423,28 @@ class _Driver:
                 [key], "blocked", failure_class="blocked", error=reason, failed_cell=None
             )
 
+    @staticmethod
+    def _partial_block_reason(
+        node: Node, state: dict[Key, str], rows: dict[Key, NodeRow]
+    ) -> str | None:
+        """A gathering step waits for its inputs to finish and runs on those that succeeded;
+        it is blocked only when every input of an upstream step failed or never ran."""
+
+        def final(dep: Key) -> str:
+            if dep in state:
+                return state[dep]
+            return rows[dep].state if dep in rows else "never run"
+
+        by_step: dict[str, list[str]] = defaultdict(list)
+        for dep in node.deps:
+            by_step[dep[0]].append(final(dep))
+        for name, states in by_step.items():
+            if any(s in ("pending", "running") for s in states):
+                return None  # not decided yet
+            if not any(s == "done" for s in states):
+                return f"no {name} input succeeded ({len(states)} failed or not run)"
+        return None
+
     def _submit_ready(
         self,
         executor: Executor,
@@ -429,7 +456,14 @@ class _Driver:
         ready = [
             n
             for n in todo
-            if state[n.key] == "pending" and all(state.get(d, "done") == "done" for d in n.deps)
+            if state[n.key] == "pending"
+            and (
+                all(state.get(d, "done") == "done" for d in n.deps)
+                or (  # _block_dependants has blocked those with no usable input
+                    n.step.partial
+                    and all(state.get(d, "done") in ("done", "failed", "blocked") for d in n.deps)
+                )
+            )
         ]
         if not ready:
             return

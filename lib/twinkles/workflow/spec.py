@@ -86,6 +86,10 @@ class Step:
         Default resources per data id.
     doc : str
         One line for ``twinkles recipe show`` and the status table.
+    partial : bool
+        A gathering step (a coadd of a filter's visits, say) that runs on the upstream data
+        ids that succeeded, once all have finished, rather than being blocked by one failed
+        visit; blocked only if none of an upstream step's data ids succeeded.
     """
 
     name: str
@@ -100,6 +104,7 @@ class Step:
     )
     resources: Resources = Resources()
     doc: str = ""
+    partial: bool = False
 
     def recipe_path(self, cookbook: Path = COOKBOOK) -> Path:
         path = Path(self.recipe)
@@ -233,6 +238,66 @@ PIPELINE = Pipeline(
             ],
             resources=Resources(cpus=1, mem_gb=3.0, timeout_min=20.0),
             doc="single-visit calibration and measurement: calexp, src (processEimage)",
+        ),
+        Step(
+            name="make_skymap",
+            recipe="make_skymap.ipynb",
+            dimension="run",
+            depends=("process_eimage",),
+            outputs=lambda run, did: [("skyMap", {})],
+            resources=Resources(cpus=1, mem_gb=1.0, timeout_min=10.0),
+            doc="the tract/patch covering every calexp (makeSkyMap)",
+            partial=True,
+        ),
+        Step(
+            name="make_coadd",
+            recipe="make_coadd.ipynb",
+            dimension="filter",
+            depends=("make_skymap", "process_eimage"),
+            inputs=lambda run, did: [("skyMap", {})],
+            outputs=lambda run, did: [
+                ("deepCoadd", did),
+                ("deepCoadd_nImage", did),
+                ("deepCoadd_summary", did),
+            ],
+            resources=Resources(cpus=1, mem_gb=4.0, timeout_min=120.0),
+            doc="warp a filter's calexps onto the patch and coadd them (makeCoaddTempExp, "
+            "assembleCoadd)",
+            partial=True,
+        ),
+        Step(
+            name="coadd_sources",
+            recipe="coadd_sources.ipynb",
+            dimension="patch",
+            depends=("make_coadd",),
+            outputs=lambda run, did: [("deepCoadd_ref", did)],
+            resources=Resources(cpus=1, mem_gb=4.0, timeout_min=60.0),
+            doc="detect on each coadd, merge across filters, measure: the Object table",
+            partial=True,
+        ),
+        Step(
+            name="forced_photometry",
+            recipe="forced_photometry.ipynb",
+            dimension="visit",
+            depends=("coadd_sources", "process_eimage"),
+            inputs=lambda run, did: [
+                ("calexp", did),
+                ("visitSummary", did),
+                ("deepCoadd_ref", {"patch": 0}),
+            ],
+            outputs=lambda run, did: [("forced_src", did)],
+            resources=Resources(cpus=1, mem_gb=3.0, timeout_min=20.0),
+            doc="PSF and aperture photometry of every Object on a calexp: ForcedSource",
+        ),
+        Step(
+            name="validate_static_sky",
+            recipe="validate_static_sky.ipynb",
+            dimension="run",
+            depends=("forced_photometry", "coadd_sources"),
+            outputs=lambda run, did: [("staticSkyMetrics", {})],
+            resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
+            doc="static-sky checks against the truth: Objects, PA1, light curves, pulls",
+            partial=True,
         ),
     ],
     dimensions={"visit": _visit_ids, "filter": _filter_ids, "patch": lambda run: [{"patch": 0}]},

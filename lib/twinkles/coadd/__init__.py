@@ -1,0 +1,1 @@
+"""Multi-visit images on the patch: the sky map, warps and coadds."""

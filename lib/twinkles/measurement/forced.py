@@ -1,0 +1,211 @@
+"""Forced photometry: PSF and aperture fluxes at given sky positions, neighbours fitted together.
+
+For each position the PSF amplitude is fitted with the exposure's PSF model at fixed
+position (see :mod:`twinkles.measurement.psf_flux` for the estimator and why it is
+unweighted). Positions closer than ``group_radius`` PSF FWHMs are linked into groups, and a
+group's amplitudes are fitted simultaneously on the union of their stamps:
+
+    f = (A^T W A)^-1 A^T W d,   cov(f) = (A^T W A)^-1 (A^T W V W A) (A^T W A)^-1
+
+with ``A`` the members' PSF images, ``W`` the usable-pixel mask and ``V`` the variance, so a
+blend's light is shared out instead of being counted by each member (LSST's forced
+photometry replaces neighbours by noise; with fixed positions a joint linear fit is exact
+for point sources). Positions off the image are kept, flagged ``flag_off_image``, with NaN
+fluxes. Used by ``forced_photometry`` (Objects on calexps), ``coadd_sources`` (merged peaks
+on coadds) and the difference-imaging branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from astropy.table import Table
+from pydantic import Field
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from twinkles.config import Section
+from twinkles.detection.detect import BAD_PLANES
+from twinkles.image import Exposure, MaskPlane
+from twinkles.measurement.measure import aperture_name
+from twinkles.measurement.psf_flux import psf_flux
+from twinkles.psf.determine import cut_stamps
+
+__all__ = ["ForcedPhotometryConfig", "ForcedPhotometryResult", "ForcedPhotometryTask"]
+
+
+class ForcedPhotometryConfig(Section):
+    """Forced photometry at fixed positions."""
+
+    group_radius: float = Field(
+        2.0, gt=0, description="Positions closer than this (PSF FWHMs) are fitted together."
+    )
+    aperture_radii: list[float] = Field(
+        default_factory=lambda: [3.0, 6.0, 12.0],
+        description="Circular aperture radii (pixels); neighbours are not removed from them.",
+    )
+    max_masked_psf: float = Field(
+        0.5, gt=0, le=1, description="Masked PSF fraction beyond which the flux is flagged."
+    )
+    core_radius: int = Field(
+        2, ge=0, le=10, description="Half-size of the core checked for saturation (pixels)."
+    )
+
+
+@dataclass
+class ForcedPhotometryResult:
+    """Instrumental (image-unit) and calibrated (nJy) fluxes, one row per position."""
+
+    catalog: Table
+    n_groups: int
+    """Groups of two or more positions fitted jointly."""
+
+
+class ForcedPhotometryTask:
+    """Measure fluxes at fixed sky positions on an exposure with a PSF and a WCS."""
+
+    def __init__(self, config: ForcedPhotometryConfig | None = None):
+        self.config = config or ForcedPhotometryConfig()
+
+    def run(
+        self,
+        exposure: Exposure,
+        ra: np.ndarray,
+        dec: np.ndarray,
+        ap_corr: float = 1.0,
+        flux_systematic: float = 0.0,
+    ) -> ForcedPhotometryResult:
+        """Fluxes at (ra, dec) (deg).
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Background-subtracted (or a difference image), with PSF, WCS and zero point.
+        ra, dec : array
+            Positions (deg).
+        ap_corr : float
+            Aperture correction multiplying the PSF fluxes (the calexp's, from its summary).
+        flux_systematic : float
+            Fractional per-source systematic added in quadrature to the PSF-flux errors.
+
+        Returns
+        -------
+        ForcedPhotometryResult
+            ``catalog`` columns: ``x``, ``y`` (0-based pixels), ``psfInstFlux``,
+            ``psfInstFluxErr`` (image units, aperture-corrected), ``psFlux``, ``psFluxErr``
+            (nJy), ``apFlux_<r>``, ``apFlux_<r>Err`` (nJy), ``group_size`` and the flags
+            ``flag_off_image``, ``flag_edge``, ``flag_bad``, ``flag_saturated``,
+            ``flag_blended``.
+        """
+        cfg = self.config
+        if exposure.psf is None or exposure.wcs is None or exposure.photo_calib is None:
+            raise ValueError("forced photometry needs an exposure with PSF, WCS and zero point")
+        ra, dec = np.atleast_1d(ra).astype(float), np.atleast_1d(dec).astype(float)
+        n = len(ra)
+        h, w = exposure.shape
+        x, y = exposure.wcs.all_world2pix(ra, dec, 0) if n else (np.zeros(0), np.zeros(0))
+        on = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < w - 0.5)
+        on &= (y > -0.5) & (y < h - 0.5)
+        idx = np.flatnonzero(on)
+        flux = np.full(n, np.nan)
+        err = np.full(n, np.nan)
+        masked = np.ones(n)
+        group_size = np.zeros(n, dtype=int)
+
+        psf = exposure.psf
+        fwhm = psf.fwhm(0.5 * (w - 1), 0.5 * (h - 1))
+        labels = _groups(x[idx], y[idx], cfg.group_radius * fwhm)
+        sizes = np.bincount(labels) if len(labels) else np.zeros(0, dtype=int)
+        group_size[idx] = sizes[labels] if len(labels) else 0
+        single = idx[sizes[labels] == 1] if len(labels) else idx
+        if len(single):
+            flux[single], err[single], masked[single] = psf_flux(exposure, x[single], y[single])
+        n_groups = 0
+        order = np.argsort(labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(labels[order])) + 1
+        for members in np.split(idx[order], bounds) if len(idx) else []:
+            if len(members) < 2:
+                continue
+            n_groups += 1
+            f, e, m = _fit_group(exposure, x[members], y[members])
+            flux[members], err[members], masked[members] = f, e, m
+
+        flux *= ap_corr
+        err = np.hypot(err * ap_corr, flux_systematic * flux)
+        calib = exposure.photo_calib
+        cat = Table()
+        cat["x"], cat["y"] = x, y
+        cat["psfInstFlux"], cat["psfInstFluxErr"] = flux, err
+        cat["psFlux"] = calib.to_njy(flux)
+        cat["psFluxErr"] = calib.to_njy_err(flux, err)
+        data = np.ascontiguousarray(exposure.image, dtype=np.float32)
+        var = np.ascontiguousarray(exposure.variance, dtype=np.float32)
+        bad = exposure.masked(BAD_PLANES | MaskPlane.SAT)
+        for radius in cfg.aperture_radii:
+            af, ae = np.full(n, np.nan), np.full(n, np.nan)
+            if len(idx):
+                af[idx], ae[idx], _ = sep.sum_circle(
+                    data, x[idx], y[idx], radius, var=var, mask=bad, subpix=5
+                )
+            name = aperture_name(radius)
+            cat[name] = calib.to_njy(af)
+            cat[f"{name}Err"] = calib.to_njy_err(af, ae)
+        half = psf.half
+        ix = np.rint(np.where(on, x, 0)).astype(int)
+        iy = np.rint(np.where(on, y, 0)).astype(int)
+        core, _ = cut_stamps(exposure.mask, ix, iy, cfg.core_radius, fill=int(MaskPlane.NO_DATA))
+        cat["group_size"] = group_size
+        cat["flag_off_image"] = ~on
+        cat["flag_edge"] = on & ((ix < half) | (iy < half) | (ix >= w - half) | (iy >= h - half))
+        cat["flag_bad"] = ~on | ~np.isfinite(flux) | (masked > cfg.max_masked_psf)
+        cat["flag_saturated"] = on & np.any((core & int(MaskPlane.SAT)) != 0, axis=(1, 2))
+        cat["flag_blended"] = group_size > 1
+        return ForcedPhotometryResult(cat, n_groups)
+
+
+def _groups(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """Label of each position's group: the connected components of 'closer than radius'."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=int)
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(radius, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(x), len(x)))
+    _, labels = connected_components(graph, directed=False)
+    return labels
+
+
+def _fit_group(
+    exposure: Exposure, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint PSF fit of a group's amplitudes on the union of their stamps."""
+    psf = exposure.psf
+    models, ix, iy = psf.images(x, y)
+    half = psf.half
+    h, w = exposure.shape
+    x0, x1 = max(ix.min() - half, 0), min(ix.max() + half + 1, w)
+    y0, y1 = max(iy.min() - half, 0), min(iy.max() + half + 1, h)
+    m = len(x)
+    design = np.zeros((m, y1 - y0, x1 - x0))
+    for k in range(m):
+        # the part of stamp k inside the box
+        sy0, sx0 = iy[k] - half - y0, ix[k] - half - x0
+        ya, xa = max(sy0, 0), max(sx0, 0)
+        yb, xb = min(sy0 + psf.size, y1 - y0), min(sx0 + psf.size, x1 - x0)
+        design[k, ya:yb, xa:xb] = models[k, ya - sy0 : yb - sy0, xa - sx0 : xb - sx0]
+    data = exposure.image[y0:y1, x0:x1].astype(float)
+    var = exposure.variance[y0:y1, x0:x1].astype(float)
+    good = (exposure.mask[y0:y1, x0:x1] & int(BAD_PLANES | MaskPlane.SAT)) == 0
+    good &= np.isfinite(data) & np.isfinite(var)
+    a = design[:, good]  # (m, n_good)
+    normal = a @ a.T
+    try:
+        inv = np.linalg.inv(normal)
+    except np.linalg.LinAlgError:
+        inv = np.linalg.pinv(normal)
+    flux = inv @ (a @ data[good])
+    cov = inv @ ((a * var[good]) @ a.T) @ inv
+    err = np.sqrt(np.clip(np.diag(cov), 0, None))
+    masked = 1.0 - design[:, good].sum(axis=1)
+    return flux, err, masked

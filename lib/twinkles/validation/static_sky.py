@@ -1,0 +1,258 @@
+"""Static-sky checks against the truth: Objects, forced light curves, repeatability.
+
+* :func:`match_sky`: one-to-one nearest matches on the sky within a radius;
+* :func:`completeness_purity`: of the Object table against the true stars and galaxies,
+  per bin of true (completeness) or measured (purity) magnitude;
+* :func:`pa1`: the photometric repeatability of validate_drp (LSST SRD PA1): for bright
+  unresolved stars, one random pair of visits per star, ``dmag / sqrt(2)``, an IQR-based
+  sigma over stars, repeated and the median taken;
+* :func:`forced_light_curves`: the ForcedSource rows of every visit with their band and MJD;
+* :func:`star_light_curves`, :func:`forced_star_metrics`: ForcedSource of true stars against
+  their true fluxes: PA1 and pulls per band;
+* :func:`robust_std`: the IQR-based sigma used throughout.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from astropy.table import Table, vstack
+
+from twinkles.calibration.matching import match_nearest
+from twinkles.geometry import sky_to_tangent
+from twinkles.sim.truth import Truth
+
+__all__ = [
+    "completeness_purity",
+    "forced_light_curves",
+    "forced_star_metrics",
+    "match_sky",
+    "pa1",
+    "robust_std",
+    "star_light_curves",
+    "static_truth",
+]
+
+IQR_TO_SIGMA = 1.0 / 1.349
+
+
+def robust_std(values: np.ndarray) -> float:
+    """Gaussian-equivalent sigma from the interquartile range."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan")
+    q25, q75 = np.percentile(v, [25, 75])
+    return float((q75 - q25) * IQR_TO_SIGMA)
+
+
+def match_sky(
+    ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray, radius_arcsec: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one nearest matches: (index in 1, index in 2, separation in arcsec)."""
+    ra0, dec0 = float(np.median(ra2)), float(np.median(dec2))
+    x1, y1 = sky_to_tangent(np.asarray(ra1), np.asarray(dec1), ra0, dec0)
+    x2, y2 = sky_to_tangent(np.asarray(ra2), np.asarray(dec2), ra0, dec0)
+    return match_nearest(x1 * 3600, y1 * 3600, x2 * 3600, y2 * 3600, radius_arcsec)
+
+
+def static_truth(truth: Truth, band: str) -> Table:
+    """True stars and galaxies with their mean magnitude in ``band`` and whether a star.
+
+    Supernovae and lensed-quasar images come and go and are not expected in a coadd; the
+    lens galaxies are galaxies.
+    """
+    stars, galaxies = truth.stars, truth.galaxies
+    gal_flux = 10 ** (-0.4 * (np.asarray(galaxies[f"bulge_mag_{band}"]) - 31.4)) + 10 ** (
+        -0.4 * (np.asarray(galaxies[f"disk_mag_{band}"]) - 31.4)
+    )
+    out = Table()
+    out["id"] = np.concatenate([np.asarray(stars["id"]), np.asarray(galaxies["id"])])
+    out["ra"] = np.concatenate([np.asarray(stars["ra"]), np.asarray(galaxies["ra"])])
+    out["dec"] = np.concatenate([np.asarray(stars["dec"]), np.asarray(galaxies["dec"])])
+    out["mag"] = np.concatenate([np.asarray(stars[f"mag_{band}"]), 31.4 - 2.5 * np.log10(gal_flux)])
+    out["is_star"] = np.concatenate(
+        [np.ones(len(stars), dtype=bool), np.zeros(len(galaxies), dtype=bool)]
+    )
+    out["is_variable"] = np.concatenate(
+        [np.asarray(stars["is_variable"], dtype=bool), np.zeros(len(galaxies), dtype=bool)]
+    )
+    return out
+
+
+def completeness_purity(
+    objects: Table,
+    truth: Table,
+    band: str,
+    bins: np.ndarray,
+    all_truth_ra: np.ndarray,
+    all_truth_dec: np.ndarray,
+    radius_arcsec: float = 1.0,
+) -> Table:
+    """Completeness and purity of Objects per magnitude bin.
+
+    Parameters
+    ----------
+    objects : Table
+        Object table (``ra``, ``decl``, ``{band}_psFlux``).
+    truth : Table
+        True objects that should be found (``ra``, ``dec``, ``mag``), already restricted to
+        the area covered.
+    bins : array
+        Magnitude bin edges.
+    all_truth_ra, all_truth_dec : array
+        Every true object (transients and lensed images too): an Object matching any of them
+        is real.
+    """
+    _i_obj, i_true, _ = match_sky(
+        objects["ra"], objects["decl"], truth["ra"], truth["dec"], radius_arcsec
+    )
+    found = np.zeros(len(truth), dtype=bool)
+    found[i_true] = True
+    j_obj, _, _ = match_sky(
+        objects["ra"], objects["decl"], all_truth_ra, all_truth_dec, radius_arcsec
+    )
+    real = np.zeros(len(objects), dtype=bool)
+    real[j_obj] = True
+    with np.errstate(invalid="ignore", divide="ignore"):
+        obj_mag = 31.4 - 2.5 * np.log10(np.asarray(objects[f"{band}_psFlux"], dtype=float))
+    rows = []
+    for lo, hi in itertools.pairwise(bins):
+        t = (truth["mag"] >= lo) & (truth["mag"] < hi)
+        o = (obj_mag >= lo) & (obj_mag < hi)
+        rows.append(
+            {
+                "mag_lo": lo,
+                "mag_hi": hi,
+                "n_true": int(t.sum()),
+                "completeness": float(found[t].mean()) if t.any() else np.nan,
+                "n_objects": int(o.sum()),
+                "purity": float(real[o].mean()) if o.any() else np.nan,
+            }
+        )
+    return Table(rows=rows)
+
+
+def pa1(mags: np.ndarray, n_repeat: int = 50, seed: int = 0) -> float:
+    """validate_drp's PA1 (mag) from a (stars x visits) array of magnitudes (NaN: missing).
+
+    For each star with two or more measurements one random pair of visits gives
+    ``(m1 - m2) / sqrt(2)``; the IQR-based sigma of those over the stars is one estimate;
+    the median of ``n_repeat`` estimates is returned.
+    """
+    mags = np.asarray(mags, dtype=float)
+    ok = np.isfinite(mags)
+    usable = np.flatnonzero(ok.sum(axis=1) >= 2)
+    if len(usable) < 3:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for _ in range(n_repeat):
+        diffs = np.empty(len(usable))
+        for k, star in enumerate(usable):
+            a, b = rng.choice(np.flatnonzero(ok[star]), size=2, replace=False)
+            diffs[k] = (mags[star, a] - mags[star, b]) / np.sqrt(2.0)
+        estimates.append(robust_std(diffs))
+    return float(np.median(estimates))
+
+
+def forced_light_curves(butler, visits: Table) -> Table:
+    """Every visit's ForcedSource rows that exist, with ``band`` and ``mjd`` added."""
+    parts = []
+    for row in visits:
+        visit = int(row["obsHistID"])
+        if not butler.exists("forced_src", visit=visit):
+            continue
+        forced = butler.get("forced_src", visit=visit)
+        forced["band"] = np.full(len(forced), str(row["filter"]), dtype="U1")
+        forced["mjd"] = np.full(len(forced), float(row["expMJD"]))
+        parts.append(forced)
+    if not parts:
+        raise FileNotFoundError("no forced_src in the run: run forced_photometry first")
+    return vstack(parts, metadata_conflicts="silent")
+
+
+def star_light_curves(
+    objects: Table, light_curves: Table, truth: Truth, radius_arcsec: float = 0.5
+) -> Table:
+    """ForcedSource rows of Objects matched to true stars, with the true flux at each epoch.
+
+    Objects in blends and rows flagged off-image or bad are dropped. Columns added:
+    ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
+    """
+    stars = truth.stars
+    i_obj, i_star, _ = match_sky(
+        objects["ra"], objects["decl"], stars["ra"], stars["dec"], radius_arcsec
+    )
+    keep = np.asarray(objects["parent"])[i_obj] == 0
+    i_obj, i_star = i_obj[keep], i_star[keep]
+    star_of = dict(
+        zip(np.asarray(objects["objectId"])[i_obj], np.asarray(stars["id"])[i_star], strict=True)
+    )
+    variable_of = dict(
+        zip(
+            np.asarray(stars["id"])[i_star],
+            np.asarray(stars["is_variable"], dtype=bool)[i_star],
+            strict=True,
+        )
+    )
+    rows = light_curves[
+        np.isin(light_curves["objectId"], list(star_of))
+        & ~np.asarray(light_curves["flag_off_image"])
+        & ~np.asarray(light_curves["flag_bad"])
+        & ~np.asarray(light_curves["flag_edge"])
+        & ~np.asarray(light_curves["flag_saturated"])
+    ]
+    rows["truth_id"] = np.array([star_of[o] for o in rows["objectId"]], dtype=np.int64)
+    rows["is_variable"] = np.array([variable_of[t] for t in rows["truth_id"]], dtype=bool)
+    true_flux = np.zeros(len(rows))
+    for band in np.unique(rows["band"]):
+        sel = np.asarray(rows["band"] == band)
+        true_flux[sel] = truth.flux(
+            np.asarray(rows["truth_id"])[sel], str(band), np.asarray(rows["mjd"])[sel]
+        )
+    rows["true_flux"] = true_flux
+    return rows
+
+
+def forced_star_metrics(rows: Table, bright_snr: float = 50.0, min_snr: float = 10.0) -> Table:
+    """Per band, for non-variable stars: PA1 of the bright ones and pulls against the truth.
+
+    ``rows`` come from :func:`star_light_curves`. PA1 uses stars whose median S/N is at least
+    ``bright_snr``; pulls ``(psFlux - true) / psFluxErr`` use S/N >= ``min_snr``; the bias is
+    the median of ``psFlux / true - 1`` for the bright stars.
+    """
+    out = []
+    steady = rows[~np.asarray(rows["is_variable"])]
+    for band in sorted(set(steady["band"])):
+        b = steady[steady["band"] == band]
+        flux = np.asarray(b["psFlux"], dtype=float)
+        err = np.asarray(b["psFluxErr"], dtype=float)
+        true = np.asarray(b["true_flux"], dtype=float)
+        snr = flux / err
+        stars = np.unique(b["truth_id"])
+        ids = np.asarray(b["truth_id"])
+        visits = np.unique(b["ccdVisitId"])
+        median_snr = np.array([np.median(snr[ids == s]) for s in stars])
+        bright = stars[median_snr >= bright_snr]
+        mags = np.full((len(bright), len(visits)), np.nan)
+        col = np.searchsorted(visits, np.asarray(b["ccdVisitId"]))
+        for k, s in enumerate(bright):
+            sel = (ids == s) & (flux > 0)
+            mags[k, col[sel]] = -2.5 * np.log10(flux[sel])
+        in_pulls = snr >= min_snr
+        is_bright = np.isin(ids, bright)
+        out.append(
+            {
+                "band": str(band),
+                "pa1_mmag": 1000.0 * pa1(mags),
+                "n_pa1_stars": len(bright),
+                "pull_std": robust_std(((flux - true) / err)[in_pulls]),
+                "n_pulls": int(in_pulls.sum()),
+                "bias": float(np.median(flux[is_bright] / true[is_bright] - 1.0))
+                if is_bright.any()
+                else float("nan"),
+            }
+        )
+    return Table(rows=out)

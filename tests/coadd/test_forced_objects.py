@@ -1,0 +1,93 @@
+"""Forced photometry with blended neighbours, the Object merge, and PA1, on synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_warp_coadd import DEC, RA, SIGMA_PSF, make_calexp
+
+from twinkles.coadd.objects import ObjectTask
+from twinkles.measurement.forced import ForcedPhotometryTask
+from twinkles.validation.static_sky import pa1, robust_std
+
+
+def test_forced_fluxes_of_a_blend_are_unbiased_with_honest_errors():
+    # two stars 1.2 FWHM apart, one 3x the other, and an isolated one, at S/N 20-70 (where
+    # noise, not the 0.2% of PSF interpolation, dominates); 60 noise draws
+    fwhm_arcsec = 2.3548 * SIGMA_PSF * 0.2
+    sep = 1.2 * fwhm_arcsec / 3600
+    stars = [
+        (RA, DEC, 6.0e3),
+        (RA + sep / np.cos(np.deg2rad(DEC)), DEC, 2.0e3),
+        (RA - 8 / 3600, DEC + 8 / 3600, 3.0e3),
+    ]
+    ra, dec, flux = (np.array(c) for c in zip(*stars, strict=True))
+    pulls, joint = [], []
+    for seed in range(60):
+        calexp = make_calexp(15.0, seed=seed, stars=stars)
+        result = ForcedPhotometryTask().run(calexp, ra, dec)
+        cat = result.catalog
+        pulls.append((np.asarray(cat["psFlux"]) - flux) / np.asarray(cat["psFluxErr"]))
+        joint.append(list(cat["flag_blended"]))
+    pulls = np.array(pulls)
+    assert joint[0] == [True, True, False] and result.n_groups == 1
+    for k in range(3):
+        assert abs(np.mean(pulls[:, k])) < 0.45  # 3 sigma of a mean of 60
+        assert robust_std(pulls[:, k]) == pytest.approx(1.0, abs=0.3)
+
+
+def test_fitting_alone_would_bias_the_blend():
+    # the same blend measured one star at a time counts the neighbour's light
+    from twinkles.measurement.psf_flux import psf_flux
+
+    fwhm_arcsec = 2.3548 * SIGMA_PSF * 0.2
+    sep = 1.2 * fwhm_arcsec / 3600
+    stars = [(RA, DEC, 6.0e4), (RA + sep / np.cos(np.deg2rad(DEC)), DEC, 2.0e4)]
+    calexp = make_calexp(15.0, seed=1, stars=stars)
+    ra, dec, flux = (np.array(c) for c in zip(*stars, strict=True))
+    x, y = calexp.wcs.all_world2pix(ra, dec, 0)
+    alone, _, _ = psf_flux(calexp, x, y)
+    forced = ForcedPhotometryTask().run(calexp, ra, dec).catalog
+    alone_njy = calexp.photo_calib.to_njy(alone)
+    assert alone_njy[1] > 1.2 * flux[1]  # the faint one gains its neighbour's wing
+    assert abs(forced["psFlux"][1] / flux[1] - 1) < 0.1
+
+
+def test_positions_off_the_image_are_flagged_not_fatal():
+    calexp = make_calexp(0.0, seed=2)
+    cat = ForcedPhotometryTask().run(calexp, np.array([RA, RA + 1.0]), np.array([DEC, DEC])).catalog
+    assert list(cat["flag_off_image"]) == [False, True]
+    assert np.isfinite(cat["psFlux"][0]) and np.isnan(cat["psFlux"][1])
+    assert cat["flag_bad"][1]
+
+
+def test_objects_merge_bands_with_priority_and_keep_single_band_sources():
+    both = (RA + 5 / 3600, DEC, 5.0e4)
+    only_g = (RA - 6 / 3600, DEC + 4 / 3600, 5.0e4)
+    only_i = (RA - 4 / 3600, DEC - 6 / 3600, 5.0e4)
+    coadd_g = make_calexp(0.0, seed=3, stars=[both, only_g], zp=31.4)
+    coadd_i = make_calexp(0.0, seed=4, stars=[both, only_i], zp=31.4)
+    result = ObjectTask().run({"g": coadd_g, "i": coadd_i})
+    objects = result.objects
+    assert len(objects) == 3
+    found = {}
+    for ra, dec, _ in (both, only_g, only_i):
+        d = np.hypot((objects["ra"] - ra) * np.cos(np.deg2rad(DEC)), objects["decl"] - dec) * 3600
+        k = int(np.argmin(d))
+        assert d[k] < 0.05
+        found[(ra, dec)] = objects[k]
+    assert found[both[:2]]["refBand"] == "i" and found[both[:2]]["detectBands"] == "ig"
+    assert found[only_g[:2]]["refBand"] == "g"
+    # every Object is measured in every band: a g-only star has i flux consistent with zero
+    g_only = found[only_g[:2]]
+    assert abs(g_only["i_psFlux"]) < 4 * g_only["i_psFluxErr"]
+    assert g_only["g_psFlux"] == pytest.approx(5.0e4, rel=0.05)
+    assert list(objects["objectId"]) == [1, 2, 3] and np.all(objects["parent"] == 0)
+
+
+def test_pa1_recovers_the_scatter_of_synthetic_stars():
+    rng = np.random.default_rng(5)
+    mags = 18.0 + rng.normal(0, 0.005, size=(300, 20))
+    mags[rng.random(mags.shape) < 0.2] = np.nan
+    assert pa1(mags) == pytest.approx(0.005, rel=0.1)
+    assert np.isnan(pa1(mags[:2]))
