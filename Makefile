@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/twinkles simulate runs/demo.yaml
+	$(BIN)/twinkles run runs/demo.yaml
 
 # Service tests (real Slurm) must run, not skip: `make test` starts the services (root, Debian)
 # and requires them. `make test SERVICES=none` leaves them out explicitly.

@@ -274,6 +274,154 @@ def process_eimage_run1_visit() -> dict:
     }
 
 
+# --- issue 5: static sky -------------------------------------------------------------------
+
+BENCH_RUN = ROOT / "runs" / "_bench" / "run1.yaml"
+BENCH_VISITS = 3  # real run1-size calexps; longer coadds cycle through their warps
+
+
+def _run1_calexps():
+    """A run1 copy with ``BENCH_VISITS`` visits simulated and processed through the workflow
+    (kept in runs/_bench, so a second ``make bench`` reuses them), and its sky map."""
+    import shutil
+
+    from twinkles.coadd.skymap import make_skymap
+    from twinkles.coadd.warp import CalexpModel
+    from twinkles.config import load_run
+    from twinkles.sim.simulate import prepare_run_dir
+    from twinkles.sim.sky import ensure_sky
+    from twinkles.workflow.driver import run_pipeline
+
+    BENCH_RUN.parent.mkdir(parents=True, exist_ok=True)
+    if not BENCH_RUN.exists():
+        shutil.copy(ROOT / "runs" / "run1.yaml", BENCH_RUN)
+    run = load_run(BENCH_RUN)
+    prepare_run_dir(run)
+    sky = ensure_sky(run)
+    visits = [int(v) for v in sky.visits["obsHistID"][:BENCH_VISITS]]
+    summary = run_pipeline(
+        run, steps=["simulate_visit", "process_eimage"], where={"visit": visits}, progress=False
+    )
+    if not summary.ok:
+        raise RuntimeError("; ".join(summary.lines()))
+    corners = []
+    for v in visits:
+        model = CalexpModel.read(run.butler.path("calexp", visit=v))
+        h, w = model.shape
+        corners.append(model.wcs.all_pix2world([0, w - 1, w - 1, 0], [0, 0, h - 1, h - 1], 0))
+    skymap = make_skymap(corners, run.config.field.ra, run.config.field.dec)
+    return run, visits, skymap
+
+
+@benchmark
+def warp_run1_visit() -> dict:
+    """Warp of one run1-size calexp onto the patch (transform, image, variance, mask)."""
+    from twinkles.coadd.warp import WarpTask
+    from twinkles.image import Exposure
+
+    run, visits, skymap = _run1_calexps()
+    calexp = Exposure.read_fits(run.butler.path("calexp", visit=visits[0]))
+    WarpTask().run(calexp, skymap.wcs, skymap.shape)  # warm caches (spline table)
+    before = peak_rss_mb()
+    warp, cpu, wall = timed(WarpTask().run, calexp, skymap.wcs, skymap.shape)
+    return {
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "calexp_pixels": int(calexp.image.size),
+        "warp_box": list(warp.shape),
+        "transform_degree": warp.metadata["warp_deg"],
+        "peak_rss_mb": round(max(before, peak_rss_mb()), 0),
+        "target": "<= 1.5 s",
+        "pass": cpu <= 1.5,
+    }
+
+
+def _coadd_bench(n_visits: int) -> dict:
+    import tempfile
+
+    from twinkles.coadd.assemble import CoaddTask
+    from twinkles.coadd.warp import WarpTask
+    from twinkles.image import Exposure
+
+    run, visits, skymap = _run1_calexps()
+    warps = []
+    for v in visits:
+        path = run.butler.path("deepCoadd_directWarp", visit=v)
+        if not path.exists():
+            calexp = Exposure.read_fits(run.butler.path("calexp", visit=v))
+            run.butler.put(
+                WarpTask().run(calexp, skymap.wcs, skymap.shape), "deepCoadd_directWarp", visit=v
+            )
+        warps.append(path)
+    base = peak_rss_mb()
+    with tempfile.TemporaryDirectory(dir=BENCH_RUN.parent) as tmp:
+        paths = []
+        for k in range(n_visits):  # links: each is opened, memory-mapped and read as a visit
+            link = Path(tmp) / f"warp_{k:04d}.fits"
+            link.symlink_to(warps[k % len(warps)])
+            paths.append(link)
+        result, cpu, wall = timed(CoaddTask().run, paths, skymap.wcs, skymap.shape)
+        n_clipped = result.n_clipped
+    peak = peak_rss_mb()
+    return {
+        "n_visits": n_visits,
+        "n_clipped": n_clipped,
+        "cpu_s": round(cpu, 1),
+        "cpu_s_per_visit": round(cpu / n_visits, 2),
+        "wall_s": round(wall, 1),
+        "patch": list(skymap.shape),
+        "peak_rss_mb": round(peak, 0),
+        "rss_before_mb": round(base, 0),
+        "target": "flat memory; <= 2 GB at 200 visits",
+        "pass": peak <= 2048,
+    }
+
+
+@benchmark
+def coadd_run1_10_visits() -> dict:
+    """Coadd of 10 run1-size warps (streamed, clipped): time per visit and peak memory."""
+    return _coadd_bench(10)
+
+
+@benchmark
+def coadd_run1_50_visits() -> dict:
+    """Coadd of 50 run1-size warps."""
+    return _coadd_bench(50)
+
+
+@benchmark
+def coadd_run1_200_visits() -> dict:
+    """Coadd of 200 run1-size warps."""
+    return _coadd_bench(200)
+
+
+@benchmark
+def forced_photometry_20k_objects() -> dict:
+    """Forced photometry of 20,000 Objects (neighbours fitted jointly) on one run1 calexp."""
+    import numpy as np
+
+    from twinkles.image import Exposure
+    from twinkles.measurement.forced import ForcedPhotometryTask
+
+    run, visits, _ = _run1_calexps()
+    calexp = Exposure.read_fits(run.butler.path("calexp", visit=visits[0]))
+    summary = run.butler.get("visitSummary", visit=visits[0])
+    rng = np.random.default_rng(1)
+    h, w = calexp.shape
+    x, y = rng.uniform(0, w - 1, 20_000), rng.uniform(0, h - 1, 20_000)
+    ra, dec = calexp.wcs.all_pix2world(x, y, 0)
+    result, cpu, wall = timed(ForcedPhotometryTask().run, calexp, ra, dec, summary["ap_corr"])
+    return {
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "n_objects": 20_000,
+        "joint_groups": result.n_groups,
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+        "target": "<= 1 s",
+        "pass": cpu <= 1.0,
+    }
+
+
 # --- harness --------------------------------------------------------------------------------
 
 

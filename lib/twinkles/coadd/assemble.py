@@ -87,22 +87,28 @@ class CoaddResult:
 
 
 class _WarpReader:
-    """A warp on disk, read by rows of the patch without loading it."""
+    """A warp on disk, read by rows of the patch without loading it.
+
+    Rows are read through astropy's ``section`` (a seek and a read per block), not a memory
+    map: mapped pages count in the process's resident memory, which would then grow with the
+    number of warps.
+    """
 
     def __init__(self, path: Path):
-        self.hdul = fits.open(path, memmap=True)
+        self.hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
         try:
             header = self.hdul[0].header
             self.visit = int(header["VISIT"])
             self.x0, self.y0 = int(header["X0"]), int(header["Y0"])
-            self.image = self.hdul["IMAGE"].data
-            self.variance = self.hdul["VARIANCE"].data
-            self.mask = self.hdul["MASK"].data
+            self.image = self.hdul["IMAGE"].section
+            self.variance = self.hdul["VARIANCE"].section
+            self.mask = self.hdul["MASK"].section
+            self.height, self.width = self.hdul["IMAGE"].shape
         except KeyError as exc:
             self.hdul.close()
             raise CoaddError(f"{path} is not a warp: {exc}") from exc
-        self.height, self.width = self.image.shape
-        sample = np.asarray(self.variance[:: max(1, self.height // 64), ::16], dtype=float)
+        step = max(1, self.height // 64)
+        sample = np.asarray(self.variance[::step, ::16], dtype=float)
         good = np.isfinite(sample) & (sample > 0)
         if not good.any():
             raise CoaddError(f"warp of visit {self.visit} has no valid pixel ({path})")
@@ -218,8 +224,10 @@ class CoaddTask:
         finally:
             for r in readers:
                 r.close()
-        mask = np.where(n_image > 0, 0, int(MaskPlane.NO_DATA)).astype(np.int32)
-        image = np.where(n_image > 0, image, 0.0).astype(np.float32)
+        empty = n_image == 0
+        mask = np.zeros(patch_shape, dtype=np.int32)
+        mask[empty] = int(MaskPlane.NO_DATA)
+        image[empty] = 0.0
         coadd = Exposure(
             image=image,
             mask=mask,

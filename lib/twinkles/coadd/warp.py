@@ -80,6 +80,9 @@ class WarpConfig(Section):
     max_degree: int = Field(
         6, ge=1, le=9, description="Highest polynomial degree tried for the transform."
     )
+    block_rows: int = Field(
+        256, ge=1, description="Patch rows resampled at once (bounds the work arrays)."
+    )
 
 
 @lru_cache(maxsize=1)
@@ -259,37 +262,31 @@ class WarpTask:
         # corners of the footprint (the edge samples at the four sensor corners)
         corner_idx = [0, 15, 30, 45]
         rows, first, last = _footprint_spans(fx[corner_idx], fy[corner_idx], bbox)
-        lengths = last - first + 1
-        row_index = np.repeat(np.arange(len(rows)), lengths)
-        starts = np.cumsum(lengths) - lengths
-        xx = np.arange(lengths.sum()) - np.repeat(starts - first, lengths)
-        sx, sy, area = transform.rows(rows, row_index, xx)
-
-        inside = (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
-        iy, ix = rows[row_index[inside]] - y0, xx[inside] - x0
-        sx, sy, area = sx[inside], sy[inside], area[inside].astype(np.float32)
         # spline interpolation needs finite inputs: masked-out pixels carry 0 into it
         src = np.where(np.isfinite(calexp.image), calexp.image, 0.0).astype(np.float64)
         coeffs = ndimage.spline_filter(src, order=3, mode="mirror")
-        value = np.empty(len(sx), dtype=np.float32)
-        ndimage.map_coordinates(
-            coeffs, [sy, sx], output=value, order=3, prefilter=False, mode="mirror"
-        )
-        nx, ny = (sx + 0.5).astype(np.intp), (sy + 0.5).astype(np.intp)
-        np.clip(nx, 0, w - 1, out=nx)
-        np.clip(ny, 0, h - 1, out=ny)
-        var = calexp.variance[ny, nx] * (
-            spline_variance_factor(sx - np.floor(sx)) * spline_variance_factor(sy - np.floor(sy))
-        )
+        del src
         scale = calexp.photo_calib.njy_per_electron
         shape = (y1 - y0, x1 - x0)
         image_out = np.full(shape, np.nan, dtype=np.float32)
         var_out = np.full(shape, np.inf, dtype=np.float32)
         mask_out = np.full(shape, int(MaskPlane.NO_DATA), dtype=np.int32)
-        # a patch pixel holds `area` calexp pixels' worth of flux (optical distortion)
-        image_out[iy, ix] = value * area * np.float32(scale)
-        var_out[iy, ix] = var * area**2 * np.float32(scale**2)
-        mask_out[iy, ix] = calexp.mask[ny, nx] & int(CARRIED_PLANES)
+        # blocks of rows keep the per-pixel work arrays small (memory, and cache)
+        for start in range(0, len(rows), self.config.block_rows):
+            block = slice(start, start + self.config.block_rows)
+            self._warp_rows(
+                calexp,
+                coeffs,
+                transform,
+                rows[block],
+                first[block],
+                last[block],
+                (x0, y0),
+                scale,
+                image_out,
+                var_out,
+                mask_out,
+            )
 
         wcs = patch_wcs.deepcopy()
         wcs.wcs.crpix = [wcs.wcs.crpix[0] - x0, wcs.wcs.crpix[1] - y0]
@@ -308,6 +305,46 @@ class WarpTask:
             photo_calib=PhotoCalib(NJY_ZERO_POINT, calexp.photo_calib.zero_point_err),
             metadata=metadata,
         )
+
+    @staticmethod
+    def _warp_rows(
+        calexp: Exposure,
+        coeffs: np.ndarray,
+        transform: PixelTransform,
+        rows: np.ndarray,
+        first: np.ndarray,
+        last: np.ndarray,
+        origin: tuple[int, int],
+        scale: float,
+        image_out: np.ndarray,
+        var_out: np.ndarray,
+        mask_out: np.ndarray,
+    ) -> None:
+        """Resample the footprint's pixels in patch rows ``rows`` into the output planes."""
+        h, w = calexp.shape
+        x0, y0 = origin
+        lengths = last - first + 1
+        row_index = np.repeat(np.arange(len(rows)), lengths)
+        starts = np.cumsum(lengths) - lengths
+        xx = np.arange(lengths.sum()) - np.repeat(starts - first, lengths)
+        sx, sy, area = transform.rows(rows, row_index, xx)
+        inside = (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
+        iy, ix = rows[row_index[inside]] - y0, xx[inside] - x0
+        sx, sy, area = sx[inside], sy[inside], area[inside].astype(np.float32)
+        value = np.empty(len(sx), dtype=np.float32)
+        ndimage.map_coordinates(
+            coeffs, [sy, sx], output=value, order=3, prefilter=False, mode="mirror"
+        )
+        nx, ny = (sx + 0.5).astype(np.intp), (sy + 0.5).astype(np.intp)
+        np.clip(nx, 0, w - 1, out=nx)
+        np.clip(ny, 0, h - 1, out=ny)
+        var = calexp.variance[ny, nx] * (
+            spline_variance_factor(sx - np.floor(sx)) * spline_variance_factor(sy - np.floor(sy))
+        )
+        # a patch pixel holds `area` calexp pixels' worth of flux (optical distortion)
+        image_out[iy, ix] = value * area * np.float32(scale)
+        var_out[iy, ix] = var * area**2 * np.float32(scale**2)
+        mask_out[iy, ix] = calexp.mask[ny, nx] & int(CARRIED_PLANES)
 
 
 @dataclass

@@ -29,6 +29,7 @@ __all__ = [
     "forced_star_metrics",
     "match_sky",
     "pa1",
+    "pooled_completeness_purity",
     "robust_std",
     "star_light_curves",
     "static_truth",
@@ -256,3 +257,19 @@ def forced_star_metrics(rows: Table, bright_snr: float = 50.0, min_snr: float = 
             }
         )
     return Table(rows=out)
+
+
+def pooled_completeness_purity(table: Table, max_mag: float) -> tuple[float, float, int, int]:
+    """Completeness and purity over the bins of :func:`completeness_purity` brighter than
+    ``max_mag``: (completeness, purity, number of true objects, number of Objects)."""
+    bins = table[np.asarray(table["mag_hi"]) <= max_mag]
+    n_true = int(np.sum(bins["n_true"]))
+    n_obj = int(np.sum(bins["n_objects"]))
+    found = float(np.nansum(bins["completeness"] * bins["n_true"]))
+    real = float(np.nansum(bins["purity"] * bins["n_objects"]))
+    return (
+        found / n_true if n_true else float("nan"),
+        real / n_obj if n_obj else float("nan"),
+        n_true,
+        n_obj,
+    )
