@@ -124,14 +124,18 @@ class ForcedPhotometryTask:
         if len(single):
             flux[single], err[single], masked[single] = psf_flux(exposure, x[single], y[single])
         n_groups = 0
-        order = np.argsort(labels, kind="stable")
-        bounds = np.flatnonzero(np.diff(labels[order])) + 1
-        for members in np.split(idx[order], bounds) if len(idx) else []:
-            if len(members) < 2:
-                continue
-            n_groups += 1
-            f, e, m = _fit_group(exposure, x[members], y[members])
-            flux[members], err[members], masked[members] = f, e, m
+        grouped = np.flatnonzero(sizes[labels] > 1) if len(labels) else np.zeros(0, dtype=int)
+        if len(grouped):
+            # every grouped member's PSF image in one vectorised call, then one fit per group
+            members_all = idx[grouped]
+            models, ix_all, iy_all = psf.images(x[members_all], y[members_all])
+            order = np.argsort(labels[grouped], kind="stable")
+            bounds = np.flatnonzero(np.diff(labels[grouped][order])) + 1
+            for rows in np.split(order, bounds):
+                n_groups += 1
+                f, e, m = _fit_group(exposure, models[rows], ix_all[rows], iy_all[rows])
+                members = members_all[rows]
+                flux[members], err[members], masked[members] = f, e, m
 
         flux *= ap_corr
         err = np.hypot(err * ap_corr, flux_systematic * flux)
@@ -177,16 +181,18 @@ def _groups(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _fit_group(
-    exposure: Exposure, x: np.ndarray, y: np.ndarray
+    exposure: Exposure, models: np.ndarray, ix: np.ndarray, iy: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Joint PSF fit of a group's amplitudes on the union of their stamps."""
+    """Joint PSF fit of a group's amplitudes on the union of their stamps.
+
+    ``models`` are the members' PSF images (unit sum) on stamps centred on pixels (ix, iy).
+    """
     psf = exposure.psf
-    models, ix, iy = psf.images(x, y)
     half = psf.half
     h, w = exposure.shape
     x0, x1 = max(ix.min() - half, 0), min(ix.max() + half + 1, w)
     y0, y1 = max(iy.min() - half, 0), min(iy.max() + half + 1, h)
-    m = len(x)
+    m = len(ix)
     design = np.zeros((m, y1 - y0, x1 - x0))
     for k in range(m):
         # the part of stamp k inside the box
