@@ -56,6 +56,10 @@ SCIENCE_IMPORTS = (
     "twinkles.calibration.astrometry",
     "twinkles.calibration.photometry",
     "twinkles.calibration.summary",
+    "twinkles.coadd.warp",
+    "twinkles.coadd.assemble",
+    "twinkles.coadd.objects",
+    "twinkles.measurement.forced",
 )
 log = logging.getLogger(__name__)
 
