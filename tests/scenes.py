@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -108,4 +109,31 @@ def scene_refcat(scene: Scene):
     config = scene.config
     return make_reference_catalog(
         scene.sky.truth.stars, scene.sky.truth.galaxies, config.refcat, np.random.default_rng(3)
+    )
+
+
+def process_scene(scene: Scene, directory: Path) -> SimpleNamespace:
+    """A scene rendered and taken through process_eimage's stages up to aperture correction:
+    ISR, background, a 10-sigma pass for the PSF, detection and measurement with it."""
+    from twinkles.detection.background import BackgroundTask
+    from twinkles.detection.detect import DetectionConfig, DetectionTask
+    from twinkles.isr.eimage import EimageIsrTask
+    from twinkles.measurement.apcorr import ApertureCorrectionTask
+    from twinkles.measurement.measure import MeasurementTask
+    from twinkles.psf.determine import PsfTask
+    from twinkles.sim.render import render_visit
+
+    rendered = render_visit(scene.sky, scene.config, scene.visit)
+    exp = scene_exposure(rendered, directory)
+    EimageIsrTask().run(exp)
+    BackgroundTask().run(exp)
+    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exp)
+    psf = PsfTask().run(exp, candidates.sources)
+    exp.psf = psf.psf
+    det = DetectionTask().run(exp)
+    cat = MeasurementTask().run(exp, det.sources, det.segmentation).catalog
+    used = psf.stars[psf.stars["used"]]
+    apcorr = ApertureCorrectionTask().run(exp, cat, det.segmentation, used["x"], used["y"])
+    return SimpleNamespace(
+        scene=scene, rendered=rendered, exp=exp, psf=psf, det=det, cat=cat, apcorr=apcorr
     )

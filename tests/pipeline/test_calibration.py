@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
@@ -12,16 +10,9 @@ from astropy.wcs.utils import fit_wcs_from_points
 from twinkles.calibration.astrometry import AstrometryError, AstrometryTask
 from twinkles.calibration.photometry import PhotoCalError, PhotoCalTask
 from twinkles.calibration.wcs_fit import fit_tan_sip
-from twinkles.detection.background import BackgroundTask
-from twinkles.detection.detect import DetectionConfig, DetectionTask
-from twinkles.isr.eimage import EimageIsrTask
-from twinkles.measurement.apcorr import ApertureCorrectionTask
-from twinkles.measurement.measure import MeasurementTask
-from twinkles.psf.determine import PsfTask
-from twinkles.sim.render import render_visit
 from twinkles.sim.wcs import make_wcs
 
-from scenes import make_scene, scene_exposure, scene_refcat
+from scenes import make_scene, process_scene, scene_refcat
 
 SIZE = 768
 
@@ -55,20 +46,9 @@ def test_tan_sip_fit_recovers_a_distorted_wcs():
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     scene = make_scene(grid_mags=(17.0, 22.0), size=SIZE, spacing=45, seed=21, scatter=True)
-    rendered = render_visit(scene.sky, scene.config, scene.visit)
-    exp = scene_exposure(rendered, tmp_path_factory.mktemp("cal"))
-    EimageIsrTask().run(exp)
-    BackgroundTask().run(exp)
-    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exp)
-    psf = PsfTask().run(exp, candidates.sources)
-    exp.psf = psf.psf
-    det = DetectionTask().run(exp)
-    cat = MeasurementTask().run(exp, det.sources, det.segmentation).catalog
-    used = psf.stars[psf.stars["used"]]
-    apcorr = ApertureCorrectionTask().run(exp, cat, det.segmentation, used["x"], used["y"])
-    return SimpleNamespace(
-        scene=scene, rendered=rendered, exp=exp, cat=cat, apcorr=apcorr, refcat=scene_refcat(scene)
-    )
+    result = process_scene(scene, tmp_path_factory.mktemp("cal"))
+    result.refcat = scene_refcat(scene)
+    return result
 
 
 def _nominal(measured, d_east_arcsec, d_north_arcsec, d_rot_deg):

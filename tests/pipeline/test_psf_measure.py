@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -11,33 +9,15 @@ from twinkles.detection.background import BackgroundTask
 from twinkles.detection.detect import DetectionConfig, DetectionTask
 from twinkles.isr.eimage import EimageIsrTask
 from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionTask
-from twinkles.measurement.measure import MeasurementTask
 from twinkles.psf.determine import PsfError, PsfTask
 from twinkles.psf.pixel import NEFF_PER_FWHM2
 from twinkles.psf.shift import shift_stamps
 from twinkles.sim.psf import SimulatedPSF, profile_fwhm_for_fwhm_eff
 from twinkles.sim.render import render_visit
 
-from scenes import make_scene, scene_exposure
+from scenes import make_scene, process_scene, scene_exposure
 
 SIZE = 1024
-
-
-def _process(scene, tmp_path):
-    rendered = render_visit(scene.sky, scene.config, scene.visit)
-    exp = scene_exposure(rendered, tmp_path)
-    EimageIsrTask().run(exp)
-    BackgroundTask().run(exp)
-    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exp)
-    psf = PsfTask().run(exp, candidates.sources)
-    exp.psf = psf.psf
-    det = DetectionTask().run(exp)
-    cat = MeasurementTask().run(exp, det.sources, det.segmentation).catalog
-    used = psf.stars[psf.stars["used"]]
-    apcorr = ApertureCorrectionTask().run(exp, cat, det.segmentation, used["x"], used["y"])
-    return SimpleNamespace(
-        scene=scene, rendered=rendered, exp=exp, psf=psf, det=det, cat=cat, apcorr=apcorr
-    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +25,7 @@ def stars(tmp_path_factory):
     scene = make_scene(
         render={"psf_variation": 0.05}, grid_mags=(17.0, 22.5), size=SIZE, spacing=50
     )
-    return _process(scene, tmp_path_factory.mktemp("stars"))
+    return process_scene(scene, tmp_path_factory.mktemp("stars"))
 
 
 def _truth_match(result):
@@ -145,7 +125,7 @@ def test_stars_are_point_sources(stars):
 
 def test_galaxies_are_extended(tmp_path):
     scene = make_scene(grid_mags=(18.0, 20.0), size=512, spacing=60, galaxy_density=3e6, seed=11)
-    result = _process(scene, tmp_path)
+    result = process_scene(scene, tmp_path)
     from scipy.spatial import cKDTree
 
     gals = scene.sky.truth.galaxies

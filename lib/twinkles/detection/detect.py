@@ -39,7 +39,7 @@ from scipy.signal import fftconvolve
 from twinkles.config import Section
 from twinkles.image import Exposure, MaskPlane
 
-__all__ = ["DetectionConfig", "DetectionResult", "DetectionTask", "gaussian_kernel"]
+__all__ = ["DetectionConfig", "DetectionResult", "DetectionTask", "gaussian_kernel_1d"]
 
 sep.set_sub_object_limit(4096)
 
@@ -54,12 +54,6 @@ def gaussian_kernel_1d(fwhm: float, size: int | None = None) -> np.ndarray:
     r = np.arange(size) - size // 2
     g = np.exp(-0.5 * r**2 / sigma**2)
     return g / g.sum()
-
-
-def gaussian_kernel(fwhm: float, size: int | None = None) -> np.ndarray:
-    """Normalised circular Gaussian kernel with the given FWHM (pixels)."""
-    g = gaussian_kernel_1d(fwhm, size)
-    return np.outer(g, g)
 
 
 class DetectionConfig(Section):
@@ -134,9 +128,7 @@ class DetectionTask:
         return float(2.0 * locus) if np.isfinite(locus) and locus > 0.5 else self.config.guess_fwhm
 
     def filter_kernel(self, exposure: Exposure) -> np.ndarray:
-        """The PSF at the sensor centre, trimmed; a Gaussian of the seeing when there is no PSF."""
-        if exposure.psf is None:
-            return gaussian_kernel(self.estimate_fwhm(exposure))
+        """The PSF at the sensor centre, trimmed to ``filter_half_size`` and renormalised."""
         h, w = exposure.shape
         k = exposure.psf.kernel(0.5 * (w - 1), 0.5 * (h - 1))
         c, half = k.shape[0] // 2, self.config.filter_half_size

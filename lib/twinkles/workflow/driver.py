@@ -600,35 +600,33 @@ class _Driver:
         state: dict[Key, str],
         attempts: dict[Key, int],
     ) -> None:
+        measured = {
+            key: result.get(key)
+            for key in (
+                "host",
+                "start",
+                "end",
+                "wall_s",
+                "cpu_s",
+                "peak_rss_mb",
+                "failure_class",
+                "error",
+            )
+        }
+        measured["job_id"] = result.get("job_id") or sub.job_id
         self.db.record_attempt(
             step=node.step.name,
             data_id=data_id_str(node.data_id),
             attempt=attempt,
             task_id=sub.task_id,
-            job_id=result.get("job_id") or sub.job_id,
-            host=result.get("host"),
-            start=result.get("start"),
-            end=result.get("end"),
-            wall_s=result.get("wall_s"),
-            cpu_s=result.get("cpu_s"),
-            peak_rss_mb=result.get("peak_rss_mb"),
             outcome=result["status"],
-            failure_class=result.get("failure_class"),
-            error=result.get("error"),
+            **measured,
         )
         values = dict(
             attempts=attempt,
-            job_id=result.get("job_id") or sub.job_id,
-            host=result.get("host"),
-            start=result.get("start"),
-            end=result.get("end"),
-            wall_s=result.get("wall_s"),
-            cpu_s=result.get("cpu_s"),
-            peak_rss_mb=result.get("peak_rss_mb"),
-            failure_class=result.get("failure_class"),
             failed_cell=result.get("failed_cell"),
-            error=result.get("error"),
             notebook=result.get("notebook") or str(node.notebook),
+            **measured,
         )
         if result["status"] == "done":
             state[node.key] = "done"
