@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Start or stop the real services the test suite talks to (a single-node Slurm), installing
-# them from Debian's packages when missing. Everything listens on this host only; all state
+# Start or stop the real services the test suite talks to (a single-node Slurm and a
+# PostgreSQL server), installing them from Debian's packages when missing. Everything listens on this host only; all state
 # lives under $TWINKLES_SERVICES_DIR (default: .services/ in the repository); `stop` stops
 # only what `start` started (pid files). Facts from ../shared/reference/SERVICES.md.
 #
-#   scripts/services.sh start [slurm]    install if needed, start, wait until usable
-#   scripts/services.sh stop  [slurm]
+#   scripts/services.sh start [slurm] [postgres]   install if needed, start, wait until usable
+#   scripts/services.sh stop  [slurm] [postgres]
 #   scripts/services.sh status
 #
-# `start` writes $STATE/services.env (SLURM_CONF=...), which the tests read.
+# `start` writes $STATE/services.env (SLURM_CONF=..., TWINKLES_TEST_POSTGRES_URL=...), which the
+# tests and benchmarks read.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,9 @@ STATE=${TWINKLES_SERVICES_DIR:-$ROOT/.services}
 ENV_FILE=$STATE/services.env
 SLURM_DIR=$STATE/slurm
 SLURM_CONF_FILE=$SLURM_DIR/slurm.conf
+PG_DIR=$STATE/postgres
+PG_PORT=${TWINKLES_POSTGRES_PORT:-55432}
+PG_DB=twinkles_test
 
 log() { echo "services: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -148,16 +152,70 @@ slurm_status() {
     fi
 }
 
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+pg_bin() {  # the newest installed server's binaries
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -n "$dir" ] && echo "$dir"
+}
+
+postgres_start() {
+    require_root PostgreSQL
+    if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+        log "installing postgresql"
+        apt_install postgresql
+    fi
+    local bin
+    bin=$(pg_bin)
+    mkdir -p "$PG_DIR"
+    chown postgres:postgres "$PG_DIR"
+    if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+        # run from / : the postgres user cannot read the repository's directory
+        (cd / && runuser -u postgres -- "$bin/initdb" -D "$PG_DIR/data" -A trust -U postgres \
+            -E UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1) || die "initdb failed; see $PG_DIR/initdb.log"
+    fi
+    if ! (cd / && runuser -u postgres -- "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"); then
+        (cd / && runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
+            -o "-p $PG_PORT -h 127.0.0.1 -k $PG_DIR" start >/dev/null) \
+            || die "PostgreSQL did not start; see $PG_DIR/server.log"
+    fi
+    if ! (cd / && runuser -u postgres -- "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'") | grep -q 1; then
+        (cd / && runuser -u postgres -- "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$PG_DB")
+    fi
+    env_set TWINKLES_TEST_POSTGRES_URL "postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/$PG_DB"
+    log "PostgreSQL up on 127.0.0.1:$PG_PORT (database $PG_DB)"
+}
+
+postgres_stop() {
+    [ -f "$PG_DIR/data/postmaster.pid" ] || return 0
+    local bin
+    bin=$(pg_bin)
+    (cd / && runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1) || true
+    log "PostgreSQL stopped"
+}
+
+postgres_status() {
+    local bin
+    bin=$(pg_bin)
+    if [ -n "$bin" ] && (cd / && runuser -u postgres -- "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null); then
+        echo "postgres: up (127.0.0.1:$PG_PORT)"
+    else
+        echo "postgres: down"
+    fi
+}
+
 # --- main ---------------------------------------------------------------------------------
 
 cmd=${1:-}
 shift || true
 services=("$@")
-[ ${#services[@]} -gt 0 ] || services=(slurm)
+[ ${#services[@]} -gt 0 ] || services=(slurm postgres)
 
 case "$cmd" in
     start) for s in "${services[@]}"; do "${s}_start"; done ;;
     stop) for s in "${services[@]}"; do "${s}_stop"; done ;;
-    status) slurm_status ;;
-    *) echo "usage: $0 start|stop|status [slurm]" >&2; exit 2 ;;
+    status) slurm_status; postgres_status ;;
+    *) echo "usage: $0 start|stop|status [slurm] [postgres]" >&2; exit 2 ;;
 esac
