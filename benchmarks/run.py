@@ -422,6 +422,188 @@ def forced_photometry_20k_objects() -> dict:
     }
 
 
+# --- catalog database -------------------------------------------------------------------------
+
+
+def _synthetic_forced_sources(n_objects: int, visits, rng) -> dict:
+    """ForcedSource columns of ``n_objects`` Objects on ``visits`` (5% off the image: NULLs)."""
+    import numpy as np
+
+    n = n_objects * len(visits)
+    off = rng.random(n) < 0.05
+    flux = rng.lognormal(8.0, 1.5, n)
+    err = np.sqrt(flux + 400.0)
+
+    def nan_off(values):
+        return np.where(off, np.nan, values)
+
+    columns = {
+        "objectId": np.tile(np.arange(1, n_objects + 1, dtype=np.int64), len(visits)),
+        "ccdVisitId": np.repeat(np.asarray(visits, dtype=np.int64), n_objects),
+        "x": rng.uniform(0, 4000, n),
+        "y": rng.uniform(0, 4072, n),
+        "psfInstFlux": nan_off(flux * 1.4),
+        "psfInstFluxErr": nan_off(err * 1.4),
+        "psFlux": nan_off(flux),
+        "psFluxErr": nan_off(err),
+        "groupSize": rng.integers(1, 4, n),
+        "flag_off_image": off,
+        "flag_edge": np.zeros(n, bool),
+        "flag_bad": off,
+        "flag_saturated": np.zeros(n, bool),
+        "flag_blended": rng.random(n) < 0.1,
+    }
+    for r in ("3", "6", "12"):
+        columns[f"apFlux_{r}"] = nan_off(flux * 0.9)
+        columns[f"apFlux_{r}Err"] = nan_off(err)
+    return columns
+
+
+def _bench_database(dialect: str, name: str):
+    """A fresh, empty catalog database: SQLite in a temporary file, or on the test PostgreSQL."""
+    import tempfile
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from twinkles.catalogs import CatalogDatabase
+
+    if dialect == "sqlite":
+        path = Path(tempfile.mkdtemp(prefix="twinkles-bench-")) / "catalogs.db"
+        return CatalogDatabase(f"sqlite:///{path}")
+    server = os.environ.get("TWINKLES_TEST_POSTGRES_URL")
+    if not server:
+        raise RuntimeError("PostgreSQL not started: scripts/services.sh start postgres")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return CatalogDatabase(make_url(server).set(database=name).render_as_string(False))
+
+
+def _ingest_rate(dialect: str) -> dict:
+    """Rows/s of ForcedSource through bulk_insert, one transaction per visit as the ingest
+    does, on IngestConfig's worker count (PostgreSQL; SQLite has one writer)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from twinkles.catalogs import IngestConfig
+    from twinkles.catalogs.database import bulk_insert
+    from twinkles.catalogs.schema import forced_source_table
+
+    db = _bench_database(dialect, "twinkles_bench_ingest")
+    rng = np.random.default_rng(5)
+    n_objects, visits = 20_000, list(range(1, 51))  # 50 run1-size visits: 1M rows
+    per_visit = []
+    for visit in visits:
+        columns = _synthetic_forced_sources(n_objects, [visit], rng)
+        columns["runId"] = np.ones(n_objects, dtype=np.int64)
+        per_visit.append(columns)
+    workers = 1 if dialect == "sqlite" else IngestConfig().workers
+
+    def ingest_visit(columns: dict) -> int:
+        with db.begin() as conn:
+            return bulk_insert(conn, forced_source_table, columns)
+
+    start = time.perf_counter()
+    cpu0 = time.process_time()
+    with ThreadPoolExecutor(workers) as pool:
+        rows = sum(pool.map(ingest_visit, per_visit))
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    db.dispose()
+    return {
+        "rows": rows,
+        "visits": len(visits),
+        "workers": workers,
+        "wall_s": round(wall, 2),
+        "client_cpu_s": round(cpu, 2),
+        "rows_per_s": round(rows / wall),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+    }
+
+
+@benchmark
+def ingest_forced_source_sqlite() -> dict:
+    """ForcedSource bulk ingest into SQLite (1M rows, 21 columns, a transaction per visit)."""
+    return {**_ingest_rate("sqlite"), "target": "none (embedded default)"}
+
+
+@benchmark
+def ingest_forced_source_postgres() -> dict:
+    """ForcedSource bulk ingest into PostgreSQL by binary COPY (1M rows, 2 streams)."""
+    result = _ingest_rate("postgresql")
+    return {**result, "target": ">= 300k rows/s", "pass": result["rows_per_s"] >= 300_000}
+
+
+def _light_curve_query(dialect: str) -> dict:
+    import numpy as np
+
+    from twinkles.catalogs.database import bulk_insert
+    from twinkles.catalogs.queries import light_curve
+    from twinkles.catalogs.schema import ccd_visit_table, forced_source_table
+
+    db = _bench_database(dialect, "twinkles_bench_query")
+    run_id = db.run_id("bench", create=True)
+    rng = np.random.default_rng(6)
+    n_objects, n_visits = 10_000, 1_000  # 10 million ForcedSource rows
+    visits = np.arange(1, n_visits + 1)
+    start = time.perf_counter()
+    with db.begin() as conn:
+        bulk_insert(
+            conn,
+            ccd_visit_table,
+            {
+                "runId": np.full(n_visits, run_id),
+                "ccdVisitId": visits,
+                "visitId": visits,
+                "filterName": rng.choice(list("ugrizy"), n_visits),
+                "expMidptMJD": 59580.0 + np.sort(rng.uniform(0, 3650, n_visits)),
+            },
+        )
+    for block in np.array_split(visits, 10):  # 1M rows per transaction
+        columns = _synthetic_forced_sources(n_objects, block, rng)
+        columns["runId"] = np.full(len(columns["objectId"]), run_id)
+        with db.begin() as conn:
+            bulk_insert(conn, forced_source_table, columns)
+    load = time.perf_counter() - start
+    if dialect == "postgresql":
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql('ANALYZE "ForcedSource"')
+            conn.commit()
+    times = []
+    for object_id in rng.integers(1, n_objects + 1, 30):
+        t0 = time.perf_counter()
+        curve = light_curve(db, "bench", int(object_id))
+        times.append(time.perf_counter() - t0)
+        assert len(curve) == n_visits
+    db.dispose()
+    median_ms = 1000 * float(np.median(times[5:]))
+    return {
+        "forced_rows": n_objects * n_visits,
+        "load_s": round(load, 1),
+        "query_median_ms": round(median_ms, 1),
+        "query_max_ms": round(1000 * max(times[5:]), 1),
+        "points_per_curve": n_visits,
+        "target": "< 50 ms",
+        "pass": median_ms < 50.0,
+    }
+
+
+@benchmark
+def light_curve_query_postgres_10m() -> dict:
+    """One Object's light curve (1,000 points) from 10M ForcedSource rows on PostgreSQL."""
+    return _light_curve_query("postgresql")
+
+
+@benchmark
+def light_curve_query_sqlite_10m() -> dict:
+    """One Object's light curve (1,000 points) from 10M ForcedSource rows on SQLite."""
+    return _light_curve_query("sqlite")
+
+
 # --- harness --------------------------------------------------------------------------------
 
 

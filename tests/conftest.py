@@ -43,6 +43,26 @@ def tiny_processed(tiny_run: Run) -> Run:
     return tiny_run
 
 
+#: The static-sky steps after process_eimage.
+STATIC_SKY_STEPS = [
+    "make_skymap",
+    "make_coadd",
+    "coadd_sources",
+    "forced_photometry",
+    "validate_static_sky",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_static(tiny_processed: Run) -> Run:
+    """The tiny run through the static-sky branch (coadds, Objects, ForcedSource)."""
+    from twinkles.workflow.driver import run_pipeline
+
+    summary = run_pipeline(tiny_processed, steps=STATIC_SKY_STEPS, progress=False)
+    assert summary.ok, summary.lines()
+    return tiny_processed
+
+
 #: Demo visits processed by the tests (a spread over the ten years and the filters).
 DEMO_VISITS = [1, 8, 15, 22, 29, 36, 43, 50]
 
@@ -102,3 +122,49 @@ def slurm() -> str:
     if proc.returncode != 0 or ("idle" not in proc.stdout and "mix" not in proc.stdout):
         _service_missing("Slurm", proc.stderr.strip() or proc.stdout.strip())
     return conf
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of the test database of the PostgreSQL that scripts/services.sh started."""
+    url = os.environ.get("TWINKLES_TEST_POSTGRES_URL")
+    if not url:
+        _service_missing("PostgreSQL", "no TWINKLES_TEST_POSTGRES_URL")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        _service_missing("PostgreSQL", str(exc).splitlines()[0])
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str):
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"twinkles_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh catalog database: SQLite in a temporary directory, and a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalogs.db'}"
+    return request.getfixturevalue("postgres_url")

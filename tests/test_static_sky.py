@@ -20,17 +20,7 @@ from twinkles.validation.static_sky import (
     robust_std,
     star_light_curves,
 )
-from twinkles.workflow.driver import run_pipeline
 from twinkles.workflow.status import run_status
-
-STEPS = ["make_skymap", "make_coadd", "coadd_sources", "forced_photometry", "validate_static_sky"]
-
-
-@pytest.fixture(scope="session")
-def tiny_static(tiny_processed):
-    summary = run_pipeline(tiny_processed, steps=STEPS, progress=False)
-    assert summary.ok, summary.lines()
-    return tiny_processed
 
 
 def test_every_step_ran_with_figures(tiny_static):

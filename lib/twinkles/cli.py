@@ -169,6 +169,92 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from twinkles.catalogs import CatalogDatabase, IngestConfig, IngestTask
+
+    run = load_run(args.run_dir)
+    database = CatalogDatabase.for_run(run, args.db_url)
+    quiet = args.quiet or not sys.stderr.isatty()
+
+    def progress(unit: str, done: int, total: int) -> None:
+        if not quiet:
+            print(f"\r  {done}/{total} {unit:<16}", end="", file=sys.stderr, flush=True)
+
+    result = IngestTask(IngestConfig(force=args.force, truth=not args.no_truth)).run(
+        run, database, progress=progress
+    )
+    if not quiet:
+        print(file=sys.stderr)
+    rows = ", ".join(f"{n} {t}" for t, n in result.rows.items() if n)
+    print(
+        f"{run.config.name} -> {database.display_url}: {len(result.ingested)} units ingested "
+        f"({rows or 'no rows'}), {len(result.skipped)} unchanged, in {result.seconds:.1f} s"
+    )
+    if result.missing:
+        print(f"not processed (nothing to ingest): {', '.join(result.missing)}")
+    for unit, message in result.failures.items():
+        print(f"failed {unit}: {message}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _object_id(text: str) -> int:
+    from twinkles.catalogs.queries import validate_object_id
+
+    try:
+        return validate_object_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _filter_name(text: str) -> str:
+    from twinkles.catalogs.queries import validate_filter
+
+    try:
+        return validate_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_lightcurve(args: argparse.Namespace) -> int:
+    from twinkles.catalogs import CatalogDatabase
+    from twinkles.catalogs.queries import light_curve
+
+    run = load_run(args.run_dir)
+    database = CatalogDatabase.for_run(run, args.db_url, create=False)
+    table = light_curve(database, run.config.name, args.object_id, args.dia, args.filter)
+    kind = "DIAObject" if args.dia else "Object"
+    if len(table) == 0:
+        print(f"{kind} {args.object_id} has no forced photometry in run {run.config.name}")
+        return 1
+    shown = ["ccdVisitId", "filterName", "expMidptMJD", "psFlux", "psFluxErr"]
+    shown += [c for c in table.colnames if c.startswith("flag_")]
+    table[shown].pprint_all()
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from twinkles.butler import atomic_path
+        from twinkles.plotting import plot_light_curve
+
+        fig, ax = plt.subplots(figsize=(8, 4))
+        plot_light_curve(
+            ax,
+            table["expMidptMJD"],
+            table["psFlux"],
+            table["psFluxErr"],
+            table["filterName"],
+            title=f"{run.config.name}: {kind} {args.object_id}",
+        )
+        fig.tight_layout()
+        with atomic_path(args.plot) as tmp:
+            fig.savefig(tmp, dpi=120, format=args.plot.rsplit(".", 1)[-1])
+        plt.close(fig)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``twinkles`` command."""
     parser = argparse.ArgumentParser(
@@ -206,6 +292,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("ingest", help="ingest a run's catalogs into the catalog database")
+    p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
+    p.add_argument("--db-url", help="SQLAlchemy URL (default: database.url or catalogs.db)")
+    p.add_argument("--force", action="store_true", help="re-ingest unchanged units too")
+    p.add_argument("--no-truth", action="store_true", help="leave the truth tables out")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("lightcurve", help="an Object's (or DIAObject's) light curve")
+    p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
+    p.add_argument("object_id", type=_object_id, help="objectId (diaObjectId with --dia)")
+    p.add_argument("--dia", action="store_true", help="DiaForcedSource instead of ForcedSource")
+    p.add_argument("--filter", type=_filter_name, help="only this band (ugrizy)")
+    p.add_argument("--plot", help="also plot it per band to this file (.png, .pdf, .svg)")
+    p.add_argument("--db-url", help="SQLAlchemy URL (default: database.url or catalogs.db)")
+    p.set_defaults(func=_cmd_lightcurve)
 
     p = sub.add_parser("recipe", help="the cookbook's recipes")
     recipe_sub = p.add_subparsers(dest="recipe_command", required=True)

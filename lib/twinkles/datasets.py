@@ -152,3 +152,12 @@ register_dataset_type(
     "json",
     "Static-sky checks against the truth: coadd noise, Object completeness, PA1, pulls.",
 )
+
+# --- the catalog database (ingest_catalogs) ---------------------------------------------------
+register_dataset_type(
+    "catalogIngest",
+    (),
+    "catalogs/ingest.json",
+    "json",
+    "What the last ingest wrote: database (password hidden), rows per table, failures.",
+)

@@ -332,10 +332,22 @@ def _pg_binary(table: Table, arrays: list[np.ndarray]) -> bytes:
             nulls[:, k] = np.isnan(arr)
         elif arr.dtype == object:  # a column the source does not have, or masked values
             nulls[:, k] = np.equal(arr, None)
-    patterns, group = np.unique(nulls, axis=0, return_inverse=True)
+    # one integer code per row from the columns that have any NULL (sorting codes is ~100x
+    # faster than np.unique over rows of the boolean matrix)
+    nullable = np.flatnonzero(nulls.any(axis=0))
+    if len(nullable) <= 63:
+        weights = np.left_shift(np.uint64(1), np.arange(len(nullable), dtype=np.uint64))
+        codes = (nulls[:, nullable].astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+        _, first, group = np.unique(codes, return_index=True, return_inverse=True)
+        patterns = nulls[first]
+    else:
+        patterns, group = np.unique(nulls, axis=0, return_inverse=True)
+    group = group.ravel()
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(len(patterns) + 1))
     chunks = []
     for g, pattern in enumerate(patterns):
-        rows = np.flatnonzero(group.ravel() == g)
+        rows = order[bounds[g] : bounds[g + 1]]
         fields = [("n", ">i2")]
         for k, kind in enumerate(kinds):
             fields.append((f"l{k}", ">i4"))

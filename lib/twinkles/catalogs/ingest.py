@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,15 +152,23 @@ class IngestConfig:
         Re-ingest units whose files have not changed since the last ingest. Default False.
     chunk_rows : int
         Rows per bulk-insert buffer. Default 200,000 (~40 MB of ForcedSource).
+    workers : int
+        Units ingested at once, each in its own transaction, on a database server. Index
+        upkeep on the server, not the client, limits one COPY stream (~250k ForcedSource
+        rows/s measured); two streams use two server processes. SQLite has one writer, so it
+        always takes one. Default 2.
     """
 
     truth: bool = True
     force: bool = False
     chunk_rows: int = 200_000
+    workers: int = 2
 
     def validate(self) -> None:
         if self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
 
 @dataclass
@@ -290,54 +299,78 @@ class IngestTask:
         run_id = database.run_id(run.config.name, config_text, create=True)
         visit_table = butler.get("visitTable")
         visit_rows = {int(r["obsHistID"]): r for r in visit_table}
-        truth = None
-        units = self.units(run)
-        for done, (unit, files) in enumerate(units, start=1):
+        units = []
+        for unit, files in self.units(run):
             if unit.startswith("visit=") and not butler.exists("visitSummary", visit=int(unit[6:])):
                 result.missing.append(unit)
-                continue
-            try:
-                checksum = _unit_checksum(butler, files)
-                with database.begin() as conn:
-                    logged = conn.execute(
-                        select(ingest_log_table.c.checksum).where(
-                            (ingest_log_table.c.runId == run_id) & (ingest_log_table.c.unit == unit)
-                        )
-                    ).first()
-                    if logged is not None and logged[0] == checksum and not self.config.force:
-                        result.skipped.append(unit)
-                        continue
-                    if unit == "truth":
-                        truth = truth or Truth.read(butler)
-                        rows = self._ingest_truth(conn, run_id, truth, visit_table)
-                    elif unit == "objects":
-                        rows = self._ingest_objects(conn, run_id, butler, files)
-                    else:
-                        rows = self._ingest_visit(
-                            conn, run_id, butler, visit_rows[int(unit[6:])], files
-                        )
-                    total = sum(rows.values())
-                    conn.execute(
-                        delete(ingest_log_table).where(
-                            (ingest_log_table.c.runId == run_id) & (ingest_log_table.c.unit == unit)
-                        )
+            else:
+                units.append((unit, files))
+
+        def ingest(unit: str, files: list) -> dict[str, int] | None:
+            checksum = _unit_checksum(butler, files)
+            with database.begin() as conn:
+                logged = conn.execute(
+                    select(ingest_log_table.c.checksum).where(
+                        (ingest_log_table.c.runId == run_id) & (ingest_log_table.c.unit == unit)
                     )
-                    conn.execute(
-                        ingest_log_table.insert().values(
-                            runId=run_id,
-                            unit=unit,
-                            checksum=checksum,
-                            nRows=total,
-                            ingestedAt=time.time(),
-                        )
+                ).first()
+                if logged is not None and logged[0] == checksum and not self.config.force:
+                    return None
+                if unit == "truth":
+                    rows = self._ingest_truth(conn, run_id, Truth.read(butler), visit_table)
+                elif unit == "objects":
+                    rows = self._ingest_objects(conn, run_id, butler, files)
+                else:
+                    visit_row = visit_rows[int(unit[6:])]
+                    rows = self._ingest_visit(conn, run_id, butler, visit_row, files)
+                conn.execute(
+                    delete(ingest_log_table).where(
+                        (ingest_log_table.c.runId == run_id) & (ingest_log_table.c.unit == unit)
                     )
-                for name, n in rows.items():
+                )
+                conn.execute(
+                    ingest_log_table.insert().values(
+                        runId=run_id,
+                        unit=unit,
+                        checksum=checksum,
+                        nRows=sum(rows.values()),
+                        ingestedAt=time.time(),
+                    )
+                )
+            return rows
+
+        def record(unit: str, outcome: Any) -> None:
+            if isinstance(outcome, BaseException):  # a bad unit fails alone and is reported
+                result.failures[unit] = f"{type(outcome).__name__}: {outcome}"
+            elif outcome is None:
+                result.skipped.append(unit)
+            else:
+                for name, n in outcome.items():
                     result.rows[name] += n
                 result.ingested.append(unit)
-            except Exception as exc:  # a bad unit fails alone and is reported
-                result.failures[unit] = f"{type(exc).__name__}: {exc}"
             if progress is not None:
-                progress(unit, done, len(units))
+                progress(
+                    unit,
+                    len(result.ingested) + len(result.skipped) + len(result.failures),
+                    len(units),
+                )
+
+        workers = 1 if database.dialect == "sqlite" else self.config.workers
+        if workers == 1:
+            for unit, files in units:
+                try:
+                    outcome = ingest(unit, files)
+                except Exception as exc:
+                    outcome = exc
+                record(unit, outcome)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(ingest, unit, files): unit for unit, files in units}
+                for future in as_completed(futures):
+                    record(futures[future], future.exception() or future.result())
+        order = {unit: k for k, (unit, _) in enumerate(units)}
+        result.ingested.sort(key=order.get)
+        result.skipped.sort(key=order.get)
         result.seconds = time.perf_counter() - start
         return result
 

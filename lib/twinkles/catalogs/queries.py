@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 from astropy.table import Table
-from sqlalchemy import Select, and_, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.types import Float
 
 from twinkles.catalogs.database import CatalogDatabase
 from twinkles.catalogs.schema import (
     BANDS,
+    CATALOG_TABLES,
     ccd_visit_table,
     dia_forced_source_table,
     dia_object_table,
@@ -22,7 +23,14 @@ from twinkles.catalogs.schema import (
     object_table,
 )
 
-__all__ = ["cone_search", "light_curve", "validate_filter", "validate_object_id", "visits"]
+__all__ = [
+    "cone_search",
+    "light_curve",
+    "row_counts",
+    "validate_filter",
+    "validate_object_id",
+    "visits",
+]
 
 _MAX_ID = 2**63 - 1
 
@@ -98,7 +106,7 @@ def light_curve(
     key = forced.c.diaObjectId if dia else forced.c.objectId
     visit_cols = [ccd_visit_table.c.filterName, ccd_visit_table.c.expMidptMJD]
     forced_cols = [c for c in forced.c if c.name != "runId"]
-    cond = and_(forced.c.runId == run_id, key == int(object_id))
+    cond = and_(forced.c.runId == run_id, key == validate_object_id(object_id))
     if filter_name is not None:
         cond = and_(cond, ccd_visit_table.c.filterName == validate_filter(filter_name))
     statement = (
@@ -171,3 +179,17 @@ def visits(db: CatalogDatabase, run_name: str) -> Table:
         .order_by(ccd_visit_table.c.expMidptMJD)
     )
     return _table(db, statement)
+
+
+def row_counts(db: CatalogDatabase, run_name: str) -> dict[str, int]:
+    """Rows of each catalog table that belong to ``run_name``."""
+    run_id = db.run_id(run_name)
+    with db.engine.connect() as conn:
+        return {
+            name: int(
+                conn.execute(
+                    select(func.count()).select_from(table).where(table.c.runId == run_id)
+                ).scalar_one()
+            )
+            for name, table in CATALOG_TABLES.items()
+        }

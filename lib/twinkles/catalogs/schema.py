@@ -211,7 +211,9 @@ forced_source_table = Table(
         for f in ("off_image", "edge", "bad", "saturated", "blended")
     ],
     Index("ix_ForcedSource_pk", "runId", "objectId", "ccdVisitId", unique=True),
-    Index("ix_ForcedSource_visit", "runId", "ccdVisitId"),
+    # BRIN on PostgreSQL: rows arrive visit by visit, so block ranges summarise visits well and
+    # the index costs next to nothing to keep up during COPY (a B-tree adds ~25% to the load)
+    Index("ix_ForcedSource_visit", "runId", "ccdVisitId", postgresql_using="brin"),
 )
 
 dia_object_table = Table(
@@ -268,7 +270,7 @@ dia_forced_source_table = Table(
     *_flux("psFlux", "PSF flux on the difference image"),
     *[_flag(f"flag_{f}", f"{f.replace('_', ' ')}.") for f in ("off_image", "edge", "bad")],
     Index("ix_DiaForcedSource_pk", "runId", "diaObjectId", "ccdVisitId", unique=True),
-    Index("ix_DiaForcedSource_visit", "runId", "ccdVisitId"),
+    Index("ix_DiaForcedSource_visit", "runId", "ccdVisitId", postgresql_using="brin"),
 )
 
 truth_object_table = Table(
