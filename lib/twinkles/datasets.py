@@ -153,6 +153,78 @@ register_dataset_type(
     "Static-sky checks against the truth: coadd noise, Object completeness, PA1, pulls.",
 )
 
+# --- difference imaging (make_template, image_difference, associate_dia, forced_dia_photometry)
+register_dataset_type(
+    "goodSeeingCoadd",
+    ("filter",),
+    "template/template_{filter}.fits",
+    "exposure",
+    "Template: the best-seeing visits of a filter, PSF-homogenised and coadded (nJy).",
+)
+register_dataset_type(
+    "goodSeeingCoadd_summary",
+    ("filter",),
+    "template/summary_{filter}.json",
+    "json",
+    "Template visits, their weights and MJDs, the seeing window and the target PSF width.",
+)
+register_dataset_type(
+    "deepDiff_matchedWarp",
+    ("visit",),
+    "template/matched_{visit:08d}.fits",
+    "exposure",
+    "A template visit's warp convolved to the template's PSF (intermediate, removed).",
+)
+register_dataset_type(
+    "deepDiff_differenceExp",
+    ("visit",),
+    "diff/diffexp_{visit:08d}.fits",
+    "exposure",
+    "Difference image on the calexp's pixels (nJy): variance, mask, difference PSF.",
+)
+register_dataset_type(
+    "deepDiff_summary",
+    ("visit",),
+    "diff/summary_{visit:08d}.json",
+    "json",
+    "Kernel fit (stamps, chi^2, sum), which image was convolved, noise ratio, DIASources.",
+)
+register_dataset_type(
+    "diaSrc",
+    ("visit",),
+    "diff/diaSrc_{visit:08d}.parquet",
+    "table",
+    "A visit's DIASources: PSF flux (nJy) on the difference image, S/N, dipole, flags.",
+)
+register_dataset_type(
+    "diaSourceTable",
+    (),
+    "dia/diaSource.parquet",
+    "table",
+    "Every DIASource of the run with the diaObjectId it was associated with.",
+)
+register_dataset_type(
+    "diaObject",
+    (),
+    "dia/diaObject.parquet",
+    "table",
+    "DIAObjects: mean position, number of DIASources, first/last MJD, mean flux per band.",
+)
+register_dataset_type(
+    "forced_diaSrc",
+    ("visit",),
+    "dia/forced_diaSrc_{visit:08d}.parquet",
+    "table",
+    "DiaForcedSource: PSF flux (nJy) of every DIAObject on a difference image.",
+)
+register_dataset_type(
+    "diaMetrics",
+    (),
+    "validation/dia.json",
+    "json",
+    "Difference-imaging checks against the truth: noise, recovery, spurious, SN pulls.",
+)
+
 # --- the catalog database (ingest_catalogs) ---------------------------------------------------
 register_dataset_type(
     "catalogIngest",

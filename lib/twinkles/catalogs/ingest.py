@@ -7,10 +7,11 @@ duplicates, and a crash (or kill) leaves every unit either wholly in or wholly o
 ``truth``
     TruthObject and TruthFlux from the simulation's truth tables.
 ``objects``
-    Object (``deepCoadd_ref``) and DiaObject, when the run has them.
+    Object (``deepCoadd_ref``), DiaObject (``diaObject``) and DiaSource (``diaSourceTable``,
+    the DIASources with the DIAObject each was associated with), when the run has them.
 ``visit=N``
     CcdVisit (``visitSummary`` and the cadence), Source (``src``), ForcedSource
-    (``forced_src``), DiaSource and DiaForcedSource, when the run has them.
+    (``forced_src``) and DiaForcedSource (``forced_diaSrc``), when the run has them.
 
 ``IngestLog`` records a checksum of each unit's input files, written in the unit's
 transaction: a rerun skips units whose files have not changed, so an interrupted ingest
@@ -77,14 +78,14 @@ VISIT_SOURCES = (
         },
     ),
     TableSource("ForcedSource", "forced_src", {"group_size": "groupSize"}),
-    TableSource("DiaSource", "diaSrc"),
     TableSource("DiaForcedSource", "forced_diaSrc"),
 )
 
-#: Run-level catalogs (the Object table per patch; DIAObjects of the run).
+#: Run-level catalogs (the Object table per patch; DIAObjects and associated DIASources).
 OBJECT_SOURCES = (
     TableSource("Object", "deepCoadd_ref", {"parent": "parentObjectId"}),
     TableSource("DiaObject", "diaObject"),
+    TableSource("DiaSource", "diaSourceTable"),
 )
 
 #: visitSummary key -> CcdVisit column.

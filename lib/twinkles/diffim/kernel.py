@@ -1,0 +1,364 @@
+"""The Alard-Lupton PSF-matching kernel: fit on stamps, apply by FFT, and decorrelate.
+
+A kernel ``K`` that turns the image with the narrower PSF (``N``) into the one with the
+wider PSF (``W``), ``W ~ K * N + b``, is a sum of basis functions, Gaussians times
+polynomials (Alard & Lupton 1998, ApJ 503, 325; Alard 2000, A&AS 144, 363):
+
+    K(u, v; x, y) = sum_k a_k(x, y) B_k(u, v),   B_k = u^i v^j exp(-(u^2 + v^2) / 2 s^2)
+
+Following the LSST implementation, the first basis function is a unit-sum Gaussian and every
+other one is made sum-free, so the kernel's sum (the photometric scaling between the images)
+is one coefficient, held constant over the sensor, while the shape coefficients vary as
+polynomials of ``spatial_degree`` in position. A polynomial background of
+``background_degree`` absorbs what the background subtraction left. The coefficients are a
+linear least-squares fit to stamps around stars, weighted by the inverse variance, with
+stamps whose residuals are outliers (variable stars, blends, cosmic rays) clipped.
+
+The Gaussian widths scale with the width the kernel has to add,
+``s_match = sqrt(s_W^2 - s_N^2)``, as LSST's ``alardSigGauss`` scales with the FWHM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field
+from scipy import fft, ndimage
+
+from twinkles.config import Section
+from twinkles.errors import TwinklesError
+from twinkles.psf.pixel import polynomial_terms
+
+__all__ = [
+    "AlardLuptonConfig",
+    "KernelFitError",
+    "KernelSolution",
+    "decorrelation_kernel",
+    "fft_convolve_terms",
+    "fit_kernel",
+]
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+class KernelFitError(TwinklesError):
+    """Too few usable stamps to fit the matching kernel."""
+
+
+class AlardLuptonConfig(Section):
+    """The Alard-Lupton basis and its fit."""
+
+    sigma_factors: list[float] = Field(
+        [0.5, 1.0, 2.0],
+        description="Gaussian widths of the basis, in units of the matching width "
+        "sqrt(sigma_wide^2 - sigma_narrow^2) (LSST: 0.7, 1.5, 3.0 px for typical seeing).",
+    )
+    degrees: list[int] = Field(
+        [4, 2, 2], description="Polynomial degree multiplying each Gaussian (LSST: 4, 2, 2)."
+    )
+    min_sigma: float = Field(0.7, gt=0, description="Smallest basis Gaussian width (pixels).")
+    kernel_half: int = Field(
+        10, ge=3, le=20, description="Kernel half-size (pixels): the kernel is 2 h + 1 square."
+    )
+    spatial_degree: int = Field(
+        1, ge=0, le=3, description="Polynomial degree of the kernel shape's spatial variation."
+    )
+    background_degree: int = Field(
+        0, ge=0, le=2, description="Polynomial degree of the differential background."
+    )
+    stamp_half: int = Field(
+        12, ge=5, le=30, description="Half-size of the fitted region around each star (pixels)."
+    )
+    clip_sigma: float = Field(
+        3.0, gt=0, description="Stamps whose residual chi^2 per pixel is this far out are clipped."
+    )
+    min_stamps: int = Field(
+        3,
+        ge=1,
+        description="Fewest stamps for a fit; with fewer than three per spatial term the "
+        "spatial degree is lowered.",
+    )
+
+
+def _basis_1d(sigma: float, power: int, half: int) -> np.ndarray:
+    u = np.arange(-half, half + 1, dtype=float)
+    return u**power * np.exp(-0.5 * (u / sigma) ** 2)
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """The separable basis functions (as 1-D factors) and their sums."""
+
+    factors: list[tuple[np.ndarray, np.ndarray]]  # (g_x, g_y) per function
+    sums: np.ndarray
+
+    @classmethod
+    def build(cls, config: AlardLuptonConfig, match_sigma: float) -> _Basis:
+        half = config.kernel_half
+        factors = []
+        for factor, degree in zip(config.sigma_factors, config.degrees, strict=True):
+            sigma = max(config.min_sigma, factor * match_sigma)
+            for d in range(degree + 1):
+                for i in range(d, -1, -1):
+                    factors.append((_basis_1d(sigma, i, half), _basis_1d(sigma, d - i, half)))
+        sums = np.array([gx.sum() * gy.sum() for gx, gy in factors])
+        return cls(factors, sums)
+
+    def images(self) -> np.ndarray:
+        """Basis images (n, size, size): the first unit-sum, the others sum-free."""
+        raw = np.array([np.outer(gy, gx) for gx, gy in self.factors])
+        out = raw.copy()
+        out[0] = raw[0] / self.sums[0]
+        out[1:] = raw[1:] - self.sums[1:, None, None] * out[0]
+        return out
+
+
+@dataclass(frozen=True)
+class KernelSolution:
+    """A fitted matching kernel.
+
+    Attributes
+    ----------
+    spatial_kernels : ndarray, shape (n_spatial, size, size)
+        The kernel is ``sum_m P_m(X, Y) spatial_kernels[m]`` with ``P`` the monomials of
+        :func:`~twinkles.psf.pixel.polynomial_terms` at normalised positions.
+    spatial_degree : int
+    background : ndarray
+        Coefficients of the background polynomial (image units).
+    background_degree : int
+    x0, y0, scale : float
+        Position normalisation: ``X = (x - x0) / scale``.
+    n_stamps, n_clipped : int
+        Stamps used in the final fit, and clipped.
+    chi2_per_pixel : float
+        Median over the used stamps.
+    match_sigma : float
+        Width the kernel had to add (pixels).
+    """
+
+    spatial_kernels: np.ndarray
+    spatial_degree: int
+    background: np.ndarray
+    background_degree: int
+    x0: float
+    y0: float
+    scale: float
+    n_stamps: int
+    n_clipped: int
+    chi2_per_pixel: float
+    match_sigma: float
+
+    def terms(self, x: np.ndarray, y: np.ndarray, degree: int) -> np.ndarray:
+        return polynomial_terms((x - self.x0) / self.scale, (y - self.y0) / self.scale, degree)
+
+    def kernel(self, x: float, y: float) -> np.ndarray:
+        """The kernel at pixel (x, y)."""
+        p = self.terms(np.array([x]), np.array([y]), self.spatial_degree)[0]
+        return np.tensordot(p, self.spatial_kernels, axes=1)
+
+    def background_image(self, shape: tuple[int, int]) -> np.ndarray:
+        h, w = shape
+        if self.background_degree == 0:
+            return np.full(shape, self.background[0], dtype=np.float32)
+        yy, xx = np.mgrid[0:h, 0:w]
+        t = self.terms(xx.ravel().astype(float), yy.ravel().astype(float), self.background_degree)
+        return (t @ self.background).reshape(shape).astype(np.float32)
+
+
+def fit_kernel(
+    narrow: np.ndarray,
+    wide: np.ndarray,
+    variance: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    sigma_narrow: float,
+    sigma_wide: float,
+    config: AlardLuptonConfig | None = None,
+    bad: np.ndarray | None = None,
+) -> KernelSolution:
+    """Fit ``wide ~ K * narrow + background`` on stamps centred on (x, y).
+
+    Parameters
+    ----------
+    narrow, wide : ndarray
+        The two images on the same pixel grid (same units).
+    variance : ndarray
+        Per-pixel variance of ``wide - K * narrow`` (the sum of both images' variances is
+        adequate: the kernel's sum is near 1).
+    x, y : array
+        Stamp centres (0-based pixels): stars, bright and unsaturated.
+    sigma_narrow, sigma_wide : float
+        Gaussian-equivalent PSF widths (pixels) of the two images; they set the basis widths.
+    config : AlardLuptonConfig
+    bad : ndarray of bool, optional
+        Pixels to leave out (masked, no data).
+
+    Returns
+    -------
+    KernelSolution
+
+    Raises
+    ------
+    KernelFitError
+        Fewer than ``min_stamps`` stamps fit on the image and are usable.
+    """
+    cfg = config or AlardLuptonConfig()
+    match_sigma = float(np.sqrt(max(sigma_wide**2 - sigma_narrow**2, cfg.min_sigma**2)))
+    basis = _Basis.build(cfg, match_sigma)
+    h, w = wide.shape
+    kh, sh = cfg.kernel_half, cfg.stamp_half
+    pad = kh + sh
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    inside = (ix >= pad) & (ix < w - pad) & (iy >= pad) & (iy < h - pad)
+    ix, iy = ix[inside], iy[inside]
+    scale = 0.5 * max(h, w)
+    x0, y0 = 0.5 * (w - 1), 0.5 * (h - 1)
+    n_basis = len(basis.factors)
+    n_bg = (cfg.background_degree + 1) * (cfg.background_degree + 2) // 2
+
+    stamps = []  # (basis convolutions, target, weights, normalised position)
+    for cx, cy in zip(ix, iy, strict=True):
+        big = narrow[cy - pad : cy + pad + 1, cx - pad : cx + pad + 1].astype(float)
+        inner = (slice(kh, kh + 2 * sh + 1), slice(kh, kh + 2 * sh + 1))
+        tgt = wide[cy - sh : cy + sh + 1, cx - sh : cx + sh + 1].astype(float)
+        var = variance[cy - sh : cy + sh + 1, cx - sh : cx + sh + 1].astype(float)
+        ok = np.isfinite(tgt) & np.isfinite(var) & (var > 0) & np.all(np.isfinite(big))
+        if bad is not None:
+            ok &= ~bad[cy - sh : cy + sh + 1, cx - sh : cx + sh + 1]
+        if ok.mean() < 0.9:
+            continue
+        conv = np.empty((n_basis, *tgt.shape))
+        for k, (gx, gy) in enumerate(basis.factors):
+            # correlate with the flipped 1-D factors = convolve with the basis function
+            c = ndimage.correlate1d(big, gx[::-1], axis=1, mode="constant")
+            c = ndimage.correlate1d(c, gy[::-1], axis=0, mode="constant")
+            conv[k] = c[inner]
+        conv[0] /= basis.sums[0]
+        conv[1:] -= basis.sums[1:, None, None] * conv[0]
+        weight = np.where(ok, 1.0 / np.where(ok, var, 1.0), 0.0).ravel()
+        stamps.append(
+            (conv, np.where(ok, tgt, 0.0).ravel(), weight, (cx - x0) / scale, (cy - y0) / scale)
+        )
+    n_total = len(stamps)
+    if n_total < max(cfg.min_stamps, 1):
+        raise KernelFitError(
+            f"only {n_total} usable star stamps for the matching kernel "
+            f"(need {cfg.min_stamps}); too few reference stars on the image"
+        )
+    # a spatial variation needs stars spread over the sensor: a few per spatial term
+    spatial_degree = cfg.spatial_degree
+    while spatial_degree > 0 and n_total < 3 * (spatial_degree + 1) * (spatial_degree + 2) // 2:
+        spatial_degree -= 1
+    n_spatial = (spatial_degree + 1) * (spatial_degree + 2) // 2
+    n_par = 1 + (n_basis - 1) * n_spatial + n_bg
+    designs, targets, weights = [], [], []
+    for conv, tgt, weight, X, Y in stamps:
+        p = polynomial_terms(np.array([X]), np.array([Y]), spatial_degree)[0]
+        pb = polynomial_terms(np.array([X]), np.array([Y]), cfg.background_degree)[0]
+        cols = [conv[0].ravel()]
+        for k in range(1, n_basis):
+            for m in range(n_spatial):
+                cols.append(p[m] * conv[k].ravel())
+        for m in range(n_bg):
+            cols.append(np.full(tgt.size, pb[m]))
+        designs.append(np.stack(cols, axis=1))
+        targets.append(tgt)
+        weights.append(weight)
+    use = np.ones(n_total, dtype=bool)
+    for _ in range(3):
+        ata = np.zeros((n_par, n_par))
+        atb = np.zeros(n_par)
+        for k in np.flatnonzero(use):
+            aw = designs[k] * weights[k][:, None]
+            ata += designs[k].T @ aw
+            atb += aw.T @ targets[k]
+        coef = np.linalg.lstsq(ata, atb, rcond=None)[0]
+        chi2 = np.array(
+            [
+                np.sum(weights[k] * (targets[k] - designs[k] @ coef) ** 2)
+                / max(np.count_nonzero(weights[k]), 1)
+                for k in range(n_total)
+            ]
+        )
+        med = np.median(chi2[use])
+        spread = 1.4826 * np.median(np.abs(chi2[use] - med)) + 1e-3 * med
+        new_use = chi2 < med + cfg.clip_sigma * spread
+        if np.array_equal(new_use, use) or new_use.sum() < cfg.min_stamps:
+            break
+        use = new_use
+    images = basis.images()
+    spatial = np.zeros((n_spatial, *images.shape[1:]))
+    spatial[0] += coef[0] * images[0]
+    for k in range(1, n_basis):
+        for m in range(n_spatial):
+            spatial[m] += coef[1 + (k - 1) * n_spatial + m] * images[k]
+    return KernelSolution(
+        spatial_kernels=spatial,
+        spatial_degree=spatial_degree,
+        background=coef[n_par - n_bg :],
+        background_degree=cfg.background_degree,
+        x0=x0,
+        y0=y0,
+        scale=scale,
+        n_stamps=int(use.sum()),
+        n_clipped=int(n_total - use.sum()),
+        chi2_per_pixel=float(np.median(chi2[use])),
+        match_sigma=match_sigma,
+    )
+
+
+def _fft_shape(shape: tuple[int, int], half: int) -> tuple[int, int]:
+    return tuple(fft.next_fast_len(n + 2 * half, real=True) for n in shape)
+
+
+def _kernel_fft(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """rfft2 of a centred kernel placed at the origin of a ``shape`` array (wrapped)."""
+    half = kernel.shape[0] // 2
+    padded = np.zeros(shape, dtype=np.float32)
+    padded[: kernel.shape[0], : kernel.shape[1]] = kernel
+    padded = np.roll(padded, (-half, -half), axis=(0, 1))
+    return fft.rfft2(padded)
+
+
+def fft_convolve_terms(
+    image: np.ndarray, kernels: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """``sum_m weights[m] * (image * kernels[m])``: one forward FFT, one inverse per term.
+
+    ``weights`` (n_terms, h, w) or None (one kernel, weight 1). The image is zero-padded by
+    the kernel's half-size, so nothing wraps around; NaN pixels must be replaced beforehand.
+    """
+    if kernels.ndim == 2:
+        kernels = kernels[None]
+    h, w = image.shape
+    half = kernels.shape[-1] // 2
+    shape = _fft_shape((h, w), half)
+    spectrum = fft.rfft2(image.astype(np.float32), s=shape, workers=-1)
+    out = np.zeros((h, w), dtype=np.float32)
+    for m, kernel in enumerate(kernels):
+        conv = fft.irfft2(spectrum * _kernel_fft(kernel, shape), s=shape, workers=-1)[:h, :w]
+        out += conv if weights is None else weights[m] * conv
+    return out
+
+
+def decorrelation_kernel(
+    matching_kernel: np.ndarray, var_wide: float, var_narrow: float, size: int = 25
+) -> np.ndarray:
+    """The real-space kernel that whitens ``wide - K * narrow`` (Reiss & Lupton 2016, DMTN-021).
+
+    In Fourier space ``psi(k) = sqrt((s_W^2 + s_N^2) / (s_W^2 + s_N^2 |K(k)|^2))``, with ``K``
+    normalised to unit sum; after it the difference's noise is white with variance
+    ``s_W^2 + s_N^2``, and its PSF is the wide image's convolved with ``psi``.
+    """
+    n = max(size, 2 * matching_kernel.shape[0] + 1) * 2 + 1
+    k = matching_kernel / matching_kernel.sum()
+    kf = _kernel_fft(k, (n, n))
+    psi = np.sqrt((var_wide + var_narrow) / (var_wide + var_narrow * np.abs(kf) ** 2))
+    real = np.fft.fftshift(fft.irfft2(psi, s=(n, n)))
+    c = n // 2
+    half = size // 2
+    out = real[c - half : c + half + 1, c - half : c + half + 1]
+    return out / out.sum()

@@ -1,0 +1,403 @@
+"""PSF-matched image subtraction and DIASource detection (LSST's imageDifference).
+
+1. The template (a PSF-homogenised coadd on the patch, nJy) is resampled onto the visit's
+   calexp with the warper (:class:`~twinkles.coadd.warp.WarpTask`, patch -> calexp).
+2. An Alard-Lupton kernel (:mod:`~twinkles.diffim.kernel`) is fitted on stamps around
+   reference-catalog stars, convolving whichever image has the narrower PSF, so the kernel
+   only ever broadens.
+3. The difference ``D = science - K * template`` (or ``K * science - template``; positive
+   always means brighter at the visit) gets the variance of both inputs, the union of their
+   masks, and the difference PSF (the wider image's).
+4. Optionally the noise that the convolution correlated is whitened (decorrelation, Reiss &
+   Lupton 2016, DMTN-021); the PSF is convolved with the same kernel.
+5. DIASources are detected at ``threshold`` sigma on ``D`` and on ``-D`` and measured: PSF flux
+   (nJy) and error, centroid, S/N, a dipole flag where a positive and a negative detection lie
+   within one PSF FWHM of each other (a misregistered or moving source), and pixel flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from astropy.table import Table
+from pydantic import Field
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
+from twinkles.config import Section
+from twinkles.detection.detect import DetectionConfig, DetectionTask
+from twinkles.diffim.kernel import (
+    FWHM_PER_SIGMA,
+    AlardLuptonConfig,
+    KernelFitError,
+    KernelSolution,
+    decorrelation_kernel,
+    fft_convolve_terms,
+    fit_kernel,
+)
+from twinkles.errors import TwinklesError
+from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
+from twinkles.measurement.psf_flux import psf_flux
+from twinkles.psf.pixel import PixelPSF
+from twinkles.units import AB_MAG_OF_1_NJY
+
+__all__ = [
+    "DIA_SOURCE_COLUMNS",
+    "ImageDifferenceConfig",
+    "ImageDifferenceError",
+    "ImageDifferenceResult",
+    "ImageDifferenceTask",
+    "kernel_sigma",
+]
+
+#: Columns of a visit's DIASource catalog (the DiaSource table less diaObjectId).
+DIA_SOURCE_COLUMNS = (
+    "diaSourceId",
+    "ccdVisitId",
+    "midPointTai",
+    "ra",
+    "decl",
+    "x",
+    "y",
+    "psFlux",
+    "psFluxErr",
+    "snr",
+    "isDipole",
+    "flag_edge",
+    "flag_saturated",
+    "flag_bad",
+)
+
+#: Mask planes a difference pixel inherits from either input.
+_CARRIED = MaskPlane.BAD | MaskPlane.SAT | MaskPlane.NO_DATA | MaskPlane.CR | MaskPlane.INTRP
+_UNUSABLE = MaskPlane.BAD | MaskPlane.SAT | MaskPlane.NO_DATA
+
+
+class ImageDifferenceError(TwinklesError):
+    """The visit cannot be differenced (no overlap with the template, no kernel stars)."""
+
+
+class ImageDifferenceConfig(Section):
+    """Image differencing."""
+
+    kernel: AlardLuptonConfig = Field(default_factory=AlardLuptonConfig)
+    decorrelate: bool = Field(
+        True, description="Whiten the noise the matching convolution correlated (DMTN-021)."
+    )
+    threshold: float = Field(5.5, gt=0, description="DIASource detection threshold (sigma).")
+    stamp_mag_range: tuple[float, float] = Field(
+        (16.5, 22.0),
+        description="Reference-star magnitudes used for kernel stamps: bright enough to "
+        "constrain the kernel, faint enough not to saturate.",
+    )
+    stamp_isolation_arcsec: float = Field(
+        3.0, gt=0, description="Kernel stars need no other reference source this close."
+    )
+    dipole_separation_fwhm: float = Field(
+        1.0, gt=0, description="A positive and a negative DIASource this close are a dipole."
+    )
+
+
+@dataclass
+class ImageDifferenceResult:
+    """The difference image and its DIASources.
+
+    Attributes
+    ----------
+    difference : Exposure
+        nJy; PSF, WCS of the calexp, zero point of nJy (31.4).
+    dia_sources : Table
+        :data:`DIA_SOURCE_COLUMNS`; negative detections have negative ``psFlux``.
+    kernel : KernelSolution
+    convolved : str
+        ``"template"`` or ``"science"``: which image was convolved.
+    template_on_visit : Exposure
+        The template resampled onto the calexp (for cutouts).
+    noise_ratio : float
+        Robust spread of ``D / sqrt(variance)`` over unmasked, undetected pixels.
+    """
+
+    difference: Exposure
+    dia_sources: Table
+    kernel: KernelSolution
+    convolved: Literal["template", "science"]
+    template_on_visit: Exposure
+    noise_ratio: float
+
+
+def kernel_sigma(kernel: np.ndarray) -> float:
+    """Gaussian-equivalent width (pixels) of a PSF image from its effective area,
+    ``Neff = 1 / sum(k^2) = 4 pi sigma^2`` (second moments would be ruled by the wings)."""
+    k = kernel / kernel.sum()
+    return float(np.sqrt(1.0 / (4.0 * np.pi * np.sum(k**2))))
+
+
+def _grow(mask: np.ndarray, half: int) -> np.ndarray:
+    """Boolean ``mask`` grown by ``half`` pixels (a square; two 1-D maximum filters)."""
+    grown = ndimage.maximum_filter1d(mask.astype(np.uint8), 2 * half + 1, axis=0)
+    return ndimage.maximum_filter1d(grown, 2 * half + 1, axis=1).astype(bool)
+
+
+def _convolve_psf(psf: PixelPSF, kernel: np.ndarray) -> PixelPSF:
+    """``psf`` convolved with ``kernel`` (each basis image: the model is linear in them)."""
+    basis = np.array([ndimage.convolve(b, kernel, mode="constant") for b in psf.basis])
+    return PixelPSF(basis, psf.degree, psf.x0, psf.y0, psf.scale)
+
+
+def _robust_std(values: np.ndarray) -> float:
+    q25, q75 = np.percentile(values, [25, 75])
+    return float((q75 - q25) / 1.349)
+
+
+class ImageDifferenceTask:
+    """Subtract a PSF-matched template from a calexp and detect DIASources."""
+
+    def __init__(self, config: ImageDifferenceConfig | None = None):
+        self.config = config or ImageDifferenceConfig()
+
+    def kernel_stars(
+        self, calexp: Exposure, refcat: Table, band: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel positions of isolated, unresolved, non-variable reference stars."""
+        lo, hi = self.config.stamp_mag_range
+        ra, dec = np.asarray(refcat["ra"], float), np.asarray(refcat["dec"], float)
+        mag = np.asarray(refcat[f"{band}_mag"], float)
+        xyz = np.column_stack(
+            [
+                np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
+                np.cos(np.radians(dec)) * np.sin(np.radians(ra)),
+                np.sin(np.radians(dec)),
+            ]
+        )
+        tree = cKDTree(xyz)
+        neighbours = tree.query(xyz, k=2)[0][:, 1] if len(xyz) > 1 else np.full(len(xyz), np.inf)
+        isolation = np.radians(self.config.stamp_isolation_arcsec / 3600.0)
+        good = (
+            (mag >= lo)
+            & (mag <= hi)
+            & ~np.asarray(refcat["resolved"], bool)
+            & ~np.asarray(refcat["variable"], bool)
+            & (neighbours > isolation)
+        )
+        x, y = calexp.wcs.all_world2pix(ra[good], dec[good], 0)
+        return x, y
+
+    def run(
+        self,
+        calexp: Exposure,
+        template: Exposure,
+        refcat: Table,
+        visit_mjd: float,
+    ) -> ImageDifferenceResult:
+        """Difference a calexp (electrons) against a template on the patch (nJy).
+
+        Parameters
+        ----------
+        calexp : Exposure
+            With WCS, PSF and zero point; its ``metadata["filter"]`` names the band.
+        template : Exposure
+            The PSF-homogenised template (``goodSeedCoadd``) with its PSF.
+        refcat : Table
+            Reference catalog: kernel stars are chosen from it.
+        visit_mjd : float
+            Mid-exposure MJD (DIASources' ``midPointTai``).
+        """
+        cfg = self.config
+        visit = int(calexp.visit or 0)
+        band = str(calexp.metadata.get("filter", ""))
+        if calexp.psf is None or calexp.wcs is None or calexp.photo_calib is None:
+            raise ImageDifferenceError(f"visit {visit}: the calexp has no PSF, WCS or zero point")
+        h, w = calexp.shape
+        scale = calexp.photo_calib.njy_per_electron
+        science = calexp.image.astype(np.float32) * np.float32(scale)
+        sci_var = calexp.variance.astype(np.float32) * np.float32(scale**2)
+
+        # 1. the template on the visit's pixels
+        try:
+            warped = WarpTask().run(template, calexp.wcs, (h, w))
+        except TwinklesError as exc:
+            raise ImageDifferenceError(f"visit {visit}: template -> calexp: {exc}") from None
+        x0, y0 = warped.metadata["x0"], warped.metadata["y0"]
+        wh, ww = warped.shape
+        tmpl = np.zeros((h, w), dtype=np.float32)
+        tmpl_var = np.full((h, w), np.inf, dtype=np.float32)
+        tmpl_mask = np.full((h, w), int(MaskPlane.NO_DATA), dtype=np.int32)
+        tmpl[y0 : y0 + wh, x0 : x0 + ww] = np.nan_to_num(warped.image)
+        tmpl_var[y0 : y0 + wh, x0 : x0 + ww] = warped.variance
+        tmpl_mask[y0 : y0 + wh, x0 : x0 + ww] = warped.mask
+        no_data_t = (tmpl_mask & int(MaskPlane.NO_DATA)) != 0
+        tmpl[no_data_t] = 0.0
+        template_on_visit = Exposure(
+            tmpl, tmpl_mask, tmpl_var, calexp.wcs, None, PhotoCalib(AB_MAG_OF_1_NJY), {}
+        )
+
+        # 2. which image is narrower: the PSFs at the sensor's centre
+        xc, yc = 0.5 * (w - 1), 0.5 * (h - 1)
+        sci_kernel = calexp.psf.kernel(xc, yc)
+        template_model = CalexpModel(0, template.wcs, template.psf, template.shape)
+        tmpl_kernel = warped_psf_kernel(template_model, calexp.wcs, xc, yc)
+        sigma_sci, sigma_tmpl = kernel_sigma(sci_kernel), kernel_sigma(tmpl_kernel)
+        convolved: Literal["template", "science"] = (
+            "template" if sigma_tmpl <= sigma_sci else "science"
+        )
+        if convolved == "template":
+            narrow, wide, var_n, var_w = tmpl, science, tmpl_var, sci_var
+            sigma_n, sigma_w = sigma_tmpl, sigma_sci
+        else:
+            narrow, wide, var_n, var_w = science, tmpl, sci_var, tmpl_var
+            sigma_n, sigma_w = sigma_sci, sigma_tmpl
+        unusable = ((calexp.mask | tmpl_mask) & int(_UNUSABLE)) != 0
+        narrow = np.where(np.isfinite(narrow), narrow, 0.0).astype(np.float32)
+
+        # 3. the kernel, on reference-star stamps
+        sx, sy = self.kernel_stars(calexp, refcat, band)
+        try:
+            solution = fit_kernel(
+                narrow,
+                wide,
+                var_w + var_n,
+                sx,
+                sy,
+                sigma_n,
+                sigma_w,
+                cfg.kernel,
+                bad=_grow(unusable, 1),
+            )
+        except KernelFitError as exc:
+            raise ImageDifferenceError(f"visit {visit}: {exc}") from None
+
+        # 4. convolve and subtract
+        conv = fft_convolve_terms(
+            narrow, solution.spatial_kernels, self._spatial_terms(solution, h, w)
+        )
+        conv += solution.background_image((h, w))
+        difference = wide - conv if convolved == "template" else conv - wide
+        k_centre = solution.kernel(xc, yc)
+        k_sum = float(k_centre.sum())
+        kernel_sq = float(np.sum(k_centre**2))
+        half = solution.spatial_kernels.shape[-1] // 2
+        edge = _grow(((calexp.mask | tmpl_mask) & int(MaskPlane.NO_DATA)) != 0, half)
+        edge[:half, :] = edge[-half:, :] = True
+        edge[:, :half] = edge[:, -half:] = True
+        mask = (calexp.mask | tmpl_mask) & int(_CARRIED)
+        mask[edge] |= int(MaskPlane.NO_DATA)
+        wide_psf = (
+            calexp.psf
+            if convolved == "template"
+            else PixelPSF(tmpl_kernel[None], 0, xc, yc, max(h, w) / 2.0)
+        )
+        if cfg.decorrelate:
+            var_w_med = float(np.median(var_w[~edge])) if np.any(~edge) else 1.0
+            var_n_med = float(np.median(var_n[~edge])) if np.any(~edge) else 1.0
+            psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)
+            difference = fft_convolve_terms(np.where(edge, 0.0, difference), psi)
+            variance = var_w + var_n * np.float32(k_sum**2)
+            diff_psf = _convolve_psf(wide_psf, psi)
+        else:
+            variance = var_w + var_n * np.float32(kernel_sq)
+            diff_psf = wide_psf
+        difference = difference.astype(np.float32)
+        difference[edge] = 0.0
+        variance = np.where(edge | ~np.isfinite(variance), np.inf, variance).astype(np.float32)
+        diff = Exposure(
+            difference,
+            mask.astype(np.int32),
+            variance,
+            calexp.wcs,
+            diff_psf,
+            PhotoCalib(AB_MAG_OF_1_NJY, 0.0),
+            {
+                "visit": visit,
+                "filter": band,
+                "mjd": visit_mjd,
+                "convolved": convolved,
+                "kernel_n_stamps": solution.n_stamps,
+                "kernel_chi2": round(solution.chi2_per_pixel, 4),
+                "kernel_sum": round(k_sum, 6),
+            },
+        )
+
+        # 5. DIASources, both polarities
+        sources = self._detect(diff, visit, visit_mjd)
+        usable = (
+            ~edge
+            & ~unusable
+            & ((diff.mask & int(MaskPlane.DETECTED | MaskPlane.DETECTED_NEGATIVE)) == 0)
+        )
+        z = difference[usable] / np.sqrt(variance[usable])
+        ratio = _robust_std(z) if z.size > 100 else float("nan")
+        return ImageDifferenceResult(diff, sources, solution, convolved, template_on_visit, ratio)
+
+    @staticmethod
+    def _spatial_terms(solution: KernelSolution, h: int, w: int) -> np.ndarray:
+        """The spatial polynomial's monomials on every pixel (n_terms, h, w), float32."""
+        xs = ((np.arange(w) - solution.x0) / solution.scale).astype(np.float32)
+        ys = ((np.arange(h) - solution.y0) / solution.scale).astype(np.float32)
+        d = solution.spatial_degree
+        terms = []  # the order of polynomial_terms: X^i Y^(deg - i), i from deg down to 0
+        for deg in range(d + 1):
+            for i in range(deg, -1, -1):
+                terms.append(np.outer(ys ** (deg - i), xs**i))
+        return np.array(terms, dtype=np.float32)
+
+    def _detect(self, diff: Exposure, visit: int, mjd: float) -> Table:
+        cfg = self.config
+        detector = DetectionTask(DetectionConfig(threshold=cfg.threshold, variance_map=True))
+        parts = []
+        for polarity in (1, -1):
+            work = Exposure(
+                diff.image * np.float32(polarity),
+                diff.mask.copy(),
+                diff.variance,
+                diff.wcs,
+                diff.psf,
+                diff.photo_calib,
+                diff.metadata,
+            )
+            found = detector.run(work).sources
+            plane = MaskPlane.DETECTED if polarity > 0 else MaskPlane.DETECTED_NEGATIVE
+            diff.mask[(work.mask & int(MaskPlane.DETECTED)) != 0] |= int(plane)
+            if len(found):
+                parts.append((polarity, np.asarray(found["x"]), np.asarray(found["y"])))
+        if parts:
+            polarity = np.concatenate([np.full(len(p[1]), p[0]) for p in parts])
+            x = np.concatenate([p[1] for p in parts])
+            y = np.concatenate([p[2] for p in parts])
+        else:
+            polarity, x, y = np.zeros(0, int), np.zeros(0), np.zeros(0)
+        flux, err, masked = psf_flux(diff, x, y) if len(x) else (x, x, x)
+        ra, dec = diff.wcs.all_pix2world(x, y, 0) if len(x) else (x, y)
+        fwhm = FWHM_PER_SIGMA * kernel_sigma(diff.psf.kernel(diff.shape[1] / 2, diff.shape[0] / 2))
+        dipole = np.zeros(len(x), dtype=bool)
+        pos, neg = polarity > 0, polarity < 0
+        if pos.any() and neg.any():
+            tree = cKDTree(np.column_stack([x[neg], y[neg]]))
+            dist, idx = tree.query(np.column_stack([x[pos], y[pos]]))
+            pair = dist <= cfg.dipole_separation_fwhm * fwhm
+            dipole[np.flatnonzero(pos)[pair]] = True
+            dipole[np.flatnonzero(neg)[idx[pair]]] = True
+        ix = np.clip(np.rint(x).astype(int), 0, diff.shape[1] - 1)
+        iy = np.clip(np.rint(y).astype(int), 0, diff.shape[0] - 1)
+        near = diff.mask[iy, ix] if len(x) else np.zeros(0, int)
+        table = Table(
+            {
+                "diaSourceId": np.int64(visit) * 100_000 + np.arange(len(x), dtype=np.int64),
+                "ccdVisitId": np.full(len(x), visit, dtype=np.int64),
+                "midPointTai": np.full(len(x), mjd),
+                "ra": np.asarray(ra, float),
+                "decl": np.asarray(dec, float),
+                "x": x,
+                "y": y,
+                "psFlux": flux,
+                "psFluxErr": err,
+                "snr": flux / err,
+                "isDipole": dipole,
+                "flag_edge": (near & int(MaskPlane.NO_DATA)) != 0,
+                "flag_saturated": (near & int(MaskPlane.SAT)) != 0,
+                "flag_bad": (masked > 0.2) | ~np.isfinite(flux),
+            }
+        )
+        return table
