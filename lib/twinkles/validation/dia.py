@@ -18,9 +18,11 @@ from twinkles.validation.static_sky import robust_std
 
 __all__ = [
     "expected_difference_flux",
+    "forced_dia_truth",
     "light_curve_pulls",
     "score_dia_sources",
     "variable_truth",
+    "visible_transients",
 ]
 
 
@@ -126,3 +128,85 @@ def light_curve_pulls(rows: Table) -> dict:
         "pull_std": robust_std(pulls),
         "pull_median": float(np.median(pulls)),
     }
+
+
+def visible_transients(
+    diff, truth: Truth, variables: Table, band: str, mjd: float, template: dict
+) -> Table:
+    """Variable truth objects on a difference image: expected and measured difference flux.
+
+    ``expected_snr`` is |expected difference flux| over the PSF-flux error measured at the
+    true position; objects off the image or on missing data are left out.
+    """
+    from twinkles.image.exposure import MaskPlane
+    from twinkles.measurement.psf_flux import psf_flux
+
+    x, y = diff.wcs.all_world2pix(np.asarray(variables["ra"]), np.asarray(variables["dec"]), 0)
+    h, w = diff.shape
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    inside[inside] = (diff.mask[iy[inside], ix[inside]] & int(MaskPlane.NO_DATA)) == 0
+    out = variables[inside]
+    out["x"], out["y"] = x[inside], y[inside]
+    out["expected_flux"] = expected_difference_flux(truth, out["truth_id"], band, mjd, template)
+    flux, err, _ = psf_flux(diff, out["x"], out["y"])
+    out["psFlux"], out["psFluxErr"] = flux, err
+    out["expected_snr"] = np.abs(out["expected_flux"]) / err
+    return out
+
+
+def forced_dia_truth(
+    butler,
+    truth: Truth,
+    dia_objects: Table,
+    visits: Table,
+    templates: dict[str, dict],
+    kinds: tuple[str, ...] = ("supernova", "lensed_image"),
+    radius_arcsec: float = 0.5,
+) -> Table:
+    """DiaForcedSource rows of DIAObjects matched to true transients, with the truth.
+
+    Each true object of ``kinds`` is matched to its nearest DIAObject within
+    ``radius_arcsec`` (one to one); the matched DIAObject's forced photometry on every visit
+    gets ``truth_id``, ``kind``, ``band``, ``mjd``, ``expected_flux`` (against that band's
+    template) and ``in_template`` (the visit is one of the template's: its difference is not
+    independent of the template).
+    """
+    from astropy.table import vstack
+
+    from twinkles.validation.static_sky import match_sky
+
+    variables = variable_truth(truth)
+    variables = variables[np.isin(variables["kind"], kinds)]
+    if len(variables) == 0 or len(dia_objects) == 0:
+        return Table()
+    i_truth, i_obj, _ = match_sky(
+        variables["ra"], variables["dec"], dia_objects["ra"], dia_objects["decl"], radius_arcsec
+    )
+    truth_of = dict(
+        zip(
+            np.asarray(dia_objects["diaObjectId"])[i_obj].tolist(),
+            np.asarray(variables["truth_id"])[i_truth].tolist(),
+            strict=True,
+        )
+    )
+    kind_of = dict(zip(variables["truth_id"].tolist(), variables["kind"].tolist(), strict=True))
+    parts = []
+    for row in visits:
+        visit, band = int(row["obsHistID"]), str(row["filter"])
+        if not butler.exists("forced_diaSrc", visit=visit) or band not in templates:
+            continue
+        forced = butler.get("forced_diaSrc", visit=visit)
+        forced = forced[np.isin(forced["diaObjectId"], list(truth_of))]
+        if len(forced) == 0:
+            continue
+        forced["truth_id"] = np.array([truth_of[o] for o in forced["diaObjectId"].tolist()])
+        forced["kind"] = np.array([kind_of[t] for t in forced["truth_id"].tolist()])
+        forced["band"] = np.full(len(forced), band)
+        forced["mjd"] = np.full(len(forced), float(row["expMJD"]))
+        forced["expected_flux"] = expected_difference_flux(
+            truth, forced["truth_id"], band, float(row["expMJD"]), templates[band]
+        )
+        forced["in_template"] = np.full(len(forced), visit in templates[band]["visits"])
+        parts.append(forced)
+    return vstack(parts, metadata_conflicts="silent") if parts else Table()

@@ -60,6 +60,7 @@ SCIENCE_IMPORTS = (
     "twinkles.coadd.assemble",
     "twinkles.coadd.objects",
     "twinkles.measurement.forced",
+    "twinkles.diffim.subtract",
 )
 log = logging.getLogger(__name__)
 
