@@ -63,6 +63,26 @@ def tiny_static(tiny_processed: Run) -> Run:
     return tiny_processed
 
 
+#: The difference-imaging steps.
+DIA_STEPS = [
+    "make_template",
+    "image_difference",
+    "associate_dia",
+    "forced_dia_photometry",
+    "validate_dia",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dia(tiny_static: Run) -> Run:
+    """The tiny run through the difference-imaging branch as well."""
+    from twinkles.workflow.driver import run_pipeline
+
+    summary = run_pipeline(tiny_static, steps=DIA_STEPS, progress=False)
+    assert summary.ok, summary.lines()
+    return tiny_static
+
+
 #: Demo visits processed by the tests (a spread over the ten years and the filters).
 DEMO_VISITS = [1, 8, 15, 22, 29, 36, 43, 50]
 

@@ -1,0 +1,134 @@
+"""The difference-imaging building blocks on synthetic images with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from scipy import ndimage
+
+from twinkles.diffim.associate import associate_dia_sources
+from twinkles.diffim.kernel import (
+    AlardLuptonConfig,
+    KernelFitError,
+    decorrelation_kernel,
+    fft_convolve_terms,
+    fit_kernel,
+)
+from twinkles.diffim.subtract import kernel_sigma
+from twinkles.diffim.template import TemplateConfig, TemplateError, select_template_visits
+
+
+def gaussian(sigma: float, half: int = 12) -> np.ndarray:
+    u = np.arange(-half, half + 1)
+    g = np.exp(-0.5 * (u[:, None] ** 2 + u[None, :] ** 2) / sigma**2)
+    return g / g.sum()
+
+
+@pytest.fixture(scope="module")
+def star_field():
+    """A 300 x 300 field of 60 stars with a Gaussian PSF (sigma 1.5 px), noise-free."""
+    rng = np.random.default_rng(11)
+    image = np.zeros((300, 300))
+    x = rng.uniform(30, 270, 60)
+    y = rng.uniform(30, 270, 60)
+    image[np.rint(y).astype(int), np.rint(x).astype(int)] = rng.uniform(2e4, 1e5, 60)
+    return ndimage.convolve(image, gaussian(1.5), mode="constant"), np.rint(x), np.rint(y)
+
+
+def test_fft_convolution_equals_direct_convolution():
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(64, 80))
+    kernel = rng.normal(size=(9, 9))
+    direct = ndimage.convolve(image, kernel, mode="constant")
+    np.testing.assert_allclose(fft_convolve_terms(image, kernel), direct, atol=1e-4)
+    weights = np.stack([np.ones_like(image), np.linspace(-1, 1, 80)[None, :] * np.ones((64, 1))])
+    two = fft_convolve_terms(image, np.stack([kernel, 0.5 * kernel]), weights)
+    np.testing.assert_allclose(two, direct * (1 + 0.5 * weights[1]), atol=1e-4)
+
+
+def test_kernel_fit_recovers_broadening_scaling_and_background(star_field):
+    narrow, x, y = star_field
+    rng = np.random.default_rng(5)
+    true_kernel = gaussian(np.sqrt(2.5**2 - 1.5**2), half=10)
+    sigma_noise = 5.0
+    wide = 1.04 * ndimage.convolve(narrow, true_kernel, mode="constant") + 3.0
+    wide = wide + rng.normal(0, sigma_noise, wide.shape)
+    variance = np.full(wide.shape, sigma_noise**2)
+    solution = fit_kernel(narrow, wide, variance, x, y, 1.5, 2.5, AlardLuptonConfig())
+    kernel = solution.kernel(150, 150)
+    # scaling and background to the precision the noise allows on ~50 stamps
+    assert kernel.sum() == pytest.approx(1.04, abs=0.002)
+    assert solution.background[0] == pytest.approx(3.0, abs=0.2)
+    # the Gauss-Hermite basis does not hold the true Gaussian exactly: 3% of its peak at most
+    assert np.max(np.abs(kernel / kernel.sum() - true_kernel)) < 0.03 * true_kernel.max()
+    assert solution.chi2_per_pixel == pytest.approx(1.0, abs=0.1)
+    assert kernel_sigma(ndimage.convolve(gaussian(1.5), kernel)) == pytest.approx(2.5, rel=0.01)
+
+
+def test_kernel_fit_needs_stars(star_field):
+    narrow, x, y = star_field
+    with pytest.raises(KernelFitError, match="only 2 usable star stamps"):
+        fit_kernel(narrow, narrow, np.ones_like(narrow), x[:2], y[:2], 1.5, 2.0)
+
+
+def test_decorrelation_whitens_the_difference():
+    rng = np.random.default_rng(8)
+    shape = (400, 400)
+    sw, sn = 0.5, 2.0  # a noisy template: its convolved noise dominates the difference
+    kernel = gaussian(1.8, half=10)
+    diff = rng.normal(0, sw, shape) - fft_convolve_terms(rng.normal(0, sn, shape), kernel)
+    psi = decorrelation_kernel(kernel, sw**2, sn**2)
+    white = fft_convolve_terms(diff, psi)[20:-20, 20:-20]
+    diff = diff[20:-20, 20:-20]
+
+    def lag1(a):
+        return np.corrcoef(a[:, :-1].ravel(), a[:, 1:].ravel())[0, 1]
+
+    assert lag1(diff) > 0.2  # the convolved template's noise is correlated
+    assert abs(lag1(white)) < 0.03
+    assert white.std() == pytest.approx(np.hypot(sw, sn), rel=0.03)
+
+
+def test_association_is_order_independent_and_groups_within_the_radius():
+    rng = np.random.default_rng(4)
+    centres = np.column_stack([53.0 + rng.uniform(0, 0.01, 6), -28.0 + rng.uniform(0, 0.01, 6)])
+    rows = []
+    for k, (ra, dec) in enumerate(centres):
+        for visit in range(1, 6 + k):
+            jitter = rng.normal(0, 0.05 / 3600, 2)  # 50 mas scatter: well inside 0.5"
+            rows.append((visit * 100_000 + k, ra + jitter[0], dec + jitter[1], 59000.0 + visit))
+    table = Table(rows=rows, names=["diaSourceId", "ra", "decl", "midPointTai"])
+    table["psFlux"] = np.where(np.arange(len(table)) % 2 == 0, 100.0, 200.0)
+    table["psFluxErr"] = np.where(np.arange(len(table)) % 2 == 0, 10.0, 20.0)
+    bands = np.array(["r"] * len(table))
+    sources, objects = associate_dia_sources(table, bands, 0.5)
+    assert len(objects) == 6
+    assert sorted(objects["nDiaSources"]) == [5, 6, 7, 8, 9, 10]
+    first = objects[np.argmin(objects["nDiaSources"])]
+    members = sources[sources["diaObjectId"] == first["diaObjectId"]]
+    assert first["diaObjectId"] == members["diaSourceId"].min()
+    w = 1 / members["psFluxErr"] ** 2
+    assert first["r_psFluxMean"] == pytest.approx(np.sum(w * members["psFlux"]) / w.sum())
+    assert first["r_psFluxNdata"] == len(members) and first["g_psFluxNdata"] == 0
+    shuffled = rng.permutation(len(table))
+    again, objects_again = associate_dia_sources(table[shuffled], bands[shuffled], 0.5)
+    assert np.array_equal(sources["diaObjectId"], again["diaObjectId"])
+    assert set(objects["diaObjectId"]) == set(objects_again["diaObjectId"])
+    with pytest.raises(ValueError, match="positive"):
+        associate_dia_sources(table, bands, 0.0)
+
+
+def test_template_visit_selection():
+    visits = [1, 2, 3, 4, 5, 6]
+    fwhm = [0.9, 0.6, 0.7, 1.1, 0.65, 1.0]
+    config = TemplateConfig(seeing_quantile=0.34, min_visits=2)
+    assert select_template_visits(visits, fwhm, config) == [2, 5]
+    assert select_template_visits(visits, fwhm, TemplateConfig(min_visits=4)) == [1, 2, 3, 5]
+    assert select_template_visits(
+        visits, fwhm, TemplateConfig(fwhm_range_arcsec=(0.6, 0.7), min_visits=1)
+    ) == [2, 3, 5]
+    with pytest.raises(TemplateError, match="filter r: no visit with FWHMeff in"):
+        select_template_visits(visits, fwhm, TemplateConfig(fwhm_range_arcsec=(0.3, 0.4)), band="r")
+    with pytest.raises(TemplateError, match="filter g: no processed visit"):
+        select_template_visits([], [], config, band="g")

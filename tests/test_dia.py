@@ -1,0 +1,127 @@
+"""The difference-imaging branch end to end on the tiny run, scored against the truth.
+
+The tiny run has 4 visits per band in g, r, i over one season, templates of the 2 best-seeing
+visits per band, 2 supernovae and a lensed quasar with two images. Visits in their own
+template are excluded from noise and pull statistics (their difference is not independent of
+the template). With a dozen supernova points, bounds on pulls are three standard errors of
+the estimators (median: 1.25/sqrt(n); IQR-based spread: 1.17/sqrt(n)); the demo's numbers, on
+which the issue's bounds are checked, are quoted in the issue's closing note.
+"""
+
+from __future__ import annotations
+
+import nbformat
+import numpy as np
+import pytest
+
+from twinkles.diffim.subtract import ImageDifferenceError, ImageDifferenceTask
+from twinkles.image import Exposure
+from twinkles.sim.truth import Truth
+from twinkles.validation.dia import forced_dia_truth, light_curve_pulls
+from twinkles.workflow.status import run_status
+
+
+def figures_in(path) -> int:
+    nb = nbformat.read(path, as_version=4)
+    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_every_step_ran_with_its_figures(tiny_dia):
+    status = {s["step"]: s for s in run_status(tiny_dia)["steps"]}
+    for step, n in [
+        ("make_template", 3),
+        ("image_difference", 12),
+        ("associate_dia", 1),
+        ("forced_dia_photometry", 12),
+        ("validate_dia", 1),
+    ]:
+        assert (status[step]["done"], status[step]["failed"]) == (n, 0), step
+    notebooks = tiny_dia.dir / "notebooks"
+    # cutouts, kernel, difference / sigma histogram, detections
+    assert all(figures_in(p) >= 4 for p in (notebooks / "image_difference").glob("*.ipynb"))
+    (validation,) = (notebooks / "validate_dia").glob("*.ipynb")
+    assert figures_in(validation) >= 4  # noise, spurious and recovery, SN light curve, quasar
+
+
+def test_difference_noise_matches_the_variance_plane(tiny_dia):
+    metrics = tiny_dia.butler.get("diaMetrics")
+    assert metrics["n_independent"] >= 4
+    assert 0.9 <= metrics["noise_ratio_min"] <= metrics["noise_ratio_max"] <= 1.1
+
+
+def test_transients_recovered_and_spurious_counted(tiny_dia):
+    metrics = tiny_dia.butler.get("diaMetrics")
+    assert metrics["n_expected_transients"] >= 5
+    assert metrics["recovery"] >= 0.95
+    assert len(metrics["spurious_per_visit"]) == 12
+    # 20x Run-1 star density on 256^2 pixels: a few residuals of bright stars per visit
+    assert metrics["spurious_per_visit_mean"] < 10
+
+
+def test_supernova_light_curves_follow_the_truth(tiny_dia):
+    butler = tiny_dia.butler
+    visits = butler.get("visitTable")
+    templates = {b: butler.get("goodSeeingCoadd_summary", filter=b) for b in "gri"}
+    rows = forced_dia_truth(butler, Truth.read(butler), butler.get("diaObject"), visits, templates)
+    sne = rows[(rows["kind"] == "supernova") & ~rows["in_template"] & ~rows["flag_off_image"]]
+    # forced photometry on every difference image, not only where the SN was detected
+    for sn in set(sne["truth_id"].tolist()):
+        points = sne[sne["truth_id"] == sn]
+        assert len(points) == np.sum(~np.asarray(rows[rows["truth_id"] == sn]["in_template"]))
+    stats = light_curve_pulls(sne)
+    n = stats["n"]
+    assert n >= 8
+    assert abs(stats["pull_std"] - 1.0) < 3 * 1.17 / np.sqrt(n) + 0.15
+    assert abs(stats["pull_median"]) < 3 * 1.25 / np.sqrt(n) + 0.1
+
+
+def test_lensed_quasar_images_are_separate_dia_objects(tiny_dia):
+    (system,) = tiny_dia.butler.get("diaMetrics")["lensed_quasars"]
+    assert system["n_resolved"] == 2  # the tiny run places images >= 2 FWHM apart
+    assert system["n_resolved_separate_dia_objects"] == 2 and system["distinct_dia_objects"]
+    n = system["n_points"]
+    assert n >= 6
+    assert abs(system["pull_std"] - 1.0) < 3 * 1.17 / np.sqrt(n) + 0.15
+    assert abs(system["pull_median"]) < 3 * 1.25 / np.sqrt(n) + 0.1
+
+
+def test_forced_dia_photometry_covers_every_dia_object(tiny_dia):
+    butler = tiny_dia.butler
+    objects = butler.get("diaObject")
+    for visit in butler.get("visitTable")["obsHistID"]:
+        forced = butler.get("forced_diaSrc", visit=int(visit))
+        assert sorted(forced["diaObjectId"]) == sorted(objects["diaObjectId"])
+    sources = butler.get("diaSourceTable")
+    assert set(sources["diaObjectId"]) == set(objects["diaObjectId"])
+    assert objects["nDiaSources"].sum() == len(sources)
+
+
+def test_dia_catalogs_in_the_database_equal_the_files(tiny_dia, tmp_path):
+    from twinkles.catalogs import CatalogDatabase, IngestTask
+    from twinkles.catalogs.queries import light_curve, row_counts
+
+    db = CatalogDatabase(f"sqlite:///{tmp_path / 'catalogs.db'}")
+    assert IngestTask().run(tiny_dia, db).ok
+    butler = tiny_dia.butler
+    objects = butler.get("diaObject")
+    counts = row_counts(db, "tiny")
+    assert counts["DiaObject"] == len(objects)
+    assert counts["DiaSource"] == len(butler.get("diaSourceTable"))
+    best = int(objects["diaObjectId"][np.argmax(objects["nDiaSources"])])
+    curve = light_curve(db, "tiny", best, dia=True)
+    assert len(curve) == 12
+    for row in curve:
+        forced = butler.get("forced_diaSrc", visit=int(row["ccdVisitId"]))
+        ref = forced[forced["diaObjectId"] == best][0]
+        np.testing.assert_array_equal(
+            [row["psFlux"], row["psFluxErr"]], [ref["psFlux"], ref["psFluxErr"]]
+        )
+
+
+def test_a_visit_without_kernel_stars_fails_with_its_name(tiny_dia):
+    butler = tiny_dia.butler
+    calexp = Exposure.read_fits(butler.path("calexp", visit=1))
+    template = Exposure.read_fits(butler.path("goodSeeingCoadd", filter=calexp.metadata["filter"]))
+    refcat = butler.get("refcat")[:0]
+    with pytest.raises(ImageDifferenceError, match="visit 1: only 0 usable star stamps"):
+        ImageDifferenceTask().run(calexp, template, refcat, 60000.0)
