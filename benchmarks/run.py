@@ -422,6 +422,92 @@ def forced_photometry_20k_objects() -> dict:
     }
 
 
+def _run1_difference():
+    """A template from the second bench visit's warp (PSF-homogenised), the first calexp."""
+    import numpy as np
+
+    from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
+    from twinkles.diffim.template import match_warp, target_psf
+    from twinkles.image import Exposure
+    from twinkles.image.exposure import MaskPlane
+
+    run, visits, skymap = _run1_calexps()
+    path = run.butler.path("deepCoadd_directWarp", visit=visits[1])
+    if not path.exists():
+        calexp = Exposure.read_fits(run.butler.path("calexp", visit=visits[1]))
+        run.butler.put(
+            WarpTask().run(calexp, skymap.wcs, skymap.shape),
+            "deepCoadd_directWarp",
+            visit=visits[1],
+        )
+    model = CalexpModel.read(run.butler.path("calexp", visit=visits[1]))
+    centre = (0.5 * (skymap.width - 1), 0.5 * (skymap.height - 1))
+    target = target_psf([warped_psf_kernel(model, skymap.wcs, *centre)], 0.5)
+    template = match_warp(Exposure.read_fits(path), model, skymap.wcs, skymap.shape, target).warp
+    x0, y0 = template.metadata["x0"], template.metadata["y0"]
+    # the matched warp covers its box of the patch; the template is the whole patch
+    image = np.zeros(skymap.shape, np.float32)
+    variance = np.full(skymap.shape, np.inf, np.float32)
+    mask = np.full(skymap.shape, int(MaskPlane.NO_DATA), np.int32)
+    h, w = template.shape
+    image[y0 : y0 + h, x0 : x0 + w] = np.nan_to_num(template.image)
+    variance[y0 : y0 + h, x0 : x0 + w] = template.variance
+    mask[y0 : y0 + h, x0 : x0 + w] = template.mask
+    template = Exposure(image, mask, variance, skymap.wcs, template.psf, template.photo_calib, {})
+    calexp = Exposure.read_fits(run.butler.path("calexp", visit=visits[0]))
+    mjd = float(run.butler.get("visitSummary", visit=visits[0])["mjd"])
+    return run, calexp, template, mjd
+
+
+@benchmark
+def image_difference_run1_visit() -> dict:
+    """image_difference on a run1-size visit: template warp, kernel fit, convolution,
+    decorrelation, DIASource detection and measurement."""
+    from twinkles.diffim.subtract import ImageDifferenceTask
+
+    run, calexp, template, mjd = _run1_difference()
+    refcat = run.butler.get("refcat")
+    before = peak_rss_mb()
+    result, cpu, wall = timed(ImageDifferenceTask().run, calexp, template, refcat, mjd)
+    return {
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "convolved": result.convolved,
+        "kernel_stamps": result.kernel.n_stamps,
+        "dia_sources": len(result.dia_sources),
+        "noise_ratio": round(result.noise_ratio, 3),
+        "peak_rss_mb": round(max(before, peak_rss_mb()), 0),
+        "target": "<= 5 s CPU",
+        "pass": cpu <= 5.0,
+    }
+
+
+@benchmark
+def forced_dia_photometry_run1_visit() -> dict:
+    """Forced PSF photometry of 5,000 DIAObjects on one run1-size difference image."""
+    import numpy as np
+
+    from twinkles.diffim.subtract import ImageDifferenceTask
+    from twinkles.measurement.forced import ForcedPhotometryTask
+
+    run, calexp, template, mjd = _run1_difference()
+    diff = ImageDifferenceTask().run(calexp, template, run.butler.get("refcat"), mjd).difference
+    rng = np.random.default_rng(3)
+    h, w = diff.shape
+    n = 5_000  # ten years of Run 1: transients, variables and spurious DIAObjects
+    ra, dec = diff.wcs.all_pix2world(rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n), 0)
+    ForcedPhotometryTask().run(diff, ra[:100], dec[:100])  # warm
+    result, cpu, wall = timed(ForcedPhotometryTask().run, diff, ra, dec, 1.0)
+    return {
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "n_dia_objects": n,
+        "joint_groups": result.n_groups,
+        "target": "<= 1 s",
+        "pass": cpu <= 1.0,
+    }
+
+
 # --- catalog database -------------------------------------------------------------------------
 
 

@@ -170,11 +170,21 @@ class DetectionTask:
         filtered *= np.float32(1.0 / (sky_sigma * kernel_norm))
         return filtered
 
-    def run(self, exposure: Exposure, threshold: float | None = None) -> DetectionResult:
+    def run(
+        self,
+        exposure: Exposure,
+        threshold: float | None = None,
+        significance: np.ndarray | None = None,
+    ) -> DetectionResult:
+        """Detect, deblend and measure sources above ``threshold`` (default: the config's).
+
+        ``significance`` may be given when it is already known (the negative polarity of a
+        difference image is minus the positive one's); otherwise it is computed.
+        """
         cfg = self.config
         data = np.ascontiguousarray(exposure.image, dtype=np.float32)
         bad = exposure.masked(BAD_PLANES)
-        nu = self.significance(exposure)
+        nu = self.significance(exposure) if significance is None else significance
         # working memory for the pixels above threshold at once: a quarter of the sensor is
         # ample; sep allocates it on every call (0.44 s for 20 Mpixels), so it is sized here
         sep.set_extract_pixstack(max(300_000, data.size // 4))

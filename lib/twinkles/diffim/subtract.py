@@ -141,6 +141,37 @@ def _grow(mask: np.ndarray, half: int) -> np.ndarray:
     return ndimage.maximum_filter1d(grown, 2 * half + 1, axis=1).astype(bool)
 
 
+def _crop_under(template: Exposure, calexp: Exposure, margin: int = 8) -> Exposure:
+    """The part of the template under the calexp (plus ``margin`` pixels), WCS shifted."""
+    h, w = calexp.shape
+    t = np.linspace(0.0, 1.0, 9)
+    ex = np.concatenate([t * (w - 1), np.full(9, w - 1.0), (1 - t) * (w - 1), np.zeros(9)])
+    ey = np.concatenate([np.zeros(9), t * (h - 1), np.full(9, h - 1.0), (1 - t) * (h - 1)])
+    ra, dec = calexp.wcs.all_pix2world(ex, ey, 0)
+    tx, ty = template.wcs.all_world2pix(ra, dec, 0)
+    th, tw = template.shape
+    x0, y0 = max(int(np.floor(tx.min())) - margin, 0), max(int(np.floor(ty.min())) - margin, 0)
+    x1, y1 = (
+        min(int(np.ceil(tx.max())) + margin + 1, tw),
+        min(int(np.ceil(ty.max())) + margin + 1, th),
+    )
+    if x1 <= x0 or y1 <= y0:
+        return template  # no overlap: the warper says so, naming the visit
+    wcs = template.wcs.deepcopy()
+    wcs.wcs.crpix = [wcs.wcs.crpix[0] - x0, wcs.wcs.crpix[1] - y0]
+    wcs.wcs.set()
+    box = (slice(y0, y1), slice(x0, x1))
+    return Exposure(
+        template.image[box],
+        template.mask[box],
+        template.variance[box],
+        wcs,
+        template.psf,
+        template.photo_calib,
+        dict(template.metadata),
+    )
+
+
 def _convolve_psf(psf: PixelPSF, kernel: np.ndarray) -> PixelPSF:
     """``psf`` convolved with ``kernel`` (each basis image: the model is linear in them)."""
     basis = np.array([ndimage.convolve(b, kernel, mode="constant") for b in psf.basis])
@@ -215,9 +246,9 @@ class ImageDifferenceTask:
         science = calexp.image.astype(np.float32) * np.float32(scale)
         sci_var = calexp.variance.astype(np.float32) * np.float32(scale**2)
 
-        # 1. the template on the visit's pixels
+        # 1. the template on the visit's pixels (only the part under the visit is resampled)
         try:
-            warped = WarpTask().run(template, calexp.wcs, (h, w))
+            warped = WarpTask().run(_crop_under(template, calexp), calexp.wcs, (h, w))
         except TwinklesError as exc:
             raise ImageDifferenceError(f"visit {visit}: template -> calexp: {exc}") from None
         x0, y0 = warped.metadata["x0"], warped.metadata["y0"]
@@ -347,6 +378,8 @@ class ImageDifferenceTask:
         cfg = self.config
         detector = DetectionTask(DetectionConfig(threshold=cfg.threshold, variance_map=True))
         parts = []
+        # the matched filter is linear: the negative image's significance is minus the positive's
+        significance = detector.significance(diff)
         for polarity in (1, -1):
             work = Exposure(
                 diff.image * np.float32(polarity),
@@ -357,7 +390,8 @@ class ImageDifferenceTask:
                 diff.photo_calib,
                 diff.metadata,
             )
-            found = detector.run(work).sources
+            nu = significance if polarity > 0 else -significance
+            found = detector.run(work, significance=np.ascontiguousarray(nu)).sources
             plane = MaskPlane.DETECTED if polarity > 0 else MaskPlane.DETECTED_NEGATIVE
             diff.mask[(work.mask & int(MaskPlane.DETECTED)) != 0] |= int(plane)
             if len(found):
