@@ -96,6 +96,11 @@ class ImageDifferenceConfig(Section):
     stamp_isolation_arcsec: float = Field(
         3.0, gt=0, description="Kernel stars need no other reference source this close."
     )
+    empirical_errors: bool = Field(
+        True,
+        description="Scale PSF-flux errors by their measured spread at blank positions (the "
+        "template's correlated noise is not in the per-pixel variance).",
+    )
     dipole_separation_fwhm: float = Field(
         1.0, gt=0, description="A positive and a negative DIASource this close are a dipole."
     )
@@ -118,6 +123,9 @@ class ImageDifferenceResult:
         The template resampled onto the calexp (for cutouts).
     noise_ratio : float
         Robust spread of ``D / sqrt(variance)`` over unmasked, undetected pixels.
+    psf_flux_err_scale : float
+        Robust spread of PSF flux / error at blank positions (>= 1); DIASource errors are
+        multiplied by it, and forced photometry on the difference should be too.
     """
 
     difference: Exposure
@@ -126,6 +134,7 @@ class ImageDifferenceResult:
     convolved: Literal["template", "science"]
     template_on_visit: Exposure
     noise_ratio: float
+    psf_flux_err_scale: float = 1.0
 
 
 def kernel_sigma(kernel: np.ndarray) -> float:
@@ -360,7 +369,31 @@ class ImageDifferenceTask:
         )
         z = difference[usable] / np.sqrt(variance[usable])
         ratio = _robust_std(z) if z.size > 100 else float("nan")
-        return ImageDifferenceResult(diff, sources, solution, convolved, template_on_visit, ratio)
+        scale = self._psf_flux_error_scale(diff, usable) if cfg.empirical_errors else 1.0
+        sources["psFluxErr"] *= scale
+        sources["snr"] /= scale
+        diff.metadata["psf_flux_err_scale"] = round(scale, 4)
+        return ImageDifferenceResult(
+            diff, sources, solution, convolved, template_on_visit, ratio, scale
+        )
+
+    @staticmethod
+    def _psf_flux_error_scale(diff: Exposure, usable: np.ndarray) -> float:
+        """Spread of PSF flux / error at blank positions: how far the independent-pixel error
+        underestimates the PSF-flux error, because the template's noise is correlated by its
+        own resampling and PSF homogenisation, which decorrelation does not undo."""
+        half = diff.psf.half
+        step = 2 * half + 1
+        h, w = diff.shape
+        yy, xx = np.mgrid[half : h - half : step, half : w - half : step]
+        xx, yy = xx.ravel(), yy.ravel()
+        # blank: no detection, mask or edge anywhere in the PSF's footprint
+        blank = ndimage.minimum_filter(usable.astype(np.uint8), size=step)[yy, xx] > 0
+        if blank.sum() < 30:
+            return 1.0
+        flux, err, _ = psf_flux(diff, xx[blank].astype(float), yy[blank].astype(float))
+        scale = _robust_std((flux / err)[np.isfinite(flux / err)])
+        return float(max(scale, 1.0)) if np.isfinite(scale) else 1.0
 
     @staticmethod
     def _spatial_terms(solution: KernelSolution, h: int, w: int) -> np.ndarray:
