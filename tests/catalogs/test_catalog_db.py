@@ -359,17 +359,19 @@ def test_cli_ingest_and_lightcurve_with_plot(tiny_static, tmp_path, capsys):
 
 
 @pytest.mark.recipe
-def test_ingest_step_runs_through_the_workflow(tiny_static):
+def test_ingest_step_runs_through_the_workflow(tiny_dia):
     import nbformat
 
     from twinkles.workflow.driver import run_pipeline
 
-    summary = run_pipeline(tiny_static, steps=["ingest_catalogs"], progress=False)
+    # the step gathers both branches' catalogs, so it runs after the DIA steps
+    summary = run_pipeline(tiny_dia, steps=["ingest_catalogs"], progress=False)
     assert summary.ok, summary.lines()
-    record = tiny_static.butler.get("catalogIngest")
+    record = tiny_dia.butler.get("catalogIngest")
     assert record["failures"] == {} and record["database"].startswith("sqlite:///")
-    for table, n in file_counts(tiny_static).items():
+    for table, n in file_counts(tiny_dia).items():
         assert record["counts"][table] == n, table
-    (notebook,) = (tiny_static.dir / "notebooks" / "ingest_catalogs").glob("*.ipynb")
+    assert record["counts"]["DiaForcedSource"] == 12 * len(tiny_dia.butler.get("diaObject"))
+    (notebook,) = (tiny_dia.dir / "notebooks" / "ingest_catalogs").glob("*.ipynb")
     nb = nbformat.read(notebook, as_version=4)
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
