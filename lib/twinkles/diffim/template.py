@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pydantic import Field
@@ -149,8 +148,3 @@ def match_warp(
         dict(warp.metadata),
     )
     return MatchedWarp(matched, kernel, solution.chi2_per_pixel)
-
-
-def template_warp_paths(paths: Sequence[Path]) -> list[Path]:
-    """Existing matched-warp files (for the coadd)."""
-    return [Path(p) for p in paths if Path(p).exists()]
