@@ -20,9 +20,6 @@ SLURM_CONF_FILE=$SLURM_DIR/slurm.conf
 PG_DIR=$STATE/postgres
 PG_PORT=${TWINKLES_POSTGRES_PORT:-55432}
 PG_DB=twinkles_test
-# A server that takes bulk loads: room for the ForcedSource indexes in memory and WAL that
-# is not checkpointed in the middle of a COPY (the defaults, 128 MB and 1 GB, are for laptops).
-PG_TUNING="-c shared_buffers=1GB -c wal_buffers=64MB -c max_wal_size=8GB -c checkpoint_timeout=30min"
 
 log() { echo "services: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -180,7 +177,7 @@ postgres_start() {
     fi
     if ! (cd / && runuser -u postgres -- "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"); then
         (cd / && runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
-            -o "-p $PG_PORT -h 127.0.0.1 -k $PG_DIR $PG_TUNING" start >/dev/null) \
+            -o "-p $PG_PORT -h 127.0.0.1 -k $PG_DIR" start >/dev/null) \
             || die "PostgreSQL did not start; see $PG_DIR/server.log"
     fi
     if ! (cd / && runuser -u postgres -- "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \

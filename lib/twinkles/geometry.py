@@ -1,10 +1,16 @@
-"""Gnomonic (tangent-plane) projection helpers for placing objects around a field centre."""
+"""Sky geometry: gnomonic (tangent-plane) projections, unit vectors for KD-tree matching."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["random_positions_in_disc", "sky_to_tangent", "tangent_to_sky"]
+__all__ = [
+    "chord_length",
+    "random_positions_in_disc",
+    "sky_to_tangent",
+    "tangent_to_sky",
+    "unit_vectors",
+]
 
 
 def tangent_to_sky(
@@ -38,3 +44,14 @@ def random_positions_in_disc(
     r = radius_deg * np.sqrt(rng.random(n))
     phi = rng.uniform(0.0, 2 * np.pi, n)
     return tangent_to_sky(r * np.sin(phi), r * np.cos(phi), ra0, dec0)
+
+
+def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """(ra, dec) in deg as unit vectors (n, 3): KD-tree distances are then chords."""
+    a, d = np.deg2rad(np.asarray(ra, dtype=float)), np.deg2rad(np.asarray(dec, dtype=float))
+    return np.column_stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])
+
+
+def chord_length(radius_arcsec: float) -> float:
+    """The chord between unit vectors ``radius_arcsec`` apart on the sky."""
+    return float(2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0))

@@ -22,7 +22,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.types import BigInteger, Boolean, Float, Integer, String, Text
 
 from twinkles.catalogs.schema import (
-    CATALOG_TABLES,
     SCHEMA_VERSION,
     metadata,
     run_table,
@@ -198,9 +197,6 @@ class CatalogDatabase:
                 )
             result = conn.execute(run_table.insert().values(runName=run_name, config=config_text))
             return int(result.inserted_primary_key[0])
-
-    def table(self, name: str) -> Table:
-        return CATALOG_TABLES[name]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -415,8 +415,6 @@ class IngestTask:
             extra = dict(constants)
             if "filterName" in table.c:
                 extra["filterName"] = str(visit_row["filter"])
-            if "midPointTai" in table.c and "midPointTai" not in catalog.colnames:
-                extra["midPointTai"] = float(visit_row["expMJD"])
             columns = catalog_columns(src, catalog, extra)
             rows[src.table] = self._replace(conn, src.table, run_id, columns, ccdVisitId=visit)
         return rows

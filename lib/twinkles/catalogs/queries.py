@@ -22,6 +22,7 @@ from twinkles.catalogs.schema import (
     forced_source_table,
     object_table,
 )
+from twinkles.geometry import unit_vectors
 
 __all__ = [
     "cone_search",
@@ -158,11 +159,8 @@ def cone_search(
         box = table.c.ra.between(lo, hi) if lo <= hi else (table.c.ra >= lo) | (table.c.ra <= hi)
         cond = and_(cond, box)
     rows = _table(db, select(*[c for c in table.c if c.name != "runId"]).where(cond))
-    ra1, dec1, ra2, dec2 = map(np.radians, (rows["ra"], rows["decl"], ra, dec))
-    hav = (
-        np.sin((dec1 - dec2) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra1 - ra2) / 2) ** 2
-    )
-    distance = np.degrees(2 * np.arcsin(np.sqrt(np.clip(hav, 0, 1)))) * 3600.0
+    chord = np.linalg.norm(unit_vectors(rows["ra"], rows["decl"]) - unit_vectors(ra, dec), axis=1)
+    distance = np.degrees(2 * np.arcsin(np.clip(chord / 2, 0, 1))) * 3600.0
     rows["distance"] = distance
     rows = rows[distance <= radius_arcsec]
     rows.sort("distance")

@@ -17,13 +17,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from twinkles.catalogs.schema import BANDS
+from twinkles.geometry import chord_length, unit_vectors
 
 __all__ = ["associate_dia_sources"]
-
-
-def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(ra), np.radians(dec)
-    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
 
 
 def associate_dia_sources(
@@ -54,9 +50,12 @@ def associate_dia_sources(
     sources = sources[order]
     bands = np.asarray(bands).astype(str)[order]
     n = len(sources)
-    xyz = _unit_vectors(np.asarray(sources["ra"], float), np.asarray(sources["decl"], float))
-    chord = 2.0 * np.sin(np.radians(radius_arcsec / 3600.0) / 2.0)
-    pairs = cKDTree(xyz).query_pairs(chord, output_type="ndarray") if n else np.zeros((0, 2), int)
+    xyz = unit_vectors(sources["ra"], sources["decl"])
+    pairs = (
+        cKDTree(xyz).query_pairs(chord_length(radius_arcsec), output_type="ndarray")
+        if n
+        else np.zeros((0, 2), int)
+    )
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     label = connected_components(graph, directed=False)[1] if n else np.zeros(0, dtype=int)
     ids = np.asarray(sources["diaSourceId"], dtype=np.int64)

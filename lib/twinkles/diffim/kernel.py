@@ -20,6 +20,7 @@ The Gaussian widths scale with the width the kernel has to add,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -324,12 +325,17 @@ def _kernel_fft(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def fft_convolve_terms(
-    image: np.ndarray, kernels: np.ndarray, weights: np.ndarray | None = None
+    image: np.ndarray,
+    kernels: np.ndarray,
+    weights: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """``sum_m weights[m] * (image * kernels[m])``: one forward FFT, one inverse per term.
 
-    ``weights`` (n_terms, h, w) or None (one kernel, weight 1). The image is zero-padded by
-    the kernel's half-size, so nothing wraps around; NaN pixels must be replaced beforehand.
+    ``weights``: None (one kernel, weight 1); an array (n_terms, h, w); or, for weights that
+    are products of a row and a column factor (the monomials of a spatial polynomial), a
+    sequence of ``(wy, wx)`` pairs of 1-D arrays, applied without building (h, w) planes.
+    The image is zero-padded by the kernel's half-size, so nothing wraps around; NaN pixels
+    must be replaced beforehand.
     """
     if kernels.ndim == 2:
         kernels = kernels[None]
@@ -340,7 +346,15 @@ def fft_convolve_terms(
     out = np.zeros((h, w), dtype=np.float32)
     for m, kernel in enumerate(kernels):
         conv = fft.irfft2(spectrum * _kernel_fft(kernel, shape), s=shape, workers=-1)[:h, :w]
-        out += conv if weights is None else weights[m] * conv
+        if weights is None:
+            out += conv
+        elif isinstance(weights[m], tuple):
+            wy, wx = weights[m]
+            conv *= wy[:, None]
+            conv *= wx[None, :]
+            out += conv
+        else:
+            out += weights[m] * conv
     return out
 
 

@@ -39,10 +39,12 @@ from twinkles.diffim.kernel import (
     fit_kernel,
 )
 from twinkles.errors import TwinklesError
+from twinkles.geometry import chord_length, unit_vectors
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.pixel import PixelPSF
 from twinkles.units import AB_MAG_OF_1_NJY
+from twinkles.validation.static_sky import robust_std
 
 __all__ = [
     "DIA_SOURCE_COLUMNS",
@@ -187,11 +189,6 @@ def _convolve_psf(psf: PixelPSF, kernel: np.ndarray) -> PixelPSF:
     return PixelPSF(basis, psf.degree, psf.x0, psf.y0, psf.scale)
 
 
-def _robust_std(values: np.ndarray) -> float:
-    q25, q75 = np.percentile(values, [25, 75])
-    return float((q75 - q25) / 1.349)
-
-
 class ImageDifferenceTask:
     """Subtract a PSF-matched template from a calexp and detect DIASources."""
 
@@ -205,16 +202,10 @@ class ImageDifferenceTask:
         lo, hi = self.config.stamp_mag_range
         ra, dec = np.asarray(refcat["ra"], float), np.asarray(refcat["dec"], float)
         mag = np.asarray(refcat[f"{band}_mag"], float)
-        xyz = np.column_stack(
-            [
-                np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
-                np.cos(np.radians(dec)) * np.sin(np.radians(ra)),
-                np.sin(np.radians(dec)),
-            ]
-        )
+        xyz = unit_vectors(ra, dec)
         tree = cKDTree(xyz)
         neighbours = tree.query(xyz, k=2)[0][:, 1] if len(xyz) > 1 else np.full(len(xyz), np.inf)
-        isolation = np.radians(self.config.stamp_isolation_arcsec / 3600.0)
+        isolation = chord_length(self.config.stamp_isolation_arcsec)
         good = (
             (mag >= lo)
             & (mag <= hi)
@@ -368,7 +359,7 @@ class ImageDifferenceTask:
             & ((diff.mask & int(MaskPlane.DETECTED | MaskPlane.DETECTED_NEGATIVE)) == 0)
         )
         z = difference[usable] / np.sqrt(variance[usable])
-        ratio = _robust_std(z) if z.size > 100 else float("nan")
+        ratio = robust_std(z) if z.size > 100 else float("nan")
         scale = self._psf_flux_error_scale(diff, usable) if cfg.empirical_errors else 1.0
         sources["psFluxErr"] *= scale
         sources["snr"] /= scale
@@ -392,20 +383,22 @@ class ImageDifferenceTask:
         if blank.sum() < 30:
             return 1.0
         flux, err, _ = psf_flux(diff, xx[blank].astype(float), yy[blank].astype(float))
-        scale = _robust_std((flux / err)[np.isfinite(flux / err)])
+        scale = robust_std(flux / err)  # non-finite ratios are dropped
         return float(max(scale, 1.0)) if np.isfinite(scale) else 1.0
 
     @staticmethod
-    def _spatial_terms(solution: KernelSolution, h: int, w: int) -> np.ndarray:
-        """The spatial polynomial's monomials on every pixel (n_terms, h, w), float32."""
+    def _spatial_terms(
+        solution: KernelSolution, h: int, w: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The spatial polynomial's monomials as (row factor, column factor) pairs, float32."""
         xs = ((np.arange(w) - solution.x0) / solution.scale).astype(np.float32)
         ys = ((np.arange(h) - solution.y0) / solution.scale).astype(np.float32)
         d = solution.spatial_degree
         terms = []  # the order of polynomial_terms: X^i Y^(deg - i), i from deg down to 0
         for deg in range(d + 1):
             for i in range(deg, -1, -1):
-                terms.append(np.outer(ys ** (deg - i), xs**i))
-        return np.array(terms, dtype=np.float32)
+                terms.append((ys ** (deg - i), xs**i))
+        return terms
 
     def _detect(self, diff: Exposure, visit: int, mjd: float) -> Table:
         cfg = self.config

@@ -13,6 +13,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from twinkles.geometry import chord_length, unit_vectors
 from twinkles.sim.truth import Truth
 from twinkles.validation.static_sky import robust_std
 
@@ -82,33 +83,27 @@ def score_dia_sources(
     dict
         ``n_expected``, ``n_recovered`` (of those with ``expected_snr >= min_snr``),
         ``n_dia_sources``, ``n_spurious`` (DIASources within ``radius_arcsec`` of no variable
-        object), ``missed`` (truth ids).
+        object), ``found`` (per ``visible`` row: a DIASource within ``radius_arcsec``),
+        ``missed`` (truth ids).
     """
-    dia_xyz = _unit_vectors(dia_sources["ra"], dia_sources["decl"])
-    strong = visible[np.asarray(visible["expected_snr"]) >= min_snr]
-    chord = 2.0 * np.sin(np.radians(radius_arcsec / 3600.0) / 2.0)
+    dia_xyz = unit_vectors(dia_sources["ra"], dia_sources["decl"])
+    chord = chord_length(radius_arcsec)
     near_truth = np.zeros(len(dia_sources), dtype=bool)
-    recovered = np.zeros(len(strong), dtype=bool)
-    if len(dia_sources):
-        tree = cKDTree(dia_xyz)
-        if len(visible):
-            dist, _ = cKDTree(_unit_vectors(visible["ra"], visible["dec"])).query(dia_xyz)
-            near_truth = dist <= chord
-        if len(strong):
-            dist, _ = tree.query(_unit_vectors(strong["ra"], strong["dec"]))
-            recovered = dist <= chord
+    found = np.zeros(len(visible), dtype=bool)
+    if len(dia_sources) and len(visible):
+        truth_xyz = unit_vectors(visible["ra"], visible["dec"])
+        near_truth = cKDTree(truth_xyz).query(dia_xyz)[0] <= chord
+        found = cKDTree(dia_xyz).query(truth_xyz)[0] <= chord
+    strong = np.asarray(visible["expected_snr"]) >= min_snr
+    recovered = found[strong]
     return {
-        "n_expected": len(strong),
+        "n_expected": int(strong.sum()),
         "n_recovered": int(recovered.sum()),
         "n_dia_sources": len(dia_sources),
         "n_spurious": int((~near_truth).sum()),
-        "missed": np.asarray(strong["truth_id"])[~recovered].tolist(),
+        "found": found,
+        "missed": np.asarray(visible["truth_id"])[strong][~recovered].tolist(),
     }
-
-
-def _unit_vectors(ra, dec) -> np.ndarray:
-    ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
-    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
 
 
 def light_curve_pulls(rows: Table) -> dict:
