@@ -33,6 +33,8 @@ from papermill.engines import NBClientEngine, papermill_engines
 __all__ = ["ENGINE_NAME", "KernelUsage", "WarmKernel", "WarmKernelEngine"]
 
 ENGINE_NAME = "twinkles-warm"
+#: Seconds between interim saves of a notebook being executed.
+SAVE_EVERY_S = 10.0
 #: What every recipe imports: loaded once per warm kernel.
 SCIENCE_IMPORTS = (
     "numpy",
@@ -238,7 +240,20 @@ class WarmKernelEngine(NBClientEngine):
             stderr_file=stderr_file,
         )
         client.kc = warm_kernel.kc
-        return client.execute()
+        # papermill writes the whole notebook, figures included, at every cell's start and end
+        # (~0.3 s a visit here); an interim copy every SAVE_EVERY_S keeps a hung visit
+        # inspectable, and papermill's final save after this returns is not throttled
+        save = nb_man.save
+
+        def throttled_save(**kwargs):
+            if (nb_man.now() - nb_man.last_save_time).total_seconds() >= SAVE_EVERY_S:
+                save(**kwargs)
+
+        nb_man.save = throttled_save
+        try:
+            return client.execute()
+        finally:
+            del nb_man.save
 
 
 papermill_engines.register(ENGINE_NAME, WarmKernelEngine)
