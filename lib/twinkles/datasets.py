@@ -225,6 +225,22 @@ register_dataset_type(
     "Difference-imaging checks against the truth: noise, recovery, spurious, SN pulls.",
 )
 
+# --- validation and monitoring of the run (validate_run, monitor_lightcurves) ------------------
+register_dataset_type(
+    "validationMetrics",
+    (),
+    "../validation/metrics.json",
+    "json",
+    "Every metric of the run with its requirement and verdict (runs/<name>/validation/).",
+)
+register_dataset_type(
+    "lightcurveMonitor",
+    (),
+    "../validation/monitor.json",
+    "json",
+    "The SN/SL monitor's selected objects: ids, kinds, bands, pulls of their light curves.",
+)
+
 # --- the catalog database (ingest_catalogs) ---------------------------------------------------
 register_dataset_type(
     "catalogIngest",

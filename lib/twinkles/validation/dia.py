@@ -9,6 +9,8 @@ difference flux here accounts for that.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
@@ -18,10 +20,12 @@ from twinkles.sim.truth import Truth
 from twinkles.validation.static_sky import robust_std
 
 __all__ = [
+    "dia_object_completeness_purity",
     "expected_difference_flux",
     "forced_dia_truth",
     "light_curve_pulls",
     "score_dia_sources",
+    "transient_peaks",
     "variable_truth",
     "visible_transients",
 ]
@@ -205,3 +209,119 @@ def forced_dia_truth(
         forced["in_template"] = np.full(len(forced), visit in templates[band]["visits"])
         parts.append(forced)
     return vstack(parts, metadata_conflicts="silent") if parts else Table()
+
+
+def transient_peaks(
+    truth: Truth, variables: Table, visits: Table, templates: dict[str, dict]
+) -> Table:
+    """Each variable object's brightest expected difference flux over the differenced visits.
+
+    Parameters
+    ----------
+    truth : Truth
+        The simulation's truth.
+    variables : Table
+        From :func:`variable_truth`.
+    visits : Table
+        The differenced visits: ``obsHistID``, ``filter``, ``expMJD`` and ``five_sigma_depth``
+        (AB mag, the calexp's measured point-source depth).
+    templates : dict
+        ``goodSeeingCoadd_summary`` per band.
+
+    Returns
+    -------
+    Table
+        ``variables`` with ``peak_flux`` (the largest |expected difference flux|, nJy),
+        ``peak_mag`` (its AB magnitude), ``peak_snr`` (that flux over the visit's 1-sigma
+        point-source flux, from its 5-sigma depth: the calexp's noise, so the template's
+        own noise is left out) and ``peak_visit``.
+    """
+    ids = np.asarray(variables["truth_id"], dtype=np.int64)
+    flux = np.zeros((len(ids), len(visits)))
+    sigma = np.ones(len(visits))
+    for k, row in enumerate(visits):
+        band = str(row["filter"])
+        if band not in templates:
+            continue
+        flux[:, k] = np.abs(
+            expected_difference_flux(truth, ids, band, float(row["expMJD"]), templates[band])
+        )
+        sigma[k] = 10.0 ** (-0.4 * (float(row["five_sigma_depth"]) - 31.4)) / 5.0
+    out = variables.copy()
+    if len(visits) == 0:
+        out["peak_flux"] = out["peak_snr"] = out["peak_mag"] = np.full(len(ids), np.nan)
+        out["peak_visit"] = np.full(len(ids), -1)
+        return out
+    snr = flux / sigma
+    best = np.argmax(snr, axis=1)
+    rows = np.arange(len(ids))
+    out["peak_flux"] = flux[rows, best]
+    out["peak_snr"] = snr[rows, best]
+    with np.errstate(divide="ignore"):
+        out["peak_mag"] = -2.5 * np.log10(out["peak_flux"]) + 31.4
+    out["peak_visit"] = np.asarray(visits["obsHistID"], dtype=np.int64)[best]
+    return out
+
+
+def dia_object_completeness_purity(
+    dia_objects: Table,
+    dia_sources: Table,
+    peaks: Table,
+    radius_arcsec: float = 1.0,
+    bin_mag: float = 0.5,
+) -> tuple[Table, np.ndarray, np.ndarray]:
+    """DIAObjects against the variable truth, per bin of magnitude.
+
+    Completeness: of the variable objects (:func:`transient_peaks`) per bin of ``peak_mag``,
+    the fraction with a DIAObject within ``radius_arcsec``. Purity: of the DIAObjects per
+    bin of their brightest DIASource's magnitude (|psFlux|), the fraction within
+    ``radius_arcsec`` of a variable object.
+
+    Returns
+    -------
+    table : Table
+        ``mag_lo``, ``mag_hi``, ``n_true``, ``completeness``, ``n_dia_objects``, ``purity``.
+    found : ndarray of bool
+        Per row of ``peaks``: a DIAObject is within ``radius_arcsec``.
+    real : ndarray of bool
+        Per DIAObject: a variable object is within ``radius_arcsec``.
+    """
+    chord = chord_length(radius_arcsec)
+    found = np.zeros(len(peaks), dtype=bool)
+    real = np.zeros(len(dia_objects), dtype=bool)
+    if len(peaks) and len(dia_objects):
+        obj_xyz = unit_vectors(dia_objects["ra"], dia_objects["decl"])
+        truth_xyz = unit_vectors(peaks["ra"], peaks["dec"])
+        found = cKDTree(obj_xyz).query(truth_xyz)[0] <= chord
+        real = cKDTree(truth_xyz).query(obj_xyz)[0] <= chord
+    obj_mag = np.full(len(dia_objects), np.nan)
+    if len(dia_sources):
+        ids = np.asarray(dia_objects["diaObjectId"])
+        src_obj = np.asarray(dia_sources["diaObjectId"])
+        mine = np.isin(src_obj, ids)  # the table may hold other DIAObjects' sources
+        brightest = np.zeros(len(ids))
+        order = np.argsort(ids)
+        pos = order[np.searchsorted(ids, src_obj[mine], sorter=order)]
+        np.maximum.at(brightest, pos, np.abs(np.asarray(dia_sources["psFlux"], float))[mine])
+        with np.errstate(divide="ignore"):
+            obj_mag = np.where(brightest > 0, -2.5 * np.log10(brightest) + 31.4, np.nan)
+    true_mag = np.asarray(peaks["peak_mag"], float)
+    mags = np.concatenate([true_mag[np.isfinite(true_mag)], obj_mag[np.isfinite(obj_mag)]])
+    rows = []
+    if len(mags):
+        lo = np.floor(mags.min() / bin_mag) * bin_mag
+        edges = np.arange(lo, mags.max() + bin_mag, bin_mag)
+        for a, b in itertools.pairwise(edges):
+            t = (true_mag >= a) & (true_mag < b)
+            o = (obj_mag >= a) & (obj_mag < b)
+            rows.append(
+                {
+                    "mag_lo": float(a),
+                    "mag_hi": float(b),
+                    "n_true": int(t.sum()),
+                    "completeness": float(found[t].mean()) if t.any() else np.nan,
+                    "n_dia_objects": int(o.sum()),
+                    "purity": float(real[o].mean()) if o.any() else np.nan,
+                }
+            )
+    return Table(rows=rows), found, real

@@ -9,6 +9,10 @@
 * :func:`forced_light_curves`: the ForcedSource rows of every visit with their band and MJD;
 * :func:`star_light_curves`, :func:`forced_star_metrics`: ForcedSource of true stars against
   their true fluxes: PA1 and pulls per band;
+* :func:`photometry_vs_magnitude`: bias and scatter of forced photometry of non-variable
+  stars against their true fluxes, per band and bin of true magnitude;
+* :func:`star_positions`, :func:`am1`: the astrometric repeatability of validate_drp (LSST SRD
+  AM1): the RMS over visits of the separation of star pairs about 5' apart;
 * :func:`robust_std`: the IQR-based sigma used throughout.
 """
 
@@ -20,18 +24,21 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from twinkles.calibration.matching import match_nearest
-from twinkles.geometry import sky_to_tangent
+from twinkles.geometry import chord_length, sky_to_tangent, unit_vectors
 from twinkles.sim.truth import Truth
 
 __all__ = [
+    "am1",
     "completeness_purity",
     "forced_light_curves",
     "forced_star_metrics",
     "match_sky",
     "pa1",
+    "photometry_vs_magnitude",
     "pooled_completeness_purity",
     "robust_std",
     "star_light_curves",
+    "star_positions",
     "static_truth",
 ]
 
@@ -273,3 +280,166 @@ def pooled_completeness_purity(table: Table, max_mag: float) -> tuple[float, flo
         n_true,
         n_obj,
     )
+
+
+def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
+    """Bias and scatter of forced PSF fluxes of non-variable stars, per band and true magnitude.
+
+    Parameters
+    ----------
+    rows : Table
+        From :func:`star_light_curves` (``psFlux``, ``psFluxErr``, ``true_flux`` in nJy).
+    bin_mag : float
+        Width of the true-magnitude bins (mag).
+
+    Returns
+    -------
+    Table
+        Per band and bin: ``mag_lo``, ``mag_hi``, ``n``, ``bias_mmag`` (median of
+        ``-2.5 log10(psFlux / true)``, mmag), ``scatter_mmag`` (its robust sigma),
+        ``expected_mmag`` (the median photometric error, ``1.0857 psFluxErr / true``) and
+        ``pull_std`` (robust sigma of ``(psFlux - true) / psFluxErr``).
+    """
+    steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
+    flux = np.asarray(steady["psFlux"], float)
+    err = np.asarray(steady["psFluxErr"], float)
+    true = np.asarray(steady["true_flux"], float)
+    ok = (true > 0) & np.isfinite(flux) & (err > 0)
+    mag = np.full(len(true), np.nan)
+    mag[ok] = -2.5 * np.log10(true[ok]) + 31.4  # nJy -> AB
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dmag = -2.5 * np.log10(flux / true)
+    bands = np.asarray(steady["band"])
+    out = []
+    if not ok.any():
+        return Table(names=("band", "mag_lo", "mag_hi", "n"), dtype=("U1", float, float, int))
+    lo = np.floor(np.nanmin(mag) / bin_mag) * bin_mag
+    edges = np.arange(lo, np.nanmax(mag) + bin_mag, bin_mag)
+    for band in sorted(set(bands[ok])):
+        for a, b in itertools.pairwise(edges):
+            sel = ok & (bands == band) & (mag >= a) & (mag < b)
+            if sel.sum() < 3:
+                continue
+            out.append(
+                {
+                    "band": str(band),
+                    "mag_lo": float(a),
+                    "mag_hi": float(b),
+                    "n": int(sel.sum()),
+                    "bias_mmag": 1000.0 * float(np.nanmedian(dmag[sel])),
+                    "scatter_mmag": 1000.0 * robust_std(dmag[sel]),
+                    "expected_mmag": 1000.0 * float(np.median(1.0857 * err[sel] / true[sel])),
+                    "pull_std": robust_std((flux[sel] - true[sel]) / err[sel]),
+                }
+            )
+    return Table(rows=out)
+
+
+def star_positions(
+    butler,
+    visits: Table,
+    truth: Truth,
+    radius_arcsec: float = 1.0,
+    min_snr: float = 50.0,
+) -> tuple[np.ndarray, np.ndarray, Table]:
+    """Measured positions of true stars in every visit's ``src`` catalog.
+
+    Each true non-variable star is matched one to one to the visit's sources within
+    ``radius_arcsec``; sources that are saturated, blended, on an edge or bad, or below
+    ``min_snr``, are left out.
+
+    Returns
+    -------
+    ra, dec : ndarray
+        (stars x visits) in degrees, NaN where the star was not measured.
+    stars : Table
+        The stars (rows of ``truth.stars``) in that order.
+    """
+    stars = truth.stars[~np.asarray(truth.stars["is_variable"], dtype=bool)]
+    ra = np.full((len(stars), len(visits)), np.nan)
+    dec = np.full_like(ra, np.nan)
+    for k, visit in enumerate(np.asarray(visits["obsHistID"], dtype=int)):
+        if not butler.exists("src", visit=int(visit)):
+            continue
+        src = butler.get("src", visit=int(visit))
+        good = np.asarray(src["psfFlux"], float) >= min_snr * np.asarray(src["psfFluxErr"], float)
+        for flag in ("flag_saturated", "flag_blended", "flag_edge", "flag_bad"):
+            good &= ~np.asarray(src[flag], dtype=bool)
+        src = src[good]
+        if len(src) == 0:
+            continue
+        i_src, i_star, _ = match_sky(
+            src["coord_ra"], src["coord_dec"], stars["ra"], stars["dec"], radius_arcsec
+        )
+        ra[i_star, k] = np.asarray(src["coord_ra"], float)[i_src]
+        dec[i_star, k] = np.asarray(src["coord_dec"], float)[i_src]
+    return ra, dec, stars
+
+
+def am1(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    annulus_arcmin: tuple[float, float] = (4.0, 6.0),
+    min_visits: int = 3,
+) -> tuple[float, int]:
+    """validate_drp's AM1 (mas): astrometric repeatability of star pairs about 5' apart.
+
+    For every pair of stars whose mean separation lies in ``annulus_arcmin`` (the SRD's
+    5' +- 1'), the separation is measured in each visit where both stars are; the RMS of
+    those separations about their mean is the pair's repeatability, and AM1 is the median
+    over pairs (LSST SRD, LPM-17, table 18; validate_drp).
+
+    Parameters
+    ----------
+    ra, dec : ndarray
+        (stars x visits) positions in degrees, NaN where a star was not measured.
+    annulus_arcmin : tuple of float
+        Inner and outer pair separation (arcmin).
+    min_visits : int
+        Pairs measured together in fewer visits are left out.
+
+    Returns
+    -------
+    am1_mas : float
+        NaN when no pair qualifies (a field smaller than the annulus, say).
+    n_pairs : int
+        Pairs used.
+    """
+    ra = np.asarray(ra, dtype=float)
+    dec = np.asarray(dec, dtype=float)
+    if ra.shape != dec.shape or ra.ndim != 2:
+        raise ValueError(f"ra and dec must be (stars x visits) arrays of one shape, not {ra.shape}")
+    inner, outer = annulus_arcmin
+    if not 0 <= inner < outer:
+        raise ValueError(
+            f"annulus_arcmin must be (inner, outer) with 0 <= inner < outer: {annulus_arcmin}"
+        )
+    measured = np.isfinite(ra) & np.isfinite(dec)
+    seen = measured.sum(axis=1) >= min_visits
+    if seen.sum() < 2:
+        return float("nan"), 0
+    idx = np.flatnonzero(seen)
+    mean_xyz = unit_vectors(np.nanmedian(ra[idx], axis=1), np.nanmedian(dec[idx], axis=1))
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(mean_xyz).query_pairs(chord_length(outer * 60.0), output_type="ndarray")
+    if len(pairs) == 0:
+        return float("nan"), 0
+    d = np.linalg.norm(mean_xyz[pairs[:, 0]] - mean_xyz[pairs[:, 1]], axis=1)
+    pairs = pairs[d >= chord_length(inner * 60.0)]
+    if len(pairs) == 0:
+        return float("nan"), 0
+    xyz = unit_vectors(np.nan_to_num(ra).ravel(), np.nan_to_num(dec).ravel()).reshape(*ra.shape, 3)
+    rms = []
+    for block in np.array_split(pairs, max(1, len(pairs) // 20000)):
+        a, b = idx[block[:, 0]], idx[block[:, 1]]
+        both = measured[a] & measured[b]
+        chord = np.linalg.norm(xyz[a] - xyz[b], axis=2)
+        sep_mas = np.degrees(2.0 * np.arcsin(chord / 2.0)) * 3.6e6
+        sep_mas[~both] = np.nan
+        keep = both.sum(axis=1) >= min_visits
+        rms.append(np.nanstd(sep_mas[keep], axis=1))
+    rms = np.concatenate(rms)
+    if len(rms) == 0:
+        return float("nan"), 0
+    return float(np.median(rms)), len(rms)

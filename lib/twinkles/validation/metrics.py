@@ -1,0 +1,351 @@
+"""The run's validation metrics, each with its threshold and verdict: ``metrics.json``.
+
+A :class:`Metric` is a measured value, its unit, the requirement it is held to (a threshold
+and how it compares) and where that requirement comes from: the LSST Science Requirements
+Document (LPM-17) design values where one applies (PA1 5 mmag, AM1 10 mas), otherwise the
+tolerance derived from the noise that the pipeline's issues set (pulls 1 +- 0.1, ...).
+
+Its status is ``pass`` or ``fail``; ``not measured`` when the value could not be measured on
+this run (AM1 needs star pairs 5' apart, more than a small demo field holds); ``info`` for a
+number reported without a requirement (spurious DIASources per visit).
+
+:func:`collect_metrics` turns the static-sky and difference-imaging validation records
+(``staticSkyMetrics``, ``diaMetrics``) and the run-level measurements of the ``validate_run``
+recipe into the list written by :func:`write_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from twinkles.butler import atomic_path
+
+__all__ = [
+    "SRD",
+    "Metric",
+    "collect_metrics",
+    "read_metrics",
+    "write_metrics",
+]
+
+#: Where the thresholds come from.
+SRD = "LSST SRD design (LPM-17)"
+ISSUE = "twinkles requirement (noise-derived)"
+
+_COMPARISONS = ("<=", ">=", "abs<=", "within")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured quantity held to a requirement.
+
+    Parameters
+    ----------
+    name : str
+        Identifier, e.g. ``PA1_r`` (letters, digits, ``_`` and ``.``).
+    value : float
+        The measurement; NaN when it could not be measured.
+    unit : str
+        Its unit (``mmag``, ``mas``, ``""`` for a ratio).
+    comparison : str or None
+        ``<=``, ``>=``, ``abs<=`` (|value| <= threshold) or ``within`` (|value - 1| <=
+        threshold); None for a number reported without a requirement.
+    threshold : float or None
+        The requirement's number.
+    reference : str
+        Where the requirement comes from.
+    description : str
+        What is measured, in a sentence.
+    """
+
+    name: str
+    value: float
+    unit: str
+    comparison: str | None
+    threshold: float | None
+    reference: str
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.comparison is not None and self.comparison not in _COMPARISONS:
+            raise ValueError(f"metric {self.name}: comparison must be one of {_COMPARISONS}")
+        if (self.comparison is None) != (self.threshold is None):
+            raise ValueError(f"metric {self.name}: give a comparison and a threshold, or neither")
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``fail``, ``not measured`` or ``info``."""
+        if self.comparison is None:
+            return "info"
+        if self.value is None or not math.isfinite(self.value):
+            return "not measured"
+        v, t = float(self.value), float(self.threshold)
+        ok = {
+            "<=": v <= t,
+            ">=": v >= t,
+            "abs<=": abs(v) <= t,
+            "within": abs(v - 1.0) <= t,
+        }[self.comparison]
+        return "pass" if ok else "fail"
+
+    @property
+    def requirement(self) -> str:
+        """The requirement in words, e.g. ``<= 5 mmag`` or ``1 +- 0.1``."""
+        if self.comparison is None:
+            return ""
+        unit = f" {self.unit}" if self.unit else ""
+        if self.comparison == "within":
+            return f"1 +- {self.threshold:g}"
+        if self.comparison == "abs<=":
+            return f"|x| <= {self.threshold:g}{unit}"
+        return f"{self.comparison} {self.threshold:g}{unit}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["value"] = None if not _finite(self.value) else float(self.value)
+        out["status"] = self.status
+        out["requirement"] = self.requirement
+        return out
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def _get(record: dict, *keys: str, default: float = math.nan) -> float:
+    for key in keys:
+        if not isinstance(record, dict) or key not in record or record[key] is None:
+            return default
+        record = record[key]
+    return float(record)
+
+
+def collect_metrics(
+    static_sky: dict,
+    dia: dict,
+    am1_mas: float,
+    am1_pairs: int,
+    dia_object_completeness: float,
+    dia_object_purity: float,
+) -> list[Metric]:
+    """The run's metrics from its validation records and run-level measurements.
+
+    Parameters
+    ----------
+    static_sky : dict
+        The ``staticSkyMetrics`` record (validate_static_sky).
+    dia : dict
+        The ``diaMetrics`` record (validate_dia).
+    am1_mas, am1_pairs : float, int
+        AM1 and the number of star pairs it used (NaN and 0 when none qualified).
+    dia_object_completeness, dia_object_purity : float
+        Of DIAObjects against the variable truth (transients with peak S/N >= 10; DIAObjects
+        of two or more DIASources).
+    """
+    metrics: list[Metric] = []
+    forced = static_sky.get("forced", {})
+    for band in sorted(forced):
+        f = forced[band]
+        metrics += [
+            Metric(
+                f"PA1_{band}",
+                _get(f, "pa1_mmag"),
+                "mmag",
+                "<=",
+                5.0,
+                SRD,
+                f"photometric repeatability of bright non-variable stars in {band} (validate_drp)",
+            ),
+            Metric(
+                f"forced_pull_std_{band}",
+                _get(f, "pull_std"),
+                "",
+                "within",
+                0.1,
+                ISSUE,
+                f"robust std of (ForcedSource flux - true) / error, stars S/N >= 10, {band}",
+            ),
+            Metric(
+                f"forced_bias_{band}",
+                100.0 * _get(f, "bias"),
+                "%",
+                "abs<=",
+                0.5,
+                ISSUE,
+                f"median ForcedSource flux / true flux - 1 of bright stars, {band}",
+            ),
+        ]
+    metrics.append(
+        Metric(
+            "AM1",
+            am1_mas,
+            "mas",
+            "<=",
+            10.0,
+            SRD,
+            f"astrometric repeatability of star pairs 5' +- 1' apart ({am1_pairs} pairs)",
+        )
+    )
+    for band, c in sorted(static_sky.get("coadds", {}).items()):
+        metrics.append(
+            Metric(
+                f"coadd_noise_ratio_{band}",
+                _get(c, "noise_ratio"),
+                "",
+                "within",
+                0.1,
+                ISSUE,
+                f"measured coadd pixel noise over the inputs' predicted noise, {band}",
+            )
+        )
+    objects = static_sky.get("objects", {})
+    metrics += [
+        Metric(
+            "object_completeness",
+            _get(objects, "completeness_1mag_above_depth"),
+            "",
+            ">=",
+            0.95,
+            ISSUE,
+            "true stars and galaxies with an Object within 1\", 1 mag above the coadd depth",
+        ),
+        Metric(
+            "object_purity",
+            _get(objects, "purity_1mag_above_depth"),
+            "",
+            ">=",
+            0.95,
+            ISSUE,
+            "Objects within 1\" of a true object, 1 mag above the coadd depth",
+        ),
+        Metric(
+            "object_position_offset",
+            _get(objects, "point_source_offset_median_mas"),
+            "mas",
+            "<=",
+            10.0,
+            ISSUE,
+            "median offset of point-source Objects from their true positions",
+        ),
+        Metric(
+            "difference_noise_ratio_min",
+            _get(dia, "noise_ratio_min"),
+            "",
+            "within",
+            0.1,
+            ISSUE,
+            "worst visit: robust std of difference / sigma away from variable objects",
+        ),
+        Metric(
+            "difference_noise_ratio_max",
+            _get(dia, "noise_ratio_max"),
+            "",
+            "within",
+            0.1,
+            ISSUE,
+            "best visit the other way: the largest robust std of difference / sigma",
+        ),
+        Metric(
+            "transient_recovery",
+            _get(dia, "recovery"),
+            "",
+            ">=",
+            0.95,
+            ISSUE,
+            "transients with expected S/N >= 10 in a difference image that have a DIASource",
+        ),
+        Metric(
+            "spurious_dia_sources_per_visit",
+            _get(dia, "spurious_per_visit_mean"),
+            "",
+            None,
+            None,
+            ISSUE,
+            "mean number of DIASources per visit more than 1\" from any variable object",
+        ),
+        Metric(
+            "dia_object_completeness",
+            dia_object_completeness,
+            "",
+            ">=",
+            0.95,
+            ISSUE,
+            "variable objects with peak difference S/N >= 10 that have a DIAObject within 1\"",
+        ),
+        Metric(
+            "dia_object_purity",
+            dia_object_purity,
+            "",
+            None,
+            None,
+            ISSUE,
+            "DIAObjects of two or more DIASources within 1\" of a variable object",
+        ),
+    ]
+    for entry in sorted(dia.get("sn_pulls", []), key=lambda e: e["band"]):
+        band = entry["band"]
+        metrics += [
+            Metric(
+                f"sn_pull_std_{band}",
+                _get(entry, "pull_std"),
+                "",
+                "within",
+                0.15,
+                ISSUE,
+                f"robust std of SN DiaForcedSource pulls against the truth, {band}",
+            ),
+            Metric(
+                f"sn_pull_median_{band}",
+                _get(entry, "pull_median"),
+                "sigma",
+                "abs<=",
+                0.1,
+                ISSUE,
+                f"median SN DiaForcedSource pull, {band}",
+            ),
+        ]
+    systems = dia.get("lensed_quasars", [])
+    resolved = sum(int(s.get("n_resolved", 0)) for s in systems)
+    separate = sum(int(s.get("n_resolved_separate_dia_objects", 0)) for s in systems)
+    metrics.append(
+        Metric(
+            "lensed_image_recovery",
+            separate / resolved if resolved else math.nan,
+            "",
+            ">=",
+            1.0,
+            ISSUE,
+            f"lensed-quasar images >= 2 FWHM apart that are separate DIAObjects ({resolved})",
+        )
+    )
+    return metrics
+
+
+def write_metrics(path: str | Path, run: str, metrics: list[Metric]) -> dict[str, Any]:
+    """Write ``metrics.json`` atomically; returns what was written."""
+    names = [m.name for m in metrics]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"duplicate metric names: {', '.join(duplicated)}")
+    records = [m.to_dict() for m in metrics]
+    summary = {s: 0 for s in ("pass", "fail", "not measured", "info")}
+    for r in records:
+        summary[r["status"]] += 1
+    out = {"run": run, "summary": summary, "metrics": records}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
+    return out
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A ``metrics.json``, with ``by_name`` (metric name -> record) added."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no validation metrics; run the validate_run step first")
+    data = json.loads(path.read_text())
+    data["by_name"] = {m["name"]: m for m in data["metrics"]}
+    return data
