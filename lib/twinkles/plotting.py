@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
 
-__all__ = ["image_norm", "show_image"]
+__all__ = ["BAND_COLORS", "cutout", "image_norm", "plot_light_curve", "show_image"]
 
 
 def image_norm(image: np.ndarray, contrast: float = 0.15) -> ImageNormalize:
@@ -30,6 +30,40 @@ def show_image(ax, image: np.ndarray, title: str = "", contrast: float = 0.15, *
     ax.set_xlabel("x (pixel)")
     ax.set_ylabel("y (pixel)")
     return shown
+
+
+def cutout(exposure, ra: float, dec: float, size_px: int, frame=None) -> np.ndarray:
+    """A ``size_px`` square of an exposure's image centred on (ra, dec) in degrees.
+
+    With ``frame`` (another exposure), the stamp is sampled on ``frame``'s pixel grid (cubic
+    spline), so a template on the sky map's grid lines up with a calexp's stamp: same
+    orientation, same pixels. Pixels beyond the image are NaN, so stamps near an edge keep
+    their size.
+    """
+    from astropy.nddata import Cutout2D, NoOverlapError
+    from scipy.ndimage import map_coordinates
+
+    for exp in (exposure, frame):
+        if exp is not None and exp.wcs is None:
+            raise ValueError("the exposure has no WCS: cannot cut out at a sky position")
+    image = np.asarray(exposure.image, dtype=float)
+    if frame is not None:
+        x0, y0 = frame.wcs.all_world2pix(float(ra), float(dec), 0)
+        offsets = np.arange(size_px) - (size_px - 1) / 2.0
+        gx, gy = np.meshgrid(np.round(x0) + offsets, np.round(y0) + offsets)
+        sky_ra, sky_dec = frame.wcs.all_pix2world(gx.ravel(), gy.ravel(), 0)
+        px, py = exposure.wcs.all_world2pix(sky_ra, sky_dec, 0)
+        values = map_coordinates(
+            np.nan_to_num(image), [py, px], order=3, mode="constant", cval=np.nan
+        )
+        return values.reshape(size_px, size_px)
+    x, y = exposure.wcs.all_world2pix(float(ra), float(dec), 0)
+    try:
+        return Cutout2D(
+            image, (float(x), float(y)), size_px, mode="partial", fill_value=np.nan
+        ).data
+    except NoOverlapError:
+        return np.full((size_px, size_px), np.nan)
 
 
 #: Plot colours of the LSST bands (blue to red).

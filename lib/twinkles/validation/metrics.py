@@ -211,7 +211,7 @@ def collect_metrics(
             ">=",
             0.95,
             ISSUE,
-            "true stars and galaxies with an Object within 1\", 1 mag above the coadd depth",
+            'true stars and galaxies with an Object within 1", 1 mag above the coadd depth',
         ),
         Metric(
             "object_purity",
@@ -220,7 +220,7 @@ def collect_metrics(
             ">=",
             0.95,
             ISSUE,
-            "Objects within 1\" of a true object, 1 mag above the coadd depth",
+            'Objects within 1" of a true object, 1 mag above the coadd depth',
         ),
         Metric(
             "object_position_offset",
@@ -265,7 +265,7 @@ def collect_metrics(
             None,
             None,
             ISSUE,
-            "mean number of DIASources per visit more than 1\" from any variable object",
+            'mean number of DIASources per visit more than 1" from any variable object',
         ),
         Metric(
             "dia_object_completeness",
@@ -274,7 +274,7 @@ def collect_metrics(
             ">=",
             0.95,
             ISSUE,
-            "variable objects with peak difference S/N >= 10 that have a DIAObject within 1\"",
+            'variable objects with peak difference S/N >= 10 that have a DIAObject within 1"',
         ),
         Metric(
             "dia_object_purity",
@@ -283,7 +283,7 @@ def collect_metrics(
             None,
             None,
             ISSUE,
-            "DIAObjects of two or more DIASources within 1\" of a variable object",
+            'DIAObjects of two or more DIASources within 1" of a variable object',
         ),
     ]
     for entry in sorted(dia.get("sn_pulls", []), key=lambda e: e["band"]):

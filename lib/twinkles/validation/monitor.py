@@ -1,0 +1,189 @@
+"""The SN/SL monitor: chosen supernovae and lensed quasars, their light curves and the truth.
+
+Twinkles' monitor compared light curves with the simulation's inputs by hand. Here
+:func:`select_targets` picks the most significant supernovae and the lensed-quasar systems
+(their peak difference-image S/N from :func:`twinkles.validation.dia.transient_peaks`) and
+finds their DIAObject and Object within a match radius; :func:`dia_truth` and
+:func:`forced_truth` give the true flux that each light-curve point should measure, and
+:func:`stamp_epochs` the visits worth a postage stamp: before, at and after the peak.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.table import Table
+from scipy.spatial import cKDTree
+
+from twinkles.geometry import chord_length, unit_vectors
+from twinkles.sim.truth import Truth
+from twinkles.validation.dia import expected_difference_flux
+
+__all__ = ["dia_truth", "forced_truth", "neighbours", "select_targets", "stamp_epochs"]
+
+
+def _nearest(ra, dec, cat_ra, cat_dec, ids, radius_arcsec: float) -> np.ndarray:
+    """The id of the nearest catalog entry within the radius, -1 where there is none."""
+    out = np.full(len(ra), -1, dtype=np.int64)
+    if len(ids) == 0 or len(ra) == 0:
+        return out
+    dist, idx = cKDTree(unit_vectors(cat_ra, cat_dec)).query(unit_vectors(ra, dec))
+    near = dist <= chord_length(radius_arcsec)
+    out[near] = np.asarray(ids, dtype=np.int64)[idx[near]]
+    return out
+
+
+def select_targets(
+    peaks: Table,
+    truth: Truth,
+    dia_objects: Table,
+    objects: Table,
+    n_supernovae: int = 3,
+    n_lensed_systems: int = 2,
+    radius_arcsec: float = 1.0,
+) -> Table:
+    """The monitor's targets: the most significant supernovae and lensed-quasar systems.
+
+    Parameters
+    ----------
+    peaks : Table
+        From :func:`~twinkles.validation.dia.transient_peaks` (``truth_id``, ``kind``, ``ra``,
+        ``dec``, ``peak_snr``, ``peak_visit``).
+    truth : Truth
+        For the lensed images' systems.
+    dia_objects, objects : Table
+        The DiaObject (``diaObjectId``, ``ra``, ``decl``) and Object (``objectId``, ``ra``,
+        ``decl``) tables.
+    n_supernovae, n_lensed_systems : int
+        How many of each, by decreasing peak S/N (a lensed system by its brightest image;
+        every image of a chosen system is a target).
+    radius_arcsec : float
+        Match radius to DIAObjects and Objects.
+
+    Returns
+    -------
+    Table
+        ``peaks`` rows of the targets with ``system_id`` (the lensed system, -1 for
+        supernovae), ``diaObjectId`` and ``objectId`` (-1: none within the
+        radius).
+    """
+    if n_supernovae < 0 or n_lensed_systems < 0:
+        raise ValueError("n_supernovae and n_lensed_systems must be >= 0")
+    kind = np.asarray(peaks["kind"])
+    snr = np.asarray(peaks["peak_snr"], float)
+    sne = np.flatnonzero(kind == "supernova")
+    chosen = list(sne[np.argsort(-snr[sne])][:n_supernovae])
+    system = [-1] * len(chosen)
+    images = np.flatnonzero(kind == "lensed_image")
+    if len(images):
+        system_of_image = dict(
+            zip(
+                truth.lensed_images["id"].tolist(),
+                truth.lensed_images["system_id"].tolist(),
+                strict=True,
+            )
+        )
+        systems = np.array([system_of_image[int(t)] for t in peaks["truth_id"][images]])
+        best: dict[int, float] = {}
+        for i, s in zip(images, systems, strict=True):
+            best[int(s)] = max(best.get(int(s), 0.0), snr[i])
+        for s in sorted(best, key=lambda s: -best[s])[:n_lensed_systems]:
+            members = images[systems == s]
+            chosen += list(members)
+            system += [s] * len(members)
+    out = peaks[np.asarray(chosen, dtype=int)]
+    out["system_id"] = np.asarray(system, dtype=np.int64)
+    out["diaObjectId"] = _nearest(
+        out["ra"],
+        out["dec"],
+        dia_objects["ra"],
+        dia_objects["decl"],
+        dia_objects["diaObjectId"],
+        radius_arcsec,
+    )
+    out["objectId"] = _nearest(
+        out["ra"], out["dec"], objects["ra"], objects["decl"], objects["objectId"], radius_arcsec
+    )
+    return out
+
+
+def neighbours(variables: Table, ra: float, dec: float, radius_arcsec: float) -> np.ndarray:
+    """Truth ids of the variable objects within ``radius_arcsec`` of (ra, dec), in degrees.
+
+    Forced photometry at a position measures all of them: two supernovae of one host,
+    years apart, share a DIAObject.
+    """
+    if len(variables) == 0:
+        return np.array([], dtype=np.int64)
+    tree = cKDTree(unit_vectors(variables["ra"], variables["dec"]))
+    near = tree.query_ball_point(unit_vectors([ra], [dec])[0], chord_length(radius_arcsec))
+    return np.asarray(variables["truth_id"], dtype=np.int64)[sorted(near)]
+
+
+def dia_truth(
+    curve: Table, truth: Truth, truth_ids: np.ndarray, templates: dict[str, dict]
+) -> np.ndarray:
+    """Expected difference flux (nJy) at each point of a DiaForcedSource light curve.
+
+    ``curve`` has ``filterName`` and ``expMidptMJD`` (from
+    :func:`twinkles.catalogs.queries.light_curve`); the flux is summed over ``truth_ids``
+    (see :func:`neighbours`); NaN where the band has no template.
+    """
+    ids = np.atleast_1d(np.asarray(truth_ids, dtype=np.int64))
+    out = np.full(len(curve), np.nan)
+    for k, row in enumerate(curve):
+        band = str(row["filterName"])
+        if band in templates:
+            out[k] = expected_difference_flux(
+                truth, ids, band, float(row["expMidptMJD"]), templates[band]
+            ).sum()
+    return out
+
+
+def forced_truth(
+    curve: Table, truth: Truth, truth_ids: np.ndarray, quiet_fraction: float = 0.02
+) -> np.ndarray:
+    """True flux (nJy) at each point of a ForcedSource light curve, on its Object's baseline.
+
+    The Object under a supernova is mostly its host: the transient's true flux is added to a
+    per-band baseline, the median measured flux of the visits where the transient was below
+    ``quiet_fraction`` of its peak (fluxes summed over ``truth_ids``). A source that is never
+    that faint (a lensed quasar) gets the median of measured minus true flux instead: the
+    constant light of its lens galaxy under the same Object.
+    """
+    out = np.full(len(curve), np.nan)
+    bands = np.asarray(curve["filterName"]).astype(str)
+    mjd = np.asarray(curve["expMidptMJD"], float)
+    flux = np.asarray(curve["psFlux"], float)
+    ids = np.atleast_1d(np.asarray(truth_ids, dtype=np.int64))
+    for band in set(bands):
+        sel = bands == band
+        true = sum(truth.flux(np.full(sel.sum(), t), band, mjd[sel]) for t in ids)
+        quiet = true < quiet_fraction * np.nanmax(np.abs(true)) if len(true) else true
+        if quiet.sum() >= 3:
+            baseline = float(np.nanmedian(flux[sel][quiet]))
+        else:  # always on: the constant light of what else is in the Object (a lens galaxy)
+            baseline = float(np.nanmedian(flux[sel] - true))
+        out[sel] = true + baseline
+    return out
+
+
+def stamp_epochs(mjd: np.ndarray, true_flux: np.ndarray, visits: np.ndarray) -> list[int]:
+    """Visits for postage stamps: the faintest before the peak, the peak, the faintest after.
+
+    Arguments are per light-curve point; repeated choices are dropped, the order is by time.
+    """
+    mjd, true_flux, visits = (np.asarray(a) for a in (mjd, true_flux, visits))
+    ok = np.isfinite(true_flux)
+    if not ok.any():
+        return []
+    mjd, true_flux, visits = mjd[ok], true_flux[ok], visits[ok]
+    peak = int(np.argmax(np.abs(true_flux)))
+    picks = [peak]
+    before = np.flatnonzero(mjd < mjd[peak])
+    after = np.flatnonzero(mjd > mjd[peak])
+    if len(before):
+        picks.append(int(before[np.argmin(np.abs(true_flux[before]))]))
+    if len(after):
+        picks.append(int(after[np.argmin(np.abs(true_flux[after]))]))
+    picks = sorted(set(picks), key=lambda i: mjd[i])
+    return [int(visits[i]) for i in picks]
