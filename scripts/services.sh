@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Start or stop the real services the test suite talks to (a single-node Slurm and a
-# PostgreSQL server), installing them from Debian's packages when missing. Everything listens on this host only; all state
+# Start or stop the real services the test suite talks to (a single-node Slurm, a PostgreSQL
+# server, and headless Chromium for the Note and the run browser), installing them from Debian's
+# packages when missing. Everything listens on this host only; all state
 # lives under $TWINKLES_SERVICES_DIR (default: .services/ in the repository); `stop` stops
 # only what `start` started (pid files). Facts from ../shared/reference/SERVICES.md.
 #
-#   scripts/services.sh start [slurm] [postgres]   install if needed, start, wait until usable
-#   scripts/services.sh stop  [slurm] [postgres]
+#   scripts/services.sh start [slurm] [postgres] [chromium]   install if needed, start, wait
+#   scripts/services.sh stop  [slurm] [postgres] [chromium]
 #   scripts/services.sh status
 #
-# `start` writes $STATE/services.env (SLURM_CONF=..., TWINKLES_TEST_POSTGRES_URL=...), which the
-# tests and benchmarks read.
+# `start` writes $STATE/services.env (SLURM_CONF=..., TWINKLES_TEST_POSTGRES_URL=...,
+# TWINKLES_CHROMIUM=...), which the tests and benchmarks read. Chromium is not a daemon: the
+# browser tests launch it (headless) and close it themselves.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -206,16 +208,42 @@ postgres_status() {
     fi
 }
 
+# --- Chromium (headless, launched by the tests; `make demo` prints the Note with it) -------
+
+CHROMIUM_FLAGS="--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking --disable-component-update --disable-sync"
+
+chromium_start() {
+    if ! command -v chromium >/dev/null; then
+        require_root chromium
+        log "installing chromium (Debian)"
+        apt_install chromium
+    fi
+    local profile
+    profile=$(mktemp -d)
+    # shellcheck disable=SC2086
+    timeout 60 chromium $CHROMIUM_FLAGS --user-data-dir="$profile" --dump-dom about:blank >/dev/null 2>&1 \
+        || { rm -rf "$profile"; die "chromium is installed but does not run headless"; }
+    rm -rf "$profile"
+    env_set TWINKLES_CHROMIUM "$(command -v chromium)"
+    log "chromium ready: $(chromium --version 2>/dev/null)"
+}
+
+chromium_stop() { :; }
+
+chromium_status() {
+    if command -v chromium >/dev/null; then echo "chromium: $(command -v chromium)"; else echo "chromium: not installed"; fi
+}
+
 # --- main ---------------------------------------------------------------------------------
 
 cmd=${1:-}
 shift || true
 services=("$@")
-[ ${#services[@]} -gt 0 ] || services=(slurm postgres)
+[ ${#services[@]} -gt 0 ] || services=(slurm postgres chromium)
 
 case "$cmd" in
     start) for s in "${services[@]}"; do "${s}_start"; done ;;
     stop) for s in "${services[@]}"; do "${s}_stop"; done ;;
-    status) slurm_status; postgres_status ;;
-    *) echo "usage: $0 start|stop|status [slurm] [postgres]" >&2; exit 2 ;;
+    status) slurm_status; postgres_status; chromium_status ;;
+    *) echo "usage: $0 start|stop|status [slurm] [postgres] [chromium]" >&2; exit 2 ;;
 esac

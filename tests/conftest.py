@@ -83,6 +83,20 @@ def tiny_dia(tiny_static: Run) -> Run:
     return tiny_static
 
 
+#: The run-level steps that close the run: the catalog database, validation and the monitor.
+CLOSING_STEPS = ["ingest_catalogs", "validate_run", "monitor_lightcurves"]
+
+
+@pytest.fixture(scope="session")
+def tiny_full(tiny_dia: Run) -> Run:
+    """The tiny run through every step: ingested, validated and monitored."""
+    from twinkles.workflow.driver import run_pipeline
+
+    summary = run_pipeline(tiny_dia, steps=CLOSING_STEPS, progress=False)
+    assert summary.ok, summary.lines()
+    return tiny_dia
+
+
 #: Demo visits processed by the tests (a spread over the ten years and the filters).
 DEMO_VISITS = [1, 8, 15, 22, 29, 36, 43, 50]
 
@@ -188,3 +202,14 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalogs.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless Chromium that scripts/services.sh installed and checked."""
+    import shutil
+
+    path = os.environ.get("TWINKLES_CHROMIUM") or shutil.which("chromium")
+    if not path or not Path(path).exists():
+        _service_missing("Chromium", "not installed")
+    return path

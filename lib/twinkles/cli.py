@@ -58,6 +58,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     for line in summary.lines():
         print(line)
+    from twinkles.note.browser import build_browser
+
+    print(f"run browser: {build_browser(run.dir)}")
     if summary.interrupted:
         print(f"interrupted: run `twinkles run {args.config}` again to resume", file=sys.stderr)
         return 130
@@ -120,6 +123,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
             _fmt(entry["peak_rss_mb"], 0),
         )
         print(f"{entry['step']:<24}" + "".join(f"{c!s:>11}" for c in cells))
+    return 0
+
+
+def _cmd_note(args: argparse.Namespace) -> int:
+    from twinkles.note.browser import build_browser
+    from twinkles.note.build import NOTE_SOURCE, build_note
+
+    run = load_run(args.run_dir)
+    result = build_note(run.dir, source=args.source or NOTE_SOURCE, pdf=not args.no_pdf)
+    print(f"the Note: {result.html} ({len(result.figures)} figures from executed notebooks)")
+    if result.pdf:
+        print(f"the Note as PDF: {result.pdf}")
+    elif result.pdf_skipped:
+        print(f"no PDF: {result.pdf_skipped}")
+    print(f"run browser: {build_browser(run.dir)}")
     return 0
 
 
@@ -292,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("note", help="build the run's DESC Note (HTML, PDF) and run browser")
+    p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
+    p.add_argument("--source", help="the Note's source folder (default: docs/note)")
+    p.add_argument("--no-pdf", action="store_true", help="HTML only")
+    p.set_defaults(func=_cmd_note)
 
     p = sub.add_parser("ingest", help="ingest a run's catalogs into the catalog database")
     p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")

@@ -17,6 +17,7 @@ Failures are classified:
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import resource
@@ -33,7 +34,10 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from twinkles.butler import file_checksum
+from twinkles.note.notebooks import render_html
 from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["KEY_PACKAGES", "code_versions", "execute_item", "job_id"]
 
@@ -206,6 +210,18 @@ def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKerne
         }
         nbformat.write(nb, tmp)
         os.replace(tmp, notebook)
+        # the run browser's page of this notebook, made here so it is paid in parallel (and on
+        # the Slurm nodes) rather than by the browser build; a page that cannot be made is
+        # logged and made again by `twinkles note`, and never fails the science
+        try:
+            render_html(
+                nb,
+                notebook.with_suffix(".html"),
+                f"{item['step']} {item['data_id']}",
+                "../notebook.css",
+            )
+        except Exception as exc:  # any nbconvert failure
+            log.warning("could not render %s to HTML: %s", notebook, exc)
     else:
         record["notebook"] = None
     return record

@@ -103,6 +103,8 @@ def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
         task_cpu = _sum([t["cpu_s"] for t in measured])
         core_wall = _sum([t["wall_s"] * t["cpus"] for t in measured])
         peaks = [a["peak_rss_mb"] for a in attempt_rows if a["peak_rss_mb"] is not None]
+        starts = [a["start"] for a in attempt_rows if a["start"] is not None]
+        ends = [a["end"] for a in attempt_rows if a["end"] is not None]
         return {
             "data_ids_processed": done,
             "data_ids_failed": failed,
@@ -117,6 +119,8 @@ def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
             "cpu_efficiency": task_cpu / core_wall if core_wall > 0 else None,
             "success_rate": done / (done + failed) if done + failed else None,
             "peak_rss_mb": max(peaks) if peaks else None,
+            # first start to last end: the step's (or run's) span, idle time between runs too
+            "elapsed_hours": (max(ends) - min(starts)) / 3600.0 if starts and ends else None,
             "tasks": len(task_rows),
         }
 

@@ -1,0 +1,153 @@
+"""Executed notebooks as figure sources and as HTML pages.
+
+A recipe labels a figure the way MyST and Quarto do, with a first line ``#| label: NAME`` in
+the cell that draws it; the executed notebook's ``image/png`` output of that cell is the
+figure. :func:`labelled_figures` finds them; :func:`executed_notebook` finds a step's
+notebook for a data id and refuses one whose execution failed; :func:`render_html` writes the
+notebook as a standalone HTML page (nbconvert's ``basic`` template inside a small page that
+links one shared stylesheet, so hundreds of pages do not each carry nbconvert's CSS).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from twinkles.butler import atomic_path
+from twinkles.errors import TwinklesError
+
+__all__ = [
+    "NOTEBOOK_CSS",
+    "Figure",
+    "NoteError",
+    "executed_notebook",
+    "labelled_figures",
+    "natural_key",
+    "render_html",
+]
+
+_LABEL = re.compile(r"^#\|\s*label:\s*([A-Za-z0-9_.-]+)\s*$")
+#: The stylesheet every rendered notebook links (written next to the notebooks' folder).
+NOTEBOOK_CSS = Path(__file__).parent / "templates" / "notebook.css"
+
+
+class NoteError(TwinklesError):
+    """The Note cannot be built as asked: a missing label, a failed notebook, a missing number."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A labelled figure of an executed notebook."""
+
+    label: str
+    cell_index: int
+    png: bytes
+
+
+def labelled_figures(nb: nbformat.NotebookNode) -> dict[str, Figure]:
+    """The labelled figures of an executed notebook, by label.
+
+    A label whose cell has no PNG output (it did not run, or drew nothing) is left out; a
+    label used twice is an error.
+    """
+    out: dict[str, Figure] = {}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        first = cell.source.split("\n", 1)[0]
+        match = _LABEL.match(first)
+        if not match:
+            continue
+        label = match.group(1)
+        if label in out:
+            raise NoteError(f"figure label {label!r} is used by two cells")
+        pngs = [
+            o["data"]["image/png"]
+            for o in cell.get("outputs", [])
+            if "image/png" in o.get("data", {})
+        ]
+        if pngs:
+            out[label] = Figure(label, index, base64.b64decode(pngs[-1]))
+    return out
+
+
+def natural_key(data_id: str) -> tuple:
+    """Sort key of data ids: ``visit=2`` before ``visit=10``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", data_id))
+
+
+def executed_notebook(
+    run_dir: Path, step: str, data_id: str | None = None
+) -> tuple[Path, nbformat.NotebookNode]:
+    """A step's executed notebook: for ``data_id``, or the first (in natural order) that succeeded.
+
+    Raises
+    ------
+    NoteError
+        The step has no executed notebook, the one asked for is missing, or it failed (its
+        provenance says so, or a cell holds an error).
+    """
+    folder = Path(run_dir) / "notebooks" / step
+    if data_id is not None:
+        path = folder / f"{data_id}.ipynb"
+        if not path.exists():
+            raise NoteError(f"no executed notebook {path}: has step {step} run for {data_id}?")
+        nb = nbformat.read(path, as_version=4)
+        _require_success(path, nb)
+        return path, nb
+    paths = sorted(folder.glob("*.ipynb"), key=lambda p: natural_key(p.stem))
+    if not paths:
+        raise NoteError(f"no executed notebooks of step {step} in {folder}: run the step first")
+    failures = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        try:
+            _require_success(path, nb)
+        except NoteError as exc:
+            failures.append(str(exc))
+            continue
+        return path, nb
+    raise NoteError(f"every notebook of step {step} failed; the first: {failures[0]}")
+
+
+def _require_success(path: Path, nb: nbformat.NotebookNode) -> None:
+    status = nb.metadata.get("twinkles", {}).get("status")
+    errors = [
+        i
+        for i, c in enumerate(nb.cells)
+        if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
+    if status != "done" or errors:
+        where = f" (cell {errors[0]})" if errors else ""
+        error = nb.metadata.get("twinkles", {}).get("error") or "no success recorded"
+        raise NoteError(f"notebook {path} failed{where}: {error}")
+
+
+def render_html(nb: nbformat.NotebookNode, path: Path, title: str, css_href: str) -> Path:
+    """Write an executed notebook as an HTML page that links the stylesheet ``css_href``."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="basic")
+    body, _ = exporter.from_notebook_node(nb)
+    prov = nb.metadata.get("twinkles", {})
+    status = prov.get("status", "unknown")
+    summary = ", ".join(
+        f"{k} {html.escape(str(prov[k]))}" for k in ("status", "host", "job_id") if prov.get(k)
+    )
+    if prov.get("wall_s") is not None:
+        summary += f", wall {prov['wall_s']:.1f} s"
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel="stylesheet" href="{html.escape(css_href)}"></head>\n'
+        f'<body class="notebook status-{html.escape(status)}"><header><h1>{html.escape(title)}</h1>'
+        f'<p class="provenance">{summary}</p></header>\n<main>{body}</main></body></html>\n'
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,268 @@
+"""Sphinx extension: a run's notebook figures and numbers in the Note's MyST source.
+
+Configuration: ``twinkles_run_dir`` (the run directory; set by :func:`twinkles.note.build`).
+
+Directives
+----------
+``notebook-figure STEP:LABEL``
+    The figure labelled ``LABEL`` (``#| label: LABEL``) of step ``STEP``'s executed notebook,
+    for the data id of the ``:data-id:`` option or the first that succeeded; the content is
+    the caption, to which the source notebook (linked to its HTML page) and cell are added.
+    ``:name:`` makes it referable with ``{numref}``; ``:width:`` sizes it.
+``metrics-table``
+    Every metric of ``validation/metrics.json`` with its requirement and verdict.
+``report-table``
+    ``twinkles report`` per step.
+
+Roles
+-----
+``{report}`KEY[:FORMAT]```
+    A number of ``twinkles report --json``: ``total.cpu_hours``,
+    ``steps.process_eimage.data_ids_processed`` (steps by name), with a Python format spec.
+``{metric}`NAME[:FORMAT]```
+    A metric's value and unit; ``{verdict}`NAME``` its status and requirement.
+
+Every number is written as ``<span class="twinkles-number" data-source=... data-key=...
+data-value=...>``, so a test can compare the Note with the report number for number. A
+missing label, key or metric, or a figure of a failed notebook, raises :class:`NoteError`
+naming it, and the build stops.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+
+from twinkles.note.notebooks import NoteError, executed_notebook, labelled_figures
+
+__all__ = ["setup"]
+
+FIGURE_DIR = "_notebook_figures"
+
+
+def _run_dir(env) -> Path:
+    run_dir = env.config.twinkles_run_dir
+    if not run_dir:
+        raise NoteError("twinkles_run_dir is not set: build the Note with `twinkles note RUN_DIR`")
+    return Path(run_dir)
+
+
+def _numbers(env) -> dict[str, Any]:
+    """The run's report and metrics, read once per build."""
+    cache = getattr(env.app, "_twinkles_numbers", None)
+    if cache is None:
+        from twinkles.config import load_run
+        from twinkles.validation.metrics import read_metrics
+        from twinkles.workflow.status import run_report
+
+        run_dir = _run_dir(env)
+        report = run_report(load_run(run_dir))
+        report["steps"] = {s["step"]: s for s in report["steps"]}
+        cache = {"report": report, "metrics": read_metrics(run_dir / "validation" / "metrics.json")}
+        env.app._twinkles_numbers = cache
+    return cache
+
+
+def _lookup(report: dict, key: str) -> Any:
+    value: Any = report
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise NoteError(
+                f"the Note asks for report number {key!r}, which `twinkles report` lacks"
+            )
+        value = value[part]
+    return value
+
+
+def _format(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if spec:
+        return format(value, spec)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _number(source: str, key: str, value: Any, shown: str, extra_class: str = "") -> nodes.raw:
+    attrs = (
+        f'class="twinkles-number{extra_class}" data-source="{source}" '
+        f'data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}"'
+    )
+    return nodes.raw("", f"<span {attrs}>{html.escape(shown)}</span>", format="html")
+
+
+def report_role(name, rawtext, text, lineno, inliner, options=None, content=()):
+    env = inliner.document.settings.env
+    key, _, spec = text.partition(":")
+    value = _lookup(_numbers(env)["report"], key.strip())
+    return [_number("report", key.strip(), value, _format(value, spec))], []
+
+
+def _metric(env, name: str) -> dict:
+    metrics = _numbers(env)["metrics"]["by_name"]
+    if name not in metrics:
+        raise NoteError(f"the Note asks for metric {name!r}, which validation/metrics.json lacks")
+    return metrics[name]
+
+
+def metric_role(name, rawtext, text, lineno, inliner, options=None, content=()):
+    env = inliner.document.settings.env
+    key, _, spec = text.partition(":")
+    m = _metric(env, key.strip())
+    shown = _format(m["value"], spec) + (
+        f" {m['unit']}" if m["unit"] and m["value"] is not None else ""
+    )
+    return [_number("metrics", key.strip(), m["value"], shown)], []
+
+
+def verdict_role(name, rawtext, text, lineno, inliner, options=None, content=()):
+    env = inliner.document.settings.env
+    m = _metric(env, text.strip())
+    shown = m["status"] + (f" ({m['requirement']})" if m["requirement"] else "")
+    status_class = " status-" + m["status"].replace(" ", "-")
+    return [_number("metrics-status", text.strip(), m["status"], shown, status_class)], []
+
+
+class NotebookFigure(SphinxDirective):
+    """A labelled figure of an executed notebook of the run, captioned with its source."""
+
+    required_arguments = 1
+    has_content = True
+    option_spec: ClassVar[dict] = {
+        "data-id": directives.unchanged,
+        "name": directives.unchanged,
+        "width": directives.length_or_percentage_or_unitless,
+    }
+
+    def run(self) -> list[nodes.Node]:
+        step, sep, label = self.arguments[0].partition(":")
+        if not sep or not step or not label:
+            raise NoteError(
+                f"{self.get_location()}: notebook-figure wants STEP:LABEL, "
+                f"not {self.arguments[0]!r}"
+            )
+        run_dir = _run_dir(self.env)
+        path, nb = executed_notebook(run_dir, step, self.options.get("data-id"))
+        figures = labelled_figures(nb)
+        if label not in figures:
+            have = ", ".join(sorted(figures)) or "none"
+            raise NoteError(
+                f"{self.get_location()}: notebook {path} has no figure labelled {label!r} "
+                f"(labelled figures there: {have})"
+            )
+        fig = figures[label]
+        out = Path(self.env.srcdir) / FIGURE_DIR / f"{step}--{path.stem}--{label}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(fig.png)
+        self.env.note_dependency(str(path))
+
+        figure = nodes.figure()
+        image = nodes.image(uri=f"{FIGURE_DIR}/{out.name}", alt=f"{step} {path.stem}: {label}")
+        if "width" in self.options:
+            image["width"] = self.options["width"]
+        figure += image
+        caption = nodes.caption()
+        if self.content:
+            holder = nodes.Element()
+            self.state.nested_parse(self.content, self.content_offset, holder)
+            for para in holder.findall(nodes.paragraph):
+                caption.extend(para.children)
+                caption += nodes.Text(" ")
+        rel = path.relative_to(run_dir)
+        caption += nodes.Text("Source: ")
+        caption += nodes.reference(
+            "", str(rel), refuri=f"../{rel.with_suffix('.html').as_posix()}", classes=["source"]
+        )
+        caption += nodes.Text(f", cell {fig.cell_index}.")
+        figure += caption
+        figure["classes"].append("notebook-figure")
+        figure["twinkles_source"] = str(rel)
+        self.add_name(figure)
+        return [figure]
+
+
+def _table(headers: list[str], rows: list[list[str]], classes: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        f'<tr class="{html.escape(c)}">' + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
+        for row, c in zip(rows, classes, strict=True)
+    )
+    return (
+        f'<table class="twinkles-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _span(source: str, key: str, value: Any, shown: str) -> str:
+    return _number(source, key, value, shown).astext()
+
+
+class MetricsTable(SphinxDirective):
+    """Every validation metric: value, requirement, verdict, reference."""
+
+    def run(self) -> list[nodes.Node]:
+        metrics = _numbers(self.env)["metrics"]["metrics"]
+        rows, classes = [], []
+        for m in metrics:
+            shown = _format(m["value"], ".4g") + (
+                f" {m['unit']}" if m["unit"] and m["value"] is not None else ""
+            )
+            rows.append(
+                [
+                    html.escape(m["name"]),
+                    _span("metrics", m["name"], m["value"], shown),
+                    html.escape(m["requirement"]),
+                    _span("metrics-status", m["name"], m["status"], m["status"]),
+                    html.escape(m["description"]),
+                ]
+            )
+            classes.append("status-" + m["status"].replace(" ", "-"))
+        table = _table(["metric", "value", "requirement", "verdict", "what"], rows, classes)
+        return [nodes.raw("", table, format="html")]
+
+
+class ReportTable(SphinxDirective):
+    """``twinkles report`` per step and in total."""
+
+    COLUMNS = (
+        ("data_ids_processed", "processed", ""),
+        ("data_ids_failed", "failed", ""),
+        ("cpu_hours", "CPU h", ".4f"),
+        ("wall_hours", "wall h", ".4f"),
+        ("cpu_efficiency", "CPU eff.", ".3f"),
+        ("success_rate", "success", ".3f"),
+        ("peak_rss_mb", "peak MB", ".0f"),
+    )
+
+    def run(self) -> list[nodes.Node]:
+        report = _numbers(self.env)["report"]
+        entries = [(f"steps.{name}", name, s) for name, s in report["steps"].items()]
+        entries.append(("total", "total", report["total"]))
+        rows = []
+        for prefix, name, entry in entries:
+            cells = [html.escape(name)]
+            for key, _, spec in self.COLUMNS:
+                value = entry.get(key)
+                cells.append(_span("report", f"{prefix}.{key}", value, _format(value, spec)))
+            rows.append(cells)
+        table = _table(["step", *[c[1] for c in self.COLUMNS]], rows, [""] * len(rows))
+        return [nodes.raw("", table, format="html")]
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_config_value("twinkles_run_dir", "", "env", str)
+    app.add_directive("notebook-figure", NotebookFigure)
+    app.add_directive("metrics-table", MetricsTable)
+    app.add_directive("report-table", ReportTable)
+    app.add_role("report", report_role)
+    app.add_role("metric", metric_role)
+    app.add_role("verdict", verdict_role)
+    return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}

@@ -1,0 +1,279 @@
+"""The Note and the run browser, built from the tiny run's executed notebooks.
+
+The Note's numbers are compared one by one with ``twinkles report --json`` and
+``metrics.json``; a missing figure label or a failed notebook must stop the build with a
+message naming it; the run browser and the Note are opened in a real headless Chromium.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from twinkles.cli import main
+from twinkles.note.build import NOTE_SOURCE, build_note
+from twinkles.note.notebooks import NoteError, executed_notebook, labelled_figures
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def _figure_cell(source: str, png: bool = True):
+    cell = new_code_cell(source)
+    if png:
+        cell.outputs = [new_output("display_data", data={"image/png": PNG, "text/plain": "fig"})]
+    return cell
+
+
+def test_labelled_figures_are_found_by_their_label_line():
+    nb = new_notebook(
+        cells=[
+            _figure_cell("#| label: psf-model\nplt.show()"),
+            _figure_cell("plt.show()  # no label"),
+            _figure_cell("#| label: not-drawn\nif figures: ...", png=False),
+        ]
+    )
+    figures = labelled_figures(nb)
+    assert set(figures) == {"psf-model"}
+    assert figures["psf-model"].cell_index == 0 and figures["psf-model"].png.startswith(b"\x89PNG")
+    nb.cells.append(_figure_cell("#| label: psf-model\nagain"))
+    with pytest.raises(NoteError, match="'psf-model' is used by two cells"):
+        labelled_figures(nb)
+
+
+def _write_executed(path: Path, status: str, error_output: bool = False) -> None:
+    nb = new_notebook(cells=[_figure_cell("#| label: f\nx")])
+    if error_output:
+        nb.cells[0].outputs.append(
+            new_output("error", ename="ValueError", evalue="bad", traceback=[])
+        )
+    nb.metadata["twinkles"] = {
+        "status": status,
+        "error": "ValueError: bad" if status != "done" else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def test_executed_notebook_takes_the_first_success_and_refuses_failures(tmp_path):
+    step = tmp_path / "notebooks" / "process_eimage"
+    _write_executed(step / "visit=2.ipynb", "failed", error_output=True)
+    _write_executed(step / "visit=10.ipynb", "done")
+    _write_executed(step / "visit=3.ipynb", "done")
+    path, _ = executed_notebook(tmp_path, "process_eimage")
+    assert path.name == "visit=3.ipynb"  # natural order; visit=2 failed
+    with pytest.raises(NoteError, match=r"visit=2.ipynb failed \(cell 0\): ValueError: bad"):
+        executed_notebook(tmp_path, "process_eimage", "visit=2")
+    with pytest.raises(NoteError, match="no executed notebook .*visit=99"):
+        executed_notebook(tmp_path, "process_eimage", "visit=99")
+    with pytest.raises(NoteError, match="no executed notebooks of step make_coadd"):
+        executed_notebook(tmp_path, "make_coadd")
+
+
+# --- the tiny run, end to end --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_note(tiny_full):
+    """The tiny run's Note and run browser, built by the CLI."""
+    assert main(["note", str(tiny_full.dir)]) == 0
+    return tiny_full
+
+
+def _numbers(page: Path) -> list[tuple[str, str, object]]:
+    text = page.read_text()
+    pattern = re.compile(
+        r'<span class="twinkles-number[^"]*" data-source="([^"]+)" data-key="([^"]+)" '
+        r'data-value="([^"]*)">'
+    )
+    import html
+
+    return [(s, k, json.loads(html.unescape(v))) for s, k, v in pattern.findall(text)]
+
+
+@pytest.mark.recipe
+@pytest.mark.slow
+def test_validate_run_writes_every_metric_with_a_verdict(tiny_full):
+    from twinkles.validation.metrics import read_metrics
+
+    data = read_metrics(tiny_full.dir / "validation" / "metrics.json")
+    static = tiny_full.butler.get("staticSkyMetrics")
+    by_name = data["by_name"]
+    for band, forced in static["forced"].items():
+        assert by_name[f"PA1_{band}"]["value"] == pytest.approx(forced["pa1_mmag"])
+        assert by_name[f"PA1_{band}"]["requirement"] == "<= 5 mmag"
+    statuses = {m["status"] for m in data["metrics"]}
+    assert statuses <= {"pass", "fail", "not measured", "info"}
+    assert sum(data["summary"].values()) == len(data["metrics"])
+    for name in ("AM1", "transient_recovery", "dia_object_completeness", "lensed_image_recovery"):
+        assert name in by_name
+    monitor = tiny_full.butler.get("lightcurveMonitor")
+    assert monitor["visits"] == len(tiny_full.butler.get("visitTable"))
+
+
+@pytest.mark.recipe
+@pytest.mark.slow
+def test_the_notes_numbers_equal_the_report_and_the_metrics(tiny_note, capsys):
+    capsys.readouterr()
+    assert main(["report", str(tiny_note.dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    report["steps"] = {s["step"]: s for s in report["steps"]}
+    metrics = json.loads((tiny_note.dir / "validation" / "metrics.json").read_text())
+    metrics = {m["name"]: m for m in metrics["metrics"]}
+    numbers = _numbers(tiny_note.dir / "note" / "index.html")
+    sources = {s for s, _, _ in numbers}
+    assert sources == {"report", "metrics", "metrics-status"}
+    assert len(numbers) > 100  # the report and metrics tables, and the text's numbers
+    for source, key, value in numbers:
+        if source == "report":
+            expected = functools.reduce(lambda d, k: d[k], key.split("."), report)
+            assert value == pytest.approx(expected) if expected is not None else value is None, key
+        elif source == "metrics":
+            assert (
+                value == pytest.approx(metrics[key]["value"])
+                if value is not None
+                else (metrics[key]["value"] is None)
+            ), key
+        else:
+            assert value == metrics[key]["status"], key
+    # the seed Note's sentence, filled
+    text = (tiny_note.dir / "note" / "index.html").read_text()
+    assert "XX" not in text
+    assert re.search(r"We were able to process\s*<span[^>]*>\d+</span>\s*images", text)
+
+
+@pytest.mark.recipe
+@pytest.mark.slow
+def test_every_note_figure_is_a_labelled_output_captioned_with_its_notebook(tiny_note):
+    page = (tiny_note.dir / "note" / "index.html").read_text()
+    figures = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    sources = re.findall(r'class="reference external source" href="([^"]+)"', page)
+    wanted = re.findall(r"```\{notebook-figure\} (\S+)", (NOTE_SOURCE / "index.md").read_text())
+    assert len(figures) == len(sources) == len(wanted) >= 8
+    for src, href in zip(figures, sources, strict=True):
+        assert (tiny_note.dir / "note" / src).stat().st_size > 1000
+        assert (tiny_note.dir / "note" / href).resolve().exists(), href
+
+
+@pytest.mark.recipe
+@pytest.mark.slow
+def test_a_missing_label_or_a_failed_notebook_stops_the_build(tiny_full, tmp_path):
+    source = tmp_path / "note"
+    shutil.copytree(NOTE_SOURCE, source)
+    index = source / "index.md"
+    index.write_text(index.read_text() + "\n```{notebook-figure} make_skymap:no-such-label\n```\n")
+    with pytest.raises(
+        NoteError, match=r"make_skymap/run.ipynb has no figure labelled 'no-such-label'"
+    ):
+        build_note(tiny_full.dir, source=source, out_dir=tmp_path / "out1", pdf=False)
+
+    shutil.copytree(NOTE_SOURCE, source, dirs_exist_ok=True)  # the original index again
+    index.write_text(index.read_text() + "\n{report}`total.no_such_number`\n")
+    with pytest.raises(NoteError, match="'total.no_such_number'"):
+        build_note(tiny_full.dir, source=source, out_dir=tmp_path / "out2", pdf=False)
+
+    # a copy of the run whose validate_run notebook failed
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_full.dir, run_copy, ignore=shutil.ignore_patterns("repo", "note"))
+    (run_copy / "repo").symlink_to(tiny_full.dir / "repo")
+    failed = run_copy / "notebooks" / "validate_run" / "run.ipynb"
+    nb = nbformat.read(failed, as_version=4)
+    nb.metadata["twinkles"]["status"] = "failed"
+    nb.metadata["twinkles"]["error"] = "RuntimeError: injected"
+    nbformat.write(nb, failed)
+    with pytest.raises(NoteError, match=r"validate_run/run.ipynb failed: RuntimeError: injected"):
+        build_note(run_copy, out_dir=tmp_path / "out3", pdf=False)
+    assert main(["note", str(run_copy), "--no-pdf"]) == 2
+
+
+@pytest.fixture(scope="module")
+def served(tiny_note):
+    """The run directory on an HTTP server on localhost."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tiny_note.dir))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    from twinkles.note.build import CHROMIUM_FLAGS
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[f for f in CHROMIUM_FLAGS if f != "--headless"],
+        )
+        yield launched
+        launched.close()
+
+
+def _check_page(page, url: str) -> list[str]:
+    """Open a page: it loads, its images decode, its local links answer 200; returns them."""
+    response = page.goto(url)
+    assert response is not None and response.ok, url
+    page.wait_for_load_state("load")
+    broken = page.eval_on_selector_all(
+        "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+    )
+    assert broken == [], f"{url}: images that did not render: {broken[:5]}"
+    links = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
+    local = sorted(
+        {
+            link.split("#")[0]
+            for link in links
+            if link.startswith(url.split("/")[0] + "//" + url.split("/")[2])
+        }
+    )
+    for link in local:
+        answer = page.request.get(link)
+        assert answer.ok, f"{url}: link {link} answers {answer.status}"
+    return local
+
+
+@pytest.mark.browser
+@pytest.mark.recipe
+@pytest.mark.slow
+def test_the_run_browser_and_the_note_in_headless_chromium(tiny_note, served, browser):
+    page = browser.new_page()
+    links = _check_page(page, f"{served}/index.html")
+    # the status table has a row per step, the notebooks are linked, and so is the Note
+    from twinkles.workflow.spec import PIPELINE
+
+    rows = page.eval_on_selector_all(
+        "#status tr td:first-child", "tds => tds.map(t => t.innerText)"
+    )
+    assert rows == [s.name for s in PIPELINE.steps]
+    notebooks = [link for link in links if "/notebooks/" in link]
+    assert len(notebooks) == len(list((tiny_note.dir / "notebooks").glob("*/*.ipynb")))
+    assert page.get_attribute("#note-link", "href") == "note/index.html"
+    assert page.get_attribute("#pdf-link", "href") == "note/note.pdf"
+    metrics = page.eval_on_selector_all("#metrics tr", "trs => trs.length")
+    assert metrics - 1 == len(
+        json.loads((tiny_note.dir / "validation/metrics.json").read_text())["metrics"]
+    )
+
+    note_links = _check_page(page, f"{served}/note/index.html")
+    figures = page.eval_on_selector_all(
+        "figure.notebook-figure img", "imgs => imgs.map(i => i.naturalWidth)"
+    )
+    assert len(figures) >= 8 and min(figures) > 100
+    assert any("/notebooks/" in link for link in note_links)
+    # a notebook page renders its figures
+    _check_page(page, notebooks[0])
+    assert (tiny_note.dir / "note" / "note.pdf").read_bytes().startswith(b"%PDF")
+    page.close()

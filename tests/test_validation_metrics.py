@@ -1,0 +1,174 @@
+"""Run-level validation: AM1, photometry against magnitude, DIAObject scoring, the metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from twinkles.validation.dia import dia_object_completeness_purity
+from twinkles.validation.metrics import Metric, collect_metrics, read_metrics, write_metrics
+from twinkles.validation.monitor import neighbours, stamp_epochs
+from twinkles.validation.static_sky import am1, photometry_vs_magnitude
+
+MAS = 1.0 / 3.6e6  # degrees
+
+
+def _star_grid(n_side: int, spacing_arcmin: float, n_visits: int, jitter_mas: float, seed: int):
+    """Stars on a square grid near (ra, dec) = (53, -28) with Gaussian position jitter."""
+    rng = np.random.default_rng(seed)
+    offsets = (np.arange(n_side) - (n_side - 1) / 2) * spacing_arcmin / 60.0
+    dx, dy = (a.ravel() for a in np.meshgrid(offsets, offsets))
+    dec0 = -28.0
+    ra = 53.0 + dx / np.cos(np.deg2rad(dec0))
+    dec = dec0 + dy
+    jitter = jitter_mas * MAS
+    ra_v = ra[:, None] + rng.normal(0, jitter, (len(ra), n_visits)) / np.cos(np.deg2rad(dec0))
+    dec_v = dec[:, None] + rng.normal(0, jitter, (len(ra), n_visits))
+    return ra_v, dec_v
+
+
+def test_am1_recovers_the_pair_separation_scatter():
+    # each star jitters by sigma per coordinate: a pair's separation by sqrt(2) sigma
+    ra, dec = _star_grid(n_side=9, spacing_arcmin=1.0, n_visits=40, jitter_mas=10.0, seed=1)
+    value, pairs = am1(ra, dec)
+    assert pairs > 100
+    # the RMS over 40 visits of a sqrt(2) sigma Gaussian: scatter ~ 1/sqrt(80) of it
+    assert value == pytest.approx(math.sqrt(2) * 10.0 * math.sqrt(39 / 40), rel=0.05)
+
+
+def test_am1_ignores_missing_measurements_and_needs_pairs_in_the_annulus():
+    ra, dec = _star_grid(n_side=9, spacing_arcmin=1.0, n_visits=20, jitter_mas=5.0, seed=2)
+    ra[::3, ::2] = np.nan  # a third of the stars missed every other visit
+    value, pairs = am1(ra, dec)
+    assert np.isfinite(value) and value == pytest.approx(math.sqrt(2) * 5.0, rel=0.1)
+    # a 2' field has no pair 4-6' apart: not measured rather than measured on the wrong scale
+    small_ra, small_dec = _star_grid(
+        n_side=5, spacing_arcmin=0.5, n_visits=10, jitter_mas=5, seed=3
+    )
+    value, pairs = am1(small_ra, small_dec)
+    assert math.isnan(value) and pairs == 0
+    with pytest.raises(ValueError, match="annulus"):
+        am1(ra, dec, annulus_arcmin=(6.0, 4.0))
+    with pytest.raises(ValueError, match="stars x visits"):
+        am1(ra[:, 0], dec[:, 0])
+
+
+def test_photometry_vs_magnitude_recovers_bias_and_scatter():
+    rng = np.random.default_rng(4)
+    n = 4000
+    true_mag = rng.uniform(18.0, 22.0, n)
+    true = 10 ** (-0.4 * (true_mag - 31.4))
+    err = 0.01 * true  # 10.9 mmag errors
+    flux = true * 0.99 + rng.normal(0, 1, n) * err  # 1% too faint: +10.9 mmag
+    rows = Table(
+        {
+            "psFlux": flux,
+            "psFluxErr": err,
+            "true_flux": true,
+            "band": np.full(n, "r"),
+            "is_variable": np.zeros(n, dtype=bool),
+        }
+    )
+    table = photometry_vs_magnitude(rows, bin_mag=1.0)
+    assert len(table) == 4 and set(table["band"]) == {"r"}
+    assert np.all(np.abs(table["bias_mmag"] - 1085.7 * 0.01) < 2.0)
+    assert np.all(np.abs(table["scatter_mmag"] - table["expected_mmag"]) < 1.5)
+    # the errors describe a scatter of 0.99 (the flux is 1% low): pulls std ~0.99, bias apart
+    assert np.all(np.abs(table["pull_std"] - 0.99) < 0.06)
+
+
+def test_dia_object_completeness_and_purity():
+    peaks = Table(
+        {
+            "truth_id": [1, 2, 3],
+            "ra": [10.0, 10.001, 10.002],
+            "dec": [0.0, 0.0, 0.0],
+            "peak_mag": [20.2, 21.2, 22.2],
+        }
+    )
+    dia_objects = Table(
+        {
+            "diaObjectId": [11, 12, 13],
+            "ra": [10.0 + 0.3 / 3600, 10.001, 10.01],  # near 1, near 2, near nothing
+            "decl": [0.0, 0.0, 0.0],
+        }
+    )
+    sources = Table({"diaObjectId": [11, 11, 12, 13, 99], "psFlux": [-1e4, 5e3, 3e3, 6e3, 1e9]})
+    table, found, real = dia_object_completeness_purity(dia_objects, sources, peaks, 1.0, 1.0)
+    assert found.tolist() == [True, True, False]
+    assert real.tolist() == [True, True, False]
+    by_bin = {(r["mag_lo"], r["mag_hi"]): r for r in table}
+    assert sum(table["n_true"]) == 3 and sum(table["n_dia_objects"]) == 3
+    # brightest sources: 11 at |-1e4| nJy (21.4 mag) and 13 at 6e3 (21.95) share a bin
+    assert by_bin[(21.0, 22.0)]["n_dia_objects"] == 2
+    assert by_bin[(21.0, 22.0)]["purity"] == 0.5
+
+
+def test_monitor_helpers():
+    variables = Table({"truth_id": [1, 2, 3], "ra": [5.0, 5.0 + 0.5 / 3600, 6.0], "dec": [1.0] * 3})
+    assert neighbours(variables, 5.0, 1.0, 1.0).tolist() == [1, 2]
+    mjd = np.array([0.0, 10, 20, 30, 40])
+    flux = np.array([0.0, 5, 100, 20, 1])
+    assert stamp_epochs(mjd, flux, np.array([7, 8, 9, 10, 11])) == [7, 9, 11]
+    assert stamp_epochs(mjd, np.full(5, np.nan), np.arange(5)) == []
+
+
+def test_metric_verdicts():
+    def metric(value, comparison, threshold):
+        return Metric("m", value, "", comparison, threshold, "test", "test")
+
+    assert metric(4.0, "<=", 5.0).status == "pass"
+    assert metric(6.0, "<=", 5.0).status == "fail"
+    assert metric(1.09, "within", 0.1).status == "pass"
+    assert metric(0.85, "within", 0.1).status == "fail"
+    assert metric(-0.2, "abs<=", 0.1).status == "fail"
+    assert metric(0.96, ">=", 0.95).status == "pass"
+    assert metric(float("nan"), "<=", 5.0).status == "not measured"
+    assert metric(3.0, None, None).status == "info"
+    with pytest.raises(ValueError, match="comparison and a threshold"):
+        metric(1.0, "<=", None)
+    with pytest.raises(ValueError, match="comparison must be"):
+        metric(1.0, "<", 1.0)
+
+
+def test_collect_and_write_metrics(tmp_path):
+    static_sky = {
+        "forced": {"r": {"pa1_mmag": 4.0, "pull_std": 1.2, "bias": 0.001}},
+        "coadds": {"r": {"noise_ratio": 1.02}},
+        "objects": {
+            "completeness_1mag_above_depth": 0.97,
+            "purity_1mag_above_depth": 0.99,
+            "point_source_offset_median_mas": 3.0,
+        },
+    }
+    dia = {
+        "noise_ratio_min": 0.95,
+        "noise_ratio_max": 1.05,
+        "recovery": 0.9,
+        "spurious_per_visit_mean": 2.0,
+        "sn_pulls": [{"band": "r", "pull_std": 1.1, "pull_median": 0.05}],
+        "lensed_quasars": [{"n_resolved": 2, "n_resolved_separate_dia_objects": 1}],
+    }
+    metrics = collect_metrics(static_sky, dia, float("nan"), 0, 0.98, 0.8)
+    by_name = {m.name: m for m in metrics}
+    assert by_name["PA1_r"].status == "pass"
+    assert by_name["forced_pull_std_r"].status == "fail"
+    assert by_name["forced_bias_r"].value == pytest.approx(0.1)  # percent
+    assert by_name["AM1"].status == "not measured"
+    assert by_name["transient_recovery"].status == "fail"
+    assert by_name["lensed_image_recovery"].value == 0.5
+    path = tmp_path / "validation" / "metrics.json"
+    written = write_metrics(path, "test", metrics)
+    assert written["summary"]["not measured"] == 1
+    assert sum(written["summary"].values()) == len(metrics)
+    data = read_metrics(path)
+    assert data["by_name"]["AM1"]["value"] is None  # NaN is stored as null: valid JSON
+    json.loads(path.read_text())
+    with pytest.raises(ValueError, match="duplicate metric names: PA1_r"):
+        write_metrics(path, "test", [*metrics, by_name["PA1_r"]])
+    with pytest.raises(FileNotFoundError, match="validate_run"):
+        read_metrics(tmp_path / "nowhere.json")
