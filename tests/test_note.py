@@ -23,7 +23,10 @@ from twinkles.cli import main
 from twinkles.note.build import NOTE_SOURCE, build_note
 from twinkles.note.notebooks import NoteError, executed_notebook, labelled_figures
 
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = (  # a 1 x 1 pixel PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
+    "hgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 def _figure_cell(source: str, png: bool = True):
@@ -72,7 +75,7 @@ def test_executed_notebook_takes_the_first_success_and_refuses_failures(tmp_path
     assert path.name == "visit=3.ipynb"  # natural order; visit=2 failed
     with pytest.raises(NoteError, match=r"visit=2.ipynb failed \(cell 0\): ValueError: bad"):
         executed_notebook(tmp_path, "process_eimage", "visit=2")
-    with pytest.raises(NoteError, match="no executed notebook .*visit=99"):
+    with pytest.raises(NoteError, match=r"no executed notebook .*visit=99"):
         executed_notebook(tmp_path, "process_eimage", "visit=99")
     with pytest.raises(NoteError, match="no executed notebooks of step make_coadd"):
         executed_notebook(tmp_path, "make_coadd")
@@ -177,7 +180,7 @@ def test_a_missing_label_or_a_failed_notebook_stops_the_build(tiny_full, tmp_pat
 
     shutil.copytree(NOTE_SOURCE, source, dirs_exist_ok=True)  # the original index again
     index.write_text(index.read_text() + "\n{report}`total.no_such_number`\n")
-    with pytest.raises(NoteError, match="'total.no_such_number'"):
+    with pytest.raises(NoteError, match=r"'total\.no_such_number'"):
         build_note(tiny_full.dir, source=source, out_dir=tmp_path / "out2", pdf=False)
 
     # a copy of the run whose validate_run notebook failed
