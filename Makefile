@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The Note's PDF is printed by headless Chromium (Debian's package, installed as root); without
+# it the Note is HTML only.
 demo: setup
+	scripts/services.sh start chromium || echo "make demo: no Chromium, so the Note will have no PDF"
 	$(BIN)/twinkles run runs/demo.yaml
+	$(BIN)/twinkles note runs/demo
 
 # Service tests (real Slurm) must run, not skip: `make test` starts the services (root, Debian)
 # and requires them. `make test SERVICES=none` leaves them out explicitly.

@@ -20,7 +20,9 @@ Roles
     A number of ``twinkles report --json``: ``total.cpu_hours``,
     ``steps.process_eimage.data_ids_processed`` (steps by name), with a Python format spec.
 ``{metric}`NAME[:FORMAT]```
-    A metric's value and unit; ``{verdict}`NAME``` its status and requirement.
+    A metric's value and unit; ``{verdict}`NAME``` its status and requirement. A ``*`` in
+    NAME gives every matching metric, labelled by what the ``*`` stands for:
+    ``{metric}`PA1_*:.1f``` is "g 9.7 mmag, r 9.0 mmag and i 10.7 mmag" on a g, r, i run.
 
 Every number is written as ``<span class="twinkles-number" data-source=... data-key=...
 data-value=...>``, so a test can compare the Note with the report number for number. A
@@ -30,6 +32,7 @@ naming it, and the build stops.
 
 from __future__ import annotations
 
+import fnmatch
 import html
 import json
 import math
@@ -57,7 +60,7 @@ def _run_dir(env) -> Path:
 
 def _numbers(env) -> dict[str, Any]:
     """The run's report and metrics, read once per build."""
-    cache = getattr(env.app, "_twinkles_numbers", None)
+    cache = getattr(env, "twinkles_numbers", None)
     if cache is None:
         from twinkles.config import load_run
         from twinkles.validation.metrics import read_metrics
@@ -67,7 +70,7 @@ def _numbers(env) -> dict[str, Any]:
         report = run_report(load_run(run_dir))
         report["steps"] = {s["step"]: s for s in report["steps"]}
         cache = {"report": report, "metrics": read_metrics(run_dir / "validation" / "metrics.json")}
-        env.app._twinkles_numbers = cache
+        env.twinkles_numbers = cache
     return cache
 
 
@@ -107,29 +110,64 @@ def report_role(name, rawtext, text, lineno, inliner, options=None, content=()):
     return [_number("report", key.strip(), value, _format(value, spec))], []
 
 
-def _metric(env, name: str) -> dict:
+def _metrics(env, pattern: str) -> list[dict]:
+    """The metric ``pattern`` names, or every metric it matches (``PA1_*``: one per band)."""
     metrics = _numbers(env)["metrics"]["by_name"]
-    if name not in metrics:
-        raise NoteError(f"the Note asks for metric {name!r}, which validation/metrics.json lacks")
-    return metrics[name]
+    if "*" in pattern:
+        found = [m for name, m in metrics.items() if fnmatch.fnmatchcase(name, pattern)]
+        if not found:
+            raise NoteError(
+                f"the Note asks for metrics {pattern!r}; validation/metrics.json has none"
+            )
+        return found
+    if pattern not in metrics:
+        raise NoteError(
+            f"the Note asks for metric {pattern!r}, which validation/metrics.json lacks"
+        )
+    return [metrics[pattern]]
+
+
+def _suffix(m: dict, pattern: str) -> str:
+    """What a pattern's ``*`` stands for in this metric's name (the band of ``PA1_*``)."""
+    head, _, tail = pattern.partition("*")
+    return m["name"][len(head) : len(m["name"]) - len(tail)] + " "
+
+
+def _joined(parts: list[nodes.Node]) -> list[nodes.Node]:
+    out: list[nodes.Node] = []
+    for i, part in enumerate(parts):
+        if i:
+            out.append(nodes.Text(", " if i < len(parts) - 1 else " and "))
+        out.append(part)
+    return out
 
 
 def metric_role(name, rawtext, text, lineno, inliner, options=None, content=()):
+    """A metric's value and unit; with ``*``, each matching metric's, labelled (``r 9.0 mmag``)."""
     env = inliner.document.settings.env
-    key, _, spec = text.partition(":")
-    m = _metric(env, key.strip())
-    shown = _format(m["value"], spec) + (
-        f" {m['unit']}" if m["unit"] and m["value"] is not None else ""
-    )
-    return [_number("metrics", key.strip(), m["value"], shown)], []
+    pattern, _, spec = text.partition(":")
+    pattern = pattern.strip()
+    parts = []
+    for m in _metrics(env, pattern):
+        shown = _format(m["value"], spec)
+        if m["unit"] and m["value"] is not None:
+            shown += f" {m['unit']}"
+        label = _suffix(m, pattern) if "*" in pattern else ""
+        parts.append(_number("metrics", m["name"], m["value"], label + shown))
+    return _joined(parts), []
 
 
 def verdict_role(name, rawtext, text, lineno, inliner, options=None, content=()):
+    """A metric's verdict and requirement; with ``*``, each matching metric's."""
     env = inliner.document.settings.env
-    m = _metric(env, text.strip())
-    shown = m["status"] + (f" ({m['requirement']})" if m["requirement"] else "")
-    status_class = " status-" + m["status"].replace(" ", "-")
-    return [_number("metrics-status", text.strip(), m["status"], shown, status_class)], []
+    pattern = text.strip()
+    parts = []
+    for m in _metrics(env, pattern):
+        shown = m["status"] + (f" ({m['requirement']})" if m["requirement"] else "")
+        label = _suffix(m, pattern) if "*" in pattern else ""
+        status_class = " status-" + m["status"].replace(" ", "-")
+        parts.append(_number("metrics-status", m["name"], m["status"], label + shown, status_class))
+    return _joined(parts), []
 
 
 class NotebookFigure(SphinxDirective):

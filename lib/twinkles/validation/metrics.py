@@ -112,6 +112,11 @@ class Metric:
         return out
 
 
+def _band_order(band: str) -> int:
+    """Blue to red, as the bands are always listed."""
+    return "ugrizy".index(band) if band in "ugrizy" else len("ugrizy")
+
+
 def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
@@ -148,7 +153,7 @@ def collect_metrics(
     """
     metrics: list[Metric] = []
     forced = static_sky.get("forced", {})
-    for band in sorted(forced):
+    for band in sorted(forced, key=_band_order):
         f = forced[band]
         metrics += [
             Metric(
@@ -190,7 +195,7 @@ def collect_metrics(
             f"astrometric repeatability of star pairs 5' +- 1' apart ({am1_pairs} pairs)",
         )
     )
-    for band, c in sorted(static_sky.get("coadds", {}).items()):
+    for band, c in sorted(static_sky.get("coadds", {}).items(), key=lambda b: _band_order(b[0])):
         metrics.append(
             Metric(
                 f"coadd_noise_ratio_{band}",
@@ -286,7 +291,7 @@ def collect_metrics(
             'DIAObjects of two or more DIASources within 1" of a variable object',
         ),
     ]
-    for entry in sorted(dia.get("sn_pulls", []), key=lambda e: e["band"]):
+    for entry in sorted(dia.get("sn_pulls", []), key=lambda e: _band_order(e["band"])):
         band = entry["band"]
         metrics += [
             Metric(
