@@ -14,6 +14,7 @@ import re
 import shutil
 import threading
 from pathlib import Path
+from urllib.parse import unquote
 
 import nbformat
 import pytest
@@ -21,7 +22,7 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from twinkles.cli import main
 from twinkles.note.build import NOTE_SOURCE, build_note
-from twinkles.note.notebooks import NoteError, executed_notebook, labelled_figures
+from twinkles.note.notebooks import NoteError, executed_notebook, find_figure, labelled_figures
 
 PNG = (  # a 1 x 1 pixel PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
@@ -52,8 +53,10 @@ def test_labelled_figures_are_found_by_their_label_line():
         labelled_figures(nb)
 
 
-def _write_executed(path: Path, status: str, error_output: bool = False) -> None:
-    nb = new_notebook(cells=[_figure_cell("#| label: f\nx")])
+def _write_executed(
+    path: Path, status: str, error_output: bool = False, drawn: bool = True
+) -> None:
+    nb = new_notebook(cells=[_figure_cell("#| label: f\nx", png=drawn)])
     if error_output:
         nb.cells[0].outputs.append(
             new_output("error", ename="ValueError", evalue="bad", traceback=[])
@@ -79,6 +82,20 @@ def test_executed_notebook_takes_the_first_success_and_refuses_failures(tmp_path
         executed_notebook(tmp_path, "process_eimage", "visit=99")
     with pytest.raises(NoteError, match="no executed notebooks of step make_coadd"):
         executed_notebook(tmp_path, "make_coadd")
+
+
+def test_find_figure_takes_the_first_notebook_that_drew_it(tmp_path):
+    # per-visit recipes draw figures for a sample of visits (executor.figure_every)
+    step = tmp_path / "notebooks" / "image_difference"
+    _write_executed(step / "visit=1.ipynb", "failed", error_output=True)
+    _write_executed(step / "visit=2.ipynb", "done", drawn=False)
+    _write_executed(step / "visit=7.ipynb", "done")
+    path, figure = find_figure(tmp_path, "image_difference", "f")
+    assert path.name == "visit=7.ipynb" and figure.cell_index == 0
+    with pytest.raises(NoteError, match=r"visit=2.ipynb has no figure labelled 'f'"):
+        find_figure(tmp_path, "image_difference", "f", data_id="visit=2")
+    with pytest.raises(NoteError, match=r"no successful notebook .* labelled 'g'"):
+        find_figure(tmp_path, "image_difference", "g")
 
 
 # --- the tiny run, end to end --------------------------------------------------------------
@@ -158,12 +175,12 @@ def test_the_notes_numbers_equal_the_report_and_the_metrics(tiny_note, capsys):
 def test_every_note_figure_is_a_labelled_output_captioned_with_its_notebook(tiny_note):
     page = (tiny_note.dir / "note" / "index.html").read_text()
     figures = re.findall(r'<img[^>]+src="([^"]+)"', page)
-    sources = re.findall(r'class="reference external source" href="([^"]+)"', page)
+    sources = re.findall(r'<a class="[^"]*\bsource\b[^"]*" href="([^"]+)"', page)
     wanted = re.findall(r"```\{notebook-figure\} (\S+)", (NOTE_SOURCE / "index.md").read_text())
     assert len(figures) == len(sources) == len(wanted) >= 8
     for src, href in zip(figures, sources, strict=True):
-        assert (tiny_note.dir / "note" / src).stat().st_size > 1000
-        assert (tiny_note.dir / "note" / href).resolve().exists(), href
+        assert (tiny_note.dir / "note" / unquote(src)).stat().st_size > 1000
+        assert (tiny_note.dir / "note" / unquote(href)).resolve().exists(), href
 
 
 @pytest.mark.recipe

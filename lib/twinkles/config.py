@@ -312,6 +312,14 @@ class ExecutorConfig(_Section):
     retry_science_failures: bool = Field(
         False, description="Also retry data ids whose recipe raised (normally pointless)."
     )
+    figure_every: int = Field(
+        1,
+        ge=1,
+        description="Per-visit recipes draw their figures for every n-th visit (in visit "
+        "order, the first included) and run with figures=False for the others: drawing is ~40% "
+        "of a visit's time, and a sweep over thousands of visits needs a sample to look at, not "
+        "every one. 1: every visit. A step's own `figures` parameter overrides it.",
+    )
     poll_seconds: float = Field(1.0, gt=0.0, le=60.0, description="Status polling interval (s).")
     slurm_partition: str | None = Field(None, description="Slurm partition (default: the default).")
     slurm_array_parallelism: int = Field(

@@ -284,3 +284,30 @@ def test_status_and_report_commands(tmp_path, capsys, monkeypatch):
 
 def test_fixture_recipes_exist():
     assert (FIXTURES / "sweep.ipynb").exists()
+
+
+def test_figure_every_samples_the_figures_of_per_visit_recipes(tiny_run):
+    from dataclasses import replace
+
+    from twinkles.workflow.driver import make_plan
+    from twinkles.workflow.spec import PIPELINE
+
+    executor = tiny_run.config.executor.model_copy(update={"figure_every": 3})
+    run = replace(tiny_run, config=tiny_run.config.model_copy(update={"executor": executor}))
+    plan = make_plan(run, PIPELINE)
+    drawn = {}
+    for (step, _), node in plan.items():
+        drawn.setdefault(step, []).append(node.parameters.get("figures"))
+    # every third visit, the first included; run-level and per-filter steps always draw
+    assert drawn["process_eimage"][:7] == [True, False, False, True, False, False, True]
+    assert sum(drawn["image_difference"]) == -(-len(drawn["image_difference"]) // 3)
+    assert drawn["simulate_visit"][0] is None  # the recipe has no figures parameter
+    assert drawn["make_coadd"] == [None] * len(drawn["make_coadd"])
+    assert drawn["validate_run"] == [None]
+    # a step's own figures parameter wins
+    from twinkles.config import StepConfig
+
+    steps = {"process_eimage": StepConfig(parameters={"figures": True})}
+    run = replace(run, config=run.config.model_copy(update={"steps": steps}))
+    plan = make_plan(run, PIPELINE)
+    assert all(n.parameters["figures"] for (s, _), n in plan.items() if s == "process_eimage")

@@ -3,7 +3,8 @@
 A recipe labels a figure the way MyST and Quarto do, with a first line ``#| label: NAME`` in
 the cell that draws it; the executed notebook's ``image/png`` output of that cell is the
 figure. :func:`labelled_figures` finds them; :func:`executed_notebook` finds a step's
-notebook for a data id and refuses one whose execution failed; :func:`render_html` writes the
+notebook for a data id and refuses one whose execution failed; :func:`find_figure` finds a
+step's figure by label; :func:`render_html` writes the
 notebook as a standalone HTML page (nbconvert's ``basic`` template inside a small page that
 links one shared stylesheet, so hundreds of pages do not each carry nbconvert's CSS).
 """
@@ -26,6 +27,7 @@ __all__ = [
     "Figure",
     "NoteError",
     "executed_notebook",
+    "find_figure",
     "labelled_figures",
     "natural_key",
     "render_html",
@@ -113,6 +115,53 @@ def executed_notebook(
             continue
         return path, nb
     raise NoteError(f"every notebook of step {step} failed; the first: {failures[0]}")
+
+
+def find_figure(
+    run_dir: Path, step: str, label: str, data_id: str | None = None
+) -> tuple[Path, Figure]:
+    """The figure ``label`` of a step's executed notebook.
+
+    For ``data_id``, or else from the first notebook (in natural order) that succeeded and
+    drew it: per-visit recipes draw their figures for a sample of the visits
+    (``executor.figure_every``).
+
+    Raises
+    ------
+    NoteError
+        The notebook asked for is missing or failed, or no successful notebook of the step has
+        the label.
+    """
+    if data_id is not None:
+        path, nb = executed_notebook(run_dir, step, data_id)
+        figures = labelled_figures(nb)
+        if label not in figures:
+            have = ", ".join(sorted(figures)) or "none"
+            raise NoteError(
+                f"notebook {path} has no figure labelled {label!r} (labelled figures there: {have})"
+            )
+        return path, figures[label]
+    folder = Path(run_dir) / "notebooks" / step
+    paths = sorted(folder.glob("*.ipynb"), key=lambda p: natural_key(p.stem))
+    if not paths:
+        raise NoteError(f"no executed notebooks of step {step} in {folder}: run the step first")
+    failures = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        try:
+            _require_success(path, nb)
+        except NoteError as exc:
+            failures.append(str(exc))
+            continue
+        figures = labelled_figures(nb)
+        if label in figures:
+            return path, figures[label]
+    if len(failures) == len(paths):
+        raise NoteError(f"every notebook of step {step} failed; the first: {failures[0]}")
+    raise NoteError(
+        f"no successful notebook of step {step} has a figure labelled {label!r} "
+        f"(looked in {len(paths) - len(failures)} notebooks, e.g. {paths[0]})"
+    )
 
 
 def _require_success(path: Path, nb: nbformat.NotebookNode) -> None:

@@ -8,6 +8,7 @@ Directives
     The figure labelled ``LABEL`` (``#| label: LABEL``) of step ``STEP``'s executed notebook,
     for the data id of the ``:data-id:`` option or the first that succeeded; the content is
     the caption, to which the source notebook (linked to its HTML page) and cell are added.
+    Without ``:data-id:``, the first notebook in data-id order that succeeded and drew it.
     ``:name:`` makes it referable with ``{numref}``; ``:width:`` sizes it.
 ``metrics-table``
     Every metric of ``validation/metrics.json`` with its requirement and verdict.
@@ -44,7 +45,7 @@ from docutils.parsers.rst import directives
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-from twinkles.note.notebooks import NoteError, executed_notebook, labelled_figures
+from twinkles.note.notebooks import NoteError, find_figure
 
 __all__ = ["setup"]
 
@@ -189,15 +190,10 @@ class NotebookFigure(SphinxDirective):
                 f"not {self.arguments[0]!r}"
             )
         run_dir = _run_dir(self.env)
-        path, nb = executed_notebook(run_dir, step, self.options.get("data-id"))
-        figures = labelled_figures(nb)
-        if label not in figures:
-            have = ", ".join(sorted(figures)) or "none"
-            raise NoteError(
-                f"{self.get_location()}: notebook {path} has no figure labelled {label!r} "
-                f"(labelled figures there: {have})"
-            )
-        fig = figures[label]
+        try:
+            path, fig = find_figure(run_dir, step, label, self.options.get("data-id"))
+        except NoteError as exc:
+            raise NoteError(f"{self.get_location()}: {exc}") from None
         out = Path(self.env.srcdir) / FIGURE_DIR / f"{step}--{path.stem}--{label}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(fig.png)

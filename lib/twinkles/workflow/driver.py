@@ -194,11 +194,20 @@ def make_plan(run: Run, pipeline: Pipeline) -> dict[Key, Node]:
             int(v): str(f) for v, f in zip(visits["obsHistID"], visits["filter"], strict=True)
         }
     plan: dict[Key, Node] = {}
+    every = run.config.executor.figure_every
     for step in pipeline.steps:
         overrides = run.config.steps.get(step.name)
         extra = dict(overrides.parameters) if overrides else {}
         resources = _step_resources(step, run)
-        for data_id in pipeline.data_ids(run, step.dimension):
+        sampled = (
+            every > 1
+            and step.dimension == "visit"
+            and "figures" not in extra
+            and "figures" in read_contract(step.recipe_path(pipeline.cookbook)).names()
+        )
+        for rank, data_id in enumerate(pipeline.data_ids(run, step.dimension)):
+            if sampled:
+                extra = {**extra, "figures": rank % every == 0}
             clash = sorted(set(extra) & (set(data_id) | {"run_dir"}))
             if clash:
                 raise ConfigError(
