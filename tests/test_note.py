@@ -191,7 +191,7 @@ def test_a_missing_label_or_a_failed_notebook_stops_the_build(tiny_full, tmp_pat
     index = source / "index.md"
     index.write_text(index.read_text() + "\n```{notebook-figure} make_skymap:no-such-label\n```\n")
     with pytest.raises(
-        NoteError, match=r"make_skymap/run.ipynb has no figure labelled 'no-such-label'"
+        NoteError, match=r"no successful notebook of step make_skymap has a figure labelled 'no"
     ):
         build_note(tiny_full.dir, source=source, out_dir=tmp_path / "out1", pdf=False)
 
