@@ -92,6 +92,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would hide the run from collaborators
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
