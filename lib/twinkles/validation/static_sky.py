@@ -282,6 +282,11 @@ def pooled_completeness_purity(table: Table, max_mag: float) -> tuple[float, flo
     )
 
 
+def _ratio_to_mmag(ratio: float) -> float:
+    """A flux ratio as a magnitude difference (mmag); NaN for a ratio <= 0."""
+    return -2500.0 * float(np.log10(ratio)) if ratio > 0 else float("nan")
+
+
 def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
     """Bias and scatter of forced PSF fluxes of non-variable stars, per band and true magnitude.
 
@@ -295,10 +300,12 @@ def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
     Returns
     -------
     Table
-        Per band and bin: ``mag_lo``, ``mag_hi``, ``n``, ``bias_mmag`` (median of
-        ``-2.5 log10(psFlux / true)``, mmag), ``scatter_mmag`` (its robust sigma),
-        ``expected_mmag`` (the median photometric error, ``1.0857 psFluxErr / true``) and
-        ``pull_std`` (robust sigma of ``(psFlux - true) / psFluxErr``).
+        Per band and bin: ``mag_lo``, ``mag_hi``, ``n``, ``bias_mmag``
+        (``-2.5 log10`` of the median of ``psFlux / true``, mmag), ``scatter_mmag`` (the
+        robust sigma of ``psFlux / true`` times 1085.7 mmag), ``expected_mmag`` (the median
+        photometric error, ``1085.7 psFluxErr / true``) and ``pull_std`` (robust sigma of
+        ``(psFlux - true) / psFluxErr``). Ratios of fluxes rather than magnitudes, so faint
+        stars' negative fluxes count instead of being dropped (which biases toward bright).
     """
     steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
     flux = np.asarray(steady["psFlux"], float)
@@ -307,8 +314,8 @@ def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
     ok = (true > 0) & np.isfinite(flux) & (err > 0)
     mag = np.full(len(true), np.nan)
     mag[ok] = -2.5 * np.log10(true[ok]) + 31.4  # nJy -> AB
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dmag = -2.5 * np.log10(flux / true)
+    ratio = np.full(len(true), np.nan)
+    ratio[ok] = flux[ok] / true[ok]
     bands = np.asarray(steady["band"])
     out = []
     if not ok.any():
@@ -326,9 +333,9 @@ def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
                     "mag_lo": float(a),
                     "mag_hi": float(b),
                     "n": int(sel.sum()),
-                    "bias_mmag": 1000.0 * float(np.nanmedian(dmag[sel])),
-                    "scatter_mmag": 1000.0 * robust_std(dmag[sel]),
-                    "expected_mmag": 1000.0 * float(np.median(1.0857 * err[sel] / true[sel])),
+                    "bias_mmag": _ratio_to_mmag(float(np.median(ratio[sel]))),
+                    "scatter_mmag": 1085.7 * robust_std(ratio[sel]),
+                    "expected_mmag": 1085.7 * float(np.median(err[sel] / true[sel])),
                     "pull_std": robust_std((flux[sel] - true[sel]) / err[sel]),
                 }
             )
