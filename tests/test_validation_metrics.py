@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from twinkles.validation.dia import dia_object_completeness_purity
+from twinkles.validation.dia import dia_object_completeness_purity, lensed_image_recovery
 from twinkles.validation.metrics import Metric, collect_metrics, read_metrics, write_metrics
 from twinkles.validation.monitor import neighbours, stamp_epochs
 from twinkles.validation.static_sky import am1, photometry_vs_magnitude
@@ -108,6 +108,37 @@ def test_dia_object_completeness_and_purity():
     assert by_bin[(21.0, 22.0)]["purity"] == 0.5
 
 
+def test_lensed_image_recovery():
+    from types import SimpleNamespace
+
+    arcsec = 1.0 / 3600
+    images = Table(
+        {
+            "id": [1, 2, 3, 4],
+            "system_id": [10, 10, 20, 20],
+            "ra": [5.0, 5.0 + 2.0 * arcsec, 6.0, 6.0 + 0.8 * arcsec],
+            "dec": [1.0, 1.0, 1.0, 1.0],
+            "dx_arcsec": [0.0, 2.0, 0.0, 0.8],
+            "dy_arcsec": [0.0, 0.0, 0.0, 0.0],
+        }
+    )
+    # system 10 resolved, both images found, each its own DIAObject; system 20 (0.8") is not
+    # resolved at 0.7" FWHM and its images share one DIAObject
+    dia_objects = Table(
+        {
+            "diaObjectId": [100, 101, 200],
+            "ra": [5.0, 5.0 + 2.0 * arcsec, 6.0 + 0.4 * arcsec],
+            "decl": [1.0, 1.0, 1.0],
+        }
+    )
+    peaks = Table({"truth_id": [1, 2, 3, 4], "peak_snr": [30.0, 4.0, 50.0, 50.0]})
+    out = lensed_image_recovery(SimpleNamespace(lensed_images=images), dia_objects, peaks, 0.7)
+    assert out["resolved"].tolist() == [True, True, False, False]
+    assert out["diaObjectId"].tolist() == [100, 101, 200, 200]
+    assert out["separate"].tolist() == [True, True, False, False]
+    assert out["peak_snr"].tolist() == [30.0, 4.0, 50.0, 50.0]
+
+
 def test_monitor_helpers():
     variables = Table({"truth_id": [1, 2, 3], "ra": [5.0, 5.0 + 0.5 / 3600, 6.0], "dec": [1.0] * 3})
     assert neighbours(variables, 5.0, 1.0, 1.0).tolist() == [1, 2]
@@ -151,9 +182,8 @@ def test_collect_and_write_metrics(tmp_path):
         "recovery": 0.9,
         "spurious_per_visit_mean": 2.0,
         "sn_pulls": [{"band": "r", "pull_std": 1.1, "pull_median": 0.05}],
-        "lensed_quasars": [{"n_resolved": 2, "n_resolved_separate_dia_objects": 1}],
     }
-    metrics = collect_metrics(static_sky, dia, float("nan"), 0, 0.98, 0.8)
+    metrics = collect_metrics(static_sky, dia, float("nan"), 0, 0.98, 0.8, 3, 2, 1)
     by_name = {m.name: m for m in metrics}
     assert by_name["PA1_r"].status == "pass"
     assert by_name["forced_pull_std_r"].status == "fail"

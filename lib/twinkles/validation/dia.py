@@ -23,6 +23,7 @@ __all__ = [
     "dia_object_completeness_purity",
     "expected_difference_flux",
     "forced_dia_truth",
+    "lensed_image_recovery",
     "light_curve_pulls",
     "score_dia_sources",
     "transient_peaks",
@@ -325,3 +326,68 @@ def dia_object_completeness_purity(
                 }
             )
     return Table(rows=rows), found, real
+
+
+def lensed_image_recovery(
+    truth: Truth,
+    dia_objects: Table,
+    peaks: Table,
+    fwhm_arcsec: float,
+    radius_arcsec: float = 1.0,
+) -> Table:
+    """Whether each lensed-quasar image is a DIAObject of its own.
+
+    Parameters
+    ----------
+    truth : Truth
+        The lensed images (``id``, ``system_id``, ``ra``, ``dec``, ``dx_arcsec``,
+        ``dy_arcsec``).
+    dia_objects : Table
+        ``diaObjectId``, ``ra``, ``decl``.
+    peaks : Table
+        From :func:`transient_peaks`: the images' ``peak_snr``.
+    fwhm_arcsec : float
+        The run's PSF FWHM: images at least 2 FWHM from every other image of their system
+        are *resolved*.
+    radius_arcsec : float
+        Match radius of an image to its nearest DIAObject.
+
+    Returns
+    -------
+    Table
+        Per image: ``truth_id``, ``system_id``, ``separation_arcsec`` (to the nearest other
+        image), ``resolved``, ``peak_snr``, ``diaObjectId`` (-1: none within the radius) and
+        ``separate`` (its DIAObject is no other image's of the system).
+    """
+    images = truth.lensed_images
+    out = Table()
+    out["truth_id"] = np.asarray(images["id"], dtype=np.int64)
+    out["system_id"] = np.asarray(images["system_id"], dtype=np.int64)
+    sep = np.full(len(images), np.inf)
+    for system in np.unique(out["system_id"]):
+        k = np.flatnonzero(out["system_id"] == system)
+        dx, dy = np.asarray(images["dx_arcsec"])[k], np.asarray(images["dy_arcsec"])[k]
+        d = np.hypot(dx[:, None] - dx[None, :], dy[:, None] - dy[None, :])
+        np.fill_diagonal(d, np.inf)
+        sep[k] = d.min(axis=1)
+    out["separation_arcsec"] = sep
+    out["resolved"] = sep >= 2.0 * fwhm_arcsec
+    snr_of = dict(
+        zip(peaks["truth_id"].tolist(), np.asarray(peaks["peak_snr"]).tolist(), strict=True)
+    )
+    out["peak_snr"] = [snr_of.get(int(t), np.nan) for t in out["truth_id"]]
+    match = np.full(len(images), -1, dtype=np.int64)
+    if len(dia_objects) and len(images):
+        dist, idx = cKDTree(unit_vectors(dia_objects["ra"], dia_objects["decl"])).query(
+            unit_vectors(images["ra"], images["dec"])
+        )
+        near = dist <= chord_length(radius_arcsec)
+        match[near] = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)[idx[near]]
+    out["diaObjectId"] = match
+    separate = np.zeros(len(images), dtype=bool)
+    for k in range(len(images)):
+        same_system = out["system_id"] == out["system_id"][k]
+        shared = np.sum(same_system & (match == match[k]))
+        separate[k] = match[k] >= 0 and shared == 1
+    out["separate"] = separate
+    return out
