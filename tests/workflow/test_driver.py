@@ -301,7 +301,7 @@ def test_figure_every_samples_the_figures_of_per_visit_recipes(tiny_run):
     # every third visit, the first included; run-level and per-filter steps always draw
     assert drawn["process_eimage"][:7] == [True, False, False, True, False, False, True]
     assert sum(drawn["image_difference"]) == -(-len(drawn["image_difference"]) // 3)
-    assert drawn["simulate_visit"][0] is None  # the recipe has no figures parameter
+    assert drawn["simulate_visit"][:4] == [True, False, False, True]
     assert drawn["make_coadd"] == [None] * len(drawn["make_coadd"])
     assert drawn["validate_run"] == [None]
     # a step's own figures parameter wins
