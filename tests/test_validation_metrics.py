@@ -51,6 +51,9 @@ def test_am1_ignores_missing_measurements_and_needs_pairs_in_the_annulus():
     )
     value, pairs = am1(small_ra, small_dec)
     assert math.isnan(value) and pairs == 0
+    # too few pairs: reported, not measured
+    value, pairs = am1(ra, dec, min_pairs=10**6)
+    assert math.isnan(value) and pairs > 100
     with pytest.raises(ValueError, match="annulus"):
         am1(ra, dec, annulus_arcmin=(6.0, 4.0))
     with pytest.raises(ValueError, match="stars x visits"):

@@ -388,6 +388,7 @@ def am1(
     dec: np.ndarray,
     annulus_arcmin: tuple[float, float] = (4.0, 6.0),
     min_visits: int = 3,
+    min_pairs: int = 10,
 ) -> tuple[float, int]:
     """validate_drp's AM1 (mas): astrometric repeatability of star pairs about 5' apart.
 
@@ -404,13 +405,16 @@ def am1(
         Inner and outer pair separation (arcmin).
     min_visits : int
         Pairs measured together in fewer visits are left out.
+    min_pairs : int
+        Fewer qualifying pairs than this leave AM1 unmeasured: a median over a handful of
+        pairs (the corners of a field barely larger than the annulus) says little.
 
     Returns
     -------
     am1_mas : float
-        NaN when no pair qualifies (a field smaller than the annulus, say).
+        NaN when fewer than ``min_pairs`` pairs qualify (a field smaller than the annulus).
     n_pairs : int
-        Pairs used.
+        Pairs that qualified.
     """
     ra = np.asarray(ra, dtype=float)
     dec = np.asarray(dec, dtype=float)
@@ -447,6 +451,6 @@ def am1(
         keep = both.sum(axis=1) >= min_visits
         rms.append(np.nanstd(sep_mas[keep], axis=1))
     rms = np.concatenate(rms)
-    if len(rms) == 0:
-        return float("nan"), 0
+    if len(rms) < max(min_pairs, 1):
+        return float("nan"), len(rms)
     return float(np.median(rms)), len(rms)
