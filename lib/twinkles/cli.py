@@ -60,7 +60,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(line)
     from twinkles.note.browser import build_browser
 
-    print(f"run browser: {build_browser(run.dir)}")
+    try:
+        print(f"run browser: {build_browser(run.dir)}")
+    except Exception as exc:  # the run's results stand without their index page
+        print(f"the run browser was not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     if summary.interrupted:
         print(f"interrupted: run `twinkles run {args.config}` again to resume", file=sys.stderr)
         return 130

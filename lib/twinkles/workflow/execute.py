@@ -212,7 +212,7 @@ def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKerne
         os.replace(tmp, notebook)
         # the run browser's page of this notebook, made here so it is paid in parallel (and on
         # the Slurm nodes) rather than by the browser build; a page that cannot be made is
-        # logged and made again by `twinkles note`, and never fails the science
+        # logged, tried again when the run browser is built, and never fails the science
         try:
             render_html(
                 nb,

@@ -241,8 +241,9 @@ class WarmKernelEngine(NBClientEngine):
         )
         client.kc = warm_kernel.kc
         # papermill writes the whole notebook, figures included, at every cell's start and end
-        # (~0.3 s a visit here); an interim copy every SAVE_EVERY_S keeps a hung visit
-        # inspectable, and papermill's final save after this returns is not throttled
+        # (~60 writes of a ~1 MB per-visit notebook, ~10 ms each); an interim copy every
+        # SAVE_EVERY_S keeps a hung visit inspectable, and papermill's final save after this
+        # returns is not throttled
         save = nb_man.save
 
         def throttled_save(**kwargs):
