@@ -6,6 +6,7 @@ import numpy as np
 
 __all__ = [
     "chord_length",
+    "nearest_id_within",
     "random_positions_in_disc",
     "sky_to_tangent",
     "tangent_to_sky",
@@ -55,3 +56,27 @@ def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 def chord_length(radius_arcsec: float) -> float:
     """The chord between unit vectors ``radius_arcsec`` apart on the sky."""
     return float(2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0))
+
+
+def nearest_id_within(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    cat_ra: np.ndarray,
+    cat_dec: np.ndarray,
+    cat_ids: np.ndarray,
+    radius_arcsec: float,
+) -> np.ndarray:
+    """Per position (deg), the id of the nearest catalog entry within the radius, else -1.
+
+    Not one to one: two positions may get the same entry (as two images of one lensed
+    quasar that share a DIAObject).
+    """
+    from scipy.spatial import cKDTree
+
+    out = np.full(len(ra), -1, dtype=np.int64)
+    if len(cat_ids) == 0 or len(ra) == 0:
+        return out
+    dist, idx = cKDTree(unit_vectors(cat_ra, cat_dec)).query(unit_vectors(ra, dec))
+    near = dist <= chord_length(radius_arcsec)
+    out[near] = np.asarray(cat_ids, dtype=np.int64)[idx[near]]
+    return out

@@ -53,6 +53,7 @@ def render_missing_html(run_dir: Path) -> int:
 def build_browser(run_dir: str | Path) -> Path:
     """Write ``runs/<name>/index.html``; returns its path."""
     from twinkles.config import load_run
+    from twinkles.workflow.rundb import RunDatabase
     from twinkles.workflow.status import run_report, run_status
 
     run = load_run(run_dir)
@@ -60,8 +61,6 @@ def build_browser(run_dir: str | Path) -> Path:
     render_missing_html(run_dir)
     status = run_status(run)
     report = {s["step"]: s for s in run_report(run)["steps"]}
-    from twinkles.workflow.rundb import RunDatabase
-
     db = RunDatabase(run_dir / "run.db")
     try:
         states = {(n.step, n.data_id): n.state for n in db.nodes()}

@@ -16,6 +16,7 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nbformat
 
@@ -102,19 +103,7 @@ def executed_notebook(
         nb = nbformat.read(path, as_version=4)
         _require_success(path, nb)
         return path, nb
-    paths = sorted(folder.glob("*.ipynb"), key=lambda p: natural_key(p.stem))
-    if not paths:
-        raise NoteError(f"no executed notebooks of step {step} in {folder}: run the step first")
-    failures = []
-    for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        try:
-            _require_success(path, nb)
-        except NoteError as exc:
-            failures.append(str(exc))
-            continue
-        return path, nb
-    raise NoteError(f"every notebook of step {step} failed; the first: {failures[0]}")
+    return _first_success(folder, step, lambda nb: nb, "")
 
 
 def find_figure(
@@ -141,7 +130,17 @@ def find_figure(
                 f"notebook {path} has no figure labelled {label!r} (labelled figures there: {have})"
             )
         return path, figures[label]
-    folder = Path(run_dir) / "notebooks" / step
+    return _first_success(
+        Path(run_dir) / "notebooks" / step,
+        step,
+        lambda nb: labelled_figures(nb).get(label),
+        f"no successful notebook of step {step} has a figure labelled {label!r}",
+    )
+
+
+def _first_success(folder: Path, step: str, pick, missing: str) -> tuple[Path, Any]:
+    """The first notebook in ``folder`` (natural order) that succeeded and for which ``pick``
+    gives something: (its path, what ``pick`` gave); ``missing`` is the error when none does."""
     paths = sorted(folder.glob("*.ipynb"), key=lambda p: natural_key(p.stem))
     if not paths:
         raise NoteError(f"no executed notebooks of step {step} in {folder}: run the step first")
@@ -153,14 +152,13 @@ def find_figure(
         except NoteError as exc:
             failures.append(str(exc))
             continue
-        figures = labelled_figures(nb)
-        if label in figures:
-            return path, figures[label]
+        found = pick(nb)
+        if found is not None:
+            return path, found
     if len(failures) == len(paths):
         raise NoteError(f"every notebook of step {step} failed; the first: {failures[0]}")
     raise NoteError(
-        f"no successful notebook of step {step} has a figure labelled {label!r} "
-        f"(looked in {len(paths) - len(failures)} notebooks, e.g. {paths[0]})"
+        f"{missing} (looked in {len(paths) - len(failures)} notebooks, e.g. {paths[0]})"
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from twinkles.geometry import chord_length, unit_vectors
+from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
 from twinkles.sim.truth import Truth
 from twinkles.validation.static_sky import robust_std
 
@@ -376,13 +376,14 @@ def lensed_image_recovery(
         zip(peaks["truth_id"].tolist(), np.asarray(peaks["peak_snr"]).tolist(), strict=True)
     )
     out["peak_snr"] = [snr_of.get(int(t), np.nan) for t in out["truth_id"]]
-    match = np.full(len(images), -1, dtype=np.int64)
-    if len(dia_objects) and len(images):
-        dist, idx = cKDTree(unit_vectors(dia_objects["ra"], dia_objects["decl"])).query(
-            unit_vectors(images["ra"], images["dec"])
-        )
-        near = dist <= chord_length(radius_arcsec)
-        match[near] = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)[idx[near]]
+    match = nearest_id_within(
+        images["ra"],
+        images["dec"],
+        dia_objects["ra"],
+        dia_objects["decl"],
+        dia_objects["diaObjectId"],
+        radius_arcsec,
+    )
     out["diaObjectId"] = match
     separate = np.zeros(len(images), dtype=bool)
     for k in range(len(images)):

@@ -14,22 +14,11 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from twinkles.geometry import chord_length, unit_vectors
+from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
 from twinkles.sim.truth import Truth
 from twinkles.validation.dia import expected_difference_flux
 
 __all__ = ["dia_truth", "forced_truth", "neighbours", "select_targets", "stamp_epochs"]
-
-
-def _nearest(ra, dec, cat_ra, cat_dec, ids, radius_arcsec: float) -> np.ndarray:
-    """The id of the nearest catalog entry within the radius, -1 where there is none."""
-    out = np.full(len(ra), -1, dtype=np.int64)
-    if len(ids) == 0 or len(ra) == 0:
-        return out
-    dist, idx = cKDTree(unit_vectors(cat_ra, cat_dec)).query(unit_vectors(ra, dec))
-    near = dist <= chord_length(radius_arcsec)
-    out[near] = np.asarray(ids, dtype=np.int64)[idx[near]]
-    return out
 
 
 def select_targets(
@@ -92,7 +81,7 @@ def select_targets(
             system += [s] * len(members)
     out = peaks[np.asarray(chosen, dtype=int)]
     out["system_id"] = np.asarray(system, dtype=np.int64)
-    out["diaObjectId"] = _nearest(
+    out["diaObjectId"] = nearest_id_within(
         out["ra"],
         out["dec"],
         dia_objects["ra"],
@@ -100,7 +89,7 @@ def select_targets(
         dia_objects["diaObjectId"],
         radius_arcsec,
     )
-    out["objectId"] = _nearest(
+    out["objectId"] = nearest_id_within(
         out["ra"], out["dec"], objects["ra"], objects["decl"], objects["objectId"], radius_arcsec
     )
     return out
