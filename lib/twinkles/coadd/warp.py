@@ -5,7 +5,8 @@ evaluated exactly on a coarse grid (``grid_step`` patch pixels) and fitted there
 polynomial, checked to ``max_transform_error`` pixels; evaluating the WCS at every pixel
 costs 4.2 s for a 4k image against ~0.1 s for the polynomial
 (../shared/reference/PERFORMANCE.md). Only patch pixels inside the calexp's footprint are
-resampled.
+resampled, in one compiled pass per pixel (:mod:`twinkles.image.resample`; scipy took 3.6-4.5
+s per run1 calexp, the compiled pass 0.9 s).
 
 * **image**: cubic B-spline interpolation (``scipy.ndimage.map_coordinates``, order 3, with
   its prefilter), which reproduces polynomials to third order like the bicubic kernels of
@@ -39,6 +40,7 @@ from scipy import ndimage
 from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.resample import resample_rows
 from twinkles.psf.pixel import PixelPSF, polynomial_terms
 
 __all__ = [
@@ -80,9 +82,6 @@ class WarpConfig(Section):
     max_degree: int = Field(
         6, ge=1, le=9, description="Highest polynomial degree tried for the transform."
     )
-    block_rows: int = Field(
-        256, ge=1, description="Patch rows resampled at once (bounds the work arrays)."
-    )
 
 
 @lru_cache(maxsize=1)
@@ -98,16 +97,23 @@ def _spline_weight_table(phases: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return f, weights
 
 
+@lru_cache(maxsize=1)
+def _variance_factor_table() -> np.ndarray:
+    """``sum_k c_k^2`` at the 65 phases of :func:`_spline_weight_table` (read-only)."""
+    table = np.sum(_spline_weight_table()[1] ** 2, axis=1)
+    table.flags.writeable = False
+    return table
+
+
 def spline_variance_factor(frac: np.ndarray) -> np.ndarray:
     """Variance of cubic-spline-interpolated white noise of unit variance at phase ``frac``.
 
     ``frac`` is the distance (pixels) from the nearest lower input pixel; the factor is
     ``sum_k c_k(frac)^2``, 1 at 0 and 1, its minimum midway.
     """
-    f, weights = _spline_weight_table()
-    table = np.sum(weights**2, axis=1).astype(np.float32)
+    table = _variance_factor_table()
     # nearest of 65 phases: the factor changes by < 0.4% between neighbouring phases
-    index = (np.mod(frac, 1.0) * (len(f) - 1) + 0.5).astype(np.intp)
+    index = (np.mod(frac, 1.0) * (len(table) - 1) + 0.5).astype(np.intp)
     return table[index]
 
 
@@ -121,26 +127,24 @@ class PixelTransform:
     scale: float
     max_error: float
 
-    def rows(self, row: np.ndarray, row_index: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
-        """Evaluate at pixels ``x`` of rows ``row[row_index]``: Horner's scheme in x, with the
-        coefficients of each row's polynomial in x computed once per row. Returns one array
-        per fitted quantity (calexp x, calexp y, pixel-area ratio)."""
+    def row_coefficients(self, row: np.ndarray) -> np.ndarray:
+        """Per patch row, the coefficients of each fitted quantity's polynomial in
+        ``u = (x - centre_x) / scale``: array (n_rows, degree + 1, n_quantities), the
+        quantities being calexp x, calexp y and the pixel-area ratio."""
         v = (np.asarray(row, dtype=float) - self.centre[1]) / self.scale
         d = self.degree
         exps = [(i, j) for n in range(d + 1) for j in range(n + 1) for i in [n - j]]
-        n_out = self.coeffs.shape[1]
-        # per-row coefficient of u^i: sum_j coeff[(i, j)] v^j
-        per_row = np.zeros((len(v), d + 1, n_out))
+        per_row = np.zeros((len(v), d + 1, self.coeffs.shape[1]))
         for k, (i, j) in enumerate(exps):
             per_row[:, i, :] += np.outer(v**j, self.coeffs[k])
-        u = (np.asarray(x, dtype=float) - self.centre[0]) / self.scale
-        out = []
-        for q in range(n_out):
-            value = per_row[row_index, d, q]
-            for i in range(d - 1, -1, -1):
-                value = value * u + per_row[row_index, i, q]
-            out.append(value)
-        return out
+        return per_row
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Calexp x, calexp y and the pixel-area ratio at patch pixels (x, y): (3, n)."""
+        x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+        u = (x.ravel() - self.centre[0]) / self.scale
+        v = (y.ravel() - self.centre[1]) / self.scale
+        return (polynomial_terms(u, v, self.degree) @ self.coeffs).T
 
 
 def _check_exponents(degree: int) -> None:
@@ -263,30 +267,32 @@ class WarpTask:
         corner_idx = [0, 15, 30, 45]
         rows, first, last = _footprint_spans(fx[corner_idx], fy[corner_idx], bbox)
         # spline interpolation needs finite inputs: masked-out pixels carry 0 into it
-        src = np.where(np.isfinite(calexp.image), calexp.image, 0.0).astype(np.float64)
-        coeffs = ndimage.spline_filter(src, order=3, mode="mirror")
+        src = np.where(np.isfinite(calexp.image), calexp.image, 0.0)
+        coeffs = ndimage.spline_filter(src, order=3, mode="mirror", output=np.float32)
         del src
-        scale = calexp.photo_calib.njy_per_electron
         shape = (y1 - y0, x1 - x0)
         image_out = np.full(shape, np.nan, dtype=np.float32)
         var_out = np.full(shape, np.inf, dtype=np.float32)
         mask_out = np.full(shape, int(MaskPlane.NO_DATA), dtype=np.int32)
-        # blocks of rows keep the per-pixel work arrays small (memory, and cache)
-        for start in range(0, len(rows), self.config.block_rows):
-            block = slice(start, start + self.config.block_rows)
-            self._warp_rows(
-                calexp,
-                coeffs,
-                transform,
-                rows[block],
-                first[block],
-                last[block],
-                (x0, y0),
-                scale,
-                image_out,
-                var_out,
-                mask_out,
-            )
+        resample_rows(
+            coeffs,
+            np.ascontiguousarray(calexp.variance, dtype=np.float32),
+            np.ascontiguousarray(calexp.mask, dtype=np.int32),
+            int(CARRIED_PLANES),
+            transform.row_coefficients(rows),
+            rows,
+            first,
+            last,
+            transform.centre[0],
+            transform.scale,
+            x0,
+            y0,
+            calexp.photo_calib.njy_per_electron,
+            _variance_factor_table(),
+            image_out,
+            var_out,
+            mask_out,
+        )
 
         wcs = patch_wcs.deepcopy()
         wcs.wcs.crpix = [wcs.wcs.crpix[0] - x0, wcs.wcs.crpix[1] - y0]
@@ -305,46 +311,6 @@ class WarpTask:
             photo_calib=PhotoCalib(NJY_ZERO_POINT, calexp.photo_calib.zero_point_err),
             metadata=metadata,
         )
-
-    @staticmethod
-    def _warp_rows(
-        calexp: Exposure,
-        coeffs: np.ndarray,
-        transform: PixelTransform,
-        rows: np.ndarray,
-        first: np.ndarray,
-        last: np.ndarray,
-        origin: tuple[int, int],
-        scale: float,
-        image_out: np.ndarray,
-        var_out: np.ndarray,
-        mask_out: np.ndarray,
-    ) -> None:
-        """Resample the footprint's pixels in patch rows ``rows`` into the output planes."""
-        h, w = calexp.shape
-        x0, y0 = origin
-        lengths = last - first + 1
-        row_index = np.repeat(np.arange(len(rows)), lengths)
-        starts = np.cumsum(lengths) - lengths
-        xx = np.arange(lengths.sum()) - np.repeat(starts - first, lengths)
-        sx, sy, area = transform.rows(rows, row_index, xx)
-        inside = (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
-        iy, ix = rows[row_index[inside]] - y0, xx[inside] - x0
-        sx, sy, area = sx[inside], sy[inside], area[inside].astype(np.float32)
-        value = np.empty(len(sx), dtype=np.float32)
-        ndimage.map_coordinates(
-            coeffs, [sy, sx], output=value, order=3, prefilter=False, mode="mirror"
-        )
-        nx, ny = (sx + 0.5).astype(np.intp), (sy + 0.5).astype(np.intp)
-        np.clip(nx, 0, w - 1, out=nx)
-        np.clip(ny, 0, h - 1, out=ny)
-        var = calexp.variance[ny, nx] * (
-            spline_variance_factor(sx - np.floor(sx)) * spline_variance_factor(sy - np.floor(sy))
-        )
-        # a patch pixel holds `area` calexp pixels' worth of flux (optical distortion)
-        image_out[iy, ix] = value * area * np.float32(scale)
-        var_out[iy, ix] = var * area**2 * np.float32(scale**2)
-        mask_out[iy, ix] = calexp.mask[ny, nx] & int(CARRIED_PLANES)
 
 
 @dataclass
