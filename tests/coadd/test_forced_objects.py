@@ -91,3 +91,27 @@ def test_pa1_recovers_the_scatter_of_synthetic_stars():
     mags[rng.random(mags.shape) < 0.2] = np.nan
     assert pa1(mags) == pytest.approx(0.005, rel=0.1)
     assert np.isnan(pa1(mags[:2]))
+
+
+def test_forced_photometry_applies_the_aperture_correction_where_each_object_is():
+    from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionMap
+
+    stars = [(RA - 6 / 3600, DEC - 5 / 3600, 5.0e4), (RA + 6 / 3600, DEC + 5 / 3600, 5.0e4)]
+    calexp = make_calexp(10.0, seed=4, stars=stars)
+    ra, dec, _ = (np.array(c) for c in zip(*stars, strict=True))
+    h, w = calexp.shape
+    # +-5% across the sensor in x, times a growth of 1.02
+    correction = ApertureCorrectionMap(
+        np.array([1.0, 0.1, 0.0]), 1, 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * np.hypot(w, h), 1.02
+    )
+    plain = ForcedPhotometryTask().run(calexp, ra, dec).catalog
+    corrected = ForcedPhotometryTask().run(calexp, ra, dec, ap_corr=correction).catalog
+    expected = correction(plain["x"], plain["y"])
+    assert abs(expected[1] / expected[0] - 1) > 0.02  # the two positions are corrected apart
+    np.testing.assert_allclose(corrected["psFlux"] / plain["psFlux"], expected, rtol=1e-10)
+    np.testing.assert_allclose(corrected["psFluxErr"] / plain["psFluxErr"], expected, rtol=1e-10)
+    # the visit summary carries it as JSON; a summary without it is an error naming the visit
+    again = ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr_map": correction.to_dict()})
+    np.testing.assert_allclose(again(plain["x"], plain["y"]), expected)
+    with pytest.raises(ApertureCorrectionError, match=r"visit 7.*rerun process_eimage"):
+        ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr": 1.01})

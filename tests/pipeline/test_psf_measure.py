@@ -171,3 +171,35 @@ def test_too_few_aperture_correction_stars_is_a_clear_error(stars):
             stars.cat["x"][:1],
             stars.cat["y"][:1],
         )
+
+
+def _gaussian_stamps(u, v, sigma, snr, rng, half=12):
+    """Unit-flux Gaussian stamps of widths ``sigma`` with white noise at S/N ``snr``."""
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    stamps = np.exp(-(xx**2 + yy**2)[None] / (2 * sigma[:, None, None] ** 2))
+    stamps /= stamps.sum(axis=(1, 2), keepdims=True)
+    # per pixel, so that the PSF-fit S/N, sqrt(sum P^2) / noise, is snr
+    noise = np.sqrt(np.sum(stamps**2, axis=(1, 2))) / snr
+    variance = np.broadcast_to((noise**2)[:, None, None], stamps.shape).copy()
+    return stamps + rng.normal(size=stamps.shape) * np.sqrt(variance), variance
+
+
+def test_cross_validated_degree_follows_what_the_stars_constrain():
+    from twinkles.psf.determine import cross_validated_degree
+
+    rng = np.random.default_rng(5)
+    # 28 stars and a constant PSF: a degree-2 fit of 6 coefficients per pixel fits noise
+    u, v = rng.uniform(-0.7, 0.7, 28), rng.uniform(-0.7, 0.7, 28)
+    snr = np.full(28, 200.0)
+    stamps, variance = _gaussian_stamps(u, v, np.full(28, 1.8), snr, rng)
+    degree, chi2 = cross_validated_degree(stamps, variance, u, v, snr, 2)
+    assert degree == 0 and chi2[2] > chi2[1] > chi2[0]
+    assert chi2[0] == pytest.approx(1.0, abs=0.1)  # held-out residuals are the noise
+    # 80 stars, the width changing by +-10% across the sensor: the variation is fitted
+    u, v = rng.uniform(-0.7, 0.7, 80), rng.uniform(-0.7, 0.7, 80)
+    snr = np.full(80, 200.0)
+    stamps, variance = _gaussian_stamps(u, v, 1.8 * (1 + 0.14 * u), snr, rng)
+    degree, chi2 = cross_validated_degree(stamps, variance, u, v, snr, 2)
+    # degree 1 leaves the noise; 0 leaves the variation; 2 adds fitted noise
+    assert degree == 1 and chi2[1] == pytest.approx(1.0, abs=0.1)
+    assert chi2[0] > chi2[1] + 0.2 and chi2[2] > chi2[1]

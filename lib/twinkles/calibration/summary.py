@@ -44,6 +44,7 @@ def visit_summary(
         "psf_n_stars": psf_result.n_stars,
         "psf_degree": int(psf_result.stars.meta["degree"]),
         "ap_corr": apcorr.median,
+        "ap_corr_map": apcorr.map.to_dict(),
         "ap_corr_err": apcorr.uncertainty,
         "psf_flux_systematic": apcorr.systematic,
         "ap_corr_n_stars": int(np.sum(apcorr.stars["used"])),

@@ -51,6 +51,7 @@ from twinkles.psf.pixel import polynomial_terms
 __all__ = [
     "ApertureCorrectionConfig",
     "ApertureCorrectionError",
+    "ApertureCorrectionMap",
     "ApertureCorrectionResult",
     "ApertureCorrectionTask",
     "local_aperture_flux",
@@ -82,6 +83,64 @@ class ApertureCorrectionConfig(Section):
 
 
 @dataclass
+class ApertureCorrectionMap:
+    """The aperture correction at any sensor position: a polynomial times the growth.
+
+    Stored in the visit summary (:meth:`to_dict`) so that forced photometry corrects each
+    position with the correction there: the PSF model is fitted with its own spatial degree,
+    and its flux normalisation errors vary over the sensor; a single median would leave them.
+    """
+
+    coefficients: np.ndarray
+    degree: int
+    x0: float
+    y0: float
+    scale: float
+    growth: float
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The multiplicative correction of PSF fluxes at pixel positions (x, y), 0-based."""
+        terms = polynomial_terms(
+            (np.atleast_1d(np.asarray(x, dtype=float)) - self.x0) / self.scale,
+            (np.atleast_1d(np.asarray(y, dtype=float)) - self.y0) / self.scale,
+            self.degree,
+        )
+        return (terms @ np.asarray(self.coefficients)) * self.growth
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return {
+            "coefficients": [float(c) for c in np.asarray(self.coefficients)],
+            "degree": int(self.degree),
+            "x0": float(self.x0),
+            "y0": float(self.y0),
+            "scale": float(self.scale),
+            "growth": float(self.growth),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ApertureCorrectionMap:
+        return cls(
+            np.asarray(data["coefficients"], dtype=float),
+            int(data["degree"]),
+            float(data["x0"]),
+            float(data["y0"]),
+            float(data["scale"]),
+            float(data["growth"]),
+        )
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> ApertureCorrectionMap:
+        """From a visit summary; an error naming the visit if it has none."""
+        if "ap_corr_map" not in summary:
+            raise ApertureCorrectionError(
+                f"visit {summary.get('visit', '?')}: the visit summary has no aperture-"
+                "correction map (written by an older twinkles); rerun process_eimage"
+            )
+        return cls.from_dict(summary["ap_corr_map"])
+
+
+@dataclass
 class ApertureCorrectionResult:
     """The correction: a polynomial over the sensor times the growth to the total aperture."""
 
@@ -100,12 +159,14 @@ class ApertureCorrectionResult:
     """Fractional per-source systematic of PSF fluxes (added to their errors)."""
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        terms = polynomial_terms(
-            (np.asarray(x) - self.x0) / self.scale,
-            (np.asarray(y) - self.y0) / self.scale,
-            self.degree,
+        return self.map(x, y)
+
+    @property
+    def map(self) -> ApertureCorrectionMap:
+        """The correction over the sensor, without the stars (what a later step needs)."""
+        return ApertureCorrectionMap(
+            self.coefficients, self.degree, self.x0, self.y0, self.scale, self.growth
         )
-        return (terms @ self.coefficients) * self.growth
 
     @property
     def median(self) -> float:

@@ -17,6 +17,7 @@ on coadds) and the difference-imaging branch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,7 @@ class ForcedPhotometryTask:
         exposure: Exposure,
         ra: np.ndarray,
         dec: np.ndarray,
-        ap_corr: float = 1.0,
+        ap_corr: float | Callable[[np.ndarray, np.ndarray], np.ndarray] = 1.0,
         flux_systematic: float = 0.0,
     ) -> ForcedPhotometryResult:
         """Fluxes at (ra, dec) (deg).
@@ -86,8 +87,10 @@ class ForcedPhotometryTask:
             Background-subtracted (or a difference image), with PSF, WCS and zero point.
         ra, dec : array
             Positions (deg).
-        ap_corr : float
-            Aperture correction multiplying the PSF fluxes (the calexp's, from its summary).
+        ap_corr : float or callable
+            Aperture correction multiplying the PSF fluxes: one number, or a function of the
+            pixel position (x, y) such as the calexp's
+            :class:`~twinkles.measurement.apcorr.ApertureCorrectionMap`.
         flux_systematic : float
             Fractional per-source systematic added in quadrature to the PSF-flux errors.
 
@@ -137,8 +140,13 @@ class ForcedPhotometryTask:
                 members = members_all[rows]
                 flux[members], err[members], masked[members] = f, e, m
 
-        flux *= ap_corr
-        err = np.hypot(err * ap_corr, flux_systematic * flux)
+        correction = np.full(n, np.nan)
+        if callable(ap_corr):
+            correction[idx] = ap_corr(x[idx], y[idx])
+        else:
+            correction[:] = ap_corr
+        flux *= correction
+        err = np.hypot(err * correction, flux_systematic * flux)
         calib = exposure.photo_calib
         cat = Table()
         cat["x"], cat["y"] = x, y

@@ -20,7 +20,12 @@
    signal-to-noise (capped, so a few bright stars do not decide alone); fluxes are
    re-measured with the model each pass, and stars whose residual chi^2 stands out are
    clipped.
-   The polynomial degree is lowered when there are fewer than 4 stars per coefficient.
+   The polynomial degree is chosen by ``cv_folds``-fold cross-validation: for each degree up
+   to ``degree`` (and at most one coefficient per 4 stars), the stacked stars of all folds but
+   one predict the held-out stars, and the degree with the lowest held-out chi^2 wins. A
+   degree the stars cannot constrain fits their noise: on the demo run (~28 PSF stars per
+   visit, a PSF varying linearly) degree 2 gave forced PSF fluxes of bright stars a scatter
+   of 2.4 times their errors against the truth, degree 1 1.0-1.5 times.
 
 Too few stars raises :class:`PsfError` with the visit, the number found and the number needed.
 """
@@ -40,7 +45,7 @@ from twinkles.image import Exposure, MaskPlane
 from twinkles.psf.pixel import PixelPSF, polynomial_terms
 from twinkles.psf.shift import shift_stamps, shift_stamps_transpose
 
-__all__ = ["PsfConfig", "PsfError", "PsfResult", "PsfTask", "cut_stamps"]
+__all__ = ["PsfConfig", "PsfError", "PsfResult", "PsfTask", "cross_validated_degree", "cut_stamps"]
 
 
 class PsfError(TwinklesError):
@@ -51,7 +56,12 @@ class PsfConfig(Section):
     """PSF measurement."""
 
     kernel_size: int = Field(25, ge=9, le=101, description="Kernel side (pixels, odd).")
-    degree: int = Field(2, ge=0, le=4, description="Polynomial degree of spatial variation.")
+    degree: int = Field(
+        2, ge=0, le=4, description="Highest polynomial degree of spatial variation tried."
+    )
+    cv_folds: int = Field(
+        5, ge=2, le=20, description="Folds of the cross-validation choosing the degree."
+    )
     min_stars: int = Field(5, ge=2, description="Fewest stars for a PSF (else PsfError).")
     max_stars: int = Field(300, ge=5, description="Most stars used (the brightest).")
     snr_min: float = Field(50.0, gt=0, description="Candidate signal-to-noise floor.")
@@ -119,6 +129,58 @@ def _stellar_locus(radius: np.ndarray, tolerance: float) -> float:
     first = int(np.flatnonzero(counts >= max(3, 0.5 * counts.max()))[0]) if counts.max() >= 3 else 0
     members = r[lo[first] : hi[first]]
     return float(np.median(members))
+
+
+def cross_validated_degree(
+    stamps: np.ndarray,
+    variance: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    weight: np.ndarray,
+    max_degree: int,
+    folds: int = 5,
+) -> tuple[int, list[float]]:
+    """The polynomial degree of a pixel PSF's spatial variation that best predicts unseen stars.
+
+    Parameters
+    ----------
+    stamps : array (n, k, k)
+        The stars' stamps, centred and normalised to unit flux.
+    variance : array (n, k, k)
+        Their variance (in the same normalisation).
+    u, v : array (n,)
+        The stars' scaled sensor positions.
+    weight : array (n,)
+        The stars' weights in the fit (their signal-to-noise, as the PSF fit).
+    max_degree : int
+        Highest degree tried.
+    folds : int
+        Each star is held out once, in one of ``folds`` groups (assigned at random with a
+        fixed seed, so the choice is reproducible).
+
+    Returns
+    -------
+    degree : int
+        The degree with the lowest held-out chi^2.
+    chi2 : list of float
+        Held-out chi^2 per pixel for degrees 0..max_degree.
+    """
+    n = len(stamps)
+    flat = stamps.reshape(n, -1)
+    inverse_variance = 1.0 / variance.reshape(n, -1)
+    group = np.random.default_rng(0).permutation(n) % min(folds, n)
+    scores = []
+    for degree in range(max_degree + 1):
+        terms = polynomial_terms(u, v, degree)
+        chi2 = 0.0
+        for k in np.unique(group):
+            train, test = group != k, group == k
+            coeffs, *_ = np.linalg.lstsq(
+                terms[train] * weight[train, None], flat[train] * weight[train, None], rcond=None
+            )
+            chi2 += float(np.sum((flat[test] - terms[test] @ coeffs) ** 2 * inverse_variance[test]))
+        scores.append(chi2 / flat.size)
+    return int(np.argmin(scores)), scores
 
 
 class PsfTask:
@@ -199,10 +261,20 @@ class PsfTask:
         h, w = exposure.shape
         x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
         used = np.ones(len(idx), dtype=bool)
-        degree = cfg.degree
-        while degree > 0 and len(idx) < 4 * (degree + 1) * (degree + 2) // 2:
-            degree -= 1
-        terms = polynomial_terms((x - x0) / scale, (y - y0) / scale, degree)
+        max_degree = cfg.degree
+        while max_degree > 0 and len(idx) < 4 * (max_degree + 1) * (max_degree + 2) // 2:
+            max_degree -= 1
+        u, v = (x - x0) / scale, (y - y0) / scale
+        degree, cv_chi2 = cross_validated_degree(
+            centred / flux[:, None, None],
+            np.maximum(var, 1e-6) / flux[:, None, None] ** 2,
+            u,
+            v,
+            snr,
+            max_degree,
+            cfg.cv_folds,
+        )
+        terms = polynomial_terms(u, v, degree)
         dx, dy = x - ix, y - iy
 
         def fit_basis(images: np.ndarray) -> np.ndarray:
@@ -246,6 +318,7 @@ class PsfTask:
         )
         stars.meta["stellar_locus_radius"] = locus
         stars.meta["degree"] = degree
+        stars.meta["degree_cv_chi2"] = cv_chi2
         norm_resid = resid / flux[:, None, None]
         return PsfResult(
             psf=psf,
