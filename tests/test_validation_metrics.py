@@ -171,7 +171,15 @@ def test_metric_verdicts():
 
 def test_collect_and_write_metrics(tmp_path):
     static_sky = {
-        "forced": {"r": {"pa1_mmag": 4.0, "pull_std": 1.2, "bias": 0.001}},
+        "forced": {
+            "r": {
+                "pa1_mmag": 9.0,
+                "pa1_noise_mmag": 8.0,
+                "floor_mmag": 4.0,
+                "pull_std": 1.2,
+                "bias": 0.001,
+            }
+        },
         "coadds": {"r": {"noise_ratio": 1.02}},
         "objects": {
             "completeness_1mag_above_depth": 0.97,
@@ -188,7 +196,10 @@ def test_collect_and_write_metrics(tmp_path):
     }
     metrics = collect_metrics(static_sky, dia, float("nan"), 0, 0.98, 0.8, 3, 2, 1)
     by_name = {m.name: m for m in metrics}
-    assert by_name["PA1_r"].status == "pass"
+    # PA1 of noisy stars fails the SRD value; the floor beyond their errors passes it
+    assert by_name["PA1_r"].status == "fail"
+    assert by_name["expected_PA1_r"].status == "info"
+    assert by_name["photometric_floor_r"].status == "pass"
     assert by_name["forced_pull_std_r"].status == "fail"
     assert by_name["forced_bias_r"].value == pytest.approx(0.1)  # percent
     assert by_name["AM1"].status == "not measured"

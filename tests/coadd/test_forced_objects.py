@@ -115,3 +115,21 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
     np.testing.assert_allclose(again(plain["x"], plain["y"]), expected)
     with pytest.raises(ApertureCorrectionError, match=r"visit 7.*rerun process_eimage"):
         ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr": 1.01})
+
+
+def test_repeatability_floor_and_noise_pa1_separate_the_systematic_from_the_photon_noise():
+    from twinkles.validation.static_sky import pa1_noise, repeatability_floor
+
+    rng = np.random.default_rng(11)
+    # 50 stars x 15 visits, photometric errors 2-20 mmag (S/N 50-500), and a 4 mmag floor
+    errors = np.repeat(rng.uniform(0.002, 0.02, (50, 1)), 15, axis=1)
+    mags = 20.0 + rng.normal(size=(50, 1)) + rng.normal(size=errors.shape) * np.hypot(errors, 0.004)
+    mags[rng.uniform(size=mags.shape) < 0.1] = np.nan  # missed visits
+    assert repeatability_floor(mags, errors) == pytest.approx(0.004, abs=0.001)
+    # PA1 is the photon noise and the floor together; the noise PA1 is the first alone
+    assert pa1(mags) > pa1_noise(errors) > 0.004
+    assert np.hypot(pa1_noise(errors), 0.004) == pytest.approx(pa1(mags), rel=0.25)
+    # no floor: errors explain the scatter; a 5-sigma outlier does not make one
+    clean = 20.0 + rng.normal(size=errors.shape) * errors
+    clean[0, 0] += 0.5
+    assert repeatability_floor(clean, errors) < 0.0025  # the chi^2 noise of 700 residuals

@@ -173,6 +173,25 @@ def collect_metrics(
                 f"photometric repeatability of bright non-variable stars in {band} (validate_drp)",
             ),
             Metric(
+                f"expected_PA1_{band}",
+                _get(f, "pa1_noise_mmag"),
+                "mmag",
+                None,
+                None,
+                ISSUE,
+                f"the PA1 that the same stars' photometric errors alone give, {band}",
+            ),
+            Metric(
+                f"photometric_floor_{band}",
+                _get(f, "floor_mmag"),
+                "mmag",
+                "<=",
+                5.0,
+                SRD,
+                "scatter of bright stars' ForcedSource magnitudes beyond their errors, all "
+                f"visits: the systematic part of PA1, {band}",
+            ),
+            Metric(
                 f"forced_pull_std_{band}",
                 _get(f, "pull_std"),
                 "",

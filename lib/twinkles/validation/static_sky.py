@@ -9,6 +9,8 @@
 * :func:`forced_light_curves`: the ForcedSource rows of every visit with their band and MJD;
 * :func:`star_light_curves`, :func:`forced_star_metrics`: ForcedSource of true stars against
   their true fluxes: PA1 and pulls per band;
+* :func:`pa1_noise`, :func:`repeatability_floor`: the PA1 the photometric errors alone give,
+  and the scatter beyond them (the pipeline's systematic floor);
 * :func:`photometry_vs_magnitude`: bias and scatter of forced photometry of non-variable
   stars against their true fluxes, per band and bin of true magnitude;
 * :func:`star_positions`, :func:`am1`: the astrometric repeatability of validate_drp (LSST SRD
@@ -34,8 +36,10 @@ __all__ = [
     "forced_star_metrics",
     "match_sky",
     "pa1",
+    "pa1_noise",
     "photometry_vs_magnitude",
     "pooled_completeness_purity",
+    "repeatability_floor",
     "robust_std",
     "star_light_curves",
     "star_positions",
@@ -165,6 +169,60 @@ def pa1(mags: np.ndarray, n_repeat: int = 50, seed: int = 0) -> float:
     return float(np.median(estimates))
 
 
+def pa1_noise(mag_errors: np.ndarray, n_repeat: int = 50, seed: int = 0) -> float:
+    """The PA1 that the measurement errors alone give (mag).
+
+    :func:`pa1` of magnitudes drawn from ``N(0, mag_errors)`` for the same (stars x visits)
+    array (NaN: missing). With validate_drp's S/N >= 50 cut most PA1 stars have S/N 50-200,
+    whose photon noise alone is 5-20 mmag: PA1 is then this number, not the pipeline's floor.
+    """
+    errors = np.asarray(mag_errors, dtype=float)
+    draws = np.random.default_rng(seed + 1).normal(size=errors.shape) * errors
+    return pa1(draws, n_repeat, seed)
+
+
+def repeatability_floor(mags: np.ndarray, mag_errors: np.ndarray, clip: float = 5.0) -> float:
+    """The per-measurement scatter beyond the errors (mag), from all visits of every star.
+
+    The ``s`` for which the residuals about each star's weighted mean have a chi^2 equal to
+    their degrees of freedom with errors ``sqrt(e^2 + s^2)`` (the usual error floor of a
+    photometric survey); 0 when the errors explain the scatter. Residuals beyond ``clip``
+    sigma are left out. This is the systematic part of the repeatability, the one the SRD's
+    PA1 of bright (noise-free) stars measures.
+    """
+    mags = np.asarray(mags, dtype=float)
+    errors = np.asarray(mag_errors, dtype=float)
+    ok = np.isfinite(mags) & np.isfinite(errors) & (errors > 0)
+    ok &= ok.sum(axis=1, keepdims=True) >= 2
+
+    def excess_chi2(floor: float) -> tuple[float, np.ndarray]:
+        weight = np.where(ok, 1.0 / (errors**2 + floor**2), 0.0)
+        mean = np.nansum(np.where(ok, mags, 0.0) * weight, axis=1) / np.maximum(
+            weight.sum(axis=1), 1e-300
+        )
+        z2 = np.where(ok, (mags - mean[:, None]) ** 2 * weight, 0.0)
+        dof = ok.sum() - np.count_nonzero(ok.any(axis=1))
+        return float(z2.sum() - dof), z2
+
+    for _ in range(3):  # clip outliers at the current floor, then solve again
+        if ok.sum() - np.count_nonzero(ok.any(axis=1)) < 2:
+            return float("nan")
+        if excess_chi2(0.0)[0] <= 0:
+            floor = 0.0
+        else:
+            low, high = 0.0, 1.0
+            for _ in range(60):
+                mid = 0.5 * (low + high)
+                low, high = (mid, high) if excess_chi2(mid)[0] > 0 else (low, mid)
+            floor = 0.5 * (low + high)
+        outliers = excess_chi2(floor)[1] > clip**2
+        if not outliers.any():
+            break
+        ok &= ~outliers
+        ok &= ok.sum(axis=1, keepdims=True) >= 2
+    return floor
+
+
 def forced_light_curves(butler, visits: Table) -> Table:
     """Every visit's ForcedSource rows that exist, with ``band`` and ``mjd`` added."""
     parts = []
@@ -228,8 +286,10 @@ def forced_star_metrics(rows: Table, bright_snr: float = 50.0, min_snr: float = 
     """Per band, for non-variable stars: PA1 of the bright ones and pulls against the truth.
 
     ``rows`` come from :func:`star_light_curves`. PA1 uses stars whose median S/N is at least
-    ``bright_snr``; pulls ``(psFlux - true) / psFluxErr`` use S/N >= ``min_snr``; the bias is
-    the median of ``psFlux / true - 1`` for the bright stars.
+    ``bright_snr``, as do the PA1 their errors alone would give (:func:`pa1_noise`) and the
+    scatter beyond their errors (:func:`repeatability_floor`); pulls
+    ``(psFlux - true) / psFluxErr`` use S/N >= ``min_snr``; the bias is the median of
+    ``psFlux / true - 1`` for the bright stars.
     """
     out = []
     steady = rows[~np.asarray(rows["is_variable"])]
@@ -245,16 +305,20 @@ def forced_star_metrics(rows: Table, bright_snr: float = 50.0, min_snr: float = 
         median_snr = np.array([np.median(snr[ids == s]) for s in stars])
         bright = stars[median_snr >= bright_snr]
         mags = np.full((len(bright), len(visits)), np.nan)
+        mag_errors = np.full_like(mags, np.nan)
         col = np.searchsorted(visits, np.asarray(b["ccdVisitId"]))
         for k, s in enumerate(bright):
             sel = (ids == s) & (flux > 0)
             mags[k, col[sel]] = -2.5 * np.log10(flux[sel])
+            mag_errors[k, col[sel]] = 2.5 / np.log(10.0) * err[sel] / flux[sel]
         in_pulls = snr >= min_snr
         is_bright = np.isin(ids, bright)
         out.append(
             {
                 "band": str(band),
                 "pa1_mmag": 1000.0 * pa1(mags),
+                "pa1_noise_mmag": 1000.0 * pa1_noise(mag_errors),
+                "floor_mmag": 1000.0 * repeatability_floor(mags, mag_errors),
                 "n_pa1_stars": len(bright),
                 "pull_std": robust_std(((flux - true) / err)[in_pulls]),
                 "n_pulls": int(in_pulls.sum()),
