@@ -139,13 +139,6 @@ class PixelTransform:
             per_row[:, i, :] += np.outer(v**j, self.coeffs[k])
         return per_row
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Calexp x, calexp y and the pixel-area ratio at patch pixels (x, y): (3, n)."""
-        x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-        u = (x.ravel() - self.centre[0]) / self.scale
-        v = (y.ravel() - self.centre[1]) / self.scale
-        return (polynomial_terms(u, v, self.degree) @ self.coeffs).T
-
 
 def _check_exponents(degree: int) -> None:
     # the Horner evaluation assumes polynomial_terms orders terms by total degree, then by
@@ -155,7 +148,9 @@ def _check_exponents(degree: int) -> None:
     exps = [(i, j) for n in range(degree + 1) for j in range(n + 1) for i in [n - j]]
     expected = np.array([2.0**i * 3.0**j for i, j in exps])
     if not np.allclose(terms, expected):
-        raise AssertionError("polynomial_terms ordering changed; update PixelTransform.rows")
+        raise AssertionError(
+            "polynomial_terms ordering changed; update PixelTransform.row_coefficients"
+        )
 
 
 def fit_transform(

@@ -197,7 +197,7 @@ def repeatability_floor(mags: np.ndarray, mag_errors: np.ndarray, clip: float = 
 
     def excess_chi2(floor: float) -> tuple[float, np.ndarray]:
         weight = np.where(ok, 1.0 / (errors**2 + floor**2), 0.0)
-        mean = np.nansum(np.where(ok, mags, 0.0) * weight, axis=1) / np.maximum(
+        mean = np.sum(np.where(ok, mags, 0.0) * weight, axis=1) / np.maximum(
             weight.sum(axis=1), 1e-300
         )
         z2 = np.where(ok, (mags - mean[:, None]) ** 2 * weight, 0.0)
