@@ -192,7 +192,16 @@ def test_collect_and_write_metrics(tmp_path):
         "noise_ratio_max": 1.05,
         "recovery": 0.9,
         "spurious_per_visit_mean": 2.0,
-        "sn_pulls": [{"band": "r", "pull_std": 1.1, "pull_median": 0.05}],
+        "sn_pulls": [
+            {
+                "band": "r",
+                "pull_std": 1.1,
+                "pull_median": 0.05,
+                "bright_host_mag": 21.5,
+                "bright_host_pull_std": 1.3,
+                "bright_host_pull_median": -0.05,
+            }
+        ],
     }
     metrics = collect_metrics(static_sky, dia, float("nan"), 0, 0.98, 0.8, 3, 2, 1)
     by_name = {m.name: m for m in metrics}
@@ -205,6 +214,11 @@ def test_collect_and_write_metrics(tmp_path):
     assert by_name["AM1"].status == "not measured"
     assert by_name["transient_recovery"].status == "fail"
     assert by_name["lensed_image_recovery"].value == 0.5
+    # SNe on bright hosts are held to the same bounds as all SNe
+    assert by_name["sn_pull_std_r"].status == "pass"
+    assert by_name["sn_bright_host_pull_std_r"].status == "fail"
+    assert by_name["sn_bright_host_pull_median_r"].status == "pass"
+    assert "r < 21.5" in by_name["sn_bright_host_pull_std_r"].description
     path = tmp_path / "validation" / "metrics.json"
     written = write_metrics(path, "test", metrics)
     assert written["summary"]["not measured"] == 1

@@ -87,6 +87,32 @@ class PixelPSF:
         stamps /= stamps.sum(axis=(1, 2), keepdims=True)
         return stamps, ix, iy
 
+    def render(
+        self, shape: tuple[int, int], x: np.ndarray, y: np.ndarray, flux: np.ndarray
+    ) -> np.ndarray:
+        """A noise-free image (float64, ``shape``) of point sources of ``flux`` at (x, y).
+
+        Each source is its :meth:`images` stamp times its flux; the parts of stamps beyond the
+        image are dropped, so a source just off the edge still puts its wings on the image.
+        """
+        h, w = shape
+        out = np.zeros((h, w))
+        x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
+        flux = np.broadcast_to(np.asarray(flux, dtype=float), x.shape)
+        half = self.half
+        near = (x > -half - 1) & (x < w + half) & (y > -half - 1) & (y < h + half)
+        if not near.any():
+            return out
+        stamps, ix, iy = self.images(x[near], y[near])
+        offsets = np.arange(-half, half + 1)
+        rows = iy[:, None, None] + offsets[None, :, None]
+        cols = ix[:, None, None] + offsets[None, None, :]
+        rows, cols = np.broadcast_arrays(rows, cols)
+        values = stamps * flux[near][:, None, None]
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        np.add.at(out, (rows[inside], cols[inside]), values[inside])
+        return out
+
     # --- summaries ------------------------------------------------------------------------------
 
     def neff(self, x: float, y: float, phases: int = 4) -> float:

@@ -5,6 +5,13 @@ is the weighted mean of its fluxes at the template's visits (the coadd weights, 
 ``goodSeeingCoadd_summary``): a supernova that was already bright in a template visit leaves
 a negative offset, a lensed quasar's images their flux at the template epochs. Every expected
 difference flux here accounts for that.
+
+Forced photometry at a DIAObject measures every variable source under its PSF, not only the
+one it is matched to: two supernovae of one host, years apart, share a DIAObject, and a
+source a pixel away still gives most of its flux to the fit. The flux a light-curve point
+should have is therefore found by forward modelling (:func:`expected_forced_flux`): the truth's
+difference fluxes drawn with the difference image's PSF on a noise-free copy of it, measured
+by the same forced photometry.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
+from twinkles.image.exposure import Exposure, PhotoCalib
+from twinkles.measurement.forced import ForcedPhotometryConfig, ForcedPhotometryTask
 from twinkles.sim.truth import Truth
+from twinkles.units import AB_MAG_OF_1_NJY
 from twinkles.validation.static_sky import robust_std
 
 __all__ = [
     "dia_object_completeness_purity",
     "expected_difference_flux",
+    "expected_forced_flux",
     "forced_dia_truth",
     "lensed_image_recovery",
     "light_curve_pulls",
@@ -64,6 +75,58 @@ def expected_difference_flux(
     for t, w in zip(template["mjds"], weights, strict=True):
         ref += w * truth.flux(ids, band, float(t))
     return now - ref / weights.sum()
+
+
+def expected_forced_flux(
+    diff: Exposure,
+    truth: Truth,
+    variables: Table,
+    band: str,
+    mjd: float,
+    template: dict,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    config: ForcedPhotometryConfig | None = None,
+) -> np.ndarray:
+    """The PSF flux (nJy) forced photometry at (ra, dec) on ``diff`` should measure.
+
+    Every object of ``variables`` (:func:`variable_truth`) is drawn at its true position with
+    its :func:`expected_difference_flux`, using the difference image's PSF, on a noise-free
+    copy of ``diff`` (same mask and variance); :class:`ForcedPhotometryTask` with ``config``
+    then measures all positions (ra, dec) as ``forced_dia_photometry`` does, joint fits of
+    neighbouring positions included. The result is linear in the truth, so it is the exact
+    expectation of the measurement for point sources, blends and all.
+
+    Parameters
+    ----------
+    diff : Exposure
+        The difference image (nJy), with its PSF and WCS.
+    truth, variables : Truth, Table
+        The simulation's truth and its variable objects.
+    band, mjd, template
+        The visit's filter and epoch, and its template's ``goodSeeingCoadd_summary``.
+    ra, dec : array
+        Every forced position of the visit (deg): all DIAObjects, since which positions are
+        fitted together depends on all of them.
+    config : ForcedPhotometryConfig, optional
+        The forced photometry's configuration (the default is ``forced_dia_photometry``'s).
+
+    Returns
+    -------
+    ndarray
+        Expected ``psFlux`` per position; NaN off the image.
+    """
+    if diff.psf is None or diff.wcs is None:
+        raise ValueError("expected_forced_flux needs a difference image with PSF and WCS")
+    flux = expected_difference_flux(truth, variables["truth_id"], band, mjd, template)
+    x, y = diff.wcs.all_world2pix(np.asarray(variables["ra"]), np.asarray(variables["dec"]), 0)
+    model = diff.psf.render(diff.shape, x, y, flux).astype(np.float32)
+    noise_free = Exposure(
+        model, diff.mask, diff.variance, diff.wcs, diff.psf, PhotoCalib(AB_MAG_OF_1_NJY), {}
+    )
+    psf_only = (config or ForcedPhotometryConfig()).model_copy(update={"aperture_radii": []})
+    result = ForcedPhotometryTask(psf_only).run(noise_free, ra, dec, ap_corr=1.0)
+    return np.asarray(result.catalog["psFlux"], float)
 
 
 def score_dia_sources(
@@ -168,29 +231,33 @@ def forced_dia_truth(
 
     Each true object of ``kinds`` is matched to its nearest DIAObject within
     ``radius_arcsec`` (one to one); the matched DIAObject's forced photometry on every visit
-    gets ``truth_id``, ``kind``, ``band``, ``mjd``, ``expected_flux`` (against that band's
-    template) and ``in_template`` (the visit is one of the template's: its difference is not
-    independent of the template).
+    gets ``truth_id``, ``kind``, ``band``, ``mjd``, ``own_flux`` (the matched object's
+    :func:`expected_difference_flux` against that band's template), ``expected_flux`` (what the
+    forced photometry should measure there, every variable source under the PSF included:
+    :func:`expected_forced_flux`) and ``in_template`` (the visit is one of the template's:
+    its difference is not independent of the template).
     """
     from astropy.table import vstack
 
     from twinkles.validation.static_sky import match_sky
 
     variables = variable_truth(truth)
-    variables = variables[np.isin(variables["kind"], kinds)]
-    if len(variables) == 0 or len(dia_objects) == 0:
+    targets = variables[np.isin(variables["kind"], kinds)]
+    if len(targets) == 0 or len(dia_objects) == 0:
         return Table()
     i_truth, i_obj, _ = match_sky(
-        variables["ra"], variables["dec"], dia_objects["ra"], dia_objects["decl"], radius_arcsec
+        targets["ra"], targets["dec"], dia_objects["ra"], dia_objects["decl"], radius_arcsec
     )
+    object_ids = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)
     truth_of = dict(
         zip(
-            np.asarray(dia_objects["diaObjectId"])[i_obj].tolist(),
-            np.asarray(variables["truth_id"])[i_truth].tolist(),
+            object_ids[i_obj].tolist(),
+            np.asarray(targets["truth_id"])[i_truth].tolist(),
             strict=True,
         )
     )
-    kind_of = dict(zip(variables["truth_id"].tolist(), variables["kind"].tolist(), strict=True))
+    kind_of = dict(zip(targets["truth_id"].tolist(), targets["kind"].tolist(), strict=True))
+    row_of = {int(o): k for k, o in enumerate(object_ids)}
     parts = []
     for row in visits:
         visit, band = int(row["obsHistID"]), str(row["filter"])
@@ -200,13 +267,26 @@ def forced_dia_truth(
         forced = forced[np.isin(forced["diaObjectId"], list(truth_of))]
         if len(forced) == 0:
             continue
+        mjd = float(row["expMJD"])
         forced["truth_id"] = np.array([truth_of[o] for o in forced["diaObjectId"].tolist()])
         forced["kind"] = np.array([kind_of[t] for t in forced["truth_id"].tolist()])
         forced["band"] = np.full(len(forced), band)
-        forced["mjd"] = np.full(len(forced), float(row["expMJD"]))
-        forced["expected_flux"] = expected_difference_flux(
-            truth, forced["truth_id"], band, float(row["expMJD"]), templates[band]
+        forced["mjd"] = np.full(len(forced), mjd)
+        forced["own_flux"] = expected_difference_flux(
+            truth, forced["truth_id"], band, mjd, templates[band]
         )
+        diff = Exposure.read_fits(butler.path("deepDiff_differenceExp", visit=visit))
+        expected = expected_forced_flux(
+            diff,
+            truth,
+            variables,
+            band,
+            mjd,
+            templates[band],
+            np.asarray(dia_objects["ra"], float),
+            np.asarray(dia_objects["decl"], float),
+        )
+        forced["expected_flux"] = expected[[row_of[int(o)] for o in forced["diaObjectId"]]]
         forced["in_template"] = np.full(len(forced), visit in templates[band]["visits"])
         parts.append(forced)
     return vstack(parts, metadata_conflicts="silent") if parts else Table()

@@ -319,6 +319,7 @@ def collect_metrics(
     ]
     for entry in sorted(dia.get("sn_pulls", []), key=lambda e: _band_order(e["band"])):
         band = entry["band"]
+        bright = f"r < {entry['bright_host_mag']:g}" if "bright_host_mag" in entry else "bright"
         metrics += [
             Metric(
                 f"sn_pull_std_{band}",
@@ -337,6 +338,24 @@ def collect_metrics(
                 0.1,
                 ISSUE,
                 f"median SN DiaForcedSource pull, {band}",
+            ),
+            Metric(
+                f"sn_bright_host_pull_std_{band}",
+                _get(entry, "bright_host_pull_std"),
+                "",
+                "within",
+                0.15,
+                ISSUE,
+                f"robust std of the pulls of SNe on hosts {bright}, {band}",
+            ),
+            Metric(
+                f"sn_bright_host_pull_median_{band}",
+                _get(entry, "bright_host_pull_median"),
+                "sigma",
+                "abs<=",
+                0.1,
+                ISSUE,
+                f"median pull of SNe on hosts {bright}, {band}",
             ),
         ]
     metrics += [
