@@ -141,6 +141,17 @@ def test_coadd_clips_an_artefact_predicts_its_noise_and_streams(tmp_path):
     # streaming: block size does not change the answer
     whole = CoaddTask(CoaddConfig(block_rows=4096)).run(paths, skymap.wcs, skymap.shape)
     np.testing.assert_allclose(whole.coadd.image, coadd.image, rtol=1e-5, atol=1e-3)
+    # unclipped (templates): the plain weighted mean, the trail at its weight's share
+    plain = CoaddTask(CoaddConfig(clip=False)).run(paths, skymap.wcs, skymap.shape)
+    assert plain.n_clipped == 0
+    tx, ty = skymap.wcs.wcs_world2pix(*calexps[2].wcs.all_pix2world([75.0], [71.0], 0), 0)
+    tx, ty = round(float(tx[0])), round(float(ty[0]))
+    w = plain.weights
+    share = w[3] / sum(w[v] for v in w)  # every warp covers the trail's middle
+    assert plain.n_image[ty, tx] == 6
+    assert plain.coadd.image[ty, tx] - coadd.image[ty, tx] == pytest.approx(
+        400.0 * calexps[2].photo_calib.njy_per_electron * share, rel=0.25
+    )
     # the coadd PSF is the (rotation-invariant) Gaussian, unit sum
     for c in calexps:
         c.write_fits(tmp_path / f"calexp_{c.visit}.fits")

@@ -60,6 +60,11 @@ class CoaddError(TwinklesError):
 class CoaddConfig(Section):
     """Coadd assembly."""
 
+    clip: bool = Field(
+        True,
+        description="Leave out outlier pixels (a second pass over the warps); off, the coadd "
+        "is the plain weighted mean.",
+    )
     clip_sigma: float = Field(4.0, gt=0, description="Outlier threshold (sigma).")
     clip_model_fraction: float = Field(
         2.0,
@@ -180,6 +185,7 @@ class CoaddTask:
                 sw = np.zeros(block)
                 swx = np.zeros(block)
                 sw2v = np.zeros(block)
+                count = np.zeros(block, dtype=np.int16)
                 for r in readers:
                     part = r.rows(start, stop, width)
                     if part is None:
@@ -189,32 +195,34 @@ class CoaddTask:
                     sw[ys, xs] += w
                     swx[ys, xs] += w * np.where(ok, x, 0.0)
                     sw2v[ys, xs] += w * w * np.where(ok, v, 0.0)
+                    count[ys, xs] += ok
                 with np.errstate(invalid="ignore", divide="ignore"):
                     mean = swx / sw
                     var_mean = sw2v / sw**2
-                # pass 2: clip and recompute
-                sw[:] = 0.0
-                swx[:] = 0.0
-                sw2v[:] = 0.0
-                count = np.zeros(block, dtype=np.int16)
-                for r in readers:
-                    part = r.rows(start, stop, width)
-                    if part is None:
-                        continue
-                    ys, xs, x, v, ok = part
-                    m, vm = mean[ys, xs], var_mean[ys, xs]
-                    with np.errstate(invalid="ignore"):
-                        limit = cfg.clip_sigma * np.sqrt(v + vm) + cfg.clip_model_fraction * np.abs(
-                            m
-                        )
-                        outlier = ok & (np.abs(x - m) > limit)
-                    n_clipped += int(outlier.sum())
-                    keep = ok & ~outlier
-                    w = np.where(keep, r.weight, 0.0)
-                    sw[ys, xs] += w
-                    swx[ys, xs] += w * np.where(keep, x, 0.0)
-                    sw2v[ys, xs] += w * w * np.where(keep, v, 0.0)
-                    count[ys, xs] += keep
+                # pass 2 (optional): clip and recompute
+                if cfg.clip:
+                    sw[:] = 0.0
+                    swx[:] = 0.0
+                    sw2v[:] = 0.0
+                    count[:] = 0
+                    for r in readers:
+                        part = r.rows(start, stop, width)
+                        if part is None:
+                            continue
+                        ys, xs, x, v, ok = part
+                        m, vm = mean[ys, xs], var_mean[ys, xs]
+                        with np.errstate(invalid="ignore"):
+                            limit = cfg.clip_sigma * np.sqrt(
+                                v + vm
+                            ) + cfg.clip_model_fraction * np.abs(m)
+                            outlier = ok & (np.abs(x - m) > limit)
+                        n_clipped += int(outlier.sum())
+                        keep = ok & ~outlier
+                        w = np.where(keep, r.weight, 0.0)
+                        sw[ys, xs] += w
+                        swx[ys, xs] += w * np.where(keep, x, 0.0)
+                        sw2v[ys, xs] += w * w * np.where(keep, v, 0.0)
+                        count[ys, xs] += keep
                 covered = sw > 0
                 with np.errstate(invalid="ignore", divide="ignore"):
                     image[start:stop] = np.where(covered, swx / sw, np.nan)
