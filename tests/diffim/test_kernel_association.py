@@ -11,9 +11,11 @@ from twinkles.diffim.associate import associate_dia_sources
 from twinkles.diffim.kernel import (
     AlardLuptonConfig,
     KernelFitError,
+    decorrelated_variance_factors,
     decorrelation_kernel,
     fft_convolve_terms,
     fit_kernel,
+    noise_correlation,
 )
 from twinkles.diffim.subtract import kernel_sigma
 from twinkles.diffim.template import TemplateConfig, TemplateError, select_template_visits
@@ -88,6 +90,45 @@ def test_decorrelation_whitens_the_difference():
     assert lag1(diff) > 0.2  # the convolved template's noise is correlated
     assert abs(lag1(white)) < 0.03
     assert white.std() == pytest.approx(np.hypot(sw, sn), rel=0.03)
+
+
+def test_noise_correlation_of_smoothed_noise_is_its_kernel_autocorrelation():
+    rng = np.random.default_rng(5)
+    smooth = gaussian(1.0, half=6)
+    noise = fft_convolve_terms(rng.normal(size=(600, 600)), smooth)
+    usable = np.ones(noise.shape, bool)
+    usable[250:300, :] = False  # a masked band: its pairs are left out, not counted as zeros
+    corr = noise_correlation(noise, np.full(noise.shape, noise.var()), usable, half=6)
+    # the autocorrelation of a Gaussian of sigma s is a Gaussian of sigma s sqrt(2)
+    expected = gaussian(np.sqrt(2.0), half=6)
+    expected /= expected[6, 6]
+    np.testing.assert_allclose(corr, expected, atol=0.01)
+    assert corr.sum() == pytest.approx(expected.sum(), rel=0.03)  # ~4 pi s^2 = 12.6
+    white = noise_correlation(rng.normal(size=(300, 300)), np.ones((300, 300)), usable[:300, :300])
+    assert (
+        white[6, 6] == 1.0 and np.abs(white - np.eye(13)[6][:, None] * np.eye(13)[6]).max() < 0.02
+    )
+
+
+def test_decorrelation_of_a_correlated_template_whitens_and_predicts_the_variance():
+    # a coadded, PSF-homogenised template: noise correlated before the matching kernel
+    rng = np.random.default_rng(9)
+    shape = (500, 500)
+    sw = 1.0  # the calexp (wide), white
+    template = fft_convolve_terms(rng.normal(0, 3.0, shape), gaussian(1.0, half=6))
+    kernel = gaussian(1.2, half=10)
+    diff = rng.normal(0, sw, shape) - fft_convolve_terms(template, kernel)
+    corr = noise_correlation(template, np.full(shape, template.var()), np.ones(shape, bool))
+    psi = decorrelation_kernel(kernel, sw**2, template.var(), corr_narrow=corr)
+    white = fft_convolve_terms(diff, psi)[30:-30, 30:-30]
+    gain_w, gain_n = decorrelated_variance_factors(psi, kernel, None, corr)
+    predicted = gain_w * sw**2 + gain_n * template.var()
+    assert white.var() == pytest.approx(predicted, rel=0.03)
+    lag1 = np.corrcoef(white[:, :-1].ravel(), white[:, 1:].ravel())[0, 1]
+    assert abs(lag1) < 0.03
+    # the white-noise kernel and variance, as before, get the template's share wrong
+    naive = fft_convolve_terms(diff, decorrelation_kernel(kernel, sw**2, template.var()))
+    assert naive[30:-30, 30:-30].var() / (sw**2 + template.var()) > 1.1
 
 
 def test_association_is_order_independent_and_groups_within_the_radius():

@@ -35,9 +35,11 @@ __all__ = [
     "AlardLuptonConfig",
     "KernelFitError",
     "KernelSolution",
+    "decorrelated_variance_factors",
     "decorrelation_kernel",
     "fft_convolve_terms",
     "fit_kernel",
+    "noise_correlation",
 ]
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -358,21 +360,128 @@ def fft_convolve_terms(
     return out
 
 
+def noise_correlation(
+    image: np.ndarray,
+    variance: np.ndarray,
+    usable: np.ndarray,
+    half: int = 6,
+    max_side: int = 1024,
+    clip: float = 4.0,
+) -> np.ndarray:
+    """The noise's normalised autocorrelation, measured on an image's blank pixels.
+
+    ``z = image / sqrt(variance)`` on ``usable`` pixels (those not usable, or beyond ``clip``,
+    count as missing) gives ``rho(d) = <z(x) z(x + d)> / <z^2>`` for lags ``|d| <= half``,
+    averaged over the pairs present (masked FFTs; a central ``max_side`` square is enough and
+    bounds the cost). White noise gives 1 at zero lag and 0 elsewhere; resampling and
+    PSF homogenisation spread it: ``sum(rho)`` is then the factor by which the variance of a
+    large-scale (low-frequency) measurement exceeds the per-pixel variance's prediction.
+
+    Returns
+    -------
+    ndarray, shape (2 half + 1, 2 half + 1)
+        ``rho``, 1 at the centre; the unit impulse if too few pixels are usable.
+    """
+    h, w = image.shape
+    y0, x0 = max((h - max_side) // 2, 0), max((w - max_side) // 2, 0)
+    box = (slice(y0, y0 + min(h, max_side)), slice(x0, x0 + min(w, max_side)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = image[box] / np.sqrt(variance[box])
+    good = usable[box] & np.isfinite(z)
+    good &= np.abs(z) < clip
+    impulse = np.zeros((2 * half + 1, 2 * half + 1))
+    impulse[half, half] = 1.0
+    if good.sum() < 100 * impulse.size:
+        return impulse
+    z = np.where(good, z - np.mean(z[good]), 0.0)
+    m = good.astype(float)
+    shape = (z.shape[0] + half, z.shape[1] + half)  # zero padding: no wrapped pairs
+    zf, mf = fft.rfft2(z, s=shape), fft.rfft2(m, s=shape)
+    sums = fft.irfft2(zf * np.conj(zf), s=shape)
+    pairs = fft.irfft2(mf * np.conj(mf), s=shape)
+    lags = np.r_[-half : half + 1]
+    sums = sums[np.ix_(lags, lags)]
+    pairs = np.maximum(pairs[np.ix_(lags, lags)], 1.0)
+    rho = sums / pairs
+    return rho / rho[half, half]
+
+
+def _correlation_power(corr: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | float:
+    """Noise power spectrum (rfft2 grid of ``shape``) of unit-variance noise with ``corr``."""
+    if corr is None:
+        return 1.0
+    power = np.real(_kernel_fft(corr, shape))
+    # a measured correlation is truncated and noisy: keep the spectrum positive
+    return np.maximum(power, 1e-3 * power.max())
+
+
 def decorrelation_kernel(
-    matching_kernel: np.ndarray, var_wide: float, var_narrow: float, size: int = 25
+    matching_kernel: np.ndarray,
+    var_wide: float,
+    var_narrow: float,
+    size: int = 25,
+    corr_wide: np.ndarray | None = None,
+    corr_narrow: np.ndarray | None = None,
 ) -> np.ndarray:
     """The real-space kernel that whitens ``wide - K * narrow`` (Reiss & Lupton 2016, DMTN-021).
 
-    In Fourier space ``psi(k) = sqrt((s_W^2 + s_N^2) / (s_W^2 + s_N^2 |K(k)|^2))``, with ``K``
-    normalised to unit sum; after it the difference's noise is white with variance
-    ``s_W^2 + s_N^2``, and its PSF is the wide image's convolved with ``psi``.
+    In Fourier space, with ``K`` normalised to unit sum and ``R_W``, ``R_N`` the power spectra
+    of the inputs' noise per unit variance (1 for white noise, the transform of
+    :func:`noise_correlation` for a resampled, PSF-homogenised template),
+
+        psi(k) = sqrt((s_W^2 R_W(0) + s_N^2 R_N(0)) / (s_W^2 R_W(k) + s_N^2 R_N(k) |K(k)|^2))
+
+    After it the difference's noise is white with variance ``s_W^2 R_W(0) + s_N^2 R_N(0)``
+    (``R(0) = sum(corr)``), and its PSF is the wide image's convolved with ``psi``. With white
+    inputs this is DMTN-021's kernel.
     """
     n = max(size, 2 * matching_kernel.shape[0] + 1) * 2 + 1
     k = matching_kernel / matching_kernel.sum()
     kf = _kernel_fft(k, (n, n))
-    psi = np.sqrt((var_wide + var_narrow) / (var_wide + var_narrow * np.abs(kf) ** 2))
+    power_w = _correlation_power(corr_wide, (n, n))
+    power_n = _correlation_power(corr_narrow, (n, n))
+    zero_w = 1.0 if corr_wide is None else float(corr_wide.sum())
+    zero_n = 1.0 if corr_narrow is None else float(corr_narrow.sum())
+    psi = np.sqrt(
+        (var_wide * zero_w + var_narrow * zero_n)
+        / (var_wide * power_w + var_narrow * power_n * np.abs(kf) ** 2)
+    )
     real = np.fft.fftshift(fft.irfft2(psi, s=(n, n)))
     c = n // 2
     half = size // 2
     out = real[c - half : c + half + 1, c - half : c + half + 1]
     return out / out.sum()
+
+
+def decorrelated_variance_factors(
+    psi: np.ndarray,
+    matching_kernel: np.ndarray,
+    corr_wide: np.ndarray | None = None,
+    corr_narrow: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Per-pixel variance of ``psi * (wide - K * narrow)`` per unit variance of each input.
+
+    The noise power after the decorrelation is ``|psi(k)|^2 (s_W^2 R_W(k) + s_N^2 R_N(k)
+    |K(k)|^2)``; its mean over frequencies is the per-pixel variance, ``a_W s_W^2 + a_N s_N^2``
+    with ``a_W = <|psi|^2 R_W>`` and ``a_N = <|psi|^2 R_N |K|^2>`` (``K`` at unit sum). Exact
+    for stationary noise whatever ``psi`` is (cropped, or derived for white inputs when one
+    is not).
+    """
+    n = max(psi.shape[0], matching_kernel.shape[0], 25) * 4 + 1
+    k = matching_kernel / matching_kernel.sum()
+    psi_power = np.abs(_kernel_fft(psi, (n, n))) ** 2
+    k_power = np.abs(_kernel_fft(k, (n, n))) ** 2
+    power_w = _correlation_power(corr_wide, (n, n))
+    power_n = _correlation_power(corr_narrow, (n, n))
+    # mean over the full frequency plane from the half plane of rfft2: the columns other than
+    # 0 and n/2 stand for two frequencies each
+    weight = np.full(psi_power.shape[1], 2.0)
+    weight[0] = 1.0
+    if n % 2 == 0:
+        weight[-1] = 1.0
+    total = n * n
+
+    def mean(spectrum: np.ndarray) -> float:
+        return float(np.sum(np.broadcast_to(spectrum, psi_power.shape) * weight) / total)
+
+    return mean(psi_power * power_w), mean(psi_power * power_n * k_power)

@@ -34,9 +34,11 @@ from twinkles.diffim.kernel import (
     AlardLuptonConfig,
     KernelFitError,
     KernelSolution,
+    decorrelated_variance_factors,
     decorrelation_kernel,
     fft_convolve_terms,
     fit_kernel,
+    noise_correlation,
 )
 from twinkles.errors import TwinklesError
 from twinkles.geometry import chord_length, unit_vectors
@@ -323,9 +325,23 @@ class ImageDifferenceTask:
         if cfg.decorrelate:
             var_w_med = float(np.median(var_w[~edge])) if np.any(~edge) else 1.0
             var_n_med = float(np.median(var_n[~edge])) if np.any(~edge) else 1.0
-            psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)
+            if convolved == "template":
+                # the template's noise is correlated by its resampling and PSF
+                # homogenisation (the calexp's is white): psi whitens with its measured
+                # spectrum, and the variance is what that leaves
+                detected = (calexp.mask & int(MaskPlane.DETECTED)) != 0
+                blank = ~edge & ~unusable & ~_grow(detected, 3)
+                corr_t = noise_correlation(tmpl, tmpl_var, blank)
+                psi = decorrelation_kernel(k_centre, var_w_med, var_n_med, corr_narrow=corr_t)
+                gain_w, gain_n = decorrelated_variance_factors(psi, k_centre, None, corr_t)
+            else:
+                # a convolved calexp: both inputs are poor in high frequencies, so the exact
+                # whitening would deconvolve the calexp and amplify the template's measured
+                # spectrum where it is least known; DMTN-021's kernel for white inputs
+                psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)
+                gain_w, gain_n = 1.0, 1.0
             difference = fft_convolve_terms(np.where(edge, 0.0, difference), psi)
-            variance = var_w + var_n * np.float32(k_sum**2)
+            variance = var_w * np.float32(gain_w) + var_n * np.float32(gain_n * k_sum**2)
             diff_psf = _convolve_psf(wide_psf, psi)
         else:
             variance = var_w + var_n * np.float32(kernel_sq)
