@@ -9,7 +9,9 @@
    always means brighter at the visit) gets the variance of both inputs, the union of their
    masks, and the difference PSF (the wider image's).
 4. Optionally the noise that the convolution correlated is whitened (decorrelation, Reiss &
-   Lupton 2016, DMTN-021); the PSF is convolved with the same kernel.
+   Lupton 2016, DMTN-021); the PSF is convolved with the same kernel. A convolved template's
+   own correlated noise (its measured autocorrelation) is whitened too, and the variance
+   plane is the exact variance of what the decorrelation leaves.
 5. DIASources are detected at ``threshold`` sigma on ``D`` and on ``-D`` and measured: PSF flux
    (nJy) and error, centroid, S/N, a dipole flag where a positive and a negative detection lie
    within one PSF FWHM of each other (a misregistered or moving source), and pixel flags.
@@ -102,8 +104,9 @@ class ImageDifferenceConfig(Section):
     )
     empirical_errors: bool = Field(
         True,
-        description="Scale PSF-flux errors by their measured spread at blank positions (the "
-        "template's correlated noise is not in the per-pixel variance).",
+        description="Scale PSF-flux errors by their measured spread at blank positions (what "
+        "the decorrelation leaves correlated, mostly the template's noise when the calexp is "
+        "the image convolved).",
     )
     dipole_separation_fwhm: float = Field(
         1.0, gt=0, description="A positive and a negative DIASource this close are a dipole."
