@@ -467,18 +467,16 @@ def decorrelated_variance_factors(
     for stationary noise whatever ``psi`` is (cropped, or derived for white inputs when one
     is not).
     """
-    n = max(psi.shape[0], matching_kernel.shape[0], 25) * 4 + 1
+    n = max(psi.shape[0], matching_kernel.shape[0], 25) * 4 + 1  # odd: no Nyquist column
     k = matching_kernel / matching_kernel.sum()
     psi_power = np.abs(_kernel_fft(psi, (n, n))) ** 2
     k_power = np.abs(_kernel_fft(k, (n, n))) ** 2
     power_w = _correlation_power(corr_wide, (n, n))
     power_n = _correlation_power(corr_narrow, (n, n))
-    # mean over the full frequency plane from the half plane of rfft2: the columns other than
-    # 0 and n/2 stand for two frequencies each
+    # mean over the full frequency plane from the half plane of rfft2: every column but the
+    # first stands for two frequencies
     weight = np.full(psi_power.shape[1], 2.0)
     weight[0] = 1.0
-    if n % 2 == 0:
-        weight[-1] = 1.0
     total = n * n
 
     def mean(spectrum: np.ndarray) -> float:
