@@ -196,11 +196,11 @@ class CoaddTask:
                     swx[ys, xs] += w * np.where(ok, x, 0.0)
                     sw2v[ys, xs] += w * w * np.where(ok, v, 0.0)
                     count[ys, xs] += ok
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = swx / sw
-                    var_mean = sw2v / sw**2
                 # pass 2 (optional): clip and recompute
                 if cfg.clip:
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        mean = swx / sw
+                        var_mean = sw2v / sw**2
                     sw[:] = 0.0
                     swx[:] = 0.0
                     sw2v[:] = 0.0
