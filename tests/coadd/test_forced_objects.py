@@ -53,6 +53,45 @@ def test_fitting_alone_would_bias_the_blend():
     assert abs(forced["psFlux"][1] / flux[1] - 1) < 0.1
 
 
+def test_joint_fits_are_the_least_squares_fit_on_the_union_of_stamps():
+    # a triple, a pair across the image edge and a single, with masked pixels under them:
+    # the batched fits equal a direct weighted least-squares fit of each group's union box
+    from twinkles.image import MaskPlane
+    from twinkles.measurement.psf_flux import psf_flux
+
+    calexp = make_calexp(15.0, seed=5)
+    rng = np.random.default_rng(5)
+    h, w = calexp.shape
+    x = np.array([40.3, 43.1, 45.8, 1.7, 5.2, 70.4])
+    y = np.array([50.2, 52.6, 47.9, 30.3, 31.8, 20.1])
+    groups = np.array([7, 7, 7, 3, 3, 9])
+    calexp.mask[rng.random((h, w)) < 0.05] |= int(MaskPlane.BAD)
+    calexp.image[48, 44] = np.nan  # a non-finite pixel counts as masked too
+    flux, err, masked = psf_flux(calexp, x, y, groups=groups)
+    bad = int(MaskPlane.BAD | MaskPlane.NO_DATA | MaskPlane.SAT)
+    for label in np.unique(groups):
+        members = np.flatnonzero(groups == label)
+        models, ix, iy = calexp.psf.images(x[members], y[members])
+        design = np.zeros((len(members), h, w))
+        half = calexp.psf.half
+        for k, (cx, cy) in enumerate(zip(ix, iy, strict=True)):
+            padded = np.zeros((h + 2 * half, w + 2 * half))
+            padded[cy : cy + 2 * half + 1, cx : cx + 2 * half + 1] = models[k]
+            design[k] = padded[half:-half, half:-half]
+        good = ((calexp.mask & bad) == 0) & np.isfinite(calexp.image)
+        a = design[:, good]
+        inverse = np.linalg.inv(a @ a.T)
+        expected = inverse @ (a @ calexp.image[good])
+        cov = inverse @ ((a * calexp.variance[good]) @ a.T) @ inverse
+        np.testing.assert_allclose(flux[members], expected, rtol=1e-9)
+        np.testing.assert_allclose(err[members], np.sqrt(np.diag(cov)), rtol=1e-9)
+        np.testing.assert_allclose(masked[members], 1 - a.sum(axis=1), atol=1e-12)
+    # without labels the triple's members are fitted alone, and differ
+    alone, _, _ = psf_flux(calexp, x, y)
+    assert alone[5] == pytest.approx(flux[5], rel=1e-12)
+    assert np.all(np.abs(alone[:3] - flux[:3]) > 1e-3 * np.abs(flux[:3]))
+
+
 def test_positions_off_the_image_are_flagged_not_fatal():
     calexp = make_calexp(0.0, seed=2)
     cat = ForcedPhotometryTask().run(calexp, np.array([RA, RA + 1.0]), np.array([DEC, DEC])).catalog

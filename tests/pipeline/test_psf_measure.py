@@ -9,9 +9,9 @@ from twinkles.detection.background import BackgroundTask
 from twinkles.detection.detect import DetectionConfig, DetectionTask
 from twinkles.isr.eimage import EimageIsrTask
 from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionTask
-from twinkles.psf.determine import PsfError, PsfTask
+from twinkles.psf.determine import PsfError, PsfTask, cut_stamps
 from twinkles.psf.pixel import NEFF_PER_FWHM2
-from twinkles.psf.shift import shift_stamps
+from twinkles.psf.shift import lanczos, shift_matrices, shift_stamps
 from twinkles.sim.psf import SimulatedPSF, profile_fwhm_for_fwhm_eff
 from twinkles.sim.render import render_visit
 
@@ -49,6 +49,37 @@ def test_shift_stamps_moves_a_gaussian_and_keeps_its_flux():
     moved = shift_stamps(gauss(12, 12), 0.37, -0.21)
     assert np.abs(moved - gauss(12.37, 11.79)).max() < 0.01
     assert moved.sum() == pytest.approx(gauss(12, 12).sum(), rel=1e-6)
+
+
+def test_shift_matrices_are_the_row_normalised_lanczos_kernel():
+    # M[i, j] = L(i - j - s) / sum_j L(i - j - s), built from its diagonals
+    rng = np.random.default_rng(3)
+    for size in (25, 5, 1):
+        for shifts in (rng.uniform(-0.5, 0.5, 50), [0.0, 2.7, -4.2], [30.0, -26.0]):
+            shifts = np.asarray(shifts)
+            i = np.arange(size)
+            dense = lanczos(i[None, :, None] - i[None, None, :] - shifts[:, None, None])
+            norm = dense.sum(axis=2, keepdims=True)
+            expected = dense / np.where(norm == 0, 1.0, norm)
+            np.testing.assert_allclose(shift_matrices(size, shifts), expected, atol=1e-14)
+
+
+def test_cut_stamps_copies_the_image_and_fills_beyond_its_edges():
+    image = np.arange(40 * 30, dtype=np.int32).reshape(40, 30)
+    ix = np.array([15, 0, 29, 3, 27, -4, 12])
+    iy = np.array([20, 0, 39, 38, 1, 5, 44])
+    stamps, inside = cut_stamps(image, ix, iy, 3, fill=-1)
+    assert stamps.shape == inside.shape == (7, 7, 7) and stamps.dtype == np.int32
+    for k in range(len(ix)):
+        for a in range(7):
+            for b in range(7):
+                y, x = iy[k] + a - 3, ix[k] + b - 3
+                on = 0 <= y < 40 and 0 <= x < 30
+                assert inside[k, a, b] == on
+                assert stamps[k, a, b] == (image[y, x] if on else -1)
+    # an image smaller than a stamp has only edge stamps
+    small, small_inside = cut_stamps(image[:4, :4].astype(np.float32), [1], [2], 3)
+    assert small.dtype == np.float32 and small_inside.sum() == 16 and small.sum() == 744
 
 
 def test_psf_fwhm_matches_the_truth_over_the_sensor(stars):

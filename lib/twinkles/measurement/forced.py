@@ -123,22 +123,11 @@ class ForcedPhotometryTask:
         labels = _groups(x[idx], y[idx], cfg.group_radius * fwhm)
         sizes = np.bincount(labels) if len(labels) else np.zeros(0, dtype=int)
         group_size[idx] = sizes[labels] if len(labels) else 0
-        single = idx[sizes[labels] == 1] if len(labels) else idx
-        if len(single):
-            flux[single], err[single], masked[single] = psf_flux(exposure, x[single], y[single])
-        n_groups = 0
-        grouped = np.flatnonzero(sizes[labels] > 1) if len(labels) else np.zeros(0, dtype=int)
-        if len(grouped):
-            # every grouped member's PSF image in one vectorised call, then one fit per group
-            members_all = idx[grouped]
-            models, ix_all, iy_all = psf.images(x[members_all], y[members_all])
-            order = np.argsort(labels[grouped], kind="stable")
-            bounds = np.flatnonzero(np.diff(labels[grouped][order])) + 1
-            for rows in np.split(order, bounds):
-                n_groups += 1
-                f, e, m = _fit_group(exposure, models[rows], ix_all[rows], iy_all[rows])
-                members = members_all[rows]
-                flux[members], err[members], masked[members] = f, e, m
+        if len(idx):
+            flux[idx], err[idx], masked[idx] = psf_flux(
+                exposure, x[idx], y[idx], bad=BAD_PLANES | MaskPlane.SAT, groups=labels
+            )
+        n_groups = int(np.sum(sizes > 1))
 
         correction = np.full(n, np.nan)
         if callable(ap_corr):
@@ -186,40 +175,3 @@ def _groups(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(x), len(x)))
     _, labels = connected_components(graph, directed=False)
     return labels
-
-
-def _fit_group(
-    exposure: Exposure, models: np.ndarray, ix: np.ndarray, iy: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Joint PSF fit of a group's amplitudes on the union of their stamps.
-
-    ``models`` are the members' PSF images (unit sum) on stamps centred on pixels (ix, iy).
-    """
-    psf = exposure.psf
-    half = psf.half
-    h, w = exposure.shape
-    x0, x1 = max(ix.min() - half, 0), min(ix.max() + half + 1, w)
-    y0, y1 = max(iy.min() - half, 0), min(iy.max() + half + 1, h)
-    m = len(ix)
-    design = np.zeros((m, y1 - y0, x1 - x0))
-    for k in range(m):
-        # the part of stamp k inside the box
-        sy0, sx0 = iy[k] - half - y0, ix[k] - half - x0
-        ya, xa = max(sy0, 0), max(sx0, 0)
-        yb, xb = min(sy0 + psf.size, y1 - y0), min(sx0 + psf.size, x1 - x0)
-        design[k, ya:yb, xa:xb] = models[k, ya - sy0 : yb - sy0, xa - sx0 : xb - sx0]
-    data = exposure.image[y0:y1, x0:x1].astype(float)
-    var = exposure.variance[y0:y1, x0:x1].astype(float)
-    good = (exposure.mask[y0:y1, x0:x1] & int(BAD_PLANES | MaskPlane.SAT)) == 0
-    good &= np.isfinite(data) & np.isfinite(var)
-    a = design[:, good]  # (m, n_good)
-    normal = a @ a.T
-    try:
-        inv = np.linalg.inv(normal)
-    except np.linalg.LinAlgError:
-        inv = np.linalg.pinv(normal)
-    flux = inv @ (a @ data[good])
-    cov = inv @ ((a * var[good]) @ a.T) @ inv
-    err = np.sqrt(np.clip(np.diag(cov), 0, None))
-    masked = 1.0 - design[:, good].sum(axis=1)
-    return flux, err, masked
