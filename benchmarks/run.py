@@ -1,9 +1,9 @@
 """``make bench``: speed and memory of the pipeline's steps, measured, written, printed.
 
-Each benchmark runs in a fresh single-threaded process (as a pipeline task does), so its peak
-memory is its own; results are merged into
-``benchmarks/results/bench.json`` (one entry per benchmark, with its target and the machine)
-and printed as a table.
+Each benchmark runs in a fresh process set up as a pipeline task's (one thread, the tasks'
+malloc settings: ``twinkles.workflow.executors.task_environment``), so its peak memory is its
+own; results are merged into ``benchmarks/results/bench.json`` (one entry per benchmark, with
+its target and the machine) and printed as a table.
 
 Usage::
 
@@ -697,24 +697,23 @@ def light_curve_query_sqlite_10m() -> dict:
 def _machine() -> dict:
     return {
         "cpus": os.cpu_count(),
-        "threads_per_benchmark": 1,
+        "environment": "one thread, task malloc settings",
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
     }
 
 
-#: A pipeline task runs on one core (the executors set these to the task's CPUs); so does a
-#: benchmark, or numpy's BLAS threads would add their spinning to its CPU time.
-ONE_CORE = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
 def _run_child(name: str) -> dict:
+    # as a pipeline task: one core (else numpy's BLAS threads add their spinning to the CPU
+    # time), and the tasks' malloc settings
+    from twinkles.workflow.executors import task_environment
+
     proc = subprocess.run(
         [sys.executable, __file__, "--child", name],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, **ONE_CORE},
+        env=task_environment(1),
     )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}

@@ -13,12 +13,12 @@ from twinkles.diffim.kernel import (
     KernelFitError,
     decorrelated_variance_factors,
     decorrelation_kernel,
-    fft_convolve_terms,
     fit_kernel,
     noise_correlation,
 )
-from twinkles.diffim.subtract import kernel_sigma
+from twinkles.diffim.subtract import _grow, kernel_sigma
 from twinkles.diffim.template import TemplateConfig, TemplateError, select_template_visits
+from twinkles.image.convolve import fft_convolve_terms, kernel_fft
 
 
 def gaussian(sigma: float, half: int = 12) -> np.ndarray:
@@ -47,6 +47,31 @@ def test_fft_convolution_equals_direct_convolution():
     weights = np.stack([np.ones_like(image), np.linspace(-1, 1, 80)[None, :] * np.ones((64, 1))])
     two = fft_convolve_terms(image, np.stack([kernel, 0.5 * kernel]), weights)
     np.testing.assert_allclose(two, direct * (1 + 0.5 * weights[1]), atol=1e-4)
+
+
+def test_kernel_transform_is_the_fft_of_the_wrapped_kernel():
+    rng = np.random.default_rng(4)
+    for shape, size in (((64, 90), 25), ((40, 41), 7), ((31, 31), 31)):
+        kernel = rng.normal(size=(size, size))
+        grid = np.zeros(shape)
+        half = size // 2
+        for a in range(size):
+            for b in range(size):
+                grid[(a - half) % shape[0], (b - half) % shape[1]] += kernel[a, b]
+        np.testing.assert_allclose(kernel_fft(kernel, shape), np.fft.rfft2(grid), atol=1e-10)
+        single = kernel_fft(kernel.astype(np.float32), shape)
+        assert single.dtype == np.complex64
+        np.testing.assert_allclose(single, np.fft.rfft2(grid), atol=1e-4)
+
+
+def test_grown_masks_are_square_dilations():
+    rng = np.random.default_rng(5)
+    mask = rng.random((50, 37)) < 0.02
+    mask[0, 5] = mask[49, 36] = True  # reaching the edges
+    for half in (0, 1, 3, 12, 40):
+        square = np.ones((2 * half + 1, 2 * half + 1), dtype=bool)
+        expected = ndimage.binary_dilation(mask, square) if half else mask
+        np.testing.assert_array_equal(_grow(mask, half), expected)
 
 
 def test_kernel_fit_recovers_broadening_scaling_and_background(star_field):

@@ -20,7 +20,6 @@ The Gaussian widths scale with the width the kernel has to add,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from scipy import fft, ndimage
 
 from twinkles.config import Section
 from twinkles.errors import TwinklesError
+from twinkles.image.convolve import kernel_fft
 from twinkles.psf.pixel import polynomial_terms
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "KernelSolution",
     "decorrelated_variance_factors",
     "decorrelation_kernel",
-    "fft_convolve_terms",
     "fit_kernel",
     "noise_correlation",
 ]
@@ -313,53 +312,6 @@ def fit_kernel(
     )
 
 
-def _fft_shape(shape: tuple[int, int], half: int) -> tuple[int, int]:
-    return tuple(fft.next_fast_len(n + 2 * half, real=True) for n in shape)
-
-
-def _kernel_fft(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """rfft2 of a centred kernel placed at the origin of a ``shape`` array (wrapped)."""
-    half = kernel.shape[0] // 2
-    padded = np.zeros(shape, dtype=np.float32)
-    padded[: kernel.shape[0], : kernel.shape[1]] = kernel
-    padded = np.roll(padded, (-half, -half), axis=(0, 1))
-    return fft.rfft2(padded)
-
-
-def fft_convolve_terms(
-    image: np.ndarray,
-    kernels: np.ndarray,
-    weights: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
-) -> np.ndarray:
-    """``sum_m weights[m] * (image * kernels[m])``: one forward FFT, one inverse per term.
-
-    ``weights``: None (one kernel, weight 1); an array (n_terms, h, w); or, for weights that
-    are products of a row and a column factor (the monomials of a spatial polynomial), a
-    sequence of ``(wy, wx)`` pairs of 1-D arrays, applied without building (h, w) planes.
-    The image is zero-padded by the kernel's half-size, so nothing wraps around; NaN pixels
-    must be replaced beforehand.
-    """
-    if kernels.ndim == 2:
-        kernels = kernels[None]
-    h, w = image.shape
-    half = kernels.shape[-1] // 2
-    shape = _fft_shape((h, w), half)
-    spectrum = fft.rfft2(image.astype(np.float32), s=shape, workers=-1)
-    out = np.zeros((h, w), dtype=np.float32)
-    for m, kernel in enumerate(kernels):
-        conv = fft.irfft2(spectrum * _kernel_fft(kernel, shape), s=shape, workers=-1)[:h, :w]
-        if weights is None:
-            out += conv
-        elif isinstance(weights[m], tuple):
-            wy, wx = weights[m]
-            conv *= wy[:, None]
-            conv *= wx[None, :]
-            out += conv
-        else:
-            out += weights[m] * conv
-    return out
-
-
 def noise_correlation(
     image: np.ndarray,
     variance: np.ndarray,
@@ -410,7 +362,7 @@ def _correlation_power(corr: np.ndarray | None, shape: tuple[int, int]) -> np.nd
     """Noise power spectrum (rfft2 grid of ``shape``) of unit-variance noise with ``corr``."""
     if corr is None:
         return 1.0
-    power = np.real(_kernel_fft(corr, shape))
+    power = np.real(kernel_fft(corr, shape))
     # a measured correlation is truncated and noisy: keep the spectrum positive
     return np.maximum(power, 1e-3 * power.max())
 
@@ -437,7 +389,7 @@ def decorrelation_kernel(
     """
     n = max(size, 2 * matching_kernel.shape[0] + 1) * 2 + 1
     k = matching_kernel / matching_kernel.sum()
-    kf = _kernel_fft(k, (n, n))
+    kf = kernel_fft(k, (n, n))
     power_w = _correlation_power(corr_wide, (n, n))
     power_n = _correlation_power(corr_narrow, (n, n))
     zero_w = 1.0 if corr_wide is None else float(corr_wide.sum())
@@ -469,8 +421,8 @@ def decorrelated_variance_factors(
     """
     n = max(psi.shape[0], matching_kernel.shape[0], 25) * 4 + 1  # odd: no Nyquist column
     k = matching_kernel / matching_kernel.sum()
-    psi_power = np.abs(_kernel_fft(psi, (n, n))) ** 2
-    k_power = np.abs(_kernel_fft(k, (n, n))) ** 2
+    psi_power = np.abs(kernel_fft(psi, (n, n))) ** 2
+    k_power = np.abs(kernel_fft(k, (n, n))) ** 2
     power_w = _correlation_power(corr_wide, (n, n))
     power_n = _correlation_power(corr_narrow, (n, n))
     # mean over the full frequency plane from the half plane of rfft2: every column but the

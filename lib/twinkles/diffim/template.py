@@ -31,9 +31,10 @@ from scipy import ndimage
 
 from twinkles.coadd.warp import CalexpModel, warped_psf_kernel
 from twinkles.config import Section
-from twinkles.diffim.kernel import AlardLuptonConfig, fft_convolve_terms, fit_kernel
+from twinkles.diffim.kernel import AlardLuptonConfig, fit_kernel
 from twinkles.diffim.subtract import _grow, kernel_sigma
 from twinkles.errors import TwinklesError
+from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane
 from twinkles.psf.pixel import PixelPSF
 

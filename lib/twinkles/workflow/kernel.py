@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
+
+from twinkles.workflow.executors import MALLOC_ENV
 
 __all__ = ["ENGINE_NAME", "KernelUsage", "WarmKernel", "WarmKernelEngine"]
 
@@ -149,7 +152,9 @@ class WarmKernel:
             timeout=600,
         )
         client.km = client.create_kernel_manager()
-        client.start_new_kernel()
+        # the kernel does the recipes' work: it gets the tasks' malloc settings (a Slurm task
+        # inherits the submitting shell's environment, so they are set here)
+        client.start_new_kernel(env={**os.environ, **MALLOC_ENV})
         client.start_new_kernel_client()
         self._client = client
         self.starts += 1

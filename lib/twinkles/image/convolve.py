@@ -1,0 +1,93 @@
+"""Convolution of sensor-size images with small kernels by FFT.
+
+One forward transform of the image serves any number of kernels (the terms of a spatially
+varying kernel, or a filter and its square for a variance plane), each kernel's transform is
+evaluated on the padded grid from its few non-zero pixels, and the image is zero-padded by the
+kernel's half-size so nothing wraps around. Single precision: on a 4k x 4k sensor a convolution
+takes ~0.26 s on one core against ~0.35 s for ``scipy.signal.fftconvolve`` (which also copies
+its inputs into padded arrays) and ~0.6 s for ``oaconvolve``; the round-off is ~1e-7 of the
+image's RMS.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import fft
+
+__all__ = ["fft_convolve_terms", "fft_shape", "fft_workers", "kernel_fft"]
+
+
+def fft_workers() -> int:
+    """Threads for the FFTs: the CPUs given to this task (``OMP_NUM_THREADS``, as the executors
+    set it), else those this process may run on."""
+    try:
+        return max(int(os.environ["OMP_NUM_THREADS"]), 1)
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0))
+
+
+def fft_shape(shape: tuple[int, int], half: int) -> tuple[int, int]:
+    """A fast real-FFT grid holding ``shape`` padded by ``half`` on each side."""
+    return tuple(fft.next_fast_len(n + 2 * half, real=True) for n in shape)
+
+
+def kernel_fft(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """rfft2 on a ``shape`` grid of a centred (odd-sized) kernel placed at the origin, wrapped.
+
+    A kernel of k x k pixels has k non-zero rows and columns on the grid, so its transform is
+    two small matrix products with the DFT's exponentials, ``E_y @ kernel @ E_x``: ~0.04 s
+    on a 4k x 4k grid against 0.12 s for the FFT of the zero-padded grid. Complex64 for a
+    float32 kernel (as ``rfft2`` of float32 data), complex128 otherwise.
+    """
+    ky, kx = kernel.shape
+    n, m = shape
+    single = kernel.dtype == np.float32
+    # offsets of the kernel's rows and columns from its centre: their places on the grid
+    dy = np.arange(ky) - ky // 2
+    dx = np.arange(kx) - kx // 2
+    # exp(-2 pi i u d / n) with u d reduced modulo n, so the phase stays small and exact
+    e_y = np.exp(-2j * np.pi * (np.outer(np.arange(n), dy) % n) / n)
+    e_x = np.exp(-2j * np.pi * (np.outer(dx, np.arange(m // 2 + 1)) % m) / m)
+    if single:
+        e_y, e_x = e_y.astype(np.complex64), e_x.astype(np.complex64)
+    return (e_y @ kernel.astype(e_y.dtype)) @ e_x
+
+
+def fft_convolve_terms(
+    image: np.ndarray,
+    kernels: np.ndarray,
+    weights: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """``sum_m weights[m] * (image * kernels[m])`` (float32): one forward FFT, one inverse per
+    term.
+
+    ``weights``: None (one kernel, weight 1); an array (n_terms, h, w); or, for weights that
+    are products of a row and a column factor (the monomials of a spatial polynomial), a
+    sequence of ``(wy, wx)`` pairs of 1-D arrays, applied without building (h, w) planes.
+    The image is zero-padded by the kernel's half-size, so nothing wraps around; NaN pixels
+    must be replaced beforehand.
+    """
+    if kernels.ndim == 2:
+        kernels = kernels[None]
+    h, w = image.shape
+    half = kernels.shape[-1] // 2
+    shape = fft_shape((h, w), half)
+    workers = fft_workers()
+    spectrum = fft.rfft2(image.astype(np.float32, copy=False), s=shape, workers=workers)
+    out = np.zeros((h, w), dtype=np.float32)
+    for m, kernel in enumerate(kernels):
+        product = spectrum * kernel_fft(kernel.astype(np.float32, copy=False), shape)
+        conv = fft.irfft2(product, s=shape, workers=workers)[:h, :w]
+        if weights is None:
+            out += conv
+        elif isinstance(weights[m], tuple):
+            wy, wx = weights[m]
+            conv *= wy[:, None]
+            conv *= wx[None, :]
+            out += conv
+        else:
+            out += weights[m] * conv
+    return out
