@@ -464,11 +464,14 @@ def _run1_difference():
 def image_difference_run1_visit() -> dict:
     """image_difference on a run1-size visit: template warp, kernel fit, convolution,
     decorrelation, DIASource detection and measurement."""
+    from twinkles.coadd.warp import warm_up
     from twinkles.diffim.subtract import ImageDifferenceTask
 
     run, calexp, template, mjd = _run1_difference()
     refcat = run.butler.get("refcat")
     before = peak_rss_mb()
+    # numba's one-time load, which a warm kernel pays when it starts (WARM_UPS)
+    _, numba_load, _ = timed(warm_up)
     result, cpu, wall = timed(ImageDifferenceTask().run, calexp, template, refcat, mjd)
     return {
         "cpu_s": round(cpu, 2),
@@ -477,6 +480,7 @@ def image_difference_run1_visit() -> dict:
         "kernel_stamps": result.kernel.n_stamps,
         "dia_sources": len(result.dia_sources),
         "noise_ratio": round(result.noise_ratio, 3),
+        "numba_load_s": round(numba_load, 2),
         "peak_rss_mb": round(max(before, peak_rss_mb()), 0),
         "target": "<= 5 s CPU",
         "pass": cpu <= 5.0,
@@ -720,6 +724,29 @@ def _run_child(name: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: Per-visit CPU targets: run in REPEATS fresh processes and quoted by the median run, since on
+#: these VMs the same run's CPU time varies by +-15% (system time for page faults most of all).
+REPEATED = {
+    "process_eimage_run1_visit",
+    "warp_run1_visit",
+    "forced_photometry_20k_objects",
+    "image_difference_run1_visit",
+    "forced_dia_photometry_run1_visit",
+}
+REPEATS = 3
+
+
+def _run_repeated(name: str) -> dict:
+    runs = [_run_child(name) for _ in range(REPEATS)]
+    good = [r for r in runs if "error" not in r]
+    if len(good) < len(runs):
+        return next(r for r in runs if "error" in r)
+    good.sort(key=lambda r: r["cpu_s"])
+    result = dict(good[len(good) // 2])
+    result["cpu_s_runs"] = [r["cpu_s"] for r in good]
+    return result
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         print(json.dumps(BENCHMARKS[argv[1]]()))
@@ -729,7 +756,7 @@ def main(argv: list[str]) -> int:
     failed = False
     for name in names:
         print(f"-- {name}: {BENCHMARKS[name].__doc__.strip().splitlines()[0]}", flush=True)
-        result = _run_child(name)
+        result = _run_repeated(name) if name in REPEATED else _run_child(name)
         result["measured"] = dt.datetime.now().isoformat(timespec="seconds")
         result["machine"] = _machine()
         results[name] = result

@@ -344,3 +344,28 @@ def warped_psf_kernel(model: CalexpModel, patch_wcs: WCS, x: float, y: float) ->
     c = np.array([kernel.shape[0] // 2, kernel.shape[1] // 2], dtype=float)
     out = ndimage.affine_transform(kernel, jac, offset=c - jac @ c, order=3, mode="constant")
     return out / out.sum()
+
+
+def warm_up() -> None:
+    """Warp a small synthetic exposure, loading the compiled resampling loop.
+
+    numba's first call in a process costs ~0.4 s (its typing registries and the on-disk
+    cache); a warm kernel pays it once, when it starts, instead of in its first warp.
+    """
+    size = 64
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [10.0, -30.0]
+    wcs.wcs.crpix = [size / 2, size / 2]
+    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    wcs.wcs.set()
+    shape = (size, size)
+    exposure = Exposure(
+        image=np.zeros(shape, np.float32),
+        mask=np.zeros(shape, np.int32),
+        variance=np.ones(shape, np.float32),
+        wcs=wcs,
+        photo_calib=PhotoCalib(NJY_ZERO_POINT),
+        metadata={},
+    )
+    WarpTask().run(exposure, wcs, shape)
