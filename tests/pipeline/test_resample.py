@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from twinkles.image.resample import resample_rows
+from twinkles.image.resample import resample_rows, spline_coefficients
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,18 @@ def affine_rows(n_rows: int, n_cols: int):
     sx = per_row[:, 0, 0][:, None] + c * np.arange(n_cols)[None, :]
     sy = per_row[:, 0, 1][:, None] + s * np.arange(n_cols)[None, :]
     return rows, first, last, per_row, sx, sy
+
+
+def test_spline_coefficients_equal_scipys_prefilter():
+    rng = np.random.default_rng(6)
+    for shape in ((1, 9), (9, 1), (2, 2), (3, 8), (61, 47), (700, 90)):
+        image = (rng.normal(size=shape) * 50 + 200).astype(np.float32)
+        expected = ndimage.spline_filter(image.astype(float), order=3, mode="mirror")
+        got = spline_coefficients(image)
+        assert got.dtype == np.float32 and got.shape == shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="2-D"):
+        spline_coefficients(np.zeros(5))
 
 
 def test_resample_matches_map_coordinates_and_marks_what_falls_off(scene):

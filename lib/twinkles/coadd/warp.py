@@ -40,7 +40,7 @@ from scipy import ndimage
 from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
-from twinkles.image.resample import resample_rows
+from twinkles.image.resample import resample_rows, spline_coefficients
 from twinkles.psf.pixel import PixelPSF, polynomial_terms
 
 __all__ = [
@@ -263,7 +263,7 @@ class WarpTask:
         rows, first, last = _footprint_spans(fx[corner_idx], fy[corner_idx], bbox)
         # spline interpolation needs finite inputs: masked-out pixels carry 0 into it
         src = np.where(np.isfinite(calexp.image), calexp.image, 0.0)
-        coeffs = ndimage.spline_filter(src, order=3, mode="mirror", output=np.float32)
+        coeffs = spline_coefficients(src)
         del src
         shape = (y1 - y0, x1 - x0)
         image_out = np.full(shape, np.nan, dtype=np.float32)

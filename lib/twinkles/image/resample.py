@@ -11,6 +11,9 @@ as much in ``ndimage.affine_transform`` over affine tiles) and the rest in numpy
 The interpolation is the same as ``scipy.ndimage.map_coordinates(coeffs, ..., order=3,
 prefilter=False, mode="mirror")`` on coefficients from
 ``scipy.ndimage.spline_filter(image, order=3, mode="mirror")``; the tests compare the two.
+The coefficients come from :func:`spline_coefficients`, the same recursive filter compiled:
+scipy's takes 0.46 s for the ~5.6k x 5.6k template area under a run1 sensor (its pass along
+columns goes through memory with a stride); this one runs that pass a whole row at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["resample_rows"]
+__all__ = ["resample_rows", "spline_coefficients"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -138,3 +141,97 @@ def resample_rows(
             mask_out[out_y, out_x] = mask[ny, nx] & carried_planes
             written += 1
     return written
+
+
+#: The pole of the cubic B-spline's recursive prefilter, and its gain (Unser 1999, IEEE Signal
+#: Processing Magazine 16, 22).
+_POLE = np.sqrt(3.0) - 2.0
+_GAIN = (1.0 - _POLE) * (1.0 - 1.0 / _POLE)
+#: Powers of the pole below this are dropped from the mirror boundary's initial sum.
+_NEGLIGIBLE = 1e-18
+
+
+@numba.njit(cache=True, nogil=True)
+def _filter_rows(out: np.ndarray) -> None:
+    """The prefilter along axis 1 of ``out`` (h, w), in place, one row at a time."""
+    h, w = out.shape
+    z = _POLE
+    line = np.empty(w)
+    z_n1 = z ** (w - 1)
+    for r in range(h):
+        for j in range(w):
+            line[j] = out[r, j] * _GAIN
+        first = line[0] + z_n1 * line[w - 1]
+        z_i = z
+        for j in range(1, w - 1):
+            if abs(z_i) < _NEGLIGIBLE:
+                break
+            first += z_i * (line[j] + z_n1 * line[w - 1 - j])
+            z_i *= z
+        line[0] = first / (1.0 - z_n1 * z_n1)
+        for j in range(1, w):
+            line[j] += z * line[j - 1]
+        line[w - 1] = z / (z * z - 1.0) * (z * line[w - 2] + line[w - 1])
+        for j in range(w - 2, -1, -1):
+            line[j] = z * (line[j + 1] - line[j])
+        for j in range(w):
+            out[r, j] = line[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _filter_columns(image: np.ndarray, out: np.ndarray) -> None:
+    """The prefilter along axis 0 of ``image`` into ``out``, all columns side by side.
+
+    Every pass runs down the rows and updates a whole row at a time, so memory is read in
+    order; the running values are kept in float64.
+    """
+    h, w = image.shape
+    z = _POLE
+    z_n1 = z ** (h - 1)
+    first = np.empty(w)
+    for j in range(w):
+        first[j] = _GAIN * (image[0, j] + z_n1 * image[h - 1, j])
+    z_i = z
+    for i in range(1, h - 1):
+        if abs(z_i) < _NEGLIGIBLE:
+            break
+        for j in range(w):
+            first[j] += z_i * _GAIN * (image[i, j] + z_n1 * image[h - 1 - i, j])
+        z_i *= z
+    previous = np.empty(w)
+    for j in range(w):
+        previous[j] = first[j] / (1.0 - z_n1 * z_n1)
+        out[0, j] = previous[j]
+    # causal pass; the last two rows' values are kept for the anti-causal start
+    before_last = np.empty(w)
+    for i in range(1, h):
+        for j in range(w):
+            if i == h - 1:
+                before_last[j] = previous[j]
+            previous[j] = _GAIN * image[i, j] + z * previous[j]
+            out[i, j] = previous[j]
+    for j in range(w):
+        previous[j] = z / (z * z - 1.0) * (z * before_last[j] + previous[j])
+        out[h - 1, j] = previous[j]
+    for i in range(h - 2, -1, -1):
+        for j in range(w):
+            previous[j] = z * (previous[j] - out[i, j])
+            out[i, j] = previous[j]
+
+
+def spline_coefficients(image: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients (float32) of a 2-D image, mirror boundary.
+
+    Equal to ``scipy.ndimage.spline_filter(image, order=3, mode="mirror")`` to float32
+    precision; non-finite pixels must be replaced beforehand.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"spline_coefficients needs a 2-D image, not {image.ndim}-D")
+    out = image.astype(np.float32, copy=True)
+    # a line of one pixel is its own coefficient (as scipy leaves it)
+    if image.shape[0] > 1:
+        _filter_columns(image, out)
+    if image.shape[1] > 1:
+        _filter_rows(out)
+    return out
