@@ -92,6 +92,26 @@ def test_joint_fits_are_the_least_squares_fit_on_the_union_of_stamps():
     assert np.all(np.abs(alone[:3] - flux[:3]) > 1e-3 * np.abs(flux[:3]))
 
 
+def test_psf_footprints_reaching_missing_data_are_flagged_edge():
+    from twinkles.image import MaskPlane
+    from twinkles.measurement.forced import footprint_reaches
+
+    mask = np.zeros((60, 80), dtype=np.int32)
+    mask[:, 70:] |= int(MaskPlane.NO_DATA)  # a strip without data
+    mask[10, 10] |= int(MaskPlane.BAD)
+    ix, iy = np.array([57, 58, 40, 10]), np.array([30, 30, 30, 16])
+    reach = footprint_reaches(mask, MaskPlane.NO_DATA, ix, iy, 12)
+    assert list(reach) == [False, True, False, False]  # 58 + 12 reaches column 70
+    assert list(footprint_reaches(mask, MaskPlane.BAD, ix, iy, 6)) == [False, False, False, True]
+    calexp = make_calexp(0.0, seed=6)
+    h, w = calexp.shape
+    calexp.mask[:, w - 20 :] |= int(MaskPlane.NO_DATA)
+    x = np.array([w / 2, w - 20 - calexp.psf.half + 1.0])
+    ra, dec = calexp.wcs.all_pix2world(x, np.full(2, h / 2), 0)
+    cat = ForcedPhotometryTask().run(calexp, ra, dec).catalog
+    assert list(cat["flag_edge"]) == [False, True]
+
+
 def test_positions_off_the_image_are_flagged_not_fatal():
     calexp = make_calexp(0.0, seed=2)
     cat = ForcedPhotometryTask().run(calexp, np.array([RA, RA + 1.0]), np.array([DEC, DEC])).catalog

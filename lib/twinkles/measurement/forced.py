@@ -35,7 +35,12 @@ from twinkles.measurement.measure import aperture_name
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.determine import cut_stamps
 
-__all__ = ["ForcedPhotometryConfig", "ForcedPhotometryResult", "ForcedPhotometryTask"]
+__all__ = [
+    "ForcedPhotometryConfig",
+    "ForcedPhotometryResult",
+    "ForcedPhotometryTask",
+    "footprint_reaches",
+]
 
 
 class ForcedPhotometryConfig(Section):
@@ -100,7 +105,8 @@ class ForcedPhotometryTask:
             ``catalog`` columns: ``x``, ``y`` (0-based pixels), ``psfInstFlux``,
             ``psfInstFluxErr`` (image units, aperture-corrected), ``psFlux``, ``psFluxErr``
             (nJy), ``apFlux_<r>``, ``apFlux_<r>Err`` (nJy), ``group_size`` and the flags
-            ``flag_off_image``, ``flag_edge``, ``flag_bad``, ``flag_saturated``,
+            ``flag_off_image``, ``flag_edge`` (the PSF's footprint crosses the image's edge
+            or reaches pixels without data), ``flag_bad``, ``flag_saturated``,
             ``flag_blended``.
         """
         cfg = self.config
@@ -160,7 +166,12 @@ class ForcedPhotometryTask:
         core, _ = cut_stamps(exposure.mask, ix, iy, cfg.core_radius, fill=int(MaskPlane.NO_DATA))
         cat["group_size"] = group_size
         cat["flag_off_image"] = ~on
-        cat["flag_edge"] = on & ((ix < half) | (iy < half) | (ix >= w - half) | (iy >= h - half))
+        # the PSF's footprint crosses the image's edge or reaches pixels without data (a
+        # difference image's edges, where its convolutions had nothing to work on)
+        near_edge = (ix < half) | (iy < half) | (ix >= w - half) | (iy >= h - half)
+        cat["flag_edge"] = on & (
+            near_edge | footprint_reaches(exposure.mask, MaskPlane.NO_DATA, ix, iy, half)
+        )
         cat["flag_bad"] = ~on | ~np.isfinite(flux) | (masked > cfg.max_masked_psf)
         cat["flag_saturated"] = on & np.any((core & int(MaskPlane.SAT)) != 0, axis=(1, 2))
         cat["flag_blended"] = group_size > 1
@@ -175,3 +186,18 @@ def _groups(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(x), len(x)))
     _, labels = connected_components(graph, directed=False)
     return labels
+
+
+def footprint_reaches(
+    mask: np.ndarray, plane: MaskPlane, ix: np.ndarray, iy: np.ndarray, half: int
+) -> np.ndarray:
+    """Whether the square footprint of side ``2 half + 1`` centred on each pixel (ix, iy) holds
+    a pixel of ``plane`` (a nearest-neighbour query in the maximum norm over that plane's
+    pixels, which are few on a calexp and edge strips on a difference image)."""
+    ys, xs = np.nonzero((mask & int(plane)) != 0)
+    out = np.zeros(len(ix), dtype=bool)
+    if len(xs) == 0 or len(ix) == 0:
+        return out
+    tree = cKDTree(np.column_stack([xs, ys]))
+    dist, _ = tree.query(np.column_stack([ix, iy]), distance_upper_bound=half + 0.5, p=np.inf)
+    return np.isfinite(dist)

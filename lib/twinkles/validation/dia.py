@@ -199,16 +199,19 @@ def visible_transients(
     """Variable truth objects on a difference image: expected and measured difference flux.
 
     ``expected_snr`` is |expected difference flux| over the PSF-flux error measured at the
-    true position; objects off the image or on missing data are left out.
+    true position; objects whose PSF footprint crosses the image's edge or reaches missing
+    data are left out (the forced photometry flags them ``flag_edge``).
     """
     from twinkles.image.exposure import MaskPlane
+    from twinkles.measurement.forced import footprint_reaches
     from twinkles.measurement.psf_flux import psf_flux
 
     x, y = diff.wcs.all_world2pix(np.asarray(variables["ra"]), np.asarray(variables["dec"]), 0)
     h, w = diff.shape
+    half = diff.psf.half
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-    inside[inside] = (diff.mask[iy[inside], ix[inside]] & int(MaskPlane.NO_DATA)) == 0
+    inside = (ix >= half) & (ix < w - half) & (iy >= half) & (iy < h - half)
+    inside[inside] = ~footprint_reaches(diff.mask, MaskPlane.NO_DATA, ix[inside], iy[inside], half)
     out = variables[inside]
     out["x"], out["y"] = x[inside], y[inside]
     out["expected_flux"] = expected_difference_flux(truth, out["truth_id"], band, mjd, template)
