@@ -189,15 +189,35 @@ def _groups(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
 
 
 def footprint_reaches(
-    mask: np.ndarray, plane: MaskPlane, ix: np.ndarray, iy: np.ndarray, half: int
+    mask: np.ndarray, plane: MaskPlane, ix: np.ndarray, iy: np.ndarray, half: int, block: int = 32
 ) -> np.ndarray:
     """Whether the square footprint of side ``2 half + 1`` centred on each pixel (ix, iy) holds
-    a pixel of ``plane`` (a nearest-neighbour query in the maximum norm over that plane's
-    pixels, which are few on a calexp and edge strips on a difference image)."""
-    ys, xs = np.nonzero((mask & int(plane)) != 0)
+    a pixel of ``plane``.
+
+    The plane is first reduced to ``block`` x ``block`` blocks; only positions whose footprint
+    overlaps a block holding such a pixel (near a difference image's edge strips, say) get
+    their footprint cut out and looked at: ~30 ms for 5000 positions on a 4k difference image.
+    """
+    ix, iy = np.asarray(ix, dtype=int), np.asarray(iy, dtype=int)
     out = np.zeros(len(ix), dtype=bool)
-    if len(xs) == 0 or len(ix) == 0:
+    hit = (mask & int(plane)) != 0
+    if len(ix) == 0 or not hit.any():
         return out
-    tree = cKDTree(np.column_stack([xs, ys]))
-    dist, _ = tree.query(np.column_stack([ix, iy]), distance_upper_bound=half + 0.5, p=np.inf)
-    return np.isfinite(dist)
+    h, w = hit.shape
+    nby, nbx = -(-h // block), -(-w // block)
+    padded = np.zeros((nby * block, nbx * block), dtype=bool)
+    padded[:h, :w] = hit
+    blocks = padded.reshape(nby, block, nbx, block).any(axis=(1, 3))
+    # a summed-area table of the blocks: any hit among the blocks a footprint overlaps
+    table = np.zeros((nby + 1, nbx + 1), dtype=np.int64)
+    table[1:, 1:] = blocks.cumsum(axis=0).cumsum(axis=1)
+    y0 = np.clip((iy - half) // block, 0, nby - 1)
+    y1 = np.clip((iy + half) // block, 0, nby - 1) + 1
+    x0 = np.clip((ix - half) // block, 0, nbx - 1)
+    x1 = np.clip((ix + half) // block, 0, nbx - 1) + 1
+    count = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    near = np.flatnonzero(count > 0)
+    if len(near):
+        stamps, inside = cut_stamps(hit.view(np.uint8), ix[near], iy[near], half)
+        out[near] = np.any((stamps != 0) & inside, axis=(1, 2))
+    return out
