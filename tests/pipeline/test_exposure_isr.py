@@ -9,7 +9,7 @@ from astropy.io import fits
 from twinkles.detection.background import BackgroundModel, BackgroundTask
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
 from twinkles.isr.cosmic_rays import CosmicRayTask
-from twinkles.isr.eimage import EimageError, EimageIsrTask, read_eimage
+from twinkles.isr.eimage import EimageError, EimageIsrTask, grow_diamond, read_eimage
 from twinkles.psf.pixel import PixelPSF
 from twinkles.sim.render import eimage_hdulist, render_visit
 from twinkles.units import AB_MAG_OF_1_NJY
@@ -123,6 +123,33 @@ def test_isr_variance_saturation_and_interpolation(tmp_path):
     assert np.all(exp.image[sat] < 100000.0)
     clean = ~sat
     np.testing.assert_allclose(exp.variance[clean], np.maximum(raw[clean], 0.0))
+
+
+def test_saturation_growth_is_the_iterated_cross_dilation():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    mask = rng.random((40, 50)) < 0.01
+    mask[0, 0] = mask[39, 25] = True  # at the edges
+    for radius in (0, 1, 2, 4):
+        expected = ndimage.binary_dilation(mask, iterations=radius) if radius else mask
+        np.testing.assert_array_equal(grow_diamond(mask, radius), expected)
+        # too many pixels to grow one by one: scipy's dilation, the same mask
+        np.testing.assert_array_equal(grow_diamond(mask, radius, max_points=1), expected)
+
+
+def test_isr_variance_follows_gain_and_read_noise():
+    from twinkles.image import Exposure
+
+    image = np.array([[-50.0, 0.0, 400.0, 9000.0]], dtype=np.float32)
+    exp = Exposure(
+        image.copy(),
+        np.zeros(image.shape, np.int32),
+        np.zeros_like(image),
+        metadata={"gain": 2.0, "rdnoise": 5.0, "saturate": 1e6},
+    )
+    EimageIsrTask().run(exp)
+    np.testing.assert_allclose(exp.variance, np.maximum(image, 0) / 2.0 + 25.0)
 
 
 def test_cosmic_rays_found_and_stars_spared(scene_eimage, tmp_path):
