@@ -349,7 +349,7 @@ def warped_psf_kernel(model: CalexpModel, patch_wcs: WCS, x: float, y: float) ->
 def warm_up() -> None:
     """Warp a small synthetic exposure, loading the compiled resampling loop.
 
-    numba's first call in a process costs ~0.4 s (its typing registries and the on-disk
+    numba's first call in a process costs 0.2-0.4 s (its typing registries and the on-disk
     cache); a warm kernel pays it once, when it starts, instead of in its first warp.
     """
     size = 64

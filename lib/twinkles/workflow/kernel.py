@@ -68,7 +68,7 @@ SCIENCE_IMPORTS = (
     "twinkles.diffim.subtract",
 )
 #: Called once the imports are done: one-time costs a recipe should not pay (numba's load of
-#: the compiled warp loop, ~0.4 s), each run if its module is among the imports.
+#: the compiled warp loops, 0.2-0.4 s), each run if its module is among the imports.
 WARM_UPS = ("twinkles.coadd.warp.warm_up",)
 log = logging.getLogger(__name__)
 
