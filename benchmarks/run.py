@@ -470,7 +470,7 @@ def image_difference_run1_visit() -> dict:
     run, calexp, template, mjd = _run1_difference()
     refcat = run.butler.get("refcat")
     before = peak_rss_mb()
-    # numba's one-time load, which a warm kernel pays when it starts (WARM_UPS)
+    # numba's one-time load, paid once per process (a warm kernel's first warp), not per visit
     _, numba_load, _ = timed(warm_up)
     result, cpu, wall = timed(ImageDifferenceTask().run, calexp, template, refcat, mjd)
     return {

@@ -42,6 +42,7 @@ from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
 from twinkles.image.resample import resample_rows, spline_coefficients
 from twinkles.psf.pixel import PixelPSF, polynomial_terms
+from twinkles.sim.wcs import make_wcs
 
 __all__ = [
     "CalexpModel",
@@ -347,18 +348,13 @@ def warped_psf_kernel(model: CalexpModel, patch_wcs: WCS, x: float, y: float) ->
 
 
 def warm_up() -> None:
-    """Warp a small synthetic exposure, loading the compiled resampling loop.
+    """Warp a small synthetic exposure, loading the compiled resampling loops.
 
     numba's first call in a process costs 0.2-0.4 s (its typing registries and the on-disk
-    cache); a warm kernel pays it once, when it starts, instead of in its first warp.
+    cache), paid once per process at its first warp; benchmarks call this to time it apart.
     """
     size = 64
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [10.0, -30.0]
-    wcs.wcs.crpix = [size / 2, size / 2]
-    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
-    wcs.wcs.set()
+    wcs = make_wcs(10.0, -30.0, 0.0, 0.2, size, size)
     shape = (size, size)
     exposure = Exposure(
         image=np.zeros(shape, np.float32),

@@ -67,9 +67,6 @@ SCIENCE_IMPORTS = (
     "twinkles.measurement.forced",
     "twinkles.diffim.subtract",
 )
-#: Called once the imports are done: one-time costs a recipe should not pay (numba's load of
-#: the compiled warp loops, 0.2-0.4 s), each run if its module is among the imports.
-WARM_UPS = ("twinkles.coadd.warp.warm_up",)
 log = logging.getLogger(__name__)
 
 _PROBE = """
@@ -162,8 +159,7 @@ class WarmKernel:
         self._client = client
         self.starts += 1
         if self.imports:
-            calls = [f for f in WARM_UPS if f.rsplit(".", 1)[0] in self.imports]
-            self.run("\n".join([f"import {m}" for m in self.imports] + [f"{f}()" for f in calls]))
+            self.run("\n".join(f"import {m}" for m in self.imports))
         return client
 
     def run(self, code: str) -> list[str]:
