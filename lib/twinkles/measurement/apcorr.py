@@ -37,7 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import sep
 from astropy.table import Table
 from pydantic import Field
 from scipy.spatial import cKDTree
@@ -45,6 +44,7 @@ from scipy.spatial import cKDTree
 from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure
+from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
 from twinkles.psf.pixel import polynomial_terms
 
@@ -199,14 +199,19 @@ def local_aperture_flux(
     annulus pixels that belong to no footprint; it is subtracted over the pixels the aperture
     actually used.
     """
-    image = np.ascontiguousarray(exposure.image, dtype=np.float32)
-    seg_id = (np.asarray(index) + 1).astype(np.int32)
-    kwargs = dict(segmap=segmentation, seg_id=seg_id, subpix=5)
-    flux, _, _ = sep.sum_circle(image, x, y, radius, **kwargs)
-    area, _, _ = sep.sum_circle(np.ones_like(image), x, y, radius, **kwargs)
-    var_sum, _, _ = sep.sum_circle(
-        np.ascontiguousarray(exposure.variance, dtype=np.float32), x, y, radius, **kwargs
+    image = exposure.image
+    sums = sum_circles(
+        image,
+        x,
+        y,
+        [radius],
+        variance=exposure.variance,
+        segmentation=segmentation,
+        seg_ids=np.asarray(index) + 1,
     )
+    # other footprints' pixels are left out: the sky is subtracted over the pixels used
+    flux, var_sum = sums.unmasked_sum[:, 0], sums.unmasked_var[:, 0]
+    area = sums.area[:, 0] - sums.masked_area[:, 0]
     r_in, r_out = annulus
     offsets = np.arange(-int(np.ceil(r_out)), int(np.ceil(r_out)) + 1)
     dy, dx = np.meshgrid(offsets, offsets, indexing="ij")

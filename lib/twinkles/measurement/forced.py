@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import sep
 from astropy.table import Table
 from pydantic import Field
 from scipy.sparse import coo_matrix
@@ -31,6 +30,7 @@ from scipy.spatial import cKDTree
 from twinkles.config import Section
 from twinkles.detection.detect import BAD_PLANES
 from twinkles.image import Exposure, MaskPlane
+from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.determine import cut_stamps
@@ -148,15 +148,20 @@ class ForcedPhotometryTask:
         cat["psfInstFlux"], cat["psfInstFluxErr"] = flux, err
         cat["psFlux"] = calib.to_njy(flux)
         cat["psFluxErr"] = calib.to_njy_err(flux, err)
-        data = np.ascontiguousarray(exposure.image, dtype=np.float32)
-        var = np.ascontiguousarray(exposure.variance, dtype=np.float32)
-        bad = exposure.masked(BAD_PLANES | MaskPlane.SAT)
-        for radius in cfg.aperture_radii:
-            af, ae = np.full(n, np.nan), np.full(n, np.nan)
-            if len(idx):
-                af[idx], ae[idx], _ = sep.sum_circle(
-                    data, x[idx], y[idx], radius, var=var, mask=bad, subpix=5
-                )
+        n_radii = len(cfg.aperture_radii)
+        ap_flux, ap_err = np.full((n, n_radii), np.nan), np.full((n, n_radii), np.nan)
+        if len(idx) and n_radii:
+            sums = sum_circles(
+                exposure.image,
+                x[idx],
+                y[idx],
+                cfg.aperture_radii,
+                variance=exposure.variance,
+                bad=exposure.masked(BAD_PLANES | MaskPlane.SAT),
+            )
+            ap_flux[idx], ap_err[idx] = sums.flux, sums.flux_err
+        for k, radius in enumerate(cfg.aperture_radii):
+            af, ae = ap_flux[:, k], ap_err[:, k]
             name = aperture_name(radius)
             cat[name] = calib.to_njy(af)
             cat[f"{name}Err"] = calib.to_njy_err(af, ae)

@@ -5,11 +5,12 @@ For every detection:
 * centroid: the windowed centroid from detection (``x``, ``y``; 0-based pixels);
 * PSF flux and error (:func:`~twinkles.measurement.psf_flux.psf_flux`);
 * circular aperture fluxes at the Twinkles radii (3, 4.5, 6, 9, 12, 17, 25, 35, 50, 70 pixels),
-  with pixel overlap sub-sampled 5x5, by ``sep.sum_circle``; pixels of *other* detections
-  (their segmentation footprints, deblended children included) are left out, so a large
-  aperture measures the source and not its neighbours (as LSST measures each source with its
-  neighbours replaced by noise). Masked (bad, saturated) pixels are replaced by the aperture's
-  mean and flagged;
+  with pixel overlap sub-sampled 5x5, all radii in one pass
+  (:func:`~twinkles.measurement.aperture.sum_circles`, sep's sums); pixels of *other* detections
+  (their segmentation footprints, deblended children included) are replaced by the mean of the
+  aperture's other pixels, so a large aperture measures the source and not its neighbours (as
+  LSST measures each source with its neighbours replaced by noise). Masked (bad, saturated)
+  pixels are replaced the same way and flagged;
 * second moments ``ixx``, ``iyy``, ``ixy`` (pixels^2, isophotal);
 * flags: ``flag_saturated`` (a saturated pixel within ``core_radius``), ``flag_interpolated``
   and ``flag_cr`` (interpolated or cosmic-ray pixels within it), ``flag_edge`` (the PSF stamp
@@ -24,14 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import sep
 from astropy.table import Table
 from pydantic import Field
-from scipy.spatial import cKDTree
 
 from twinkles.config import Section
 from twinkles.detection.detect import BAD_PLANES
 from twinkles.image import Exposure, MaskPlane
+from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.determine import cut_stamps
 
@@ -92,28 +92,19 @@ class MeasurementTask:
         flux, err, masked = psf_flux(exposure, x, y)
         cat["psfInstFlux"], cat["psfInstFluxErr"] = flux, err
         cat["psfMaskedFraction"] = masked
-        data = np.ascontiguousarray(exposure.image, dtype=np.float32)
-        var = np.ascontiguousarray(exposure.variance, dtype=np.float32)
         bad = exposure.masked(BAD_PLANES | MaskPlane.SAT)
         seg = {}
         if segmentation is not None:
-            seg = dict(
-                segmap=np.ascontiguousarray(segmentation, dtype=np.int32),
-                seg_id=np.arange(1, len(x) + 1, dtype=np.int32),
-            )
-        # bad pixels are few: count them in apertures only for sources that can reach one
-        bad_y, bad_x = np.nonzero(bad)
-        bad_tree = cKDTree(np.column_stack([bad_x, bad_y])) if len(bad_x) else None
-        for radius in cfg.aperture_radii:
-            f, e, flag = sep.sum_circle(data, x, y, radius, var=var, mask=bad, subpix=5, **seg)
+            seg = dict(segmentation=segmentation, seg_ids=np.arange(1, len(x) + 1))
+        apertures = sum_circles(
+            exposure.image, x, y, cfg.aperture_radii, variance=exposure.variance, bad=bad, **seg
+        )
+        for k, radius in enumerate(cfg.aperture_radii):
             name = aperture_name(radius)
-            cat[f"{name}_instFlux"], cat[f"{name}_instFluxErr"] = f, e
-            has_bad = np.zeros(len(x), dtype=bool)
-            if bad_tree is not None:
-                near = bad_tree.query(np.column_stack([x, y]), distance_upper_bound=radius + 1)[0]
-                has_bad = np.isfinite(near)
-            # sep flags pixels left out as neighbours too: the flag counts bad pixels only
-            cat[f"{name}_flag"] = ((flag & sep.APER_TRUNC) != 0) | has_bad
+            cat[f"{name}_instFlux"] = apertures.flux[:, k]
+            cat[f"{name}_instFluxErr"] = apertures.flux_err[:, k]
+            # neighbours' pixels are replaced, not flagged: the flag is for bad pixels
+            cat[f"{name}_flag"] = apertures.truncated[:, k] | apertures.has_bad[:, k]
         cat["ixx"], cat["iyy"], cat["ixy"] = detections["x2"], detections["y2"], detections["xy"]
         cat["flux_radius"] = detections["flux_radius"]
         ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
