@@ -42,7 +42,6 @@ from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
 from twinkles.image.resample import resample_rows, spline_coefficients
 from twinkles.psf.pixel import PixelPSF, polynomial_terms
-from twinkles.sim.wcs import make_wcs
 
 __all__ = [
     "CalexpModel",
@@ -345,23 +344,3 @@ def warped_psf_kernel(model: CalexpModel, patch_wcs: WCS, x: float, y: float) ->
     c = np.array([kernel.shape[0] // 2, kernel.shape[1] // 2], dtype=float)
     out = ndimage.affine_transform(kernel, jac, offset=c - jac @ c, order=3, mode="constant")
     return out / out.sum()
-
-
-def warm_up() -> None:
-    """Warp a small synthetic exposure, loading the compiled resampling loops.
-
-    numba's first call in a process costs 0.2-0.4 s (its typing registries and the on-disk
-    cache), paid once per process at its first warp; benchmarks call this to time it apart.
-    """
-    size = 64
-    wcs = make_wcs(10.0, -30.0, 0.0, 0.2, size, size)
-    shape = (size, size)
-    exposure = Exposure(
-        image=np.zeros(shape, np.float32),
-        mask=np.zeros(shape, np.int32),
-        variance=np.ones(shape, np.float32),
-        wcs=wcs,
-        photo_calib=PhotoCalib(NJY_ZERO_POINT),
-        metadata={},
-    )
-    WarpTask().run(exposure, wcs, shape)

@@ -212,8 +212,9 @@ def _sum_circles(
                     else:
                         lo, hi = prev_hi + 1, in_hi
                     for ix in range(lo, hi + 1):
-                        # (the pixel's test is written out in both loops: as a function
-                        # numba did not inline it, and the call cost 20 ns a pixel)
+                        # (the pixel's test is written out in both loops: as a function,
+                        # even with inline="always", 70-px circles on 2000 sources took 0.8 s
+                        # against 0.1 s)
                         value = float(image[iy, ix])
                         pix_var = float(var[iy, ix]) if has_var else 0.0
                         is_bad = not (math.isfinite(value) and math.isfinite(pix_var))
