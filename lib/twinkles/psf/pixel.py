@@ -5,7 +5,8 @@ whose every pixel is a polynomial of degree ``degree`` in the normalised sensor 
 ``(X, Y) = ((x - x0) / scale, (y - y0) / scale)``: ``K(x, y) = sum_k c_k(X, Y) B_k`` with basis
 images ``B_k`` (Bertin 2011, ASP Conf. Ser. 442, 435). The kernel is the PSF as sampled by the
 pixels (pixel response included) for a source centred on a pixel centre; for a source at a
-fractional position it is shifted by Lanczos interpolation. Every evaluated kernel is
+fractional position it is shifted by band-limited interpolation
+(:func:`~twinkles.psf.shift.shift_stamps`). Every evaluated kernel is
 normalised to unit sum, so PSF fluxes are fluxes inside the kernel (aperture correction brings
 them to total).
 """
