@@ -1,7 +1,11 @@
 """PSF-matched image subtraction and DIASource detection (LSST's imageDifference).
 
 1. The template (a PSF-homogenised coadd on the patch, nJy) is resampled onto the visit's
-   calexp with the warper (:class:`~twinkles.coadd.warp.WarpTask`, patch -> calexp).
+   calexp with the warper (:class:`~twinkles.coadd.warp.WarpTask`, patch -> calexp). Its
+   variance plane is scaled to its measured pixel noise on blank sky (LSST's
+   ``doScaleTemplateVariance``): both the PSF homogenisation and this resampling propagate
+   variance as if their input's noise were white, and the template's is not (on the demo the
+   plane predicted 1/1.30-1/1.24 of the pixel noise).
 2. An Alard-Lupton kernel (:mod:`~twinkles.diffim.kernel`) is fitted on stamps around
    reference-catalog stars, convolving whichever image has the narrower PSF, so the kernel
    only ever broadens.
@@ -10,11 +14,15 @@
    masks, and the difference PSF (the wider image's).
 4. Optionally the noise that the convolution correlated is whitened (decorrelation, Reiss &
    Lupton 2016, DMTN-021); the PSF is convolved with the same kernel. A convolved template's
-   own correlated noise (its measured autocorrelation) is whitened too, and the variance
-   plane is the exact variance of what the decorrelation leaves.
-5. DIASources are detected at ``threshold`` sigma on ``D`` and on ``-D`` and measured: PSF flux
-   (nJy) and error, centroid, S/N, a dipole flag where a positive and a negative detection lie
-   within one PSF FWHM of each other (a misregistered or moving source), and pixel flags.
+   own correlated noise (its measured autocorrelation) is whitened too. In both cases the
+   variance plane is the exact per-pixel variance of what the decorrelation leaves, for the
+   template's measured noise spectrum.
+5. DIASources are detected at ``threshold`` times the PSF-flux noise on ``D`` and on ``-D``
+   (the matched filter's significance divided by the measured spread of PSF flux / error at
+   blank positions, which is > 1 where the noise left is not white) and measured: PSF flux
+   (nJy) and error (scaled by that spread), centroid, S/N, a dipole flag where a positive and
+   a negative detection lie within one PSF FWHM of each other (a misregistered or moving
+   source), and pixel flags.
 """
 
 from __future__ import annotations
@@ -102,11 +110,18 @@ class ImageDifferenceConfig(Section):
     stamp_isolation_arcsec: float = Field(
         3.0, gt=0, description="Kernel stars need no other reference source this close."
     )
+    scale_template_variance: bool = Field(
+        True,
+        description="Scale the template's variance plane, on the visit's pixels, to its measured "
+        "pixel noise on blank sky (LSST's doScaleTemplateVariance): the template's noise is "
+        "correlated by its PSF homogenisation and the resampling onto the visit, which the "
+        "variance propagation of both steps assumes it is not.",
+    )
     empirical_errors: bool = Field(
         True,
-        description="Scale PSF-flux errors by their measured spread at blank positions (what "
-        "the decorrelation leaves correlated, mostly the template's noise when the calexp is "
-        "the image convolved).",
+        description="Scale PSF-flux errors, and the detection significance, by the measured "
+        "spread of PSF flux / error at blank positions (what the decorrelation leaves "
+        "correlated, mostly the template's noise when the calexp is the image convolved).",
     )
     dipole_separation_fwhm: float = Field(
         1.0, gt=0, description="A positive and a negative DIASource this close are a dipole."
@@ -133,6 +148,9 @@ class ImageDifferenceResult:
     psf_flux_err_scale : float
         Robust spread of PSF flux / error at blank positions (>= 1); DIASource errors are
         multiplied by it, and forced photometry on the difference should be too.
+    template_variance_scale : float
+        Measured pixel noise of the template on the visit over its variance plane's
+        prediction (its variance plane was multiplied by the square).
     """
 
     difference: Exposure
@@ -142,6 +160,7 @@ class ImageDifferenceResult:
     template_on_visit: Exposure
     noise_ratio: float
     psf_flux_err_scale: float = 1.0
+    template_variance_scale: float = 1.0
 
 
 def kernel_sigma(kernel: np.ndarray) -> float:
@@ -309,6 +328,18 @@ class ImageDifferenceTask:
             sigma_n, sigma_w = sigma_sci, sigma_tmpl
         unusable = ((calexp.mask | tmpl_mask) & int(_UNUSABLE)) != 0
         narrow = np.where(np.isfinite(narrow), narrow, 0.0).astype(np.float32)
+        # blank sky: neither masked nor near a source detected on the calexp
+        detected = (calexp.mask & int(MaskPlane.DETECTED)) != 0
+        blank = ~unusable & ~_grow(detected, 3) & ~no_data_t & np.isfinite(tmpl_var)
+        tmpl_scale = 1.0
+        if cfg.scale_template_variance:
+            # every other row and column is plenty (~1 M pixels on a run1 sensor)
+            sub = blank[::2, ::2]
+            z_t = tmpl[::2, ::2][sub] / np.sqrt(tmpl_var[::2, ::2][sub])
+            if z_t.size > 1000:
+                tmpl_scale = robust_std(z_t)
+                # tmpl_var is var_n or var_w: scale it in place
+                tmpl_var *= np.float32(tmpl_scale**2)
 
         # 3. the kernel, on reference-star stamps
         sx, sy = self.kernel_stars(calexp, refcat, band)
@@ -352,21 +383,22 @@ class ImageDifferenceTask:
             inner = ~edge[::2, ::2]
             var_w_med = float(np.median(var_w[::2, ::2][inner])) if inner.any() else 1.0
             var_n_med = float(np.median(var_n[::2, ::2][inner])) if inner.any() else 1.0
+            # the template's noise is correlated by its resampling and PSF homogenisation
+            # (the calexp's is white): its measured spectrum
+            corr_t = noise_correlation(tmpl, tmpl_var, blank & ~edge)
             if convolved == "template":
-                # the template's noise is correlated by its resampling and PSF
-                # homogenisation (the calexp's is white): psi whitens with its measured
-                # spectrum, and the variance is what that leaves
-                detected = (calexp.mask & int(MaskPlane.DETECTED)) != 0
-                blank = ~edge & ~unusable & ~_grow(detected, 3)
-                corr_t = noise_correlation(tmpl, tmpl_var, blank)
+                # psi whitens with the template's spectrum
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med, corr_narrow=corr_t)
                 gain_w, gain_n = decorrelated_variance_factors(psi, k_centre, None, corr_t)
             else:
                 # a convolved calexp: both inputs are poor in high frequencies, so the exact
                 # whitening would deconvolve the calexp and amplify the template's measured
-                # spectrum where it is least known; DMTN-021's kernel for white inputs
+                # spectrum where it is least known (on the demo it biased PSF fluxes by up
+                # to 10%); DMTN-021's kernel for white inputs. The noise it leaves lacks the
+                # template's high frequencies: the variance plane is what it leaves, and the
+                # PSF-flux errors and detection are scaled by the measured spread
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)
-                gain_w, gain_n = 1.0, 1.0
+                gain_w, gain_n = decorrelated_variance_factors(psi, k_centre, corr_t, None)
             difference = fft_convolve_terms(np.where(edge, 0.0, difference), psi)
             variance = var_w * np.float32(gain_w) + var_n * np.float32(gain_n * k_sum**2)
             diff_psf = _convolve_psf(wide_psf, psi)
@@ -391,34 +423,41 @@ class ImageDifferenceTask:
                 "kernel_n_stamps": solution.n_stamps,
                 "kernel_chi2": round(solution.chi2_per_pixel, 4),
                 "kernel_sum": round(k_sum, 6),
+                "template_variance_scale": round(tmpl_scale, 4),
             },
         )
 
-        # 5. DIASources, both polarities
-        sources = self._detect(diff, visit, visit_mjd)
+        # 5. DIASources, both polarities, at the threshold in units of the PSF-flux spread
+        # measured at blank positions; the errors' scale is measured again without the
+        # difference's own detections (the template's faint sources widen it by up to 5%)
+        blank &= ~edge
+        detect_scale = self._psf_flux_error_scale(diff, blank) if cfg.empirical_errors else 1.0
+        sources = self._detect(diff, visit, visit_mjd, detect_scale)
         usable = (
             ~edge
             & ~unusable
             & ((diff.mask & int(MaskPlane.DETECTED | MaskPlane.DETECTED_NEGATIVE)) == 0)
         )
+        scale = self._psf_flux_error_scale(diff, usable & blank) if cfg.empirical_errors else 1.0
+        sources["psFluxErr"] *= scale
+        sources["snr"] /= scale
+        diff.metadata["psf_flux_err_scale"] = round(scale, 4)
+        diff.metadata["detection_scale"] = round(detect_scale, 4)
         # the noise ratio from every other row and column: 4 M pixels on a run1 sensor set it
         # to ~0.05%
         sub = usable[::2, ::2]
         z = difference[::2, ::2][sub] / np.sqrt(variance[::2, ::2][sub])
         ratio = robust_std(z) if z.size > 100 else float("nan")
-        scale = self._psf_flux_error_scale(diff, usable) if cfg.empirical_errors else 1.0
-        sources["psFluxErr"] *= scale
-        sources["snr"] /= scale
-        diff.metadata["psf_flux_err_scale"] = round(scale, 4)
         return ImageDifferenceResult(
-            diff, sources, solution, convolved, template_on_visit, ratio, scale
+            diff, sources, solution, convolved, template_on_visit, ratio, scale, tmpl_scale
         )
 
     @staticmethod
     def _psf_flux_error_scale(diff: Exposure, usable: np.ndarray) -> float:
         """Spread of PSF flux / error at blank positions: how far the independent-pixel error
-        underestimates the PSF-flux error, because the template's noise is correlated by its
-        own resampling and PSF homogenisation, which decorrelation does not undo."""
+        underestimates the PSF-flux error because the noise the decorrelation leaves is not
+        white (a convolved calexp's difference lacks the template's high frequencies, so its
+        per-pixel variance understates its noise on the PSF's scale; 1.36-1.55 on the demo)."""
         half = diff.psf.half
         step = 2 * half + 1
         h, w = diff.shape
@@ -449,12 +488,14 @@ class ImageDifferenceTask:
                 terms.append((ys ** (deg - i), xs**i))
         return terms
 
-    def _detect(self, diff: Exposure, visit: int, mjd: float) -> Table:
+    def _detect(self, diff: Exposure, visit: int, mjd: float, scale: float = 1.0) -> Table:
+        """Detect and measure at ``threshold`` times ``scale`` the variance plane's
+        PSF-flux sigma (``scale``: the measured spread of PSF flux / error)."""
         cfg = self.config
         detector = DetectionTask(DetectionConfig(threshold=cfg.threshold, variance_map=True))
         parts = []
         # the matched filter is linear: the negative image's significance is minus the positive's
-        significance = detector.significance(diff)
+        significance = detector.significance(diff) / np.float32(scale)
         for polarity in (1, -1):
             work = Exposure(
                 diff.image * np.float32(polarity),
