@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from twinkles.validation.dia import dia_object_completeness_purity, lensed_image_recovery
+from twinkles.validation.dia import (
+    dia_object_completeness_purity,
+    lensed_image_recovery,
+    light_curve_pulls,
+)
 from twinkles.validation.metrics import Metric, collect_metrics, read_metrics, write_metrics
 from twinkles.validation.monitor import neighbours, stamp_epochs
 from twinkles.validation.static_sky import am1, photometry_vs_magnitude
@@ -151,6 +155,32 @@ def test_monitor_helpers():
     assert stamp_epochs(mjd, np.full(5, np.nan), np.arange(5)) == []
 
 
+def test_median_pull_error_counts_light_curves_not_points():
+    # 40 light curves of 10 points; each shares an offset (a template's noise) of variance 0.5
+    rng = np.random.default_rng(3)
+
+    def light_curves():
+        offsets = rng.normal(0, np.sqrt(0.5), 40)
+        pulls = (offsets[:, None] + rng.normal(0, np.sqrt(0.5), (40, 10))).ravel()
+        return Table(
+            {
+                "psFlux": pulls,
+                "psFluxErr": np.ones(400),
+                "expected_flux": np.zeros(400),
+                "truth_id": np.repeat(np.arange(40), 10),
+            }
+        )
+
+    scatter = np.std([np.median(light_curves()["psFlux"]) for _ in range(400)])  # ~0.125
+    stats = light_curve_pulls(light_curves(), n_boot=500)
+    assert stats["n"] == 400 and stats["pull_std"] == pytest.approx(1.0, abs=0.15)
+    # the bootstrap over light curves follows the medians' real scatter (0.09-0.18 over
+    # seeds); over points it would be half of it
+    assert 0.6 * scatter < stats["pull_median_err"] < 1.6 * scatter
+    points_only = light_curve_pulls(light_curves()[["psFlux", "psFluxErr", "expected_flux"]])
+    assert points_only["pull_median_err"] < 0.65 * scatter
+
+
 def test_metric_verdicts():
     def metric(value, comparison, threshold):
         return Metric("m", value, "", comparison, threshold, "test", "test")
@@ -163,6 +193,12 @@ def test_metric_verdicts():
     assert metric(0.96, ">=", 0.95).status == "pass"
     assert metric(float("nan"), "<=", 5.0).status == "not measured"
     assert metric(3.0, None, None).status == "info"
+    # a value with a standard error fails only beyond the threshold by two of them
+    uncertain = Metric("m", 0.25, "sigma", "abs<=", 0.1, "test", "test", uncertainty=0.08)
+    assert uncertain.status == "pass" and "0.08" in uncertain.requirement
+    assert Metric("m", -0.27, "", "abs<=", 0.1, "t", "t", uncertainty=0.08).status == "fail"
+    assert Metric("m", 0.25, "", "abs<=", 0.1, "t", "t", uncertainty=float("nan")).status == "fail"
+    assert uncertain.to_dict()["uncertainty"] == 0.08
     with pytest.raises(ValueError, match="comparison and a threshold"):
         metric(1.0, "<=", None)
     with pytest.raises(ValueError, match="comparison must be"):

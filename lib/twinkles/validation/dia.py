@@ -174,22 +174,49 @@ def score_dia_sources(
     }
 
 
-def light_curve_pulls(rows: Table) -> dict:
+def light_curve_pulls(rows: Table, n_boot: int = 2000, seed: int = 0) -> dict:
     """Pull statistics of forced difference photometry against the expected difference flux.
 
     ``rows`` need ``psFlux``, ``psFluxErr`` and ``expected_flux``; returns the robust standard
-    deviation and the median of ``(psFlux - expected) / psFluxErr`` and the number of points.
+    deviation and the median of ``(psFlux - expected) / psFluxErr``, the number of points and
+    ``pull_median_err``, the standard error of the median.
+
+    The points of one light curve are not independent: every difference image of a band
+    subtracts the same template, whose noise at the object's position (and any residual of
+    its host) is common to all of them. On the demo that shared part is 0.09-0.19 of the pull
+    variance, so the median of a few light curves' points scatters by several times
+    ``1.25 / sqrt(n)``. With a ``truth_id`` column the standard error is therefore a
+    bootstrap over whole light curves (a cluster bootstrap; Efron & Tibshirani 1993, ch. 8);
+    without one, over points.
     """
     flux = np.asarray(rows["psFlux"], float)
     err = np.asarray(rows["psFluxErr"], float)
     pulls = (flux - np.asarray(rows["expected_flux"], float)) / err
-    pulls = pulls[np.isfinite(pulls)]
+    finite = np.isfinite(pulls)
+    pulls = pulls[finite]
     if len(pulls) < 3:
-        return {"n": len(pulls), "pull_std": float("nan"), "pull_median": float("nan")}
+        return {
+            "n": len(pulls),
+            "pull_std": float("nan"),
+            "pull_median": float("nan"),
+            "pull_median_err": float("nan"),
+        }
+    if "truth_id" in rows.colnames:
+        groups = np.asarray(rows["truth_id"])[finite]
+    else:
+        groups = np.arange(len(pulls))
+    _, group_of = np.unique(groups, return_inverse=True)
+    members = np.split(np.argsort(group_of, kind="stable"), np.cumsum(np.bincount(group_of))[:-1])
+    rng = np.random.default_rng(seed)
+    medians = np.empty(n_boot)
+    for k in range(n_boot):
+        chosen = rng.integers(0, len(members), len(members))
+        medians[k] = np.median(pulls[np.concatenate([members[i] for i in chosen])])
     return {
         "n": len(pulls),
         "pull_std": robust_std(pulls),
         "pull_median": float(np.median(pulls)),
+        "pull_median_err": float(np.std(medians)),
     }
 
 
