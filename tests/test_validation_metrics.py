@@ -15,7 +15,7 @@ from twinkles.validation.dia import (
     light_curve_pulls,
 )
 from twinkles.validation.metrics import Metric, collect_metrics, read_metrics, write_metrics
-from twinkles.validation.monitor import neighbours, stamp_epochs
+from twinkles.validation.monitor import neighbours, psf_overlap, stamp_epochs
 from twinkles.validation.static_sky import am1, photometry_vs_magnitude
 
 MAS = 1.0 / 3.6e6  # degrees
@@ -149,6 +149,19 @@ def test_lensed_image_recovery():
 def test_monitor_helpers():
     variables = Table({"truth_id": [1, 2, 3], "ra": [5.0, 5.0 + 0.5 / 3600, 6.0], "dec": [1.0] * 3})
     assert neighbours(variables, 5.0, 1.0, 1.0).tolist() == [1, 2]
+    ids, sep = neighbours(variables, 5.0, 1.0, 1.0, with_separation=True)
+    assert ids.tolist() == [1, 2]
+    np.testing.assert_allclose(sep, [0.0, 0.5 * np.cos(np.radians(1.0))], atol=1e-6)
+    # a PSF fit's share of a neighbour's light: the PSF's overlap with itself shifted,
+    # summed on a fine grid (a Gaussian of FWHM 0.7")
+    sigma = 0.7 / 2.3548
+    u = np.arange(-4.0, 4.0, 0.01)
+    xx, yy = np.meshgrid(u, u)
+    psf = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+    for d in (0.0, 0.3, 0.6):
+        shifted = np.exp(-((xx - d) ** 2 + yy**2) / (2 * sigma**2))
+        fraction = np.sum(psf * shifted) / np.sum(psf**2)
+        assert psf_overlap(np.array([d]), 0.7)[0] == pytest.approx(fraction, rel=1e-3)
     mjd = np.array([0.0, 10, 20, 30, 40])
     flux = np.array([0.0, 5, 100, 20, 1])
     assert stamp_epochs(mjd, flux, np.array([7, 8, 9, 10, 11])) == [7, 9, 11]

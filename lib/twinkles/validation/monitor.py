@@ -18,7 +18,14 @@ from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
 from twinkles.sim.truth import Truth
 from twinkles.validation.dia import expected_difference_flux
 
-__all__ = ["dia_truth", "forced_truth", "neighbours", "select_targets", "stamp_epochs"]
+__all__ = [
+    "dia_truth",
+    "forced_truth",
+    "neighbours",
+    "psf_overlap",
+    "select_targets",
+    "stamp_epochs",
+]
 
 
 def select_targets(
@@ -95,36 +102,67 @@ def select_targets(
     return out
 
 
-def neighbours(variables: Table, ra: float, dec: float, radius_arcsec: float) -> np.ndarray:
-    """Truth ids of the variable objects within ``radius_arcsec`` of (ra, dec), in degrees.
+def neighbours(
+    variables: Table, ra: float, dec: float, radius_arcsec: float, with_separation: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Truth ids of the variable objects within ``radius_arcsec`` of (ra, dec), in degrees,
+    and with ``with_separation`` their separations (arcsec).
 
     Forced photometry at a position measures all of them: two supernovae of one host,
     years apart, share a DIAObject.
     """
     if len(variables) == 0:
-        return np.array([], dtype=np.int64)
-    tree = cKDTree(unit_vectors(variables["ra"], variables["dec"]))
-    near = tree.query_ball_point(unit_vectors([ra], [dec])[0], chord_length(radius_arcsec))
-    return np.asarray(variables["truth_id"], dtype=np.int64)[sorted(near)]
+        empty = np.array([], dtype=np.int64)
+        return (empty, np.array([])) if with_separation else empty
+    vectors = unit_vectors(variables["ra"], variables["dec"])
+    centre = unit_vectors([ra], [dec])[0]
+    near = sorted(cKDTree(vectors).query_ball_point(centre, chord_length(radius_arcsec)))
+    ids = np.asarray(variables["truth_id"], dtype=np.int64)[near]
+    if not with_separation:
+        return ids
+    chord = np.linalg.norm(vectors[near] - centre, axis=1)
+    return ids, np.degrees(2.0 * np.arcsin(np.minimum(chord / 2.0, 1.0))) * 3600.0
+
+
+def psf_overlap(separation_arcsec: np.ndarray, fwhm_arcsec: np.ndarray | float) -> np.ndarray:
+    """Fraction of a point source's flux that a PSF fit ``separation_arcsec`` away measures.
+
+    For a Gaussian PSF of width ``sigma`` the fit's template overlaps the source's image by
+    ``exp(-d^2 / (4 sigma^2))``: 1 on the source, 0.5 at 1.18 sigma (half a FWHM).
+    """
+    sigma = np.asarray(fwhm_arcsec, float) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    return np.exp(-(np.asarray(separation_arcsec, float) ** 2) / (4.0 * sigma**2))
 
 
 def dia_truth(
-    curve: Table, truth: Truth, truth_ids: np.ndarray, templates: dict[str, dict]
+    curve: Table,
+    truth: Truth,
+    truth_ids: np.ndarray,
+    templates: dict[str, dict],
+    separation_arcsec: np.ndarray | None = None,
+    fwhm_arcsec: np.ndarray | float | None = None,
 ) -> np.ndarray:
     """Expected difference flux (nJy) at each point of a DiaForcedSource light curve.
 
     ``curve`` has ``filterName`` and ``expMidptMJD`` (from
     :func:`twinkles.catalogs.queries.light_curve`); the flux is summed over ``truth_ids``
-    (see :func:`neighbours`); NaN where the band has no template.
+    (see :func:`neighbours`), each weighted by its :func:`psf_overlap` with the forced
+    position when ``separation_arcsec`` (per id) and ``fwhm_arcsec`` (the PSF's, one value
+    or one per point) are given; NaN where the band has no template.
     """
     ids = np.atleast_1d(np.asarray(truth_ids, dtype=np.int64))
+    fwhm = np.broadcast_to(np.asarray(np.nan if fwhm_arcsec is None else fwhm_arcsec), len(curve))
     out = np.full(len(curve), np.nan)
     for k, row in enumerate(curve):
         band = str(row["filterName"])
-        if band in templates:
-            out[k] = expected_difference_flux(
-                truth, ids, band, float(row["expMidptMJD"]), templates[band]
-            ).sum()
+        if band not in templates:
+            continue
+        flux = expected_difference_flux(
+            truth, ids, band, float(row["expMidptMJD"]), templates[band]
+        )
+        if separation_arcsec is not None and np.isfinite(fwhm[k]):
+            flux = flux * psf_overlap(separation_arcsec, fwhm[k])
+        out[k] = flux.sum()
     return out
 
 
