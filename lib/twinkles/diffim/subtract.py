@@ -457,7 +457,7 @@ class ImageDifferenceTask:
 
         # 5. DIASources, both polarities, at the threshold in units of the PSF-flux spread
         # measured at blank positions; the errors' scale is measured again without the
-        # difference's own detections (the template's faint sources widen it by up to 5%)
+        # difference's own detections (the template's faint sources widened it by <= 6%)
         blank &= ~edge
         grid_pulls = self._blank_grid_pulls(diff, blank) if cfg.empirical_errors else None
         detect_scale = _pull_spread(grid_pulls)
@@ -503,7 +503,6 @@ class ImageDifferenceTask:
                 pulls[blank] = flux / err
         return pulls
 
-    @staticmethod
     @staticmethod
     def _spatial_terms(
         solution: KernelSolution, h: int, w: int
