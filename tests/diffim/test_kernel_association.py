@@ -17,8 +17,14 @@ from twinkles.diffim.kernel import (
     noise_correlation,
 )
 from twinkles.diffim.subtract import _grow, kernel_sigma
-from twinkles.diffim.template import TemplateConfig, TemplateError, select_template_visits
+from twinkles.diffim.template import (
+    TemplateConfig,
+    TemplateError,
+    scale_variance_to_noise,
+    select_template_visits,
+)
 from twinkles.image.convolve import fft_convolve_terms, kernel_fft
+from twinkles.image.exposure import Exposure, PhotoCalib
 
 
 def gaussian(sigma: float, half: int = 12) -> np.ndarray:
@@ -218,3 +224,19 @@ def test_template_visit_selection():
         select_template_visits(visits, fwhm, TemplateConfig(fwhm_range_arcsec=(0.3, 0.4)), band="r")
     with pytest.raises(TemplateError, match="filter g: no processed visit"):
         select_template_visits([], [], config, band="g")
+
+
+def test_template_variance_scaled_to_its_pixel_noise():
+    # smoothed noise whose variance plane is 1/1.3^2 of its pixel variance, a few stars on it
+    rng = np.random.default_rng(21)
+    noise = fft_convolve_terms(rng.normal(size=(400, 400)), gaussian(0.8, half=5))
+    image = (noise / noise.std()).astype(np.float32)
+    image[100:103, 100:103] += 50.0
+    variance = np.full(image.shape, 1 / 1.3**2, np.float32)
+    template = Exposure(
+        image, np.zeros(image.shape, np.int32), variance, None, None, PhotoCalib(31.4), {}
+    )
+    ratio = scale_variance_to_noise(template, np.full(image.shape, 5))
+    assert ratio == pytest.approx(1.3, rel=0.02)
+    z = template.image / np.sqrt(template.variance)
+    assert np.std(z[200:, 200:]) == pytest.approx(1.0, rel=0.03)  # away from the star

@@ -3,9 +3,9 @@
 1. The template (a PSF-homogenised coadd on the patch, nJy) is resampled onto the visit's
    calexp with the warper (:class:`~twinkles.coadd.warp.WarpTask`, patch -> calexp). Its
    variance plane is scaled to its measured pixel noise on blank sky (LSST's
-   ``doScaleTemplateVariance``): both the PSF homogenisation and this resampling propagate
-   variance as if their input's noise were white, and the template's is not (on the demo the
-   plane predicted 1/1.30-1/1.24 of the pixel noise).
+   ``doScaleTemplateVariance``): the resampling propagates variance as if its input's noise
+   were white, and the template's is not (on the demo the plane then predicted 1/1.14-1/1.09
+   of the pixel noise; 1/1.30-1/1.24 before make_template scaled the template's own plane).
 2. An Alard-Lupton kernel (:mod:`~twinkles.diffim.kernel`) is fitted on stamps around
    reference-catalog stars, convolving whichever image has the narrower PSF, so the kernel
    only ever broadens.
