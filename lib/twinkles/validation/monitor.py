@@ -128,7 +128,7 @@ def psf_overlap(separation_arcsec: np.ndarray, fwhm_arcsec: np.ndarray | float) 
     """Fraction of a point source's flux that a PSF fit ``separation_arcsec`` away measures.
 
     For a Gaussian PSF of width ``sigma`` the fit's template overlaps the source's image by
-    ``exp(-d^2 / (4 sigma^2))``: 1 on the source, 0.5 at 1.18 sigma (half a FWHM).
+    ``exp(-d^2 / (4 sigma^2))``: 1 on the source, 0.71 at half a FWHM, 0.5 at 0.71 FWHM.
     """
     sigma = np.asarray(fwhm_arcsec, float) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     return np.exp(-(np.asarray(separation_arcsec, float) ** 2) / (4.0 * sigma**2))
