@@ -227,7 +227,7 @@ def test_template_visit_selection():
 
 
 def test_template_variance_scaled_to_its_pixel_noise():
-    # smoothed noise whose variance plane is 1/1.3^2 of its pixel variance, a few stars on it
+    # smoothed noise whose variance plane is 1/1.3^2 of its pixel variance, a star on it
     rng = np.random.default_rng(21)
     noise = fft_convolve_terms(rng.normal(size=(400, 400)), gaussian(0.8, half=5))
     image = (noise / noise.std()).astype(np.float32)
