@@ -401,6 +401,7 @@ class ImageDifferenceTask:
         edge[:, :half] = edge[:, -half:] = True
         mask = (calexp.mask | tmpl_mask) & int(_CARRIED)
         mask[edge] |= int(MaskPlane.NO_DATA)
+        blank &= ~edge
         wide_psf = (
             calexp.psf
             if convolved == "template"
@@ -413,7 +414,7 @@ class ImageDifferenceTask:
             var_n_med = float(np.median(var_n[::2, ::2][inner])) if inner.any() else 1.0
             # the template's noise is correlated by its resampling and PSF homogenisation
             # (the calexp's is white): its measured spectrum
-            corr_t = noise_correlation(tmpl, tmpl_var, blank & ~edge)
+            corr_t = noise_correlation(tmpl, tmpl_var, blank)
             if convolved == "template":
                 # psi whitens with the template's spectrum
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med, corr_narrow=corr_t)
@@ -458,7 +459,6 @@ class ImageDifferenceTask:
         # 5. DIASources, both polarities, at the threshold in units of the PSF-flux spread
         # measured at blank positions; the errors' scale is measured again without the
         # difference's own detections (the template's faint sources widened it by <= 6%)
-        blank &= ~edge
         grid_pulls = self._blank_grid_pulls(diff, blank) if cfg.empirical_errors else None
         detect_scale = _pull_spread(grid_pulls)
         sources = self._detect(diff, visit, visit_mjd, detect_scale)
