@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench lint clean services-stop
+.PHONY: setup demo demo-external test bench lint clean services-stop
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ demo: setup
 	scripts/services.sh start chromium || echo "make demo: no Chromium, so the Note will have no PDF"
 	$(BIN)/twinkles run runs/demo.yaml
 	$(BIN)/twinkles note runs/demo
+
+# The same on images twinkles did not simulate: a scene written with GalSim directly
+# (examples/external_scene.py) into runs/external_sky/, run from runs/external.yaml.
+demo-external: setup
+	scripts/services.sh start chromium || echo "make demo-external: no Chromium, so the Note will have no PDF"
+	test -d runs/external_sky/eimages || $(BIN)/python examples/external_scene.py runs/external_sky --preset demo
+	$(BIN)/twinkles run runs/external.yaml
+	$(BIN)/twinkles note runs/external
 
 # Service tests (real Slurm) must run, not skip: `make test` starts the services (root, Debian)
 # and requires them. `make test SERVICES=none` leaves them out explicitly.
@@ -41,8 +49,8 @@ bench: setup
 	set -a && . .services/services.env && set +a && $(BIN)/python benchmarks/run.py
 
 lint: setup
-	$(BIN)/ruff check lib tests benchmarks cookbook
-	$(BIN)/ruff format --check lib tests benchmarks cookbook
+	$(BIN)/ruff check lib tests benchmarks cookbook examples
+	$(BIN)/ruff format --check lib tests benchmarks cookbook examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -241,6 +241,7 @@ def test_collect_and_write_metrics(tmp_path):
         "noise_ratio_max": 1.05,
         "recovery": 0.9,
         "spurious_per_visit_mean": 2.0,
+        "dia_sources_per_visit_mean": 3.0,
         "sn_pulls": [
             {
                 "band": "r",
@@ -279,3 +280,51 @@ def test_collect_and_write_metrics(tmp_path):
         write_metrics(path, "test", [*metrics, by_name["PA1_r"]])
     with pytest.raises(FileNotFoundError, match="validate_run"):
         read_metrics(tmp_path / "nowhere.json")
+
+
+def test_metrics_without_a_truth_say_why_they_are_not_measured():
+    """An external run without a truth catalog: what needs no truth is measured, the rest is
+    'not measured: no truth', the SN pulls of each band included."""
+    static_sky = {
+        "truth": False,
+        "forced": {
+            b: {"pa1_mmag": 4.0, "pa1_noise_mmag": 3.0, "floor_mmag": 2.0, "pull_std": None}
+            for b in ("g", "r")
+        },
+        "coadds": {"r": {"noise_ratio": 1.02}},
+        "objects": {"completeness_1mag_above_depth": None},
+    }
+    dia = {"truth": False, "noise_ratio_min": 0.97, "noise_ratio_max": 1.04, "sn_pulls": []}
+    dia["dia_sources_per_visit_mean"] = 12.5
+    metrics = collect_metrics(
+        static_sky,
+        dia,
+        float("nan"),
+        3,
+        float("nan"),
+        float("nan"),
+        truth=False,
+        lensed_in_truth=False,
+    )
+    by_name = {m.name: m for m in metrics}
+    for name in (
+        "PA1_r",
+        "photometric_floor_g",
+        "coadd_noise_ratio_r",
+        "difference_noise_ratio_min",
+    ):
+        assert by_name[name].status == "pass", name
+    assert by_name["dia_sources_per_visit"].status == "info"
+    for name in (
+        "forced_pull_std_r",
+        "object_completeness",
+        "transient_recovery",
+        "spurious_dia_sources_per_visit",
+        "dia_object_completeness",
+        "sn_pull_std_g",
+        "sn_pull_median_r",
+        "lensed_image_recovery",
+    ):
+        assert by_name[name].verdict == "not measured: no truth", name
+    assert by_name["AM1"].verdict.startswith("not measured: 3 star pairs")
+    assert by_name["sn_pull_std_r"].to_dict()["verdict"] == "not measured: no truth"

@@ -38,6 +38,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingest_images(args: argparse.Namespace) -> int:
+    from twinkles.inputs.source import prepare_inputs
+
+    run = load_run(args.config)
+    if not run.external:
+        raise TwinklesError(
+            f"{run.config_path} simulates its sky (inputs.source: simulate): there is nothing "
+            f"to ingest; `twinkles simulate` or `twinkles run` makes its eimages"
+        )
+    report = prepare_inputs(run)
+    for line in report.lines:
+        print(line)
+    print(f"repository: {run.butler.root}")
+    return 1 if report.refused else 0
+
+
 def _split_steps(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
@@ -292,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="simulate again from scratch")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "ingest-images",
+        help="check and ingest an external run's eimages, reference catalog and truth",
+    )
+    p.add_argument("config", help="run configuration with inputs.source: external")
+    p.set_defaults(func=_cmd_ingest_images)
 
     p = sub.add_parser("run", help="run the pipeline's recipes for a run")
     p.add_argument("config", help="run configuration (runs/<name>.yaml) or run directory")

@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -30,6 +31,7 @@ __all__ = [
     "DatabaseConfig",
     "ExecutorConfig",
     "FieldConfig",
+    "InputsConfig",
     "ReferenceCatalogConfig",
     "RenderConfig",
     "Run",
@@ -343,6 +345,85 @@ class StepConfig(_Section):
     )
 
 
+class InputsConfig(_Section):
+    """Where the run's sky comes from: the built-in simulator, or images from elsewhere.
+
+    An external run brings eimages (``docs/eimage-format.md``) from any simulator, a reference
+    catalog (``docs/refcat-format.md``) and optionally a truth catalog
+    (``docs/truth-format.md``); paths are relative to the run configuration's folder. The
+    images are checked and linked (or copied) into the repository, never written to.
+    """
+
+    source: Literal["simulate", "external"] = Field(
+        "simulate",
+        description="simulate: the built-in simulator (the field, cadence, truth, refcat and "
+        "render sections); external: the files below.",
+    )
+    eimages: list[str] = Field(
+        default_factory=list,
+        description="external: directories (their *.fits, *.fits.gz) or glob patterns of the "
+        "eimages.",
+    )
+    link: Literal["symlink", "copy", "hardlink"] = Field(
+        "symlink",
+        description="external: how an eimage enters the repository: a symbolic link to it, a "
+        "copy, or a hard link (same file system).",
+    )
+    refcat: str | None = Field(
+        None, description="external: the reference catalog (FITS or Parquet)."
+    )
+    refcat_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="external: reference-catalog columns named otherwise, canonical: theirs "
+        '("{band}" stands for each band, e.g. {band}_mag: mag_{band}).',
+    )
+    truth_objects: str | None = Field(
+        None, description="external, optional: the truth catalog's objects (FITS or Parquet)."
+    )
+    truth_light_curves: str | None = Field(
+        None,
+        description="external, optional: the truth's light curves (id, mjd, band, flux nJy).",
+    )
+    truth_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="external: truth-object columns named otherwise, canonical: theirs.",
+    )
+    site_longitude: float = Field(
+        -70.7494,
+        ge=-180.0,
+        le=180.0,
+        description="external: longitude of the observatory (deg, East positive; Cerro "
+        "Pachon): a night runs from local noon to noon.",
+    )
+    survey_start_mjd: float | None = Field(
+        None,
+        description="external: MJD of the survey's first night (seasons and data-release "
+        "years count from it); default: the night of the first eimage.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> InputsConfig:
+        problems = []
+        external = self.source == "external"
+        if external and not self.eimages:
+            problems.append("eimages: an external run needs its eimages (directories or globs)")
+        if external and not self.refcat:
+            problems.append("refcat: an external run needs a reference catalog")
+        if not external:
+            given = [
+                k
+                for k in ("eimages", "refcat", "truth_objects", "truth_light_curves")
+                if getattr(self, k)
+            ]
+            given += [k for k in ("refcat_columns", "truth_columns") if getattr(self, k)]
+            problems += [f"{k}: only for source: external" for k in given]
+        if self.truth_light_curves and not self.truth_objects:
+            problems.append("truth_light_curves: needs truth_objects")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class DatabaseConfig(_Section):
     """The catalog database."""
 
@@ -369,6 +450,7 @@ class RunConfig(_Section):
         default_factory=dict, description="Per-step overrides, by step name."
     )
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
 
     @model_validator(mode="after")
     def _check_name(self) -> RunConfig:
@@ -459,6 +541,37 @@ class Run:
         from twinkles.butler import Butler
 
         return Butler(self.dir / "repo")
+
+    @property
+    def external(self) -> bool:
+        """Whether the run's sky comes from external files rather than the simulator."""
+        return self.config.inputs.source == "external"
+
+    def input_path(self, path: str) -> Path:
+        """An input path of the configuration, relative to the configuration's folder."""
+        return (self.config_path.parent / Path(path).expanduser()).resolve()
+
+    @cached_property
+    def pixel_scale(self) -> float:
+        """Pixel scale (arcsec/pixel): the sensor's, or the median of the external eimages'."""
+        if not self.external:
+            return self.config.sensor.pixel_scale
+        visits = self.butler.get("visitTable")
+        return float(np.median(np.asarray(visits["pixelScale"], dtype=float)))
+
+    @cached_property
+    def field_centre(self) -> tuple[float, float]:
+        """(RA, Dec) of the field (deg): the configured one, or the external visits' median
+        nominal pointing."""
+        if not self.external:
+            return self.config.field.ra, self.config.field.dec
+        visits = self.butler.get("visitTable")
+        ra = np.deg2rad(np.asarray(visits["fieldRA"], dtype=float))
+        dec = np.asarray(visits["fieldDec"], dtype=float)
+        # the median of RA on the circle, about the first visit (fields near RA 0 wrap)
+        ref = ra[0]
+        offset = np.median(np.angle(np.exp(1j * (ra - ref))))
+        return float(np.rad2deg(ref + offset) % 360.0), float(np.median(dec))
 
 
 def _locate(path: Path) -> Path:

@@ -35,6 +35,7 @@ for _name, _doc in [
     ("LensedSystems", "lensed quasars: lens, source, DRW parameters"),
     ("LensedImages", "lensed-quasar images: positions, magnifications, time delays"),
     ("QuasarVariability", "DRW light curve of each lensed quasar source on a 1-day grid"),
+    ("LightCurves", "tabulated light curves (id, mjd, band, flux) replacing objects' models"),
 ]:
     register_dataset_type(
         f"truth{_name}",
@@ -51,11 +52,18 @@ register_dataset_type(
     "Reference catalog for astrometric and photometric calibration.",
 )
 register_dataset_type(
+    "inputManifest",
+    (),
+    "inputs/manifest.json",
+    "json",
+    "An external run's user files (eimages, reference catalog, truth) with their checksums.",
+)
+register_dataset_type(
     "eimage",
     ("visit",),
     "eimage/eimage_{visit:08d}.fits",
     "fits",
-    "Simulated single-sensor image in electrons (docs/eimage-format.md).",
+    "Single-sensor image in electrons, simulated or ingested (docs/eimage-format.md).",
 )
 register_dataset_type(
     "eimageTruth",

@@ -96,7 +96,7 @@ def test_truth_api_mixes_kinds_and_refuses_unknown_ids(demo_sky):
     assert flux.shape == (4,) and np.all(np.isfinite(flux))
     ra, dec = t.positions(ids)
     assert (ra[0], dec[0]) == (t.stars["ra"][0], t.stars["dec"][0])
-    with pytest.raises(KeyError, match="no star with id"):
+    with pytest.raises(KeyError, match="no object with id"):
         t.flux([10_000_000_000 + 10**8], "r", 6e4)
 
 

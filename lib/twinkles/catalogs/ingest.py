@@ -5,7 +5,8 @@ unit wrote before and then bulk-inserts it again, so ingesting twice replaces ra
 duplicates, and a crash (or kill) leaves every unit either wholly in or wholly out:
 
 ``truth``
-    TruthObject and TruthFlux from the simulation's truth tables.
+    TruthObject and TruthFlux from the run's truth tables (simulated, or an external truth
+    catalog; a run without a truth has no such unit).
 ``objects``
     Object (``deepCoadd_ref``), DiaObject (``diaObject``) and DiaSource (``diaSourceTable``,
     the DIASources with the DIAObject each was associated with), when the run has them.
@@ -247,9 +248,13 @@ class IngestTask:
         butler = run.butler
         visit_table = butler.get("visitTable")
         units: list[tuple[str, list[tuple[str, dict]]]] = []
-        if self.config.truth:
+        if self.config.truth and Truth.exists(butler):  # an external run may bring none
             units.append(
-                ("truth", [("visitTable", {})] + [(ds, {}) for ds in TRUTH_DATASETS.values()])
+                (
+                    "truth",
+                    [("visitTable", {})]
+                    + [(ds, {}) for ds in TRUTH_DATASETS.values() if butler.exists(ds)],
+                )
             )
         from twinkles.workflow.spec import PIPELINE
 

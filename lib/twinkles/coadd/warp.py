@@ -80,7 +80,11 @@ class WarpConfig(Section):
         0.005, gt=0, description="Largest allowed error of the fitted transform (pixels)."
     )
     max_degree: int = Field(
-        6, ge=1, le=9, description="Highest polynomial degree tried for the transform."
+        8,
+        ge=1,
+        le=9,
+        description="Highest polynomial degree tried for the transform (the lowest that fits "
+        "is used; a calexp whose SIP bends strongly towards its corners needs 7-8).",
     )
 
 

@@ -127,8 +127,11 @@ class Exposure:
     def to_hdulist(self) -> fits.HDUList:
         primary = fits.PrimaryHDU()
         for key, value in self.metadata.items():
-            if value is not None:
-                primary.header[_card_name(key)] = value
+            # an unknown value (None, or NaN: an eimage without AIRMASS) is left out; FITS
+            # headers cannot hold NaN, and a reader's .get(key, nan) gives it back
+            if value is None or (isinstance(value, float) and not np.isfinite(value)):
+                continue
+            primary.header[_card_name(key)] = value
         if self.photo_calib is not None:
             primary.header["ZP"] = (self.photo_calib.zero_point, "AB mag of 1 electron")
             primary.header["ZPERR"] = (self.photo_calib.zero_point_err, "zero-point error (mag)")

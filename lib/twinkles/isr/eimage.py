@@ -16,11 +16,13 @@ dark or flat. ISR here is what Twinkles' processEimage did:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 from pydantic import Field
 from scipy import ndimage
@@ -34,6 +36,7 @@ __all__ = [
     "EimageIsrConfig",
     "EimageIsrTask",
     "IsrResult",
+    "eimage_header_problems",
     "grow_diamond",
     "read_eimage",
 ]
@@ -55,10 +58,50 @@ REQUIRED_KEYS = (
     "CD2_1",
     "CD2_2",
 )
+CD_KEYS = ("CD1_1", "CD1_2", "CD2_1", "CD2_2")
+#: Full well (electrons) of an eimage without a SATURATE key.
+DEFAULT_SATURATION = 100000.0
 
 
 class EimageError(TwinklesError):
     """An eimage that cannot be processed; the message names the visit and the cause."""
+
+
+def eimage_header_problems(header: fits.Header) -> list[str]:
+    """What makes an eimage header unusable (docs/eimage-format.md); empty if nothing.
+
+    Each problem names the key: a missing required key, an ``OBSID`` that is not an
+    integer, an ``MJD-OBS`` or ``EXPTIME`` that is not a number (or an exposure time that is
+    not positive), a ``FILTER`` that is not an LSST band, a WCS that is not TAN or whose CD
+    matrix is singular.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in header]
+    if missing:
+        return [f"lacks header keys {', '.join(missing)}"]
+    problems = []
+    obsid = header["OBSID"]
+    if isinstance(obsid, bool) or not isinstance(obsid, (int, np.integer)):
+        if not (isinstance(obsid, str) and obsid.strip().isdigit()):
+            problems.append(f"OBSID {obsid!r} is not an integer")
+    for key in ("MJD-OBS", "EXPTIME", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", *CD_KEYS):
+        value = header[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            problems.append(f"{key} {value!r} is not a number")
+        elif not np.isfinite(float(value)):
+            problems.append(f"{key} is not finite")
+    if not problems and float(header["EXPTIME"]) <= 0:
+        problems.append(f"EXPTIME {header['EXPTIME']!r} is not positive")
+    band = str(header["FILTER"]).strip()
+    if band not in BANDS:
+        problems.append(f"FILTER {band!r} is not one of {', '.join(BANDS)}")
+    ctypes = (str(header["CTYPE1"]).strip(), str(header["CTYPE2"]).strip())
+    if not (ctypes[0].startswith("RA---TAN") and ctypes[1].startswith("DEC--TAN")):
+        problems.append(f"CTYPE1, CTYPE2 {ctypes} are not RA---TAN, DEC--TAN")
+    if not problems:
+        cd = np.array([[header["CD1_1"], header["CD1_2"]], [header["CD2_1"], header["CD2_2"]]])
+        if abs(np.linalg.det(cd)) <= 0:
+            problems.append("the CD matrix (CD1_1 ... CD2_2) is singular")
+    return problems
 
 
 def read_eimage(path: str | Path, visit: int | None = None) -> Exposure:
@@ -74,29 +117,31 @@ def read_eimage(path: str | Path, visit: int | None = None) -> Exposure:
     Raises
     ------
     EimageError
-        Unreadable file, missing header keys, wrong visit or filter, or no usable pixels.
+        Unreadable or truncated file, a header :func:`eimage_header_problems` refuses, wrong
+        visit, or no usable pixels.
     """
     path = Path(path)
     who = f"visit {visit}" if visit is not None else path.name
     try:
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            data = hdul[0].data
-            data = None if data is None else np.array(data, dtype=np.float32)
+        with warnings.catch_warnings():
+            # astropy only warns of a truncated file, then fails or pads the pixels
+            warnings.simplefilter("error", AstropyUserWarning)
+            with fits.open(path, memmap=False) as hdul:
+                header = hdul[0].header.copy()
+                data = hdul[0].data
+                data = None if data is None else np.array(data, dtype=np.float32)
     except FileNotFoundError:
         raise EimageError(f"{who}: no eimage at {path}") from None
-    except (OSError, ValueError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, TypeError, IndexError, AstropyUserWarning) as exc:
         raise EimageError(f"{who}: {path.name} is not a readable FITS image ({exc})") from None
     if data is None or data.ndim != 2:
         raise EimageError(f"{who}: {path.name} has no 2-d image in its primary HDU")
-    missing = [k for k in REQUIRED_KEYS if k not in header]
-    if missing:
-        raise EimageError(f"{who}: {path.name} lacks header keys {', '.join(missing)}")
+    problems = eimage_header_problems(header)
+    if problems:
+        raise EimageError(f"{who}: {path.name} {'; '.join(problems)}")
     if visit is not None and int(header["OBSID"]) != int(visit):
         raise EimageError(f"{who}: {path.name} is visit {header['OBSID']} (OBSID), not {visit}")
     band = str(header["FILTER"]).strip()
-    if band not in BANDS:
-        raise EimageError(f"{who}: FILTER {band!r} is not one of {', '.join(BANDS)}")
     mask = np.zeros(data.shape, dtype=np.int32)
     if not np.isfinite(data.sum()):  # one pass; only a non-finite pixel makes the sum so
         finite = np.isfinite(data)
@@ -117,7 +162,7 @@ def read_eimage(path: str | Path, visit: int | None = None) -> Exposure:
         "exptime": float(header["EXPTIME"]),
         "airmass": float(header.get("AIRMASS", np.nan)),
         "rotang": float(header.get("ROTANG", np.nan)),
-        "saturate": float(header.get("SATURATE", 100000.0)),
+        "saturate": float(header.get("SATURATE", DEFAULT_SATURATION)),
         "gain": float(header.get("GAIN", 1.0)),
         "rdnoise": float(header.get("RDNOISE", 0.0)),
     }
@@ -206,7 +251,7 @@ class EimageIsrTask:
             variance /= gain
         if rdnoise:
             variance += rdnoise**2
-        full_well = self.config.saturation or meta.get("saturate", 100000.0)
+        full_well = self.config.saturation or meta.get("saturate", DEFAULT_SATURATION)
         saturated = image >= full_well
         if saturated.any() and self.config.saturation_grow:
             saturated = grow_diamond(saturated, self.config.saturation_grow)

@@ -14,6 +14,8 @@ Directives
     Every metric of ``validation/metrics.json`` with its requirement and verdict.
 ``report-table``
     ``twinkles report`` per step.
+``run-inputs``
+    Where the run's images and truth came from (simulated, or brought from elsewhere).
 
 Roles
 -----
@@ -164,7 +166,8 @@ def verdict_role(name, rawtext, text, lineno, inliner, options=None, content=())
     pattern = text.strip()
     parts = []
     for m in _metrics(env, pattern):
-        shown = m["status"] + (f" ({m['requirement']})" if m["requirement"] else "")
+        verdict = m.get("verdict", m["status"])
+        shown = verdict + (f" ({m['requirement']})" if m["requirement"] else "")
         label = _suffix(m, pattern) if "*" in pattern else ""
         status_class = " status-" + m["status"].replace(" ", "-")
         parts.append(_number("metrics-status", m["name"], m["status"], label + shown, status_class))
@@ -254,7 +257,7 @@ class MetricsTable(SphinxDirective):
                     html.escape(m["name"]),
                     _span("metrics", m["name"], m["value"], shown),
                     html.escape(m["requirement"]),
-                    _span("metrics-status", m["name"], m["status"], m["status"]),
+                    _span("metrics-status", m["name"], m["status"], m.get("verdict", m["status"])),
                     html.escape(m["description"]),
                 ]
             )
@@ -291,11 +294,51 @@ class ReportTable(SphinxDirective):
         return [nodes.raw("", table, format="html")]
 
 
+def inputs_paragraph(run_dir: Path) -> str:
+    """Where a run's images and truth came from, in a sentence or two."""
+    from twinkles.config import load_run
+    from twinkles.sim.truth import Truth
+
+    run = load_run(run_dir)
+    butler = run.butler
+    visits = butler.get("visitTable")
+    bands = ", ".join(b for b in "ugrizy" if b in set(visits["filter"]))
+    if not run.external:
+        return (
+            f"The {len(visits)} images of this run ({bands}) were rendered by twinkles' own "
+            f"simulator (the simulate_visit recipe), which also wrote the truth every metric "
+            f"is scored against."
+        )
+    manifest = butler.get("inputManifest")
+    refused = len(manifest.get("refused", {}))
+    truth = (
+        "Its truth catalog came with the images; every metric it allows is scored against it."
+        if Truth.exists(butler)
+        else "No truth catalog came with the images: the metrics that need one are reported as "
+        "not measured."
+    )
+    return (
+        f"The {len(visits)} images of this run ({bands}) were not simulated by twinkles: they "
+        f"were brought as eimages from elsewhere, checked against the format and ingested "
+        f"({refused} file(s) refused), with their own reference catalog; there is no "
+        f"simulate_visit step. {truth}"
+    )
+
+
+class RunInputs(SphinxDirective):
+    """A paragraph saying where the run's images and truth came from."""
+
+    def run(self) -> list[nodes.Node]:
+        text = inputs_paragraph(_run_dir(self.env))
+        return [nodes.paragraph("", text)]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("twinkles_run_dir", "", "env", str)
     app.add_directive("notebook-figure", NotebookFigure)
     app.add_directive("metrics-table", MetricsTable)
     app.add_directive("report-table", ReportTable)
+    app.add_directive("run-inputs", RunInputs)
     app.add_role("report", report_role)
     app.add_role("metric", metric_role)
     app.add_role("verdict", verdict_role)

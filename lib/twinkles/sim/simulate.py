@@ -7,11 +7,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from twinkles.config import Run, load_run
+from twinkles.errors import TwinklesError
+from twinkles.inputs.source import prepare_run_dir
 from twinkles.sim.render import RenderedVisit, eimage_hdulist, render_visit
 from twinkles.sim.sky import Sky, ensure_sky
 
@@ -22,20 +21,6 @@ __all__ = [
     "simulate_visit",
     "write_visit",
 ]
-
-
-def prepare_run_dir(run: Run) -> None:
-    """Create the run directory and keep a copy of its configuration there."""
-    run.dir.mkdir(parents=True, exist_ok=True)
-    copy = run.dir / "config.yaml"
-    text = yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False)
-    if copy.resolve() != Path(run.config_path).resolve() and (
-        not copy.exists() or copy.read_text() != text
-    ):
-        from twinkles.butler import atomic_path
-
-        with atomic_path(copy) as tmp:
-            tmp.write_text(text)
 
 
 def write_visit(run: Run, rendered: RenderedVisit) -> None:
@@ -96,6 +81,11 @@ def simulate_run(
     progress : callable, optional
         Called with (visits finished, visits to do).
     """
+    if run.external:
+        raise TwinklesError(
+            f"{run.config_path} brings its own eimages (inputs.source: external): there is "
+            f"nothing to simulate; `twinkles run` ingests them"
+        )
     prepare_run_dir(run)
     if force:
         for path in (run.butler.root / "eimage").glob("*.fits"):

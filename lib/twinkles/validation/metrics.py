@@ -12,8 +12,10 @@ template's noise at its position, so a dozen light curves set the median to +-0.
 as large as the 0.1 sigma bias it is held to).
 
 Its status is ``pass`` or ``fail``; ``not measured`` when the value could not be measured on
-this run (AM1 needs star pairs 5' apart, more than a small demo field holds); ``info`` for a
-number reported without a requirement (spurious DIASources per visit).
+this run, with the reason in its ``note`` (AM1 needs star pairs 5' apart, more than a small
+demo field holds; a run of external images without a truth catalog cannot score anything
+against the truth); ``info`` for a number reported without a requirement (spurious
+DIASources per visit).
 
 :func:`collect_metrics` turns the static-sky and difference-imaging validation records
 (``staticSkyMetrics``, ``diaMetrics``) and the run-level measurements of the ``validate_run``
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,8 @@ class Metric:
     uncertainty : float or None
         The value's standard error where the sample limits it: the requirement then fails
         only when the value is beyond the threshold by more than ``2 * uncertainty``.
+    note : str
+        Why the metric could not be measured on this run (``no truth``, ...), if it could not.
     """
 
     name: str
@@ -79,6 +83,7 @@ class Metric:
     reference: str
     description: str
     uncertainty: float | None = None
+    note: str = ""
 
     def __post_init__(self) -> None:
         if self.comparison is not None and self.comparison not in _COMPARISONS:
@@ -89,10 +94,10 @@ class Metric:
     @property
     def status(self) -> str:
         """``pass``, ``fail``, ``not measured`` or ``info``."""
-        if self.comparison is None:
-            return "info"
         if self.value is None or not math.isfinite(self.value):
             return "not measured"
+        if self.comparison is None:
+            return "info"
         v, t = float(self.value), float(self.threshold)
         allowance = 2.0 * float(self.uncertainty) if _finite(self.uncertainty) else 0.0
         ok = {
@@ -102,6 +107,13 @@ class Metric:
             "within": abs(v - 1.0) - allowance <= t,
         }[self.comparison]
         return "pass" if ok else "fail"
+
+    @property
+    def verdict(self) -> str:
+        """The status, with the reason when the metric was not measured."""
+        if self.status == "not measured" and self.note:
+            return f"not measured: {self.note}"
+        return self.status
 
     @property
     def requirement(self) -> str:
@@ -124,6 +136,7 @@ class Metric:
         out["value"] = None if not _finite(self.value) else float(self.value)
         out["uncertainty"] = float(self.uncertainty) if _finite(self.uncertainty) else None
         out["status"] = self.status
+        out["verdict"] = self.verdict
         out["requirement"] = self.requirement
         return out
 
@@ -155,6 +168,8 @@ def collect_metrics(
     lensed_resolved: int = 0,
     lensed_detectable: int = 0,
     lensed_separate: int = 0,
+    truth: bool = True,
+    lensed_in_truth: bool = True,
 ) -> list[Metric]:
     """The run's metrics from its validation records and run-level measurements.
 
@@ -173,6 +188,11 @@ def collect_metrics(
         Lensed-quasar images >= 2 FWHM from the others of their system; of those, the ones
         whose variability reaches S/N 10 in a difference image; of those, the ones that are
         DIAObjects of their own (:func:`~twinkles.validation.dia.lensed_image_recovery`).
+    truth : bool
+        Whether the run has a truth: without one every metric scored against it is
+        *not measured: no truth* (the SN pulls of each band included).
+    lensed_in_truth : bool
+        Whether the truth holds lensed quasars (an external truth catalog holds none).
     """
     metrics: list[Metric] = []
     forced = static_sky.get("forced", {})
@@ -398,8 +418,61 @@ def collect_metrics(
             ISSUE,
             "lensed-quasar images >= 2 FWHM from the other images of their system, faint or not",
         ),
+        Metric(
+            "dia_sources_per_visit",
+            _get(dia, "dia_sources_per_visit_mean"),
+            "",
+            None,
+            None,
+            ISSUE,
+            "mean number of DIASources per difference image",
+        ),
     ]
-    return metrics
+    if not truth:
+        bands = sorted(forced, key=_band_order)
+        metrics += [
+            Metric(name, math.nan, "", comparison, threshold, ISSUE, description)
+            for band in bands
+            for name, comparison, threshold, description in (
+                (f"sn_pull_std_{band}", "within", 0.15, f"robust std of SN pulls, {band}"),
+                (f"sn_pull_median_{band}", "abs<=", 0.1, f"median SN pull, {band}"),
+            )
+        ]
+    return [_with_note(m, truth, lensed_in_truth, am1_pairs) for m in metrics]
+
+
+#: Metrics scored against the truth (by name prefix).
+_NEEDS_TRUTH = (
+    "forced_pull_std_",
+    "forced_bias_",
+    "object_",
+    "transient_recovery",
+    "spurious_dia_sources",
+    "dia_object_",
+    "sn_",
+    "lensed_",
+)
+
+
+def _with_note(metric: Metric, truth: bool, lensed_in_truth: bool, am1_pairs: int) -> Metric:
+    """The metric with the reason it was not measured, where it was not."""
+    if _finite(metric.value) or metric.note:
+        return metric
+    if not truth and metric.name.startswith(_NEEDS_TRUTH):
+        note = "no truth"
+    elif metric.name == "AM1":
+        note = f"{am1_pairs} star pairs 5' +- 1' apart: the field is too small"
+    elif metric.name.startswith("sn_bright_host_"):
+        note = "no supernova on a bright host"
+    elif metric.name.startswith("lensed_"):
+        note = (
+            "no lensed quasar varies at S/N >= 10"
+            if lensed_in_truth
+            else "no lensed quasar in the truth"
+        )
+    else:
+        return metric
+    return replace(metric, note=note)
 
 
 def write_metrics(path: str | Path, run: str, metrics: list[Metric]) -> dict[str, Any]:

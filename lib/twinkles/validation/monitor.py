@@ -5,7 +5,8 @@ Twinkles' monitor compared light curves with the simulation's inputs by hand. He
 (their peak difference-image S/N from :func:`twinkles.validation.dia.transient_peaks`) and
 finds their DIAObject and Object within a match radius; :func:`dia_truth` and
 :func:`forced_truth` give the true flux that each light-curve point should measure, and
-:func:`stamp_epochs` the visits worth a postage stamp: before, at and after the peak.
+:func:`stamp_epochs` the visits worth a postage stamp: before, at and after the peak. A run
+without a truth shows its most significant DIAObjects instead (:func:`significant_dia_objects`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "neighbours",
     "psf_overlap",
     "select_targets",
+    "significant_dia_objects",
     "stamp_epochs",
 ]
 
@@ -96,6 +98,53 @@ def select_targets(
         dia_objects["diaObjectId"],
         radius_arcsec,
     )
+    out["objectId"] = nearest_id_within(
+        out["ra"], out["dec"], objects["ra"], objects["decl"], objects["objectId"], radius_arcsec
+    )
+    return out
+
+
+def significant_dia_objects(
+    dia_objects: Table,
+    dia_sources: Table,
+    objects: Table,
+    n_targets: int = 5,
+    min_sources: int = 2,
+    radius_arcsec: float = 1.0,
+) -> Table:
+    """The monitor's targets when there is no truth: the most significant DIAObjects.
+
+    A DIAObject of at least ``min_sources`` DIASources is ranked by its most significant
+    one (``|psFlux| / psFluxErr``); the table has the columns of :func:`select_targets`
+    (``truth_id`` -1, ``kind`` ``dia_object``, ``peak_snr`` and ``peak_mag`` from that
+    DIASource, ``diaObjectId``, and ``objectId`` within ``radius_arcsec``).
+    """
+    if n_targets < 0 or min_sources < 1:
+        raise ValueError("n_targets must be >= 0 and min_sources >= 1")
+    ids = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)
+    snr = np.zeros(len(ids))
+    flux = np.zeros(len(ids))
+    if len(dia_sources) and len(ids):
+        order = np.argsort(ids)
+        src_obj = np.asarray(dia_sources["diaObjectId"], dtype=np.int64)
+        mine = np.isin(src_obj, ids)
+        pos = order[np.searchsorted(ids, src_obj[mine], sorter=order)]
+        src_flux = np.abs(np.asarray(dia_sources["psFlux"], float))[mine]
+        src_snr = src_flux / np.asarray(dia_sources["psFluxErr"], float)[mine]
+        np.maximum.at(snr, pos, np.nan_to_num(src_snr))
+        np.maximum.at(flux, pos, np.nan_to_num(src_flux))
+    repeated = np.asarray(dia_objects["nDiaSources"]) >= min_sources
+    chosen = np.flatnonzero(repeated)[np.argsort(-snr[repeated])][:n_targets]
+    out = Table()
+    out["truth_id"] = np.full(len(chosen), -1, dtype=np.int64)
+    out["kind"] = np.full(len(chosen), "dia_object")
+    out["ra"] = np.asarray(dia_objects["ra"], float)[chosen]
+    out["dec"] = np.asarray(dia_objects["decl"], float)[chosen]
+    out["peak_snr"] = snr[chosen]
+    with np.errstate(divide="ignore"):
+        out["peak_mag"] = -2.5 * np.log10(flux[chosen]) + 31.4
+    out["system_id"] = np.full(len(chosen), -1, dtype=np.int64)
+    out["diaObjectId"] = ids[chosen]
     out["objectId"] = nearest_id_within(
         out["ra"], out["dec"], objects["ra"], objects["decl"], objects["objectId"], radius_arcsec
     )

@@ -7,14 +7,15 @@
   unresolved stars, one random pair of visits per star, ``dmag / sqrt(2)``, an IQR-based
   sigma over stars, repeated and the median taken;
 * :func:`forced_light_curves`: the ForcedSource rows of every visit with their band and MJD;
-* :func:`star_light_curves`, :func:`forced_star_metrics`: ForcedSource of true stars against
-  their true fluxes: PA1 and pulls per band;
+* :func:`star_light_curves`, :func:`forced_star_metrics`: ForcedSource of stars against
+  their true fluxes: PA1 and pulls per band (PA1 also without a truth, on point-like Objects);
 * :func:`pa1_noise`, :func:`repeatability_floor`: the PA1 the photometric errors alone give,
   and the scatter beyond them (the pipeline's systematic floor);
 * :func:`photometry_vs_magnitude`: bias and scatter of forced photometry of non-variable
   stars against their true fluxes, per band and bin of true magnitude;
-* :func:`star_positions`, :func:`am1`: the astrometric repeatability of validate_drp (LSST SRD
-  AM1): the RMS over visits of the separation of star pairs about 5' apart;
+* :func:`reference_stars`, :func:`star_positions`, :func:`am1`: the astrometric repeatability
+  of validate_drp (LSST SRD AM1): the RMS over visits of the separation of star pairs about 5'
+  apart;
 * :func:`robust_std`: the IQR-based sigma used throughout.
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "pa1_noise",
     "photometry_vs_magnitude",
     "pooled_completeness_purity",
+    "reference_stars",
     "repeatability_floor",
     "robust_std",
     "star_light_curves",
@@ -240,29 +242,44 @@ def forced_light_curves(butler, visits: Table) -> Table:
 
 
 def star_light_curves(
-    objects: Table, light_curves: Table, truth: Truth, radius_arcsec: float = 0.5
+    objects: Table, light_curves: Table, truth: Truth | None, radius_arcsec: float = 0.5
 ) -> Table:
-    """ForcedSource rows of Objects matched to true stars, with the true flux at each epoch.
+    """ForcedSource rows of stars, with the true flux at each epoch where the truth is known.
 
-    Objects in blends and rows flagged off-image or bad are dropped. Columns added:
-    ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
+    With a truth, the stars are the Objects matched to true stars; without one (an external
+    run brought no truth catalog), the Objects the coadd measured as point sources
+    (``extendedness`` 0), whose ``truth_id`` is then their ``objectId``, ``is_variable``
+    False (unknown) and ``true_flux`` NaN: PA1 and the floor need no truth, the pulls do.
+    Objects in blends and rows flagged off-image, bad, on an edge or saturated are dropped.
+    Columns added: ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
     """
-    stars = truth.stars
-    i_obj, i_star, _ = match_sky(
-        objects["ra"], objects["decl"], stars["ra"], stars["dec"], radius_arcsec
-    )
-    keep = np.asarray(objects["parent"])[i_obj] == 0
-    i_obj, i_star = i_obj[keep], i_star[keep]
-    star_of = dict(
-        zip(np.asarray(objects["objectId"])[i_obj], np.asarray(stars["id"])[i_star], strict=True)
-    )
-    variable_of = dict(
-        zip(
-            np.asarray(stars["id"])[i_star],
-            np.asarray(stars["is_variable"], dtype=bool)[i_star],
-            strict=True,
+    isolated = np.asarray(objects["parent"]) == 0
+    if truth is None:
+        point = isolated & (np.asarray(objects["extendedness"], dtype=float) == 0)
+        star_ids = np.asarray(objects["objectId"])[point]
+        star_of = dict(zip(star_ids.tolist(), star_ids.tolist(), strict=True))
+        variable_of = dict.fromkeys(star_ids.tolist(), False)
+    else:
+        stars = truth.stars
+        i_obj, i_star, _ = match_sky(
+            objects["ra"], objects["decl"], stars["ra"], stars["dec"], radius_arcsec
         )
-    )
+        keep = isolated[i_obj]
+        i_obj, i_star = i_obj[keep], i_star[keep]
+        star_of = dict(
+            zip(
+                np.asarray(objects["objectId"])[i_obj].tolist(),
+                np.asarray(stars["id"])[i_star].tolist(),
+                strict=True,
+            )
+        )
+        variable_of = dict(
+            zip(
+                np.asarray(stars["id"])[i_star].tolist(),
+                np.asarray(stars["is_variable"], dtype=bool)[i_star].tolist(),
+                strict=True,
+            )
+        )
     rows = light_curves[
         np.isin(light_curves["objectId"], list(star_of))
         & ~np.asarray(light_curves["flag_off_image"])
@@ -270,16 +287,33 @@ def star_light_curves(
         & ~np.asarray(light_curves["flag_edge"])
         & ~np.asarray(light_curves["flag_saturated"])
     ]
-    rows["truth_id"] = np.array([star_of[o] for o in rows["objectId"]], dtype=np.int64)
-    rows["is_variable"] = np.array([variable_of[t] for t in rows["truth_id"]], dtype=bool)
-    true_flux = np.zeros(len(rows))
-    for band in np.unique(rows["band"]):
-        sel = np.asarray(rows["band"] == band)
-        true_flux[sel] = truth.flux(
-            np.asarray(rows["truth_id"])[sel], str(band), np.asarray(rows["mjd"])[sel]
-        )
+    rows["truth_id"] = np.array([star_of[o] for o in rows["objectId"].tolist()], dtype=np.int64)
+    rows["is_variable"] = np.array([variable_of[t] for t in rows["truth_id"].tolist()], dtype=bool)
+    true_flux = np.full(len(rows), np.nan)
+    if truth is not None:
+        for band in np.unique(rows["band"]):
+            sel = np.asarray(rows["band"] == band)
+            true_flux[sel] = truth.flux(
+                np.asarray(rows["truth_id"])[sel], str(band), np.asarray(rows["mjd"])[sel]
+            )
     rows["true_flux"] = true_flux
     return rows
+
+
+def reference_stars(truth: Truth | None, objects: Table) -> Table:
+    """Stars whose positions AM1 compares: ``id``, ``ra``, ``dec`` (deg).
+
+    The true non-variable stars; without a truth, the isolated Objects the coadd measured as
+    point sources.
+    """
+    if truth is not None:
+        stars = truth.stars[~np.asarray(truth.stars["is_variable"], dtype=bool)]
+        return Table({"id": stars["id"], "ra": stars["ra"], "dec": stars["dec"]})
+    point = (np.asarray(objects["parent"]) == 0) & (
+        np.asarray(objects["extendedness"], dtype=float) == 0
+    )
+    chosen = objects[point]
+    return Table({"id": chosen["objectId"], "ra": chosen["ra"], "dec": chosen["decl"]})
 
 
 def forced_star_metrics(rows: Table, bright_snr: float = 50.0, min_snr: float = 10.0) -> Table:
@@ -409,24 +443,21 @@ def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
 def star_positions(
     butler,
     visits: Table,
-    truth: Truth,
+    stars: Table,
     radius_arcsec: float = 1.0,
     min_snr: float = 50.0,
-) -> tuple[np.ndarray, np.ndarray, Table]:
-    """Measured positions of true stars in every visit's ``src`` catalog.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Measured positions of stars in every visit's ``src`` catalog.
 
-    Each true non-variable star is matched one to one to the visit's sources within
-    ``radius_arcsec``; sources that are saturated, blended, on an edge or bad, or below
-    ``min_snr``, are left out.
+    Each star (``ra``, ``dec``: :func:`reference_stars`) is matched one to one to the visit's
+    sources within ``radius_arcsec``; sources that are saturated, blended, on an edge or
+    bad, or below ``min_snr``, are left out.
 
     Returns
     -------
     ra, dec : ndarray
         (stars x visits) in degrees, NaN where the star was not measured.
-    stars : Table
-        The stars (rows of ``truth.stars``) in that order.
     """
-    stars = truth.stars[~np.asarray(truth.stars["is_variable"], dtype=bool)]
     ra = np.full((len(stars), len(visits)), np.nan)
     dec = np.full_like(ra, np.nan)
     for k, visit in enumerate(np.asarray(visits["obsHistID"], dtype=int)):
@@ -444,7 +475,7 @@ def star_positions(
         )
         ra[i_star, k] = np.asarray(src["coord_ra"], float)[i_src]
         dec[i_star, k] = np.asarray(src["coord_dec"], float)[i_src]
-    return ra, dec, stars
+    return ra, dec
 
 
 def am1(

@@ -80,13 +80,17 @@ class RunSummary:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     failures: list[NodeRow] = field(default_factory=list)
     interrupted: bool = False
+    #: What preparing the inputs reported (ingested and refused files, ...).
+    notes: list[str] = field(default_factory=list)
+    #: Problems found after the run (an external input file changed, ...): the run fails.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.interrupted
+        return not self.failures and not self.interrupted and not self.problems
 
     def lines(self) -> list[str]:
-        out = []
+        out = list(self.notes)
         for step, c in self.counts.items():
             out.append(
                 f"{step}: {c.get('done', 0)} done, {c.get('failed', 0)} failed, "
@@ -98,6 +102,7 @@ class RunSummary:
                 f"  FAILED {row.step} {row.data_id}{where}: {row.error}"
                 + (f"\n         {row.notebook}" if row.notebook else "")
             )
+        out += [f"  PROBLEM {p}" for p in self.problems]
         return out
 
 
@@ -688,8 +693,15 @@ def run_pipeline(
             raise TwinklesError(
                 f"unknown step(s) {unknown}; the pipeline has {', '.join(sorted(known))}"
             )
-    if pipeline.prepare is not None:
-        pipeline.prepare(run)
+    pipeline = pipeline.for_source(run.config.inputs.source)
+    if steps:
+        absent = [s for s in steps if s not in {p.name for p in pipeline.steps}]
+        if absent:
+            raise TwinklesError(
+                f"step(s) {absent} are not part of a run whose inputs.source is "
+                f"{run.config.inputs.source}"
+            )
+    report = pipeline.prepare(run) if pipeline.prepare is not None else None
     plan = make_plan(run, pipeline)
     driver = _Driver(run, pipeline, kind, workers, progress)
     try:
@@ -697,16 +709,13 @@ def run_pipeline(
         restrict = {k: set(v) for k, v in (where or {}).items()}
         todo, fresh = driver.select(plan, steps, force, only_failed, restrict)
         check_parameters(todo, pipeline)
-        if not todo:
-            summary = RunSummary()
-            for node in fresh:
-                c = summary.counts.setdefault(node.step.name, {})
-                c["skipped"] = c.get("skipped", 0) + 1
-            return summary
-        summary = driver.run_nodes(todo)
+        summary = driver.run_nodes(todo) if todo else RunSummary()
         for node in fresh:
             c = summary.counts.setdefault(node.step.name, {})
             c["skipped"] = c.get("skipped", 0) + 1
+        summary.notes = list(getattr(report, "lines", None) or [])
+        if pipeline.finish is not None:
+            summary.problems = pipeline.finish(run)
         return summary
     finally:
         driver.db.close()

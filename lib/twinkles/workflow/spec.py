@@ -13,7 +13,7 @@ their recipes land. Tests build their own :class:`Pipeline` with fixture recipes
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,9 @@ class Step:
         A gathering step (a coadd of a filter's visits, say) that runs on the upstream data
         ids that succeeded, once all have finished, rather than being blocked by one failed
         visit; blocked only if none of an upstream step's data ids succeeded.
+    sources : tuple of str
+        The input sources (``inputs.source``) of runs the step belongs to: an external run
+        has no simulation step.
     """
 
     name: str
@@ -105,6 +108,7 @@ class Step:
     resources: Resources = Resources()
     doc: str = ""
     partial: bool = False
+    sources: tuple[str, ...] = ("simulate", "external")
 
     def recipe_path(self, cookbook: Path = COOKBOOK) -> Path:
         path = Path(self.recipe)
@@ -132,7 +136,11 @@ class Pipeline:
     dimensions : dict
         ``name -> function(run) -> [data_id, ...]``; ``run`` is always ``[{}]``.
     prepare : callable, optional
-        Called with the run before data ids are enumerated (e.g. simulate the sky).
+        Called with the run before data ids are enumerated (simulate the sky, or ingest the
+        external inputs); may return an object whose ``lines`` the run's summary shows.
+    finish : callable, optional
+        Called with the run after its nodes ran; returns problems (lines) that make the run
+        fail (an external run's input files changed, say).
     cookbook : Path
         Where relative recipe names are found.
     kernel_imports : tuple of str
@@ -141,7 +149,8 @@ class Pipeline:
 
     steps: list[Step]
     dimensions: dict[str, Callable[[Run], list[DataId]]] = field(default_factory=dict)
-    prepare: Callable[[Run], None] | None = None
+    prepare: Callable[[Run], Any] | None = None
+    finish: Callable[[Run], list[str]] | None = None
     cookbook: Path = COOKBOOK
     kernel_imports: tuple[str, ...] = SCIENCE_IMPORTS
 
@@ -154,6 +163,15 @@ class Pipeline:
             if unknown:
                 raise ValueError(f"step {step.name} depends on {unknown}, not defined before it")
             seen.add(step.name)
+
+    def for_source(self, source: str) -> Pipeline:
+        """The steps that belong to runs of ``source``, dependencies on the others dropped."""
+        kept = [s for s in self.steps if source in s.sources]
+        if len(kept) == len(self.steps):
+            return self
+        names = {s.name for s in kept}
+        steps = [replace(s, depends=tuple(d for d in s.depends if d in names)) for s in kept]
+        return replace(self, steps=steps)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -193,6 +211,20 @@ class Pipeline:
 
 # --- the Twinkles cookbook --------------------------------------------------------------------
 
+def _prepare_inputs(run: Run):
+    # imported when a run starts: the sky's and the ingest's science stack costs ~2 s, which
+    # `twinkles status` and `report` (which import this module) need not pay
+    from twinkles.inputs.source import prepare_inputs
+
+    return prepare_inputs(run)
+
+
+def _verify_inputs(run: Run) -> list[str]:
+    from twinkles.inputs.source import verify_inputs
+
+    return verify_inputs(run)
+
+
 _SKY_INPUTS = [
     "visitTable",
     "visitConditionsTruth",
@@ -205,14 +237,6 @@ _SKY_INPUTS = [
 ]
 
 
-def _prepare_sky(run: Run) -> None:
-    from twinkles.sim.simulate import prepare_run_dir
-    from twinkles.sim.sky import ensure_sky
-
-    prepare_run_dir(run)
-    ensure_sky(run)
-
-
 PIPELINE = Pipeline(
     steps=[
         Step(
@@ -223,6 +247,7 @@ PIPELINE = Pipeline(
             outputs=lambda run, did: [("eimage", did), ("eimageTruth", did)],
             resources=Resources(cpus=1, mem_gb=2.0, timeout_min=20.0),
             doc="render one visit into an eimage (the PhoSim stand-in)",
+            sources=("simulate",),
         ),
         Step(
             name="process_eimage",
@@ -397,5 +422,6 @@ PIPELINE = Pipeline(
         ),
     ],
     dimensions={"visit": _visit_ids, "filter": _filter_ids, "patch": lambda run: [{"patch": 0}]},
-    prepare=_prepare_sky,
+    prepare=_prepare_inputs,
+    finish=_verify_inputs,
 )

@@ -1,0 +1,1 @@
+"""A run's inputs: the simulated sky or images and catalogs brought from any simulator."""
