@@ -211,6 +211,7 @@ class Pipeline:
 
 # --- the Twinkles cookbook --------------------------------------------------------------------
 
+
 def _prepare_inputs(run: Run):
     # imported when a run starts: the sky's and the ingest's science stack costs ~2 s, which
     # `twinkles status` and `report` (which import this module) need not pay
