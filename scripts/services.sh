@@ -19,6 +19,8 @@ STATE=${TWINKLES_SERVICES_DIR:-$ROOT/.services}
 ENV_FILE=$STATE/services.env
 SLURM_DIR=$STATE/slurm
 SLURM_CONF_FILE=$SLURM_DIR/slurm.conf
+# munged runs as the munge user: its pid file lives in a folder that user may write
+MUNGE_PID=$SLURM_DIR/munge/munged.pid
 PG_DIR=$STATE/postgres
 PG_PORT=${TWINKLES_POSTGRES_PORT:-55432}
 PG_DB=twinkles_test
@@ -69,8 +71,9 @@ slurm_start() {
     if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
         [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || /usr/sbin/create-munge-key -f; }
         chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
-        mkdir -p /run/munge /var/lib/munge /var/log/munge && chown munge:munge /run/munge /var/lib/munge /var/log/munge
-        runuser -u munge -- /usr/sbin/munged --pid-file="$SLURM_DIR/munged.pid"
+        mkdir -p /run/munge /var/lib/munge /var/log/munge "$(dirname "$MUNGE_PID")"
+        chown munge:munge /run/munge /var/lib/munge /var/log/munge "$(dirname "$MUNGE_PID")"
+        runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGE_PID"
         for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
         munge -n | unmunge >/dev/null || die "munged did not start"
     fi
@@ -139,10 +142,11 @@ slurm_stop_daemons() {
 slurm_stop() {
     [ -d "$SLURM_DIR" ] || return 0
     SLURM_CONF=$SLURM_CONF_FILE slurm_stop_daemons
-    if pid_alive "$SLURM_DIR/munged.pid"; then
-        kill "$(cat "$SLURM_DIR/munged.pid")" 2>/dev/null || true
-        rm -f "$SLURM_DIR/munged.pid"
+    if pid_alive "$MUNGE_PID"; then
+        kill "$(cat "$MUNGE_PID")" 2>/dev/null || true
+        for _ in $(seq 50); do pid_alive "$MUNGE_PID" || break; sleep 0.1; done
     fi
+    rm -f "$MUNGE_PID"
     log "Slurm stopped"
 }
 

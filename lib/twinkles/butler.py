@@ -7,6 +7,20 @@ a product that exists is complete: a half-written file is never mistaken for a r
 
 Dataset types and storage formats are registries; a step that adds a product registers its
 dataset type next to the code that makes it.
+
+Under the workflow the butler also keeps the books of a notebook (module constants below):
+
+* **what it read and wrote**: each ``get``, ``input_path`` and ``put`` appends a line to the
+  file named by ``TWINKLES_IO_LOG``; the executed notebook's provenance, and the check of
+  whether it must run again, come from that record, not from a declaration that can drift;
+* **what the run vouches for**: ``TWINKLES_INVALID_DATASETS`` names a file the driver writes,
+  the datasets of steps its run database does not call done (failed, blocked, or stale: an
+  input changed since): for those ``exists`` is False and a read fails with the reason, so a
+  gathering step takes what the run database calls done, never whatever files exist.
+
+Checksums are computed once per file version and kept beside it
+(``.<name>.sha256``: size, modification time, checksum), so a product read by many notebooks
+is hashed once.
 """
 
 from __future__ import annotations
@@ -23,13 +37,21 @@ from string import Formatter
 from typing import Any
 
 __all__ = [
+    "INVALID_ENV",
+    "IO_LOG_ENV",
     "Butler",
     "DatasetType",
     "atomic_path",
+    "cached_checksum",
     "file_checksum",
     "register_dataset_type",
     "register_storage",
 ]
+
+#: Environment variable naming the file a notebook's reads and writes are appended to.
+IO_LOG_ENV = "TWINKLES_IO_LOG"
+#: Environment variable naming the driver's file of datasets the run does not vouch for.
+INVALID_ENV = "TWINKLES_INVALID_DATASETS"
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,70 @@ def file_checksum(path: str | Path, algorithm: str = "sha256") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return f"{algorithm}:{digest.hexdigest()}"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
+
+
+def cached_checksum(path: str | Path) -> str:
+    """:func:`file_checksum`, kept beside the file for as long as its size and time hold.
+
+    The first notebook to need a file's checksum (usually the one that wrote it) pays for
+    it; the others read ``.<name>.sha256``. Writing the cache is best effort (a read-only
+    folder just means hashing again).
+    """
+    path = Path(path)
+    st = path.stat()
+    stamp = f"{st.st_size} {st.st_mtime_ns}"
+    side = _sidecar(path)
+    try:
+        cached = side.read_text().split()
+        if len(cached) == 3 and f"{cached[0]} {cached[1]}" == stamp:
+            return cached[2]
+    except OSError:
+        pass
+    checksum = file_checksum(path)
+    try:
+        with atomic_path(side) as tmp:
+            tmp.write_text(f"{stamp} {checksum}\n")
+    except OSError:
+        pass
+    return checksum
+
+
+def _record_io(kind: str, name: str, data_id: dict[str, Any], path: Path) -> None:
+    """Append a read or write to the notebook's I/O record (under the workflow only)."""
+    target = os.environ.get(IO_LOG_ENV)
+    if not target:
+        return
+    line = json.dumps(
+        {"io": kind, "dataset": name, "data_id": data_id, "path": str(path)}, default=str
+    )
+    with open(target, "a") as f:
+        f.write(line + "\n")
+
+
+_INVALID_CACHE: dict[str, tuple[int, dict[str, str]]] = {}
+
+
+def invalid_datasets() -> dict[str, str]:
+    """Paths the run does not vouch for, with the reason (empty outside the workflow)."""
+    target = os.environ.get(INVALID_ENV)
+    if not target:
+        return {}
+    try:
+        mtime = os.stat(target).st_mtime_ns
+    except OSError:
+        return {}
+    cached = _INVALID_CACHE.get(target)
+    if cached is None or cached[0] != mtime:
+        try:
+            cached = (mtime, json.loads(Path(target).read_text()))
+        except (OSError, json.JSONDecodeError):
+            cached = (mtime, {})
+        _INVALID_CACHE[target] = cached
+    return cached[1]
 
 
 # --- storage formats ---------------------------------------------------------------------
@@ -241,15 +327,43 @@ class Butler:
         return self.root / dstype.template.format(**data_id)
 
     def exists(self, name: str, **data_id: Any) -> bool:
-        """Whether the dataset has been written."""
-        return self.path(name, **data_id).exists()
+        """Whether the dataset has been written (and, under the workflow, the run vouches
+        for it: see the module docstring)."""
+        path = self.path(name, **data_id)
+        return path.exists() and str(path) not in invalid_datasets()
+
+    def why_missing(self, name: str, **data_id: Any) -> str | None:
+        """Why the dataset cannot be read (None if it can): absent, or why the run does not
+        vouch for it (its step failed, was blocked, or is stale)."""
+        path = self.path(name, **data_id)
+        invalid = invalid_datasets().get(str(path))
+        if invalid is not None:
+            return invalid
+        return None if path.exists() else "not written"
+
+    def input_path(self, name: str, **data_id: Any) -> Path:
+        """The path of a dataset this notebook reads with a reader of its own (a header-only
+        read, a streamed coadd): recorded as read, as ``get`` is.
+
+        Raises
+        ------
+        FileNotFoundError
+            Naming the dataset and why it cannot be read.
+        """
+        path = self.path(name, **data_id)
+        ident = ", ".join(f"{k}={v}" for k, v in data_id.items()) or "run-level"
+        if not path.exists():
+            raise FileNotFoundError(f"no {name} dataset ({ident}) at {path}")
+        invalid = invalid_datasets().get(str(path))
+        if invalid is not None:
+            raise FileNotFoundError(f"no usable {name} dataset ({ident}): {invalid}")
+        _record_io("read", name, data_id, path)
+        return path
 
     def get(self, name: str, **data_id: Any) -> Any:
-        """Read a dataset; ``FileNotFoundError`` names the dataset and data id if it is absent."""
-        path = self.path(name, **data_id)
-        if not path.exists():
-            ident = ", ".join(f"{k}={v}" for k, v in data_id.items())
-            raise FileNotFoundError(f"no {name} dataset ({ident or 'run-level'}) at {path}")
+        """Read a dataset; ``FileNotFoundError`` names the dataset and data id if it is absent
+        (or the run does not vouch for it)."""
+        path = self.input_path(name, **data_id)
         return _STORAGES[self.dataset_type(name).storage].read(path)
 
     def put(self, obj: Any, name: str, **data_id: Any) -> Path:
@@ -258,6 +372,7 @@ class Butler:
         storage = _STORAGES[self.dataset_type(name).storage]
         with atomic_path(path) as tmp:
             storage.write(obj, tmp)
+        _record_io("write", name, data_id, path)
         return path
 
     def checksum(self, name: str, **data_id: Any) -> str:

@@ -424,6 +424,10 @@ class InputsConfig(_Section):
         return self
 
 
+#: SQLAlchemy URLs of the supported dialects (SQLite, PostgreSQL, MySQL/MariaDB).
+_DATABASE_URL = re.compile(r"^(sqlite|postgresql|mysql|mariadb)(\+[A-Za-z0-9_]+)?://")
+
+
 class DatabaseConfig(_Section):
     """The catalog database."""
 
@@ -432,6 +436,16 @@ class DatabaseConfig(_Section):
         description="SQLAlchemy URL (postgresql+psycopg://..., mysql+pymysql://...); default: "
         "SQLite at runs/<name>/catalogs.db.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> DatabaseConfig:
+        if self.url is not None and not re.match(_DATABASE_URL, self.url):
+            raise ValueError(
+                f"url: {self.url!r} is not a database URL twinkles can ingest into "
+                f"(sqlite:///path, postgresql+psycopg://user@host:port/db, "
+                f"mysql+pymysql://user@host/db)"
+            )
+        return self
 
 
 class RunConfig(_Section):

@@ -34,7 +34,6 @@ def sweep_pipeline(n: int = 8, partial_gather: bool = False) -> Pipeline:
                 recipe=str(FIXTURES / "gather.ipynb"),
                 dimension="run",
                 depends=("sweep",),
-                inputs=lambda run, did: [("sweepProduct", {"item": i}) for i in range(n)],
                 outputs=lambda run, did: [("gatherProduct", {})],
                 resources=Resources(cpus=1, mem_gb=0.5, timeout_min=2.0),
                 partial=partial_gather,

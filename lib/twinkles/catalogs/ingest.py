@@ -184,7 +184,11 @@ class IngestResult:
     ingested, skipped : list of str
         Units written, and units unchanged since the last ingest.
     missing : list of str
-        Visits with no processed products (their process_eimage failed or did not run).
+        Visits with no processed products (their process_eimage failed or did not run, or
+        the run database does not vouch for it).
+    withdrawn : list of str
+        Of those, the visits an earlier ingest had loaded: their rows were deleted, so the
+        database holds no visit the run calls failed.
     failures : dict
         Unit -> error message; those units were rolled back, the others ingested.
     seconds : float
@@ -195,6 +199,7 @@ class IngestResult:
     ingested: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -312,6 +317,10 @@ class IngestTask:
             else:
                 units.append((unit, files))
 
+        for unit in result.missing:
+            if self._withdraw_visit(database, run_id, int(unit[6:])):
+                result.withdrawn.append(unit)
+
         def ingest(unit: str, files: list) -> dict[str, int] | None:
             checksum = _unit_checksum(butler, files)
             with database.begin() as conn:
@@ -379,6 +388,32 @@ class IngestTask:
         result.skipped.sort(key=order.get)
         result.seconds = time.perf_counter() - start
         return result
+
+    @staticmethod
+    def _withdraw_visit(database: CatalogDatabase, run_id: int, visit: int) -> bool:
+        """Delete an earlier ingest's rows of a visit that has no usable products now;
+        whether there were any."""
+        with database.begin() as conn:
+            logged = conn.execute(
+                select(ingest_log_table.c.unit).where(
+                    (ingest_log_table.c.runId == run_id)
+                    & (ingest_log_table.c.unit == f"visit={visit}")
+                )
+            ).first()
+            if logged is None:
+                return False
+            for name in ("CcdVisit", *(src.table for src in VISIT_SOURCES)):
+                table = CATALOG_TABLES[name]
+                conn.execute(
+                    delete(table).where((table.c.runId == run_id) & (table.c.ccdVisitId == visit))
+                )
+            conn.execute(
+                delete(ingest_log_table).where(
+                    (ingest_log_table.c.runId == run_id)
+                    & (ingest_log_table.c.unit == f"visit={visit}")
+                )
+            )
+        return True
 
     def _replace(
         self, conn: Connection, table_name: str, run_id: int, columns: dict, **where: Any

@@ -18,7 +18,7 @@ import nbformat
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from twinkles.butler import atomic_path
-from twinkles.note.notebooks import NOTEBOOK_CSS, natural_key, render_html
+from twinkles.note.notebooks import NOTEBOOK_CSS, executed_notebooks, render_html
 
 __all__ = ["build_browser", "render_missing_html"]
 
@@ -40,7 +40,12 @@ def render_missing_html(run_dir: Path) -> int:
         return 0
     shutil.copyfile(NOTEBOOK_CSS, notebooks / "notebook.css")
     count = 0
-    for path in sorted(notebooks.glob("*/*.ipynb")):
+    for path in [
+        p
+        for folder in sorted(notebooks.iterdir())
+        if folder.is_dir()
+        for p in executed_notebooks(folder)
+    ]:
         page = path.with_suffix(".html")
         if page.exists() and page.stat().st_mtime >= path.stat().st_mtime:
             continue
@@ -70,7 +75,7 @@ def build_browser(run_dir: str | Path) -> Path:
     n_notebooks = 0
     for entry in status["steps"]:
         folder = run_dir / "notebooks" / entry["step"]
-        pages = sorted(folder.glob("*.html"), key=lambda p: natural_key(p.stem))
+        pages = executed_notebooks(folder, ".html")
         n_notebooks += len(pages)
         steps.append(
             {

@@ -138,10 +138,19 @@ def find_figure(
     )
 
 
+def executed_notebooks(folder: Path, suffix: str = ".ipynb") -> list[Path]:
+    """The executed notebooks (or their pages, ``suffix`` ``.html``) in ``folder``, in natural
+    order; a notebook being written (``.<data id>.<pid>.tmp.ipynb``) is never one of them."""
+    return sorted(
+        (p for p in folder.glob(f"*{suffix}") if not p.name.startswith(".")),
+        key=lambda p: natural_key(p.stem),
+    )
+
+
 def _first_success(folder: Path, step: str, pick, missing: str) -> tuple[Path, Any]:
     """The first notebook in ``folder`` (natural order) that succeeded and for which ``pick``
     gives something: (its path, what ``pick`` gave); ``missing`` is the error when none does."""
-    paths = sorted(folder.glob("*.ipynb"), key=lambda p: natural_key(p.stem))
+    paths = executed_notebooks(folder)
     if not paths:
         raise NoteError(f"no executed notebooks of step {step} in {folder}: run the step first")
     failures = []

@@ -225,7 +225,7 @@ class PsfTask:
         # isolation from every detection, faint ones included
         tree = cKDTree(np.column_stack([x, y]))
         neighbours = tree.query_ball_point(np.column_stack([x, y]), cfg.isolation_radius)
-        ok &= np.array([len(n) == 1 for n in neighbours])
+        ok &= np.array([len(n) == 1 for n in neighbours], dtype=bool)
         # clean stamps, peak below the full well
         bad = MaskPlane.SAT | MaskPlane.BAD | MaskPlane.CR | MaskPlane.INTRP | MaskPlane.NO_DATA
         idx = np.flatnonzero(ok)
@@ -247,8 +247,14 @@ class PsfTask:
     def run(self, exposure: Exposure, candidates: Table) -> PsfResult:
         cfg = self.config
         half = cfg.kernel_size // 2
-        idx, locus = self.select(exposure, candidates)
         visit = exposure.metadata.get("visit", "?")
+        snr = np.asarray(candidates["flux"]) / np.asarray(candidates["flux_err"])
+        if not np.any(snr > cfg.snr_min):  # a blank or empty sky: nothing to select from
+            raise PsfError(
+                f"visit {visit}: no PSF star candidates ({len(candidates)} detections, none "
+                f"with S/N > {cfg.snr_min:g})"
+            )
+        idx, locus = self.select(exposure, candidates)
         if len(idx) < cfg.min_stars:
             raise PsfError(
                 f"visit {visit}: only {len(idx)} stars usable for the PSF (need "

@@ -36,6 +36,7 @@ __all__ = [
     "make_sky",
     "placement_radius_deg",
     "random_stream",
+    "sky_size_problems",
 ]
 
 #: Config sections that determine the simulated sky and its images.
@@ -68,6 +69,35 @@ def field_radius_deg(config: RunConfig) -> float:
     half_diagonal = 0.5 * np.hypot(s.width_px, s.height_px) * s.pixel_scale
     margin = 4.0 * config.render.pointing_error_arcsec + 20.0 * s.pixel_scale
     return (half_diagonal + margin) / 3600.0
+
+
+#: Bytes a simulated object costs while the sky is made (its truth row, reference-catalog row
+#: and the temporaries of making them), generously.
+BYTES_PER_OBJECT = 2048
+
+
+def sky_size_problems(config: RunConfig, limit_bytes: float) -> list[str]:
+    """Why the sky of ``config`` would not fit in ``limit_bytes`` of memory (empty if it
+    would), naming the keys: found before anything is simulated, not as a numpy
+    ``MemoryError`` naming nothing."""
+    area = np.pi * field_radius_deg(config) ** 2
+    t = config.truth
+    counts = {
+        "truth.star_density": t.star_density * area,
+        "truth.galaxy_density": t.galaxy_density * area,
+        "truth.n_supernovae": float(t.n_supernovae),
+        "truth.n_lensed_quasars": 10.0 * t.n_lensed_quasars,  # images, lenses, light curves
+    }
+    total = sum(counts.values()) * BYTES_PER_OBJECT
+    if total <= limit_bytes:
+        return []
+    return [
+        f"{key}: about {n:.3g} objects on the {area:.3g} deg^2 the sensor sees, "
+        f"{n * BYTES_PER_OBJECT / 1e9:.3g} GB to simulate, beyond the {limit_bytes / 1e9:.3g} GB "
+        f"this machine can give"
+        for key, n in counts.items()
+        if n * BYTES_PER_OBJECT > 0.1 * limit_bytes
+    ]
 
 
 def placement_radius_deg(config: RunConfig) -> float:

@@ -305,7 +305,7 @@ def forced_dia_truth(
         forced["own_flux"] = expected_difference_flux(
             truth, forced["truth_id"], band, mjd, templates[band]
         )
-        diff = Exposure.read_fits(butler.path("deepDiff_differenceExp", visit=visit))
+        diff = butler.get("deepDiff_differenceExp", visit=visit)
         expected = expected_forced_flux(
             diff,
             truth,

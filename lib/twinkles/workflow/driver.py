@@ -6,17 +6,29 @@
 2. **Check.** Every parameter set of every node to run is checked against its recipe's
    contract before anything is submitted; all problems are reported in one message.
 3. **Decide.** A node runs again when it is not done, when its fingerprint changed (recipe,
-   library source, parameters, or the size and time of its inputs), when its outputs or
-   notebook are gone, or when something it depends on runs again. ``force`` runs everything
-   selected; ``only_failed`` only failed and blocked nodes.
+   library source, parameters), when a file it read or wrote changed since (the butler's
+   record of its last execution: a template rebuilt by another run makes the difference
+   images stale), when its outputs or notebook are gone, or when something it depends on runs
+   again. ``force`` runs everything selected; ``only_failed`` only failed and blocked nodes.
 4. **Run.** Ready nodes (dependencies done) are grouped per step into tasks of up to
-   ``ids_per_task`` data ids and handed to the executor. Results are read back from files.
+   ``ids_per_task`` data ids and handed to the executor; before a node's new attempt its old
+   outputs are removed, so nothing downstream reads them. Results are read back from files.
    A science failure is final (unless ``retry_science_failures``); an infrastructure failure is
    retried up to ``max_retries`` times (on Slurm with more memory). Dependants of a failed
-   node are blocked; everything else goes on.
-5. **Resume.** Only the driver writes the run database. Nodes it finds ``running`` from a driver
-   that died are stopped (their process group or Slurm job) and run again; Ctrl-C cancels the
-   running tasks and leaves the database ready for the same command to resume.
+   node are blocked, in the same pass; everything else goes on. The datasets of nodes the run
+   database does not call done and verified (failed, blocked, stale) are listed for the
+   butler (``work/invalid.json``), which hides them from every recipe: gathering steps take
+   what the run database vouches for, never whatever files exist.
+5. **Resume.** Only the driver writes the run database, and only one driver runs a run
+   directory at a time (:mod:`twinkles.workflow.lock`). Nodes it finds ``running`` from a
+   driver that died are stopped (their process group or Slurm job); those whose result came
+   back done, with outputs that verify, are kept as done, the others run again; temporary
+   notebooks are removed. Ctrl-C cancels the running tasks and leaves the database ready for
+   the same command to resume.
+
+Everything that can be refused is refused before the run directory is touched
+(:func:`preflight`): unknown steps, ``--visits`` or recipe parameters, resource requests beyond
+the machine or the Slurm partition, a sky too large for memory.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twinkles.butler import atomic_path, cached_checksum
 from twinkles.config import ConfigError, Run
 from twinkles.errors import TwinklesError
 from twinkles.workflow.contract import ParameterError, read_contract
@@ -46,10 +59,20 @@ from twinkles.workflow.executors import (
     SlurmExecutor,
     Submission,
 )
+from twinkles.workflow.lock import RunLock
 from twinkles.workflow.rundb import NodeRow, RunDatabase, now
 from twinkles.workflow.spec import PIPELINE, DataId, Pipeline, Resources, Step, data_id_str
 
-__all__ = ["Node", "RunSummary", "library_fingerprint", "make_plan", "run_pipeline"]
+__all__ = [
+    "Node",
+    "RunSummary",
+    "executor_limits",
+    "library_fingerprint",
+    "make_plan",
+    "planned_visits",
+    "preflight",
+    "run_pipeline",
+]
 
 Key = tuple[str, str]
 _LIB = Path(__file__).resolve().parents[1]
@@ -63,7 +86,6 @@ class Node:
     data_id: DataId
     deps: list[Key]
     parameters: dict[str, Any]
-    inputs: list[Path]
     outputs: list[Path]
     notebook: Path
     resources: Resources
@@ -150,25 +172,34 @@ def _file_checksum_cached(path: Path, cache: dict[Path, str]) -> str:
     return cache[path]
 
 
-def _stat(path: Path) -> list:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return [str(path), None]
-    return [str(path), st.st_size, st.st_mtime_ns]
-
-
 def node_fingerprint(node: Node, recipe_sum: str, library: str) -> str:
-    """Recipe, library, parameters and inputs (size and modification time) of a node."""
-    payload = {
-        "recipe": recipe_sum,
-        "library": library,
-        "parameters": node.parameters,
-        "inputs": [_stat(p) for p in node.inputs],
-    }
+    """Recipe, library and parameters of a node (what it read is checked apart:
+    :func:`io_changed`)."""
+    payload = {"recipe": recipe_sum, "library": library, "parameters": node.parameters}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
         :24
     ]
+
+
+def _file_changed(entry: dict) -> bool:
+    """Whether a recorded file (path, size, mtime_ns, checksum) is gone or its bytes differ."""
+    try:
+        st = os.stat(entry["path"])
+    except OSError:
+        return True
+    if st.st_size == entry["size"] and st.st_mtime_ns == entry["mtime_ns"]:
+        return False
+    # touched: the same bytes again (a deterministic rerun) leave it unchanged
+    return entry.get("checksum") is None or cached_checksum(entry["path"]) != entry["checksum"]
+
+
+def io_changed(row: NodeRow) -> str | None:
+    """Why a done node's record no longer holds (a file it read or wrote changed), or None."""
+    for column, what in (("writes", "its output"), ("reads", "its input")):
+        for entry in json.loads(getattr(row, column) or "[]"):
+            if _file_changed(entry):
+                return f"{what} {entry['path']} changed since it ran"
+    return None
 
 
 def _step_resources(step: Step, run: Run) -> Resources:
@@ -235,7 +266,6 @@ def make_plan(run: Run, pipeline: Pipeline) -> dict[Key, Node]:
                 data_id=data_id,
                 deps=deps,
                 parameters={"run_dir": str(run.dir.resolve()), **data_id, **extra},
-                inputs=[butler.path(ds, **d) for ds, d in step.inputs(run, data_id)],
                 outputs=[butler.path(ds, **d) for ds, d in step.outputs(run, data_id)],
                 notebook=run.dir / "notebooks" / step.name / f"{did}.ipynb",
                 resources=resources,
@@ -283,6 +313,7 @@ class _Driver:
             "git": git_state(),
             "versions": code_versions(),
             "kernel_name": "python3",
+            "invalid_datasets": str(self.work / "invalid.json"),
         }
         self.workers = workers or self.cfg.workers or len(os.sched_getaffinity(0))
         self.progress = progress
@@ -298,16 +329,69 @@ class _Driver:
 
     # -- deciding --------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Stop and requeue nodes a previous driver left running."""
+    def recover(self, plan: dict[Key, Node]) -> list[Key]:
+        """Take over what a driver that died left running; returns the nodes kept as done.
+
+        Its tasks are stopped first (their process group, or Slurm job). A node whose result
+        file came back done from that driver's last attempt, with outputs that still verify,
+        is kept as done (nothing finished runs again); the others run again. Temporary
+        notebooks and I/O records of killed workers are removed.
+        """
         stale = [r for r in self.db.nodes() if r.state == "running"]
         for row in stale:
             if row.job_id:
                 (LocalExecutor if row.job_id.startswith("local-") else SlurmExecutor).kill_stale(
                     row.job_id
                 )
-        if stale:
-            self.db.set_state([(r.step, r.data_id) for r in stale], "pending")
+        kept = []
+        for row in stale:
+            key = (row.step, row.data_id)
+            result = _read_json(self.work / "results" / row.step / f"{row.data_id}.json")
+            node = plan.get(key)
+            if (
+                node is not None
+                and result is not None
+                and result.get("status") == "done"
+                and row.token is not None
+                and result.get("token") == row.token
+                and result.get("attempt") == row.attempts
+                and node.notebook.exists()
+                and not any(_file_changed(w) for w in result.get("writes", []))
+            ):
+                self._record_done(node, row.attempts, result, row.job_id)
+                kept.append(key)
+            else:
+                self.db.set_state([key], "pending")
+        notebooks = self.run.dir / "notebooks"
+        if notebooks.exists():
+            for leftover in [*notebooks.glob("*/.*.tmp.ipynb"), *notebooks.glob("*/.*.io.jsonl")]:
+                leftover.unlink(missing_ok=True)
+        return kept
+
+    def _record_done(self, node: Node, attempt: int, result: dict, job_id: str | None) -> None:
+        """A node's success in the run database: measurements, fingerprint, what it read and
+        wrote."""
+        measured = {key: result.get(key) for key in _MEASURED}
+        measured["job_id"] = result.get("job_id") or job_id
+        self.db.record_attempt(
+            step=node.step.name,
+            data_id=data_id_str(node.data_id),
+            attempt=attempt,
+            task_id=result.get("task_id"),
+            outcome="done",
+            **measured,
+        )
+        self.db.set_state(
+            [node.key],
+            "done",
+            fingerprint=self.fingerprint(node),
+            attempts=attempt,
+            failed_cell=None,
+            notebook=result.get("notebook") or str(node.notebook),
+            reads=json.dumps(result.get("reads", [])),
+            writes=json.dumps(result.get("writes", [])),
+            **measured,
+        )
 
     def select(
         self,
@@ -339,6 +423,7 @@ class _Driver:
                     or row.fingerprint != self.fingerprint(node)
                     or not node.notebook.exists()
                     or not all(p.exists() for p in node.outputs)
+                    or io_changed(row) is not None
                 )
             # what depends on something that runs again runs again
             stale = stale or any(d in todo for d in node.deps)
@@ -350,10 +435,11 @@ class _Driver:
 
     # -- running ---------------------------------------------------------------------------
 
-    def run_nodes(self, todo: list[Node]) -> RunSummary:
+    def run_nodes(self, todo: list[Node], plan: dict[Key, Node]) -> RunSummary:
         executor = EXECUTORS[self.kind](self.run.dir, self.cfg, self.workers)
         plan_keys = {n.key: n for n in todo}
         rows = {(r.step, r.data_id): r for r in self.db.nodes()}
+        self._watch_io(plan, rows, plan_keys)
         attempts = {n.key: 0 for n in todo}
         self.db.upsert(
             NodeRow(
@@ -369,13 +455,18 @@ class _Driver:
         submitted: dict[str, tuple[Submission, list[Node], dict]] = {}
         summary = RunSummary()
         bar = self._progress_bar(len(todo))
+        self._write_validity(state)
         try:
             while any(s in ("pending", "running") for s in state.values()):
                 self._block_dependants(todo, state, rows)
                 self._submit_ready(executor, todo, state, attempts, submitted)
-                for ended in executor.poll():
+                ended_tasks = executor.poll()
+                for ended in ended_tasks:
                     sub, nodes, spec = submitted.pop(ended.submission.task_id)
                     self._collect(sub, nodes, spec, ended.note, state, attempts)
+                    self._recheck_readers(nodes)
+                if ended_tasks:
+                    self._write_validity(state)
                 if bar is not None:
                     finished = sum(s in ("done", "failed", "blocked") for s in state.values())
                     bar.n = finished
@@ -397,6 +488,60 @@ class _Driver:
         summary.failures = [final[k] for k in plan_keys if state[k] in ("failed", "blocked")]
         return summary
 
+    # -- what the run vouches for ------------------------------------------------------------
+
+    def _watch_io(self, plan: dict[Key, Node], rows: dict[Key, NodeRow], todo: dict) -> None:
+        """Check once what the done nodes outside this invocation read and wrote, and index
+        which of them read which file, so a file redone now re-checks only its readers."""
+        self.plan = plan
+        self.rows = rows
+        self.io_state: dict[Key, str | None] = {}
+        self.readers: dict[str, set[Key]] = defaultdict(set)
+        for key, row in rows.items():
+            if key in todo or key not in plan or row.state != "done":
+                continue
+            self.io_state[key] = io_changed(row)
+            for entry in json.loads(row.reads or "[]"):
+                self.readers[entry["path"]].add(key)
+
+    def _recheck_readers(self, nodes: list[Node]) -> None:
+        """The done nodes that read a file these nodes rewrote or removed: checked again."""
+        for node in nodes:
+            for path in node.outputs:
+                for key in self.readers.get(str(path), ()):
+                    self.io_state[key] = io_changed(self.rows[key])
+
+    def _write_validity(self, state: dict[Key, str]) -> None:
+        """``work/invalid.json``: the datasets of nodes the run database does not vouch for,
+        with the reason; the butler hides them (see the module docstring)."""
+        invalid: dict[str, str] = {}
+        for key, node in self.plan.items():
+            if state.get(key) in ("pending", "running", "done"):
+                continue  # redone in this invocation: its readers wait for it
+            row = self.rows.get(key)
+            if row is None:
+                reason = "never run in this run"
+            elif row.state == "done":
+                if self.io_state.get(key) is None:
+                    continue
+                reason = f"is stale: {self.io_state[key]}"
+            else:
+                reason = row.state + (f" ({row.error})" if row.error else "")
+            if state.get(key) in ("failed", "blocked"):
+                reason = state[key]
+            paths = [str(p) for p in node.outputs]
+            if row is not None and row.writes:
+                paths += [w["path"] for w in json.loads(row.writes)]
+            for path in paths:
+                invalid[path] = f"{node.step.name} {key[1]} {reason}"
+        self.work.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.invalid_path) as tmp:
+            tmp.write_text(json.dumps(invalid, indent=0, sort_keys=True))
+
+    @property
+    def invalid_path(self) -> Path:
+        return self.work / "invalid.json"
+
     def _progress_bar(self, total: int):
         if not self.progress or not sys.stderr.isatty() or total == 0:
             return None
@@ -407,35 +552,44 @@ class _Driver:
     def _block_dependants(
         self, todo: list[Node], state: dict[Key, str], rows: dict[Key, NodeRow]
     ) -> None:
-        """Block pending nodes whose dependencies failed, or were not run and are not done."""
-        blocked = []
-        for node in todo:
-            if state[node.key] != "pending":
-                continue
-            if node.step.partial:
-                reason = self._partial_block_reason(node, state, rows)
+        """Block pending nodes whose dependencies failed, or were not run and are not done.
+
+        A node blocked here counts at once for the nodes after it, in the same pass, so a
+        gathering step whose upstream step was just blocked is blocked too, never submitted
+        on inputs that will not come.
+        """
+        changed = True
+        while changed:
+            changed = False
+            for node in todo:
+                if state[node.key] != "pending":
+                    continue
+                reason = (
+                    self._partial_block_reason(node, state, rows)
+                    if node.step.partial
+                    else self._block_reason(node, state, rows)
+                )
                 if reason:
-                    blocked.append((node.key, reason))
-                continue
-            for dep in node.deps:
-                if dep in state:  # runs in this invocation
-                    if state[dep] in ("failed", "blocked"):
-                        blocked.append((node.key, f"needs {dep[0]} {dep[1]}, which failed"))
-                        break
-                elif dep not in rows or rows[dep].state != "done":
-                    was = rows[dep].state if dep in rows else "never run"
-                    blocked.append(
-                        (
-                            node.key,
-                            f"needs {dep[0]} {dep[1]} ({was}): twinkles run --steps {dep[0]}",
-                        )
+                    state[node.key] = "blocked"
+                    self.db.set_state(
+                        [node.key],
+                        "blocked",
+                        failure_class="blocked",
+                        error=reason,
+                        failed_cell=None,
                     )
-                    break
-        for key, reason in blocked:
-            state[key] = "blocked"
-            self.db.set_state(
-                [key], "blocked", failure_class="blocked", error=reason, failed_cell=None
-            )
+                    changed = True
+
+    @staticmethod
+    def _block_reason(node: Node, state: dict[Key, str], rows: dict[Key, NodeRow]) -> str | None:
+        for dep in node.deps:
+            if dep in state:  # runs in this invocation
+                if state[dep] in ("failed", "blocked"):
+                    return f"needs {dep[0]} {dep[1]}, which failed"
+            elif dep not in rows or rows[dep].state != "done":
+                was = rows[dep].state if dep in rows else "never run"
+                return f"needs {dep[0]} {dep[1]} ({was}): twinkles run --steps {dep[0]}"
+        return None
 
     @staticmethod
     def _partial_block_reason(
@@ -453,11 +607,10 @@ class _Driver:
         for dep in node.deps:
             by_step[dep[0]].append(final(dep))
         for name, states in by_step.items():
-            if any(s in ("pending", "running") for s in states):
-                return None  # not decided yet
-            if not any(s == "done" for s in states):
+            undecided = any(s in ("pending", "running") for s in states)
+            if not undecided and not any(s == "done" for s in states):
                 return f"no {name} input succeeded ({len(states)} failed or not run)"
-        return None
+        return None  # every upstream step has a success, or may still have one
 
     def _submit_ready(
         self,
@@ -509,7 +662,12 @@ class _Driver:
         for sub in submissions:
             for n in submitted[sub.task_id][1]:
                 self.db.set_state(
-                    [n.key], "running", job_id=sub.job_id, start=now(), attempts=attempts[n.key]
+                    [n.key],
+                    "running",
+                    job_id=sub.job_id,
+                    start=now(),
+                    attempts=attempts[n.key],
+                    token=self.token,
                 )
 
     def _make_task(
@@ -519,6 +677,7 @@ class _Driver:
         items = []
         for n in nodes:
             attempts[n.key] += 1
+            _remove_outputs(n)
             items.append(
                 {
                     "step": n.step.name,
@@ -526,7 +685,6 @@ class _Driver:
                     "recipe": str(n.step.recipe_path(self.pipeline.cookbook)),
                     "parameters": n.parameters,
                     "notebook": str(n.notebook),
-                    "inputs": [str(p) for p in n.inputs],
                     "outputs": [str(p) for p in n.outputs],
                     "attempt": attempts[n.key],
                     "timeout_s": n.resources.timeout_min * 60.0,
@@ -538,6 +696,7 @@ class _Driver:
             )
         spec = {
             "task_id": task_id,
+            "cpus": nodes[0].resources.cpus,
             "kernel": self.cfg.kernel,
             "kernel_imports": list(self.pipeline.kernel_imports),
             "common": self.common,
@@ -614,19 +773,11 @@ class _Driver:
         state: dict[Key, str],
         attempts: dict[Key, int],
     ) -> None:
-        measured = {
-            key: result.get(key)
-            for key in (
-                "host",
-                "start",
-                "end",
-                "wall_s",
-                "cpu_s",
-                "peak_rss_mb",
-                "failure_class",
-                "error",
-            )
-        }
+        if result["status"] == "done":
+            state[node.key] = "done"
+            self._record_done(node, attempt, {**result, "task_id": sub.task_id}, sub.job_id)
+            return
+        measured = {key: result.get(key) for key in _MEASURED}
         measured["job_id"] = result.get("job_id") or sub.job_id
         self.db.record_attempt(
             step=node.step.name,
@@ -642,10 +793,6 @@ class _Driver:
             notebook=result.get("notebook") or str(node.notebook),
             **measured,
         )
-        if result["status"] == "done":
-            state[node.key] = "done"
-            self.db.set_state([node.key], "done", fingerprint=self.fingerprint(node), **values)
-            return
         retry = result.get("failure_class") == "infrastructure" or self.cfg.retry_science_failures
         if retry and attempt <= self.cfg.max_retries:
             state[node.key] = "pending"
@@ -655,11 +802,145 @@ class _Driver:
         self.db.set_state([node.key], "failed", **values)
 
 
+#: What a result record measured of a data id's execution, as the run database stores it.
+_MEASURED = ("host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "failure_class", "error")
+
+
+def _remove_outputs(node: Node) -> None:
+    """Remove a node's outputs before its new attempt, so nothing downstream reads the old
+    ones if it fails (and their cached checksums with them)."""
+    for path in node.outputs:
+        for p in (path, path.with_name(f".{path.name}.sha256")):
+            p.unlink(missing_ok=True)
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def executor_limits(kind: str, cfg: Any) -> tuple[int, float, str]:
+    """(CPUs, memory in GB, what they are of) that one task may ask for on this executor.
+
+    Local: this machine. Slurm: the largest node of the partition (``sinfo``).
+    """
+    if kind == "local":
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return len(os.sched_getaffinity(0)), pages / 1e9, "this machine"
+    cmd = ["sinfo", "-h", "-o", "%c %m"] + (
+        ["-p", cfg.slurm_partition] if cfg.slurm_partition else []
+    )
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TwinklesError(
+            f"Slurm is not reachable ({exc}): start it or use --executor local"
+        ) from None
+    lines = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        raise TwinklesError(
+            f"Slurm is not reachable (sinfo: {proc.stderr.strip() or 'no nodes'}): start it "
+            f"(scripts/services.sh start slurm) or run with --executor local"
+        )
+    cpus = max(int(c.rstrip("+")) for c, _ in lines)
+    mem_gb = max(float(m.rstrip("+")) for _, m in lines) / 1000.0
+    partition = cfg.slurm_partition or "the default partition"
+    return cpus, mem_gb, f"a node of Slurm's {partition}"
+
+
+def planned_visits(run: Run) -> set[int]:
+    """The visits the run has (or will have, once its sky is made or its images ingested),
+    found without writing anything."""
+    butler = run.butler
+    if butler.exists("visitTable"):
+        return {int(v) for v in butler.get("visitTable")["obsHistID"]}
+    if run.external:
+        from astropy.io import fits
+
+        from twinkles.inputs.eimages import find_eimages
+
+        files, _ = find_eimages(run.config.inputs.eimages, run.config_path.parent)
+        visits = set()
+        for path in files:
+            try:
+                visits.add(int(fits.getheader(path)["OBSID"]))
+            except (OSError, KeyError, ValueError, TypeError):
+                continue  # ingest will name it
+        return visits
+    from twinkles.sim.cadence import make_visit_table
+    from twinkles.sim.sky import random_stream
+
+    c = run.config
+    table = make_visit_table(
+        c.cadence, c.field, c.sensor, c.render, random_stream(c.seed, "cadence")
+    )
+    return {int(v) for v in table["obsHistID"]}
+
+
+def preflight(
+    run: Run, pipeline: Pipeline, kind: str, where: dict[str, list] | None = None
+) -> None:
+    """Refuse, before the run directory is touched, everything that can be known wrong.
+
+    Unknown steps in the configuration, a step's CPUs or memory beyond what the executor has,
+    a simulated sky too large for memory, ``--visits`` the run does not have: one
+    :class:`ConfigError` naming every offending key; recipe parameters a recipe refuses, and
+    nothing else: a :class:`ParameterError`.
+    """
+    problems: list[str] = []
+    parameter_problems: list[str] = []
+    known = {s.name for s in pipeline.steps}
+    for name in sorted(set(run.config.steps) - known):
+        problems.append(f"steps.{name}: unknown step (the pipeline has {', '.join(known)})")
+    cpus, mem_gb, where_ = executor_limits(kind, run.config.executor)
+    for step in pipeline.steps:
+        overrides = run.config.steps.get(step.name)
+        if overrides is not None and overrides.parameters:
+            contract = read_contract(step.recipe_path(pipeline.cookbook))
+            defaults = {p.name: p.default for p in contract.parameters if not p.required}
+            keys = {"run_dir", *dims_of(step.dimension)}
+            for key in sorted(keys & set(overrides.parameters)):
+                problems.append(
+                    f"steps.{step.name}.parameters.{key}: set by the pipeline for each data id"
+                )
+            stub = {k: defaults.get(k, 0) for k in keys}
+            stub["run_dir"] = str(run.dir)
+            parameter_problems += contract.problems(
+                {**stub, **overrides.parameters}, context=f"steps.{step.name}"
+            )
+        res = _step_resources(step, run)
+        if res.cpus > cpus:
+            problems.append(
+                f"steps.{step.name}.cpus: {res.cpus} CPUs per task, but {where_} has {cpus}"
+            )
+        if res.mem_gb > mem_gb:
+            problems.append(
+                f"steps.{step.name}.mem_gb: {res.mem_gb:g} GB per task, but {where_} has "
+                f"{mem_gb:.1f} GB"
+            )
+    if not run.external and not run.butler.exists("skyFingerprint"):
+        from twinkles.sim.sky import sky_size_problems
+
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        problems += sky_size_problems(run.config, 0.5 * pages)
+    if where and where.get("visit") and not problems and not parameter_problems:
+        unknown = sorted(set(where["visit"]) - planned_visits(run))
+        if unknown:
+            problems.append(
+                f"--visits: {unknown[:10]}{' ...' if len(unknown) > 10 else ''} are not visits "
+                f"of the run"
+            )
+    if problems:
+        raise ConfigError(str(run.config_path), problems + parameter_problems)
+    if parameter_problems:
+        raise ParameterError(parameter_problems)
+
+
+def dims_of(dimension: str) -> tuple[str, ...]:
+    """The data-id keys of a dimension (``run``: none)."""
+    return () if dimension == "run" else (dimension,)
 
 
 def run_pipeline(
@@ -680,8 +961,11 @@ def run_pipeline(
 
     Raises
     ------
-    ConfigError, ParameterError
-        Before anything runs, for an unknown step or a parameter set its recipe refuses.
+    ConfigError, ParameterError, TwinklesError
+        Before the run directory is touched: an unknown step, ``--visits`` or parameter, a
+        resource request or a sky beyond the machine (:func:`preflight`).
+    RunLockedError
+        Another driver runs this run directory.
     """
     kind = executor or run.config.executor.kind
     if kind not in EXECUTORS:
@@ -701,21 +985,23 @@ def run_pipeline(
                 f"step(s) {absent} are not part of a run whose inputs.source is "
                 f"{run.config.inputs.source}"
             )
-    report = pipeline.prepare(run) if pipeline.prepare is not None else None
-    plan = make_plan(run, pipeline)
-    driver = _Driver(run, pipeline, kind, workers, progress)
-    try:
-        driver.recover()
-        restrict = {k: set(v) for k, v in (where or {}).items()}
-        todo, fresh = driver.select(plan, steps, force, only_failed, restrict)
-        check_parameters(todo, pipeline)
-        summary = driver.run_nodes(todo) if todo else RunSummary()
-        for node in fresh:
-            c = summary.counts.setdefault(node.step.name, {})
-            c["skipped"] = c.get("skipped", 0) + 1
-        summary.notes = list(getattr(report, "lines", None) or [])
-        if pipeline.finish is not None:
-            summary.problems = pipeline.finish(run)
-        return summary
-    finally:
-        driver.db.close()
+    preflight(run, pipeline, kind, where)
+    with RunLock(run.dir):
+        report = pipeline.prepare(run) if pipeline.prepare is not None else None
+        plan = make_plan(run, pipeline)
+        driver = _Driver(run, pipeline, kind, workers, progress)
+        try:
+            driver.recover(plan)
+            restrict = {k: set(v) for k, v in (where or {}).items()}
+            todo, fresh = driver.select(plan, steps, force, only_failed, restrict)
+            check_parameters(todo, pipeline)
+            summary = driver.run_nodes(todo, plan) if todo else RunSummary()
+            for node in fresh:
+                c = summary.counts.setdefault(node.step.name, {})
+                c["skipped"] = c.get("skipped", 0) + 1
+            summary.notes = list(getattr(report, "lines", None) or [])
+            if pipeline.finish is not None:
+                summary.problems = pipeline.finish(run)
+            return summary
+        finally:
+            driver.db.close()

@@ -3,9 +3,12 @@
 The executed notebook (``runs/<name>/notebooks/<step>/<data id>.ipynb``) carries, in its
 metadata under ``twinkles``: the step, data id and parameters; the recipe and its checksum; the
 git commit of the code and whether the tree was dirty; the versions of twinkles and of the key
-dependencies; the checksums of its inputs; host, job id, attempt; wall and CPU seconds and peak
-RSS; and how it ended. A failed notebook keeps papermill's error marker. The notebook is
-written atomically: papermill works on a temporary copy that replaces the final path at the end.
+dependencies; every dataset it read and wrote, with checksums, as the butler recorded them
+(``TWINKLES_IO_LOG``: what the notebook actually did, not a declaration); host, job id,
+attempt; wall and CPU seconds and peak RSS; and how it ended. A failed notebook keeps
+papermill's error marker. The notebook is written atomically: papermill works on a temporary
+copy (``.<data id>.<pid>.tmp.ipynb``) that replaces the final path at the end, and is removed
+whatever happens.
 
 Failures are classified:
 
@@ -17,6 +20,7 @@ Failures are classified:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -33,13 +37,13 @@ import papermill
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
-from twinkles.butler import file_checksum
+from twinkles.butler import IO_LOG_ENV, cached_checksum, file_checksum
 from twinkles.note.notebooks import render_html
 from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KEY_PACKAGES", "code_versions", "execute_item", "job_id"]
+__all__ = ["KEY_PACKAGES", "code_versions", "collect_io", "execute_item", "job_id"]
 
 #: Dependencies whose versions go into every notebook's provenance.
 KEY_PACKAGES = (
@@ -90,6 +94,54 @@ def _first_line(text: str) -> str:
     return lines[0][:500] if lines else ""
 
 
+def _file_record(path: str, dataset: str | None, data_id: Any, checksum: bool) -> dict | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {
+        "path": path,
+        "dataset": dataset,
+        "data_id": data_id,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "checksum": cached_checksum(path) if checksum else None,
+    }
+
+
+def collect_io(
+    log: Path, outputs: list[str], since_ns: int, checksums: bool = True
+) -> tuple[list[dict], list[dict]]:
+    """What a notebook read and wrote: (reads, writes), each file once, with its size,
+    modification time and (``checksums``) checksum.
+
+    ``log`` is the butler's record of the notebook (``TWINKLES_IO_LOG``). The step's declared
+    outputs modified since ``since_ns`` count as written (a recipe may write one without the
+    butler, as validate_run writes its metrics); a file both read and written is a write.
+    """
+    reads: dict[str, tuple] = {}
+    writes: dict[str, tuple] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            target = writes if entry["io"] == "write" else reads
+            target.setdefault(entry["path"], (entry["dataset"], entry["data_id"]))
+    for path in outputs:
+        try:
+            if os.stat(path).st_mtime_ns >= since_ns:
+                writes.setdefault(path, (None, None))
+        except OSError:
+            continue
+    for path in writes:
+        reads.pop(path, None)
+
+    def records(entries: dict[str, tuple]) -> list[dict]:
+        out = [_file_record(p, ds, did, checksums) for p, (ds, did) in sorted(entries.items())]
+        return [r for r in out if r is not None]
+
+    return records(reads), records(writes)
+
+
 def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKernel | None) -> dict:
     """Execute one data id of a step; returns its result record (also the provenance).
 
@@ -107,8 +159,26 @@ def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKerne
     notebook = Path(item["notebook"])
     notebook.parent.mkdir(parents=True, exist_ok=True)
     tmp = notebook.with_name(f".{notebook.stem}.{os.getpid()}.tmp.ipynb")
+    io_log = notebook.with_name(f".{notebook.stem}.{os.getpid()}.io.jsonl")
+    try:
+        return _execute(item, common, kernel, notebook, tmp, io_log)
+    finally:  # never a leftover, whatever happened
+        tmp.unlink(missing_ok=True)
+        io_log.unlink(missing_ok=True)
+
+
+def _execute(
+    item: dict[str, Any],
+    common: dict[str, Any],
+    kernel: WarmKernel | None,
+    notebook: Path,
+    tmp: Path,
+    io_log: Path,
+) -> dict:
     start = time.time()
-    inputs = {str(p): (file_checksum(p) if Path(p).exists() else "missing") for p in item["inputs"]}
+    start_ns = time.time_ns()
+    io_log.unlink(missing_ok=True)
+    env = {IO_LOG_ENV: str(io_log)}
     record: dict[str, Any] = {
         "token": common["token"],
         "step": item["step"],
@@ -134,11 +204,12 @@ def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKerne
     )
     try:
         if kernel is not None:
-            base = kernel.reset(item["cwd"])
+            base = kernel.reset(item["cwd"], env)
             papermill.execute_notebook(
                 item["recipe"], str(tmp), engine_name=ENGINE_NAME, warm_kernel=kernel, **kwargs
             )
         else:
+            os.environ.update(env)  # the fresh kernel inherits it
             cpu0 = _children_cpu()
             try:
                 papermill.execute_notebook(item["recipe"], str(tmp), cwd=item["cwd"], **kwargs)
@@ -178,6 +249,9 @@ def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKerne
                 failure_class="science",
                 error=f"the recipe finished without writing {', '.join(missing)}",
             )
+    # checksums only of a success's files: a failure's are not kept
+    reads, writes = collect_io(io_log, item["outputs"], start_ns, record["status"] == "done")
+    record.update(reads=reads, writes=writes)
     end = time.time()
     record.update(
         end=end,
@@ -200,13 +274,18 @@ def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKerne
                 record["failed_cell"],
             )
         nb.metadata["twinkles"] = {
-            **{k: v for k, v in record.items() if k not in ("token", "traceback")},
+            **{
+                k: v
+                for k, v in record.items()
+                if k not in ("token", "traceback", "reads", "writes")
+            },
             "parameters": item["parameters"],
             "recipe": str(item["recipe"]),
             "recipe_checksum": file_checksum(item["recipe"]),
             "git": common["git"],
             "versions": common["versions"],
-            "inputs": inputs,
+            "reads": {r["path"]: r["checksum"] for r in reads},
+            "writes": {w["path"]: w["checksum"] for w in writes},
         }
         nbformat.write(nb, tmp)
         os.replace(tmp, notebook)

@@ -7,7 +7,8 @@ science stack once (and starts numba, :mod:`twinkles.jit`), and before each note
 it:
 
 * ``%reset -f`` empties the user namespace (imported modules stay loaded: that is the saving);
-* open figures are closed, the working directory is set, the execution counter restarts at 1
+* open figures are closed, the working directory and the notebook's environment variables
+  (where the butler records its I/O) are set, the execution counter restarts at 1
   (so each executed notebook numbers its cells 1, 2, ... as a fresh kernel would);
 * the kernel's peak-RSS counter is reset (Linux ``/proc/self/clear_refs``), so the CPU time and
   peak memory measured around each notebook are that notebook's own.
@@ -94,6 +95,7 @@ _RESET = """
 %reset -f
 import os as _os
 _os.chdir({cwd!r})
+_os.environ.update({env!r})
 try:
     import matplotlib.pyplot as _plt
     _plt.close("all")
@@ -185,11 +187,16 @@ class WarmKernel:
             raise RuntimeError(f"kernel control code failed: {errors[0].ename}: {errors[0].evalue}")
         return "".join(o.text for o in outputs if o.output_type == "stream").splitlines()
 
-    def reset(self, cwd: str | Path) -> KernelUsage:
-        """Empty the namespace and counters before the next notebook; the usage baseline."""
+    def reset(self, cwd: str | Path, env: dict[str, str] | None = None) -> KernelUsage:
+        """Empty the namespace and counters before the next notebook, set its working
+        directory and environment variables (``env``); the usage baseline."""
         # the probe runs in the same control cell, and the cell counter is set last, so the
         # notebook's first cell is In [1]
-        code = _RESET.format(cwd=str(cwd)) + _PROBE + "get_ipython().execution_count = 1\n"
+        code = (
+            _RESET.format(cwd=str(cwd), env=dict(env or {}))
+            + _PROBE
+            + "get_ipython().execution_count = 1\n"
+        )
         return KernelUsage(**json.loads(self.run(code)[-1]))
 
     def usage(self) -> KernelUsage:

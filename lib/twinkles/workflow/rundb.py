@@ -5,7 +5,10 @@ One SQLite file per run (``runs/<name>/run.db``), written only by the driver:
 * ``nodes``: one row per (step, data id): state (``pending``, ``running``, ``done``,
   ``failed``, ``blocked``), attempts, job id, host, start, end, wall and CPU seconds, peak RSS,
   failure class (``science`` or ``infrastructure``), failing cell, error line, notebook path,
-  and the fingerprint that decides whether it must run again;
+  the fingerprint that decides whether it must run again, the files its last successful
+  execution read and wrote (``reads``, ``writes``: JSON lists of path, size, modification
+  time and checksum, from the butler's record of the notebook's I/O), and the token of the
+  driver that last submitted it (a resumed run keeps what that driver's tasks finished);
 * ``attempts``: every execution of every data id, retries included (the cost of the run);
 * ``tasks``: every task (one process or Slurm array element running several data ids in one
   kernel) with its own wall and CPU time, so CPU efficiency counts start-up and idle time.
@@ -23,7 +26,9 @@ from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "NodeRow", "RunDatabase"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Columns added since schema 1, with their SQL types (added in place to an older database).
+_ADDED = {2: [("reads", "TEXT"), ("writes", "TEXT"), ("token", "TEXT")]}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,6 +49,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     error TEXT,
     notebook TEXT,
     fingerprint TEXT,
+    reads TEXT,
+    writes TEXT,
+    token TEXT,
     PRIMARY KEY (step, data_id)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -104,6 +112,9 @@ class NodeRow:
     error: str | None = None
     notebook: str | None = None
     fingerprint: str | None = None
+    reads: str | None = None
+    writes: str | None = None
+    token: str | None = None
 
 
 _NODE_COLUMNS = [f.name for f in fields(NodeRow)]
@@ -124,10 +135,24 @@ class RunDatabase:
             self._conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-        elif int(row["value"]) != SCHEMA_VERSION:
+        elif int(row["value"]) > SCHEMA_VERSION:
             raise RuntimeError(
-                f"{self.path} has run-database schema {row['value']}, this twinkles writes "
-                f"{SCHEMA_VERSION}; use a new run directory"
+                f"{self.path} has run-database schema {row['value']}, newer than this "
+                f"twinkles's {SCHEMA_VERSION}; use a new run directory or a newer twinkles"
+            )
+        elif int(row["value"]) < SCHEMA_VERSION:
+            self._migrate(int(row["value"]))
+
+    def _migrate(self, version: int) -> None:
+        """Add the columns of the schemas after ``version`` (older rows get NULL)."""
+        with self.transaction() as conn:
+            have = {r["name"] for r in conn.execute("PRAGMA table_info(nodes)")}
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for name, sql_type in _ADDED.get(v, []):
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE nodes ADD COLUMN {name} {sql_type}")
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
 
     def close(self) -> None:

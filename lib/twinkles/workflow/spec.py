@@ -76,12 +76,11 @@ class Step:
         ``visit``, ``filter``, ``patch``, ``run`` or a dimension the pipeline defines.
     depends : tuple of str
         Steps whose outputs this one reads.
-    inputs : callable
-        ``inputs(run, data_id) -> [(dataset_type, data_id), ...]``: files the step reads
-        (their checksums go into the provenance; their stat into the incremental check).
     outputs : callable
         ``outputs(run, data_id) -> [(dataset_type, data_id), ...]``: files a successful
-        execution must leave.
+        execution must leave (removed before each new attempt, so a failed attempt leaves
+        none for downstream steps to read). What a step *reads* is not declared: the butler
+        records it as the recipe runs (provenance, and the incremental check).
     resources : Resources
         Default resources per data id.
     doc : str
@@ -99,9 +98,6 @@ class Step:
     recipe: str
     dimension: str
     depends: tuple[str, ...] = ()
-    inputs: Callable[[Run, DataId], list[tuple[str, DataId]]] = field(
-        default=lambda run, did: [], repr=False
-    )
     outputs: Callable[[Run, DataId], list[tuple[str, DataId]]] = field(
         default=lambda run, did: [], repr=False
     )
@@ -226,25 +222,12 @@ def _verify_inputs(run: Run) -> list[str]:
     return verify_inputs(run)
 
 
-_SKY_INPUTS = [
-    "visitTable",
-    "visitConditionsTruth",
-    "truthStars",
-    "truthGalaxies",
-    "truthSupernovae",
-    "truthLensedSystems",
-    "truthLensedImages",
-    "truthQuasarVariability",
-]
-
-
 PIPELINE = Pipeline(
     steps=[
         Step(
             name="simulate_visit",
             recipe="simulate_visit.ipynb",
             dimension="visit",
-            inputs=lambda run, did: [(name, {}) for name in _SKY_INPUTS],
             outputs=lambda run, did: [("eimage", did), ("eimageTruth", did)],
             resources=Resources(cpus=1, mem_gb=2.0, timeout_min=20.0),
             doc="render one visit into an eimage (the PhoSim stand-in)",
@@ -255,7 +238,6 @@ PIPELINE = Pipeline(
             recipe="process_eimage.ipynb",
             dimension="visit",
             depends=("simulate_visit",),
-            inputs=lambda run, did: [("eimage", did), ("refcat", {})],
             outputs=lambda run, did: [
                 ("calexp", did),
                 ("calexpBackground", did),
@@ -280,7 +262,6 @@ PIPELINE = Pipeline(
             recipe="make_coadd.ipynb",
             dimension="filter",
             depends=("make_skymap", "process_eimage"),
-            inputs=lambda run, did: [("skyMap", {})],
             outputs=lambda run, did: [
                 ("deepCoadd", did),
                 ("deepCoadd_nImage", did),
@@ -306,11 +287,6 @@ PIPELINE = Pipeline(
             recipe="forced_photometry.ipynb",
             dimension="visit",
             depends=("coadd_sources", "process_eimage"),
-            inputs=lambda run, did: [
-                ("calexp", did),
-                ("visitSummary", did),
-                ("deepCoadd_ref", {"patch": 0}),
-            ],
             outputs=lambda run, did: [("forced_src", did)],
             resources=Resources(cpus=1, mem_gb=3.0, timeout_min=20.0),
             doc="PSF and aperture photometry of every Object on a calexp: ForcedSource",
@@ -330,7 +306,6 @@ PIPELINE = Pipeline(
             recipe="make_template.ipynb",
             dimension="filter",
             depends=("make_coadd", "process_eimage"),
-            inputs=lambda run, did: [("skyMap", {})],
             outputs=lambda run, did: [
                 ("goodSeeingCoadd", did),
                 ("goodSeeingCoadd_summary", did),
@@ -344,7 +319,6 @@ PIPELINE = Pipeline(
             recipe="image_difference.ipynb",
             dimension="visit",
             depends=("make_template", "process_eimage"),
-            inputs=lambda run, did: [("calexp", did), ("refcat", {})],
             outputs=lambda run, did: [
                 ("deepDiff_differenceExp", did),
                 ("diaSrc", did),
@@ -368,7 +342,6 @@ PIPELINE = Pipeline(
             recipe="forced_dia_photometry.ipynb",
             dimension="visit",
             depends=("associate_dia", "image_difference"),
-            inputs=lambda run, did: [("deepDiff_differenceExp", did), ("diaObject", {})],
             outputs=lambda run, did: [("forced_diaSrc", did)],
             resources=Resources(cpus=1, mem_gb=3.0, timeout_min=20.0),
             doc="PSF flux of every DIAObject on a difference image: DiaForcedSource",
@@ -404,7 +377,6 @@ PIPELINE = Pipeline(
             recipe="validate_run.ipynb",
             dimension="run",
             depends=("validate_static_sky", "validate_dia"),
-            inputs=lambda run, did: [("staticSkyMetrics", {}), ("diaMetrics", {})],
             outputs=lambda run, did: [("validationMetrics", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="every metric against the truth with its requirement: validation/metrics.json",
@@ -415,7 +387,6 @@ PIPELINE = Pipeline(
             recipe="monitor_lightcurves.ipynb",
             dimension="run",
             depends=("validate_dia", "ingest_catalogs"),
-            inputs=lambda run, did: [("diaMetrics", {}), ("catalogIngest", {})],
             outputs=lambda run, did: [("lightcurveMonitor", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="the SN/SL monitor: light curves against the truth, postage stamps, depth",

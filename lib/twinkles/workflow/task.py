@@ -38,8 +38,17 @@ def run_task(spec_path: str) -> dict[str, Any]:
     """Run every data id of the task described in ``spec_path``; returns the task record."""
     start, cpu0 = time.time(), _cpu_self_and_children()[0]
     spec = json.loads(Path(spec_path).read_text())
+    from twinkles.butler import INVALID_ENV
     from twinkles.workflow.execute import execute_item, job_id
+    from twinkles.workflow.executors import task_environment
     from twinkles.workflow.kernel import WarmKernel
+
+    # the same threads and malloc settings on every executor (a Slurm job inherits the
+    # submitting shell's environment), so products are bit-identical between them; and the
+    # driver's list of datasets the run does not vouch for
+    os.environ.update(task_environment(int(spec.get("cpus", 1))))
+    if spec["common"].get("invalid_datasets"):
+        os.environ[INVALID_ENV] = spec["common"]["invalid_datasets"]
 
     common = spec["common"]
     kernel = None
