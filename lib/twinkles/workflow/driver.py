@@ -175,29 +175,35 @@ def _file_checksum_cached(path: Path, cache: dict[Path, str]) -> str:
 def node_fingerprint(node: Node, recipe_sum: str, library: str) -> str:
     """Recipe, library and parameters of a node (what it read is checked apart:
     :func:`io_changed`)."""
-    payload = {"recipe": recipe_sum, "library": library, "parameters": node.parameters}
+    # where the run directory is (run_dir) is not what a node computes: a moved or copied
+    # run directory is still up to date
+    parameters = {k: v for k, v in node.parameters.items() if k != "run_dir"}
+    payload = {"recipe": recipe_sum, "library": library, "parameters": parameters}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
         :24
     ]
 
 
-def _file_changed(entry: dict) -> bool:
-    """Whether a recorded file (path, size, mtime_ns, checksum) is gone or its bytes differ."""
+def _file_changed(entry: dict, base: Path) -> bool:
+    """Whether a recorded file (path relative to the run directory ``base``, size, mtime_ns,
+    checksum) is gone or its bytes differ."""
+    path = base / entry["path"]
     try:
-        st = os.stat(entry["path"])
+        st = os.stat(path)
     except OSError:
         return True
     if st.st_size == entry["size"] and st.st_mtime_ns == entry["mtime_ns"]:
         return False
     # touched: the same bytes again (a deterministic rerun) leave it unchanged
-    return entry.get("checksum") is None or cached_checksum(entry["path"]) != entry["checksum"]
+    return entry.get("checksum") is None or cached_checksum(path) != entry["checksum"]
 
 
-def io_changed(row: NodeRow) -> str | None:
-    """Why a done node's record no longer holds (a file it read or wrote changed), or None."""
+def io_changed(row: NodeRow, base: Path) -> str | None:
+    """Why a done node's record no longer holds (a file it read or wrote changed), or None;
+    ``base`` is the run directory its paths are relative to."""
     for column, what in (("writes", "its output"), ("reads", "its input")):
         for entry in json.loads(getattr(row, column) or "[]"):
-            if _file_changed(entry):
+            if _file_changed(entry, base):
                 return f"{what} {entry['path']} changed since it ran"
     return None
 
@@ -356,7 +362,7 @@ class _Driver:
                 and result.get("token") == row.token
                 and result.get("attempt") == row.attempts
                 and node.notebook.exists()
-                and not any(_file_changed(w) for w in result.get("writes", []))
+                and not any(_file_changed(w, self.run.dir) for w in result.get("writes", []))
             ):
                 self._record_done(node, row.attempts, result, row.job_id)
                 kept.append(key)
@@ -423,7 +429,7 @@ class _Driver:
                     or row.fingerprint != self.fingerprint(node)
                     or not node.notebook.exists()
                     or not all(p.exists() for p in node.outputs)
-                    or io_changed(row) is not None
+                    or io_changed(row, self.run.dir) is not None
                 )
             # what depends on something that runs again runs again
             stale = stale or any(d in todo for d in node.deps)
@@ -500,16 +506,16 @@ class _Driver:
         for key, row in rows.items():
             if key in todo or key not in plan or row.state != "done":
                 continue
-            self.io_state[key] = io_changed(row)
+            self.io_state[key] = io_changed(row, self.run.dir)
             for entry in json.loads(row.reads or "[]"):
-                self.readers[entry["path"]].add(key)
+                self.readers[str(self.run.dir / entry["path"])].add(key)
 
     def _recheck_readers(self, nodes: list[Node]) -> None:
         """The done nodes that read a file these nodes rewrote or removed: checked again."""
         for node in nodes:
             for path in node.outputs:
                 for key in self.readers.get(str(path), ()):
-                    self.io_state[key] = io_changed(self.rows[key])
+                    self.io_state[key] = io_changed(self.rows[key], self.run.dir)
 
     def _write_validity(self, state: dict[Key, str]) -> None:
         """``work/invalid.json``: the datasets of nodes the run database does not vouch for,
@@ -531,7 +537,7 @@ class _Driver:
                 reason = state[key]
             paths = [str(p) for p in node.outputs]
             if row is not None and row.writes:
-                paths += [w["path"] for w in json.loads(row.writes)]
+                paths += [str(self.run.dir / w["path"]) for w in json.loads(row.writes)]
             for path in paths:
                 invalid[path] = f"{node.step.name} {key[1]} {reason}"
         self.work.mkdir(parents=True, exist_ok=True)

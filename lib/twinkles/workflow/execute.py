@@ -94,13 +94,17 @@ def _first_line(text: str) -> str:
     return lines[0][:500] if lines else ""
 
 
-def _file_record(path: str, dataset: str | None, data_id: Any, checksum: bool) -> dict | None:
+def _file_record(
+    path: str, dataset: str | None, data_id: Any, checksum: bool, base: Path
+) -> dict | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
+    # relative to the run directory, so a run directory can be moved or copied
+    shown = os.path.relpath(path, base) if Path(path).is_relative_to(base) else path
     return {
-        "path": path,
+        "path": shown,
         "dataset": dataset,
         "data_id": data_id,
         "size": st.st_size,
@@ -110,10 +114,11 @@ def _file_record(path: str, dataset: str | None, data_id: Any, checksum: bool) -
 
 
 def collect_io(
-    log: Path, outputs: list[str], since_ns: int, checksums: bool = True
+    log: Path, outputs: list[str], since_ns: int, base: Path, checksums: bool = True
 ) -> tuple[list[dict], list[dict]]:
-    """What a notebook read and wrote: (reads, writes), each file once, with its size,
-    modification time and (``checksums``) checksum.
+    """What a notebook read and wrote: (reads, writes), each file once, with its path (relative
+    to ``base``, the run directory, when inside it), size, modification time and
+    (``checksums``) checksum.
 
     ``log`` is the butler's record of the notebook (``TWINKLES_IO_LOG``). The step's declared
     outputs modified since ``since_ns`` count as written (a recipe may write one without the
@@ -136,7 +141,9 @@ def collect_io(
         reads.pop(path, None)
 
     def records(entries: dict[str, tuple]) -> list[dict]:
-        out = [_file_record(p, ds, did, checksums) for p, (ds, did) in sorted(entries.items())]
+        out = [
+            _file_record(p, ds, did, checksums, base) for p, (ds, did) in sorted(entries.items())
+        ]
         return [r for r in out if r is not None]
 
     return records(reads), records(writes)
@@ -250,7 +257,9 @@ def _execute(
                 error=f"the recipe finished without writing {', '.join(missing)}",
             )
     # checksums only of a success's files: a failure's are not kept
-    reads, writes = collect_io(io_log, item["outputs"], start_ns, record["status"] == "done")
+    reads, writes = collect_io(
+        io_log, item["outputs"], start_ns, Path(item["cwd"]), record["status"] == "done"
+    )
     record.update(reads=reads, writes=writes)
     end = time.time()
     record.update(
