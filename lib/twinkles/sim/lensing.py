@@ -26,13 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 from astropy import constants, units
 from astropy.table import Table
-from scipy.signal import lfilter
 
 from twinkles.config import BANDS, TruthConfig
 from twinkles.sim.bands import LSST_BANDS
 from twinkles.sim.galaxies import galaxy_table
 from twinkles.sim.ids import ObjectKind, make_ids
-from twinkles.sim.supernovae import COSMOLOGY
+from twinkles.sim.supernovae import cosmology
 from twinkles.units import mag_to_njy
 
 __all__ = [
@@ -168,9 +167,9 @@ class SISShearLens:
 
 def time_delay_distance_days(z_lens: float, z_source: float) -> float:
     """``(1 + z_l) D_l D_s / (c D_ls)`` in days per arcsec^2 of Fermat potential."""
-    d_l = COSMOLOGY.angular_diameter_distance(z_lens)
-    d_s = COSMOLOGY.angular_diameter_distance(z_source)
-    d_ls = COSMOLOGY.angular_diameter_distance(z_lens, z_source)
+    d_l = cosmology().angular_diameter_distance(z_lens)
+    d_s = cosmology().angular_diameter_distance(z_source)
+    d_ls = cosmology().angular_diameter_distance(z_lens, z_source)
     seconds = ((1.0 + z_lens) * d_l * d_s / (constants.c * d_ls)).to(units.s).value
     return float(seconds * ARCSEC**2 / 86400.0)
 
@@ -195,7 +194,10 @@ def damped_random_walk(
     decay = np.exp(-step / tau)
     kicks = sigma * np.sqrt(1.0 - decay**2) * rng.standard_normal(n_steps)
     kicks[0] = sigma * rng.standard_normal()  # start from the stationary distribution
-    # x[k] = decay * x[k-1] + kick[k]
+    # x[k] = decay * x[k-1] + kick[k]; scipy.signal is imported here, where the sky is made
+    # once per run: at module level it cost every warm kernel ~0.3-0.6 s of start-up
+    from scipy.signal import lfilter
+
     return lfilter([1.0], [1.0, -decay], kicks)
 
 

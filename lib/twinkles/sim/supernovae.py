@@ -36,7 +36,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from astropy.cosmology import FlatLambdaCDM
 from astropy.table import Table
 
 from twinkles.sim.bands import LSST_BANDS
@@ -46,9 +45,9 @@ from twinkles.units import mag_to_njy
 __all__ = [
     "ALPHA",
     "BETA",
-    "COSMOLOGY",
     "REST_B_BAND",
     "band_flux",
+    "cosmology",
     "distance_modulus",
     "make_supernovae",
     "rest_flux_density",
@@ -60,7 +59,23 @@ ALPHA = 0.11
 BETA = 3.14
 M_B_MEAN = -19.3
 M_B_SCATTER = 0.15
-COSMOLOGY = FlatLambdaCDM(H0=73.0, Om0=0.25)
+
+
+@lru_cache(maxsize=1)
+def cosmology():
+    """Flat LCDM, H0 = 73, Om = 0.25 (Twinkles'), made when first needed: astropy.cosmology
+    costs ~0.6 s to import, which every warm kernel would pay for recipes that never use it."""
+    from astropy.cosmology import FlatLambdaCDM
+
+    return FlatLambdaCDM(H0=73.0, Om0=0.25)
+
+
+def __getattr__(name: str):
+    if name == "COSMOLOGY":  # the module constant, made on first use
+        return cosmology()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: Rest-frame B top-hat (Angstrom) that defines M_B.
 REST_B_BAND = (3900.0, 4900.0)
 
@@ -87,7 +102,7 @@ def stretch(x1: np.ndarray) -> np.ndarray:
 
 def distance_modulus(z: np.ndarray) -> np.ndarray:
     """Distance modulus (mag) in flat LCDM, H0 = 73, Om = 0.25."""
-    return np.asarray(COSMOLOGY.distmod(np.asarray(z, dtype=float)).value)
+    return np.asarray(cosmology().distmod(np.asarray(z, dtype=float)).value)
 
 
 def _peak_sed(lam: np.ndarray) -> np.ndarray:

@@ -49,7 +49,6 @@ SCIENCE_IMPORTS = (
     "astropy.wcs",
     "matplotlib.pyplot",
     "galsim",
-    "scipy.signal",
     "scipy.spatial",
     "twinkles.config",
     "twinkles.plotting",
