@@ -38,7 +38,7 @@ ifeq ($(SERVICES),none)
 else
 	scripts/services.sh start
 	set -a && . .services/services.env && set +a && \
-		TWINKLES_REQUIRE_SERVICES=1 $(BIN)/python -m pytest
+		TWINKLES_REQUIRE_SERVICES=1 $(BIN)/python -m pytest --durations=25
 endif
 
 services-stop:

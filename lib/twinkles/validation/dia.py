@@ -30,6 +30,7 @@ from twinkles.units import AB_MAG_OF_1_NJY
 from twinkles.validation.static_sky import robust_std
 
 __all__ = [
+    "brightest_dia_sources",
     "dia_object_completeness_purity",
     "expected_difference_flux",
     "expected_forced_flux",
@@ -374,6 +375,24 @@ def transient_peaks(
     return out
 
 
+def brightest_dia_sources(dia_objects: Table, dia_sources: Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per DIAObject, the largest ``|psFlux|`` (nJy) and the largest ``|psFlux| / psFluxErr``
+    of its DIASources (0 for a DIAObject without any); ``dia_sources`` may hold others'."""
+    ids = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)
+    flux = np.zeros(len(ids))
+    snr = np.zeros(len(ids))
+    if len(dia_sources) and len(ids):
+        src_obj = np.asarray(dia_sources["diaObjectId"], dtype=np.int64)
+        mine = np.isin(src_obj, ids)
+        order = np.argsort(ids)
+        pos = order[np.searchsorted(ids, src_obj[mine], sorter=order)]
+        src_flux = np.abs(np.asarray(dia_sources["psFlux"], float))[mine]
+        src_snr = src_flux / np.asarray(dia_sources["psFluxErr"], float)[mine]
+        np.maximum.at(flux, pos, np.nan_to_num(src_flux))
+        np.maximum.at(snr, pos, np.nan_to_num(src_snr))
+    return flux, snr
+
+
 def dia_object_completeness_purity(
     dia_objects: Table,
     dia_sources: Table,
@@ -405,17 +424,9 @@ def dia_object_completeness_purity(
         truth_xyz = unit_vectors(peaks["ra"], peaks["dec"])
         found = cKDTree(obj_xyz).query(truth_xyz)[0] <= chord
         real = cKDTree(truth_xyz).query(obj_xyz)[0] <= chord
-    obj_mag = np.full(len(dia_objects), np.nan)
-    if len(dia_sources):
-        ids = np.asarray(dia_objects["diaObjectId"])
-        src_obj = np.asarray(dia_sources["diaObjectId"])
-        mine = np.isin(src_obj, ids)  # the table may hold other DIAObjects' sources
-        brightest = np.zeros(len(ids))
-        order = np.argsort(ids)
-        pos = order[np.searchsorted(ids, src_obj[mine], sorter=order)]
-        np.maximum.at(brightest, pos, np.abs(np.asarray(dia_sources["psFlux"], float))[mine])
-        with np.errstate(divide="ignore"):
-            obj_mag = np.where(brightest > 0, -2.5 * np.log10(brightest) + 31.4, np.nan)
+    brightest, _ = brightest_dia_sources(dia_objects, dia_sources)
+    with np.errstate(divide="ignore"):
+        obj_mag = np.where(brightest > 0, -2.5 * np.log10(brightest) + 31.4, np.nan)
     true_mag = np.asarray(peaks["peak_mag"], float)
     mags = np.concatenate([true_mag[np.isfinite(true_mag)], obj_mag[np.isfinite(obj_mag)]])
     rows = []

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
 from twinkles.sim.truth import Truth
-from twinkles.validation.dia import expected_difference_flux
+from twinkles.validation.dia import brightest_dia_sources, expected_difference_flux
 
 __all__ = [
     "dia_truth",
@@ -122,17 +122,7 @@ def significant_dia_objects(
     if n_targets < 0 or min_sources < 1:
         raise ValueError("n_targets must be >= 0 and min_sources >= 1")
     ids = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)
-    snr = np.zeros(len(ids))
-    flux = np.zeros(len(ids))
-    if len(dia_sources) and len(ids):
-        order = np.argsort(ids)
-        src_obj = np.asarray(dia_sources["diaObjectId"], dtype=np.int64)
-        mine = np.isin(src_obj, ids)
-        pos = order[np.searchsorted(ids, src_obj[mine], sorter=order)]
-        src_flux = np.abs(np.asarray(dia_sources["psFlux"], float))[mine]
-        src_snr = src_flux / np.asarray(dia_sources["psFluxErr"], float)[mine]
-        np.maximum.at(snr, pos, np.nan_to_num(src_snr))
-        np.maximum.at(flux, pos, np.nan_to_num(src_flux))
+    flux, snr = brightest_dia_sources(dia_objects, dia_sources)
     repeated = np.asarray(dia_objects["nDiaSources"]) >= min_sources
     chosen = np.flatnonzero(repeated)[np.argsort(-snr[repeated])][:n_targets]
     out = Table()
