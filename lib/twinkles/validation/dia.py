@@ -377,7 +377,8 @@ def transient_peaks(
 
 def brightest_dia_sources(dia_objects: Table, dia_sources: Table) -> tuple[np.ndarray, np.ndarray]:
     """Per DIAObject, the largest ``|psFlux|`` (nJy) and the largest ``|psFlux| / psFluxErr``
-    of its DIASources (0 for a DIAObject without any); ``dia_sources`` may hold others'."""
+    of its DIASources (0 for a DIAObject without any, and the S/N 0 without ``psFluxErr``);
+    ``dia_sources`` may hold other DIAObjects' sources."""
     ids = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)
     flux = np.zeros(len(ids))
     snr = np.zeros(len(ids))
@@ -387,9 +388,10 @@ def brightest_dia_sources(dia_objects: Table, dia_sources: Table) -> tuple[np.nd
         order = np.argsort(ids)
         pos = order[np.searchsorted(ids, src_obj[mine], sorter=order)]
         src_flux = np.abs(np.asarray(dia_sources["psFlux"], float))[mine]
-        src_snr = src_flux / np.asarray(dia_sources["psFluxErr"], float)[mine]
         np.maximum.at(flux, pos, np.nan_to_num(src_flux))
-        np.maximum.at(snr, pos, np.nan_to_num(src_snr))
+        if "psFluxErr" in dia_sources.colnames:
+            src_snr = src_flux / np.asarray(dia_sources["psFluxErr"], float)[mine]
+            np.maximum.at(snr, pos, np.nan_to_num(src_snr))
     return flux, snr
 
 
