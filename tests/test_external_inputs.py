@@ -390,7 +390,7 @@ def test_external_scene_is_scored_against_its_own_truth(external_run):
     run, _, _ = external_run
     metrics = read_metrics(run.dir / "validation" / "metrics.json")["by_name"]
     for name in (
-        "PA1_r",
+        "PA1_validate_drp_r",
         "object_completeness",
         "transient_recovery",
         "difference_noise_ratio_min",
@@ -452,7 +452,7 @@ def test_external_run_without_a_truth_measures_what_needs_none(external_run, tmp
     assert summary.ok, summary.lines()
     assert not Truth.exists(notruth.butler)
     metrics = read_metrics(notruth.dir / "validation" / "metrics.json")["by_name"]
-    assert metrics["PA1_r"]["value"] is not None
+    assert metrics["PA1_validate_drp_r"]["value"] is not None
     assert metrics["difference_noise_ratio_max"]["value"] is not None
     for name in ("object_completeness", "transient_recovery", "forced_pull_std_r", "sn_pull_std_r"):
         assert metrics[name]["verdict"] == "not measured: no truth", name

@@ -77,7 +77,10 @@ def test_forced_photometry_of_stars_against_the_truth(tiny_static):
     assert set(metrics["band"]) == {"g", "r", "i"}
     for m in metrics:
         assert abs(m["bias"]) < 0.005, m["band"]  # bright stars, median
-        assert m["n_pa1_stars"] >= 5 and np.isfinite(m["pa1_mmag"])
+        # validate_drp's PA1 (S/N >= 50); faro's needs 50 stars of S/N >= 200, which so
+        # small a sensor does not hold: not measured, with the count
+        assert m["n_drp_stars"] >= 5 and np.isfinite(m["pa1_drp_mmag"])
+        assert m["n_pa1_stars"] < 50 and np.isnan(m["pa1_mmag"])
     # noise-dominated pulls (S/N 30-100: zero-point errors of ~9 mmag are below the noise)
     steady = rows[~rows["is_variable"]]
     snr = steady["psFlux"] / steady["psFluxErr"]

@@ -223,11 +223,26 @@ def test_collect_and_write_metrics(tmp_path):
         "forced": {
             "r": {
                 "pa1_mmag": 9.0,
+                "pf1_percent": 12.0,
+                "n_pa1_stars": 60,
                 "pa1_noise_mmag": 8.0,
+                "pa1_drp_mmag": 14.0,
+                "pa1_drp_noise_mmag": 13.5,
                 "floor_mmag": 4.0,
                 "pull_std": 1.2,
+                "pull_std_worst": 1.15,
+                "pull_std_worst_err": 0.04,
+                "pull_std_worst_bin": [300.0, None],
+                "pull_median_worst": -0.15,
+                "pull_median_worst_err": 0.05,
+                "pull_median_worst_bin": [5.0, 30.0],
+                "ramp_linear_mmag": 1.5,
+                "ramp_linear_err_mmag": 0.4,
+                "ramp_radial_mmag": 6.0,
+                "ramp_radial_err_mmag": 1.0,
                 "bias": 0.001,
-            }
+            },
+            "g": {"pa1_mmag": None, "n_pa1_stars": 17, "pa1_drp_mmag": 7.0},
         },
         "coadds": {"r": {"noise_ratio": 1.02}},
         "objects": {
@@ -261,6 +276,21 @@ def test_collect_and_write_metrics(tmp_path):
     assert by_name["photometric_floor_r"].status == "pass"
     assert by_name["forced_pull_std_r"].status == "fail"
     assert by_name["forced_bias_r"].value == pytest.approx(0.1)  # percent
+    assert by_name["PF1_r"].status == "fail"  # 12% beyond 15 mmag, against 10%
+    assert by_name["PA1_validate_drp_r"].status == "info"
+    assert "13.5 mmag" in by_name["PA1_validate_drp_r"].description
+    # too few bright stars for faro: not measured, saying how many there were
+    assert by_name["PA1_g"].verdict == (
+        "not measured: 17 stars of median S/N >= 200 in more than two visits (faro needs 50)"
+    )
+    # pulls by S/N: the worst bins, named, held with their errors
+    assert by_name["forced_pull_std_by_snr_r"].status == "pass"  # 0.15 - 2 x 0.04 <= 0.1
+    assert "S/N > 300" in by_name["forced_pull_std_by_snr_r"].description
+    assert by_name["forced_pull_median_by_snr_r"].status == "pass"  # 0.15 - 0.1 <= 0.1
+    assert "S/N 5-30" in by_name["forced_pull_median_by_snr_r"].description
+    # ramps: a linear one within 2 errors of 1 mmag passes, a radial one of 6 +- 1 fails
+    assert by_name["flux_ramp_linear_r"].status == "pass"
+    assert by_name["flux_ramp_radial_r"].status == "fail"
     assert by_name["AM1"].status == "not measured"
     assert by_name["transient_recovery"].status == "fail"
     assert by_name["lensed_image_recovery"].value == 0.5
@@ -271,7 +301,9 @@ def test_collect_and_write_metrics(tmp_path):
     assert "r < 21.5" in by_name["sn_bright_host_pull_std_r"].description
     path = tmp_path / "validation" / "metrics.json"
     written = write_metrics(path, "test", metrics)
-    assert written["summary"]["not measured"] == 1
+    # AM1, and g's PA1, PF1, expected PA1 and its metrics that need the truth's records
+    assert written["summary"]["not measured"] == sum(m.status == "not measured" for m in metrics)
+    assert by_name["AM1"].status == "not measured"
     assert sum(written["summary"].values()) == len(metrics)
     data = read_metrics(path)
     assert data["by_name"]["AM1"]["value"] is None  # NaN is stored as null: valid JSON

@@ -180,6 +180,15 @@ class TruthConfig(_Section):
     star_count_slope: float = Field(
         0.15, ge=0.0, le=1.0, description="Star counts dlog10N/dm (high galactic latitude)."
     )
+    bright_star_density: float = Field(
+        0.0,
+        ge=0.0,
+        description="Extra stars per deg^2, uniform in r from bright_star_mag_min to _max: a boost "
+        "of the bright end (as the SN rate is boosted), so that a small field has the 50 "
+        "stars of S/N >= 200 per band that PA1 (lsst/faro) needs.",
+    )
+    bright_star_mag_min: float = Field(17.0, description="Brightest extra bright star, r (AB mag).")
+    bright_star_mag_max: float = Field(19.0, description="Faintest extra bright star, r (AB mag).")
     variable_star_fraction: float = Field(
         0.05, ge=0.0, le=1.0, description="Fraction of stars that are periodic variables."
     )
@@ -245,13 +254,25 @@ class ReferenceCatalogConfig(_Section):
 class RenderConfig(_Section):
     """How a visit is drawn into an eimage (the PhoSim stand-in)."""
 
-    psf_profile: Literal["moffat", "kolmogorov"] = Field(
+    psf_profile: Literal[
+        "moffat", "kolmogorov", "kolmogorov_optics", "double_gaussian", "mixed"
+    ] = Field(
         "moffat",
-        description="PSF profile. moffat: beta = moffat_beta, truncated at 5 FWHM so every stamp "
-        "holds the whole flux; kolmogorov: pure atmospheric turbulence (heavy wings).",
+        description="PSF profile. moffat: beta = moffat_beta, truncated at 5 FWHM so every "
+        "stamp holds the whole flux; kolmogorov: pure atmospheric turbulence (heavy wings); "
+        "kolmogorov_optics: turbulence convolved with a Gaussian optics term of 0.4 of its "
+        "width; double_gaussian: a core and 10% of the light in a Gaussian twice as wide; "
+        "mixed: each visit draws one of moffat (beta in moffat_beta_min..max), "
+        "kolmogorov_optics and double_gaussian.",
     )
     moffat_beta: float = Field(
         4.765, gt=1.5, le=20.0, description="Moffat beta; 4.765 fits turbulence (Trujillo 2001)."
+    )
+    moffat_beta_min: float = Field(
+        2.5, gt=1.5, le=20.0, description="Smallest Moffat beta of a mixed-profile visit."
+    )
+    moffat_beta_max: float = Field(
+        4.5, gt=1.5, le=20.0, description="Largest Moffat beta of a mixed-profile visit."
     )
     psf_ellipticity: float = Field(
         0.02, ge=0.0, lt=0.3, description="Rms PSF ellipticity per component at the centre."
@@ -260,7 +281,20 @@ class RenderConfig(_Section):
         0.02,
         ge=0.0,
         lt=0.3,
-        description="Fractional change of the PSF FWHM from the centre to the sensor corner.",
+        description="Fractional change of the PSF FWHM from the centre to the sensor corner "
+        "(with psf_variation_min below it, each visit draws its own between the two).",
+    )
+    psf_variation_min: float | None = Field(
+        None,
+        ge=0.0,
+        lt=0.3,
+        description="Smallest such change of a visit; none: every visit has psf_variation.",
+    )
+    psf_pattern: Literal["linear", "radial", "mixed"] = Field(
+        "linear",
+        description="How the FWHM changes over the sensor: linear, along a random direction; "
+        "radial, with the square of the distance from the centre (as a focal plane's PSF "
+        "broadens outwards); mixed: each visit one or the other at random.",
     )
     sky_gradient: float = Field(
         0.01, ge=0.0, lt=0.5, description="Fractional change of the sky level across the sensor."
@@ -286,6 +320,17 @@ class RenderConfig(_Section):
     distortion_arcsec: float = Field(
         0.1, ge=0.0, le=10.0, description="Radial optical distortion at the sensor corner (arcsec)."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> RenderConfig:
+        problems = []
+        if self.moffat_beta_min > self.moffat_beta_max:
+            problems.append("moffat_beta_min: must not exceed moffat_beta_max")
+        if self.psf_variation_min is not None and self.psf_variation_min > self.psf_variation:
+            problems.append("psf_variation_min: must not exceed psf_variation")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class ExecutorConfig(_Section):
@@ -572,6 +617,15 @@ class Run:
             return self.config.sensor.pixel_scale
         visits = self.butler.get("visitTable")
         return float(np.median(np.asarray(visits["pixelScale"], dtype=float)))
+
+    @cached_property
+    def sensor_shape(self) -> tuple[int, int]:
+        """(height, width) of the sensor in pixels: the configured one, or the largest of the
+        ingested external eimages'."""
+        if not self.external:
+            return self.config.sensor.height_px, self.config.sensor.width_px
+        eimages = self.butler.get("inputManifest")["eimages"].values()
+        return max(int(e["height"]) for e in eimages), max(int(e["width"]) for e in eimages)
 
     @cached_property
     def field_centre(self) -> tuple[float, float]:

@@ -32,3 +32,7 @@ def electrons_per_njy(zero_point: ArrayLike) -> NDArray[np.float64]:
     exposure (the exposure time is folded in).
     """
     return 10.0 ** (-0.4 * (AB_MAG_OF_1_NJY - np.asarray(zero_point, dtype=float)))
+
+
+#: Millimagnitudes per unit fractional flux change, 2500 / ln(10): ``dm = -1085.7 df / f``.
+MMAG_PER_FRACTION = 2500.0 / np.log(10.0)

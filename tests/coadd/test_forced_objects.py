@@ -152,6 +152,90 @@ def test_pa1_recovers_the_scatter_of_synthetic_stars():
     assert np.isnan(pa1(mags[:2]))
 
 
+def test_faro_pa1_and_pf1_of_synthetic_stars():
+    from twinkles.validation.static_sky import photometric_repeatability
+
+    rng = np.random.default_rng(6)
+    sigma = 0.005
+    mags = 18.0 + rng.normal(0, 1, (200, 1)) + rng.normal(0, sigma, size=(200, 20))
+    mags[rng.random(mags.shape) < 0.2] = np.nan
+    pa1_faro, pf1, n = photometric_repeatability(mags)
+    assert n == 200
+    # the median over stars of an RMS about the mean (no ddof: faro's np.nanstd)
+    assert pa1_faro == pytest.approx(sigma * np.sqrt(1 - 1 / 16), rel=0.06)
+    # Gaussian residuals of 5 mmag beyond 15 mmag: 2 x (1 - Phi(3)), a little less about
+    # each star's own mean
+    assert pf1 == pytest.approx(0.27, abs=0.2)
+    outliers = mags.copy()
+    outliers[:, 0] += 0.05
+    assert photometric_repeatability(outliers)[1] > 4.0  # one visit in ~16 off by 50 mmag
+    # fewer than 50 stars measured in more than two visits: not measured, with the count
+    sparse = mags[:60].copy()
+    sparse[:20, 2:] = np.nan  # two visits at most: not counted
+    assert np.isnan(photometric_repeatability(sparse)[0])
+    assert photometric_repeatability(sparse)[2] == 40
+
+
+def _star_rows(n_visits: int, ramp: float, radial: float, seed: int):
+    """ForcedSource-like rows of 150 steady stars on a 1000-px sensor with a flux ramp."""
+    from astropy.table import Table
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    true = np.exp(rng.uniform(np.log(2e3), np.log(3e6), 150))
+    for visit in range(1, n_visits + 1):
+        x, y = rng.uniform(0, 1000, 150), rng.uniform(0, 1000, 150)
+        X, Y = (x - 499.5) / 707.1, (y - 499.5) / 707.1
+        angle = rng.uniform(0, 2 * np.pi)
+        gain = 1 + ramp * (X * np.cos(angle) + Y * np.sin(angle)) + radial * (X**2 + Y**2)
+        err = np.sqrt(true + 200.0**2)
+        flux = true * gain + rng.normal(size=150) * err
+        for k in range(150):
+            rows.append((k, visit, "r", x[k], y[k], flux[k], err[k], true[k], False))
+    return Table(
+        rows=rows,
+        names=(
+            "truth_id",
+            "ccdVisitId",
+            "band",
+            "x",
+            "y",
+            "psFlux",
+            "psFluxErr",
+            "true_flux",
+            "is_variable",
+        ),
+    )
+
+
+def test_flux_ramps_recover_a_linear_and_a_radial_ramp_and_a_flat_sensor_gives_none():
+    from twinkles.validation.static_sky import flux_ramps, photometry_systematics, pulls_by_snr
+
+    flat = _star_rows(12, 0.0, 0.0, seed=1)
+    ramps = flux_ramps(flat, 1000, 1000)
+    assert len(ramps) == 12
+    summary = photometry_systematics(pulls_by_snr(flat), ramps)["r"]
+    # a flat sensor: the ramps are their noise, and their RMS beyond it is ~0
+    assert summary["ramp_linear_mmag"] < 3 * summary["ramp_linear_err_mmag"] + 0.3
+    assert summary["ramp_radial_mmag"] < 3 * summary["ramp_radial_err_mmag"] + 0.3
+    # the worst of three bins of a few hundred pulls each: within the metric's allowance
+    assert abs(summary["pull_std_worst"] - 1) < 0.1 + 2 * summary["pull_std_worst_err"]
+    assert abs(summary["pull_median_worst"]) < 0.1 + 2 * summary["pull_median_worst_err"]
+    # 1% per half-diagonal along a random direction, and 1% from centre to corner
+    tilted = photometry_systematics(
+        pulls_by_snr(_star_rows(12, 0.01, 0.0, 2)),
+        flux_ramps(_star_rows(12, 0.01, 0.0, 2), 1000, 1000),
+    )["r"]
+    assert tilted["ramp_linear_mmag"] == pytest.approx(10.86, abs=1.5)
+    bowl_rows = _star_rows(12, 0.0, 0.01, 3)
+    bowl = flux_ramps(bowl_rows, 1000, 1000)
+    assert np.median(bowl["radial_mmag"]) == pytest.approx(10.86, abs=1.5)
+    # the bright stars' pulls spread with the ramp; the faint ones' do not
+    pulls = pulls_by_snr(bowl_rows)
+    assert pulls["robust_std"][pulls["snr_lo"] == 300][0] > 1.2
+    assert pulls["robust_std"][pulls["snr_lo"] == 5][0] == pytest.approx(1.0, abs=0.2)
+
+
 def test_forced_photometry_applies_the_aperture_correction_where_each_object_is():
     from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionMap
 
@@ -159,9 +243,15 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
     calexp = make_calexp(10.0, seed=4, stars=stars)
     ra, dec, _ = (np.array(c) for c in zip(*stars, strict=True))
     h, w = calexp.shape
-    # +-5% across the sensor in x, times a growth of 1.02
+    # +-5% across the sensor in x, times a growth of 1.02 rising 1% towards +y
     correction = ApertureCorrectionMap(
-        np.array([1.0, 0.1, 0.0]), 1, 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * np.hypot(w, h), 1.02
+        np.array([1.0, 0.1, 0.0]),
+        1,
+        0.5 * (w - 1),
+        0.5 * (h - 1),
+        0.5 * np.hypot(w, h),
+        np.array([1.02, 0.0, 0.01]),
+        1,
     )
     plain = ForcedPhotometryTask().run(calexp, ra, dec).catalog
     corrected = ForcedPhotometryTask().run(calexp, ra, dec, ap_corr=correction).catalog
@@ -172,6 +262,12 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
     # the visit summary carries it as JSON; a summary without it is an error naming the visit
     again = ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr_map": correction.to_dict()})
     np.testing.assert_allclose(again(plain["x"], plain["y"]), expected)
+    # a summary written when the growth was one sensor-wide number still reads
+    legacy = {k: v for k, v in correction.to_dict().items() if not k.startswith("growth")}
+    old = ApertureCorrectionMap.from_dict({**legacy, "growth": 1.02})
+    np.testing.assert_allclose(
+        old(plain["x"], plain["y"]) / old.inner(plain["x"], plain["y"]), 1.02
+    )
     with pytest.raises(ApertureCorrectionError, match=r"visit 7.*rerun process_eimage"):
         ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr": 1.01})
 

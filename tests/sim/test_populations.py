@@ -22,21 +22,48 @@ def demo_sky():
 def test_counts_follow_the_densities(demo_sky):
     config, sky = demo_sky
     area = np.pi * field_radius_deg(config) ** 2
-    for table, density in [
-        (sky.truth.stars, config.truth.star_density),
-        (sky.truth.galaxies[~sky.truth.galaxies["is_lens"]], config.truth.galaxy_density),
+    t = config.truth
+    r = np.asarray(sky.truth.stars["mag_r"])
+    # the demo adds bright stars, uniform in r: counted apart (they share the id sequence)
+    n_boost = t.bright_star_density * area
+    assert t.bright_star_density > 0
+    in_boost = (r >= t.bright_star_mag_min) & (r <= t.bright_star_mag_max)
+    expected_in_boost = n_boost + t.star_density * area * _power_law_fraction(
+        t.star_mag_min,
+        t.star_mag_max,
+        t.star_count_slope,
+        t.bright_star_mag_min,
+        t.bright_star_mag_max,
+    )
+    assert abs(in_boost.sum() - expected_in_boost) < 4 * np.sqrt(expected_in_boost)
+    assert len(set(sky.truth.stars["id"].tolist())) == len(sky.truth.stars)
+    for count, density in [
+        (len(r) - n_boost, t.star_density),
+        ((~sky.truth.galaxies["is_lens"]).sum(), t.galaxy_density),
     ]:
         expected = density * area
-        assert abs(len(table) - expected) < 4 * np.sqrt(expected)
+        assert abs(count - expected) < 4 * np.sqrt(expected)
+
+
+def _power_law_fraction(lo: float, hi: float, slope: float, a: float, b: float) -> float:
+    """Fraction of ``dN/dm ~ 10^(slope m)`` on [lo, hi] that lies in [a, b]."""
+
+    def cumulative(m: float) -> float:
+        return 10.0 ** (slope * m)
+
+    return (cumulative(b) - cumulative(a)) / (cumulative(hi) - cumulative(lo))
 
 
 def test_star_counts_slope_and_colours(demo_sky):
-    _, sky = demo_sky
+    config, sky = demo_sky
     r = np.asarray(sky.truth.stars["mag_r"])
     assert r.min() >= 16.0 and r.max() <= 26.0  # Twinkles left out r < 16
-    hist, _ = np.histogram(r, bins=[16, 21, 26])
-    # dN/dm ~ 10^(0.15 m): the faint half holds 10^(0.75) times the bright half
-    assert hist[1] / hist[0] == pytest.approx(10**0.75, rel=0.3)
+    # the counts' slope, outside the demo's bright-star boost
+    t = config.truth
+    r = r[(r < t.bright_star_mag_min) | (r > t.bright_star_mag_max)]
+    hist, _ = np.histogram(r, bins=[21, 23.5, 26])
+    # dN/dm ~ 10^(0.15 m): 21-23.5 and 23.5-26 differ by 10^(0.15 x 2.5)
+    assert hist[1] / hist[0] == pytest.approx(10**0.375, rel=0.15)
     g_r = np.asarray(sky.truth.stars["mag_g"] - sky.truth.stars["mag_r"])
     u_g = np.asarray(sky.truth.stars["mag_u"] - sky.truth.stars["mag_g"])
     assert np.all((g_r >= 0.2 - 1e-9) & (g_r <= 1.5 + 1e-9))

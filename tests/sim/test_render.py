@@ -214,3 +214,46 @@ def test_eimage_is_valid_fits(tmp_path, star_grid):
     with fits.open(path) as hdul:
         hdul.verify("exception")
         assert hdul[0].data.shape == (SIZE, SIZE)
+
+
+def test_a_mixed_psf_run_spans_profiles_patterns_and_amplitudes_at_the_visits_fwhm_eff():
+    """``psf_profile: mixed`` and a psf_variation range: every visit its own profile and
+    pattern and amplitude in the configured range, each profile drawn at the n_eff its
+    FWHMeff asks for."""
+    from twinkles.config import parse_run_config
+    from twinkles.sim.psf import make_profile, neff_pixels
+    from twinkles.sim.render import simulated_psf
+    from twinkles.sim.sky import make_sky
+
+    render = {
+        "psf_profile": "mixed",
+        "psf_variation": 0.15,
+        "psf_variation_min": 0.05,
+        "psf_pattern": "mixed",
+        "cosmic_ray_rate": 0.0,
+    }
+    data = {
+        "seed": 11,
+        "sensor": {"width_px": 64, "height_px": 64},
+        "cadence": {"n_years": 1, "n_visits": 40, "filters": ["r"]},
+        "truth": {"star_density": 0.0, "galaxy_density": 0.0, "n_supernovae": 0},
+        "render": render,
+    }
+    config = parse_run_config(data, "mixed", default_name="mixed")
+    sky = make_sky(config)
+    psfs = [simulated_psf(sky.visit(int(v))[1]) for v in sky.visits["obsHistID"]]
+    assert {p.profile for p in psfs} == {"moffat", "kolmogorov_optics", "double_gaussian"}
+    betas = [p.beta for p in psfs if p.profile == "moffat"]
+    assert min(betas) >= 2.5 and max(betas) <= 4.5
+    radial = [p for p in psfs if p.fwhm_radial]
+    linear = [p for p in psfs if any(p.fwhm_gradient)]
+    assert len(radial) + len(linear) == len(psfs) and 8 <= len(radial) <= 32
+    amplitudes = [p.fwhm_radial for p in radial] + [np.hypot(*p.fwhm_gradient) for p in linear]
+    assert min(amplitudes) >= 0.05 - 1e-12 and max(amplitudes) <= 0.15 + 1e-12
+    # each visit's profile has the n_eff of its FWHMeff (the depth the cadence promised)
+    pixel = config.sensor.pixel_scale
+    for psf, fwhm_eff in zip(psfs[:6], sky.visits["FWHMeff"][:6], strict=True):
+        neff = neff_pixels(
+            make_profile(psf.profile, psf.fwhm / pixel, psf.beta), 15 * psf.fwhm / pixel
+        )
+        assert neff == pytest.approx(NEFF_PER_FWHM2 * (fwhm_eff / pixel) ** 2, rel=0.01)

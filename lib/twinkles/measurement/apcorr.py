@@ -12,9 +12,15 @@ PASP 102, 932):
    against the truth, was 6.3 and 3.9 mmag per half-diagonal with LSST's 12-pixel
    calibration aperture, 4.0 and 3.4 with 6 pixels, whose sky noise is half;
 2. the growth from ``inner`` to ``radius`` (25 pixels: all but ~1e-3 of a star's light in
-   1.6" seeing), one number: the inverse-variance mean over the same stars. The noise of a
-   25-pixel aperture is its sky (~1300 e- in r), 1-4% of a 10^5 e- star, so the brightest
-   stars decide; a median over stars would be good to ~0.5% only.
+   1.6" seeing), also a map over the sensor (``growth_degree``, with a radial term
+   ``X^2 + Y^2`` when ``radial``), fitted by weighted least squares: the noise of a 25-pixel
+   aperture is its sky (~1300 e- in r), 1-4% of a 10^5 e- star, so the brightest stars
+   decide. The growth must follow the PSF: where the PSF is broader, less of a star's light
+   falls inside ``inner`` and more must be added back. A single sensor-wide growth (what this
+   module did before) turned a PSF whose width changes by 9% across the sensor into a ramp of
+   calibrated fluxes of up to 3.7% (the inner map falls where the growth should rise); the
+   map follows gradients in any direction and radial (focal-plane-like) patterns with four
+   numbers, which the ~25-100 bright stars of a visit can constrain.
 
 Apertures leave out the footprints of other detections, and each star's sky comes from an
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
@@ -75,6 +81,12 @@ class ApertureCorrectionConfig(Section):
         (30.0, 45.0), description="Inner and outer radius of the local-sky annulus (pixels)."
     )
     degree: int = Field(1, ge=0, le=3, description="Polynomial degree over the sensor.")
+    growth_degree: int = Field(
+        1, ge=0, le=3, description="Polynomial degree of the growth map over the sensor."
+    )
+    radial: bool = Field(
+        True, description="Add a radial term (X^2 + Y^2) to both maps where the degree is 1."
+    )
     min_stars: int = Field(4, ge=1, description="Fewest stars (else ApertureCorrectionError).")
     clip_sigma: float = Field(3.0, gt=0, description="Clipping of outlying stars (sigma).")
     extendedness_radius: float = Field(
@@ -86,13 +98,28 @@ class ApertureCorrectionConfig(Section):
     extendedness_sigma: float = Field(3.0, gt=0, description="Significance of that excess (sigma).")
 
 
+def map_terms(X: np.ndarray, Y: np.ndarray, degree: int, radial: bool) -> np.ndarray:
+    """Terms of a map over the sensor: the monomials up to ``degree`` (order as
+    :func:`~twinkles.psf.pixel.polynomial_terms`), and ``X^2 + Y^2`` if ``radial`` and the
+    degree is 1 (a degree of 2 or more already spans it)."""
+    terms = polynomial_terms(X, Y, degree)
+    if radial and degree == 1:
+        terms = np.column_stack([terms, np.asarray(X, float) ** 2 + np.asarray(Y, float) ** 2])
+    return terms
+
+
+def _n_terms(degree: int, radial: bool) -> int:
+    return (degree + 1) * (degree + 2) // 2 + (1 if radial and degree == 1 else 0)
+
+
 @dataclass
 class ApertureCorrectionMap:
-    """The aperture correction at any sensor position: a polynomial times the growth.
+    """The aperture correction at any sensor position: the inner map times the growth map.
 
     Stored in the visit summary (:meth:`to_dict`) so that forced photometry corrects each
     position with the correction there: the PSF model is fitted with its own spatial degree,
-    and its flux normalisation errors vary over the sensor; a single median would leave them.
+    its flux normalisation errors vary over the sensor, and so does the PSF's width, hence
+    the light beyond the inner aperture; a single median would leave both.
     """
 
     coefficients: np.ndarray
@@ -100,16 +127,26 @@ class ApertureCorrectionMap:
     x0: float
     y0: float
     scale: float
-    growth: float
+    growth_coefficients: np.ndarray
+    growth_degree: int = 0
+    radial: bool = False
+
+    def _terms(self, x: np.ndarray, y: np.ndarray, degree: int) -> np.ndarray:
+        X = (np.atleast_1d(np.asarray(x, dtype=float)) - self.x0) / self.scale
+        Y = (np.atleast_1d(np.asarray(y, dtype=float)) - self.y0) / self.scale
+        return map_terms(X, Y, degree, self.radial)
+
+    def inner(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Inner aperture over PSF flux at pixel positions (x, y), 0-based."""
+        return self._terms(x, y, self.degree) @ np.asarray(self.coefficients)
+
+    def growth(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Total over inner aperture flux at pixel positions (x, y), 0-based."""
+        return self._terms(x, y, self.growth_degree) @ np.asarray(self.growth_coefficients)
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The multiplicative correction of PSF fluxes at pixel positions (x, y), 0-based."""
-        terms = polynomial_terms(
-            (np.atleast_1d(np.asarray(x, dtype=float)) - self.x0) / self.scale,
-            (np.atleast_1d(np.asarray(y, dtype=float)) - self.y0) / self.scale,
-            self.degree,
-        )
-        return (terms @ np.asarray(self.coefficients)) * self.growth
+        return self.inner(x, y) * self.growth(x, y)
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -119,18 +156,27 @@ class ApertureCorrectionMap:
             "x0": float(self.x0),
             "y0": float(self.y0),
             "scale": float(self.scale),
-            "growth": float(self.growth),
+            "growth_coefficients": [float(c) for c in np.asarray(self.growth_coefficients)],
+            "growth_degree": int(self.growth_degree),
+            "radial": bool(self.radial),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ApertureCorrectionMap:
+        if "growth_coefficients" in data:
+            growth = np.asarray(data["growth_coefficients"], dtype=float)
+            growth_degree = int(data["growth_degree"])
+        else:  # a summary written before the growth was a map: one sensor-wide number
+            growth, growth_degree = np.array([float(data["growth"])]), 0
         return cls(
             np.asarray(data["coefficients"], dtype=float),
             int(data["degree"]),
             float(data["x0"]),
             float(data["y0"]),
             float(data["scale"]),
-            float(data["growth"]),
+            growth,
+            growth_degree,
+            bool(data.get("radial", False)),
         )
 
     @classmethod
@@ -146,16 +192,11 @@ class ApertureCorrectionMap:
 
 @dataclass
 class ApertureCorrectionResult:
-    """The correction: a polynomial over the sensor times the growth to the total aperture."""
+    """The correction over the sensor, the stars it came from and its uncertainty."""
 
-    coefficients: np.ndarray
-    degree: int
-    x0: float
-    y0: float
-    scale: float
+    map: ApertureCorrectionMap
     stars: Table
     scatter: float
-    growth: float
     growth_n_stars: int
     uncertainty: float
     """Fractional uncertainty of the correction (both stages)."""
@@ -166,15 +207,47 @@ class ApertureCorrectionResult:
         return self.map(x, y)
 
     @property
-    def map(self) -> ApertureCorrectionMap:
-        """The correction over the sensor, without the stars (what a later step needs)."""
-        return ApertureCorrectionMap(
-            self.coefficients, self.degree, self.x0, self.y0, self.scale, self.growth
-        )
-
-    @property
     def median(self) -> float:
         return float(np.median(self(self.stars["x"], self.stars["y"])))
+
+    @property
+    def growth(self) -> float:
+        """The median growth from the inner to the total aperture over the stars."""
+        return float(np.median(self.map.growth(self.stars["x"], self.stars["y"])))
+
+
+def _fit_map(
+    terms: np.ndarray,
+    values: np.ndarray,
+    errors: np.ndarray,
+    clip_sigma: float,
+    min_stars: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Weighted least-squares map with iterative clipping.
+
+    Returns the coefficients, the residuals of every star, the stars used and the robust
+    scatter of the used residuals.
+    """
+    used = np.ones(len(values), dtype=bool)
+    weight = 1.0 / np.maximum(errors, 1e-4)
+    for _ in range(5):
+        coeffs, *_ = np.linalg.lstsq(
+            terms[used] * weight[used, None], values[used] * weight[used], rcond=None
+        )
+        resid = values - terms @ coeffs
+        scatter = 1.4826 * float(np.median(np.abs(resid[used] - np.median(resid[used]))))
+        new_used = np.abs(resid) < clip_sigma * np.maximum(scatter, errors)
+        if new_used.sum() < min_stars or np.array_equal(new_used, used):
+            break
+        used = new_used
+    return coeffs, resid, used, scatter
+
+
+def _affordable_degree(degree: int, radial: bool, n_stars: int) -> int:
+    """The highest degree up to ``degree`` with at least four stars per term."""
+    while degree > 0 and n_stars < 4 * _n_terms(degree, radial):
+        degree -= 1
+    return degree
 
 
 def concentration_extended(
@@ -284,38 +357,41 @@ class ApertureCorrectionTask:
                 f"visit {visit}: only {int(ok.sum())} stars for the aperture correction "
                 f"(need {cfg.min_stars})"
             )
-        # stage 2: growth from the inner to the total aperture; its noise is the total
-        # aperture's sky, so an inverse-variance mean lets the brightest stars decide
+        h, w = exposure.shape
+        x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
+        # stage 2: growth from the inner to the total aperture over the sensor; its noise is
+        # the total aperture's sky, so the weights let the brightest stars decide
         total, total_err = local_aperture_flux(
             exposure, seg, idx[ok], x[idx][ok], y[idx][ok], cfg.radius, cfg.annulus
         )
         growths = total / inner[ok]
         growth_errs = growths * np.hypot(total_err / total, inner_err[ok] / inner[ok])
         good = np.isfinite(growths) & (growth_errs > 0)
-        weights = 1.0 / growth_errs[good] ** 2
-        growth = float(np.sum(weights * growths[good]) / np.sum(weights))
-        growth_err = float(1.0 / np.sqrt(np.sum(weights)))
-        n_growth = int(good.sum())
+        # the stars that decide: those whose growth is known to 1% count fully
+        n_weighty = int(np.sum(np.minimum((0.01 / growth_errs[good]) ** 2, 1.0)))
+        growth_degree = _affordable_degree(cfg.growth_degree, cfg.radial, n_weighty)
+        gx, gy = (x[idx][ok][good] - x0) / scale, (y[idx][ok][good] - y0) / scale
+        growth_terms = map_terms(gx, gy, growth_degree, cfg.radial)
+        growth_coeffs, _, growth_used, _ = _fit_map(
+            growth_terms, growths[good], growth_errs[good], cfg.clip_sigma, cfg.min_stars
+        )
+        # uncertainty of the growth map at the typical star, from the fit's covariance
+        g_weight = 1.0 / growth_errs[good][growth_used] ** 2
+        g_cov = np.linalg.pinv(
+            growth_terms[growth_used].T @ (growth_terms[growth_used] * g_weight[:, None])
+        )
+        growth_at_stars = growth_terms @ growth_coeffs
+        growth_err = float(
+            np.sqrt(np.median(np.einsum("ij,jk,ik->i", growth_terms, g_cov, growth_terms)))
+        )
+        n_growth = int(growth_used.sum())
         # stage 1: inner aperture over PSF flux, over the sensor
         idx, ratio, ratio_err = idx[ok], ratio[ok], ratio_err[ok]
-        h, w = exposure.shape
-        x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
-        degree = cfg.degree
-        while degree > 0 and len(idx) < 4 * (degree + 1) * (degree + 2) // 2:
-            degree -= 1
-        terms = polynomial_terms((x[idx] - x0) / scale, (y[idx] - y0) / scale, degree)
-        used = np.ones(len(idx), dtype=bool)
-        weight = 1.0 / np.maximum(ratio_err, 1e-4)
-        for _ in range(5):
-            coeffs, *_ = np.linalg.lstsq(
-                terms[used] * weight[used, None], ratio[used] * weight[used], rcond=None
-            )
-            resid = ratio - terms @ coeffs
-            scatter = 1.4826 * np.median(np.abs(resid[used] - np.median(resid[used])))
-            new_used = np.abs(resid) < cfg.clip_sigma * np.maximum(scatter, ratio_err)
-            if new_used.sum() < cfg.min_stars or np.array_equal(new_used, used):
-                break
-            used = new_used
+        degree = _affordable_degree(cfg.degree, cfg.radial, len(idx))
+        terms = map_terms((x[idx] - x0) / scale, (y[idx] - y0) / scale, degree, cfg.radial)
+        coeffs, resid, used, scatter = _fit_map(
+            terms, ratio, ratio_err, cfg.clip_sigma, cfg.min_stars
+        )
         stars = Table(
             {"x": x[idx], "y": y[idx], "ratio": ratio, "ratio_err": ratio_err, "used": used}
         )
@@ -323,19 +399,14 @@ class ApertureCorrectionTask:
         # scatter beyond the statistical errors: the PSF model's per-star systematic
         excess = (resid[used] ** 2 - ratio_err[used] ** 2) / np.median(ratio[used]) ** 2
         systematic = float(np.sqrt(max(np.median(excess), 0.0)))
-        uncertainty = float(np.hypot(stage1_err / np.median(ratio[used]), growth_err / growth))
+        uncertainty = float(
+            np.hypot(stage1_err / np.median(ratio[used]), growth_err / np.median(growth_at_stars))
+        )
+        correction_map = ApertureCorrectionMap(
+            coeffs, degree, x0, y0, scale, growth_coeffs, growth_degree, cfg.radial
+        )
         result = ApertureCorrectionResult(
-            coeffs,
-            degree,
-            x0,
-            y0,
-            scale,
-            stars,
-            float(scatter),
-            growth,
-            n_growth,
-            uncertainty,
-            systematic,
+            correction_map, stars, float(scatter), n_growth, uncertainty, systematic
         )
         corr = result(x, y)  # includes the growth to the total aperture
         catalog["psfApCorr"] = corr

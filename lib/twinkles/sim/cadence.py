@@ -284,8 +284,10 @@ def make_visit_table(
             band, sky[sel], sensor.exposure_time, sensor.pixel_scale
         )
     depth = five_sigma_depth(zero_point, sky_counts, fwhm, sensor.pixel_scale)
+    # a run of mixed profiles reports the Moffat's (each visit's own is in its conditions)
+    nominal_profile = "moffat" if render.psf_profile == "mixed" else render.psf_profile
     fwhm_geom = profile_fwhm_for_fwhm_eff(
-        fwhm, sensor.pixel_scale, render.psf_profile, render.moffat_beta
+        fwhm, sensor.pixel_scale, nominal_profile, render.moffat_beta
     )
 
     order = np.argsort(exp_mjd, kind="stable")

@@ -7,8 +7,17 @@ profile with the same half-maximum width has a larger ``n_eff`` than a Gaussian,
 is scaled until its ``n_eff`` (pixel response included, averaged over sub-pixel centring)
 equals the visit's FWHMeff. The profile's own half-maximum width is OpSim's ``FWHMgeom``.
 
-The PSF may vary linearly across the sensor in width and ellipticity
-(:class:`SimulatedPSF`), as a real focal plane's does.
+Profiles: a Moffat (``beta``), pure Kolmogorov turbulence, Kolmogorov convolved with a
+Gaussian optics term (0.4 of the turbulence's width: the optics' share of LSST's PSF budget,
+~0.4" of a 0.7-1" PSF; LSST Science Book, 2009, sec. 2.5), and a double Gaussian (10% of the
+light in a Gaussian twice as wide, the form LSST's pipelines used for a first PSF).
+
+The PSF varies across the sensor (:class:`SimulatedPSF`) in width, linearly along a
+direction or radially (the width growing with the square of the distance from the centre,
+as a focal plane's PSF broadens outwards), and in ellipticity, as a real sensor's does: PSF
+widths on LSSTCam and HSC sensors change by several to ~15% across the focal plane, and the
+ellipticity pattern is smooth across a sensor (Jarvis et al. 2021, MNRAS 501, 1282, for DES;
+Mandelbaum et al. 2018, PASJ 70, S25, for HSC).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from scipy.ndimage import uniform_filter
 
 __all__ = [
     "NEFF_PER_FWHM2",
+    "PROFILES",
     "SimulatedPSF",
     "make_profile",
     "neff_pixels",
@@ -44,13 +54,35 @@ MOFFAT_TRUNCATION_FWHM = 5.0
 GSPARAMS = galsim.GSParams(maximum_fft_size=16384)
 
 
-@lru_cache(maxsize=16)
+#: The profiles the simulation can draw.
+PROFILES = ("moffat", "kolmogorov", "kolmogorov_optics", "double_gaussian")
+
+#: Width of the Gaussian optics term of ``kolmogorov_optics``, in units of the turbulence's.
+OPTICS_FWHM_RATIO = 0.4
+
+
+@lru_cache(maxsize=32)
 def _unit_profile(profile: str, beta: float) -> galsim.GSObject:
     if profile == "moffat":
         return galsim.Moffat(beta=beta, fwhm=1.0, trunc=MOFFAT_TRUNCATION_FWHM, gsparams=GSPARAMS)
     if profile == "kolmogorov":
         return galsim.Kolmogorov(fwhm=1.0, gsparams=GSPARAMS)
-    raise ValueError(f"unknown PSF profile {profile!r}; use 'moffat' or 'kolmogorov'")
+    if profile == "kolmogorov_optics":
+        obj = galsim.Convolve(
+            galsim.Kolmogorov(fwhm=1.0, gsparams=GSPARAMS),
+            galsim.Gaussian(fwhm=OPTICS_FWHM_RATIO, gsparams=GSPARAMS),
+        )
+    elif profile == "double_gaussian":
+        obj = galsim.Add(
+            [
+                galsim.Gaussian(fwhm=1.0, flux=0.9, gsparams=GSPARAMS),
+                galsim.Gaussian(fwhm=2.0, flux=0.1, gsparams=GSPARAMS),
+            ]
+        )
+    else:
+        raise ValueError(f"unknown PSF profile {profile!r}; use one of {', '.join(PROFILES)}")
+    # a composite's half-maximum width is not its parts': scale it to unit FWHM
+    return obj.dilate(1.0 / obj.calculateFWHM())
 
 
 def make_profile(profile: str, fwhm: float, beta: float = 4.765) -> galsim.GSObject:
@@ -80,7 +112,7 @@ def neff_pixels(obj: galsim.GSObject, radius: float, oversampling: int = 4) -> f
 @lru_cache(maxsize=8)
 def _neff_table(profile: str, beta: float) -> tuple[np.ndarray, np.ndarray]:
     fwhm_px = np.geomspace(1.0, 16.0, 30)
-    # Kolmogorov wings are not truncated: sample far enough out that <0.1% of n_eff is missed
+    # other profiles are not truncated: sample far enough out that <0.1% of n_eff is missed
     reach = MOFFAT_TRUNCATION_FWHM if profile == "moffat" else 12.0
     neff = np.array(
         [neff_pixels(make_profile(profile, f, beta), radius=reach * f) for f in fwhm_px]
@@ -99,8 +131,8 @@ def profile_fwhm_for_fwhm_eff(
         OpSim FWHMeff (arcsec).
     pixel_scale : float
         Pixel scale (arcsec/pixel).
-    profile : {"moffat", "kolmogorov"}
-        PSF profile.
+    profile : str
+        PSF profile (one of :data:`PROFILES`).
     beta : float
         Moffat index (ignored for Kolmogorov).
     """
@@ -116,7 +148,7 @@ def profile_fwhm_for_fwhm_eff(
 
 @dataclass(frozen=True)
 class SimulatedPSF:
-    """A PSF varying linearly over the sensor.
+    """A PSF varying over the sensor: linearly, and radially in width.
 
     Position is given in normalised sensor coordinates ``(X, Y) = (x - xc, y - yc) / R``, with
     ``R`` the half-diagonal, so the sensor corners lie at unit distance from the centre.
@@ -124,7 +156,7 @@ class SimulatedPSF:
     Attributes
     ----------
     profile : str
-        ``"moffat"`` or ``"kolmogorov"``.
+        One of :data:`PROFILES`.
     fwhm : float
         Half-maximum width at the centre (arcsec).
     beta : float
@@ -133,6 +165,8 @@ class SimulatedPSF:
         Ellipticity (distortion, (a^2-b^2)/(a^2+b^2)) at the centre, in sky (u=east, v=north).
     fwhm_gradient : tuple of float
         Fractional change of the FWHM per unit X and per unit Y.
+    fwhm_radial : float
+        Fractional change of the FWHM per unit ``X^2 + Y^2`` (centre to corner).
     e1_gradient, e2_gradient : tuple of float
         Change of e1 and e2 per unit X and per unit Y.
     """
@@ -145,15 +179,23 @@ class SimulatedPSF:
     fwhm_gradient: tuple[float, float] = (0.0, 0.0)
     e1_gradient: tuple[float, float] = (0.0, 0.0)
     e2_gradient: tuple[float, float] = (0.0, 0.0)
+    fwhm_radial: float = 0.0
 
     @property
     def is_constant(self) -> bool:
         """Whether the PSF is the same everywhere on the sensor."""
-        return not any(self.fwhm_gradient + self.e1_gradient + self.e2_gradient)
+        return not any(
+            (*self.fwhm_gradient, *self.e1_gradient, *self.e2_gradient, self.fwhm_radial)
+        )
 
     def parameters_at(self, X: float, Y: float) -> tuple[float, float, float]:
         """FWHM (arcsec), e1, e2 at normalised position (X, Y)."""
-        fwhm = self.fwhm * (1.0 + self.fwhm_gradient[0] * X + self.fwhm_gradient[1] * Y)
+        fwhm = self.fwhm * (
+            1.0
+            + self.fwhm_gradient[0] * X
+            + self.fwhm_gradient[1] * Y
+            + self.fwhm_radial * (X * X + Y * Y)
+        )
         e1 = self.e1 + self.e1_gradient[0] * X + self.e1_gradient[1] * Y
         e2 = self.e2 + self.e2_gradient[0] * X + self.e2_gradient[1] * Y
         return fwhm, e1, e2
@@ -175,6 +217,8 @@ class SimulatedPSF:
         """
         if self.profile == "moffat":
             return MOFFAT_TRUNCATION_FWHM * fwhm
+        if self.profile == "double_gaussian":  # the wide Gaussian's 7 sigma
+            return 6.0 * fwhm
         return fwhm * max(4.0, 2.5 * (max(flux, 1.0) / 1.0e3) ** (3.0 / 11.0))
 
     def to_dict(self) -> dict:
@@ -188,6 +232,7 @@ class SimulatedPSF:
             "fwhm_gradient": list(self.fwhm_gradient),
             "e1_gradient": list(self.e1_gradient),
             "e2_gradient": list(self.e2_gradient),
+            "fwhm_radial": self.fwhm_radial,
         }
 
     @classmethod
@@ -202,4 +247,5 @@ class SimulatedPSF:
             fwhm_gradient=tuple(d["fwhm_gradient"]),
             e1_gradient=tuple(d["e1_gradient"]),
             e2_gradient=tuple(d["e2_gradient"]),
+            fwhm_radial=float(d.get("fwhm_radial", 0.0)),
         )

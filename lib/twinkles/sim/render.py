@@ -93,6 +93,9 @@ def simulated_psf(conditions: Any) -> SimulatedPSF:
         fwhm_gradient=(float(conditions["psf_fwhm_grad_x"]), float(conditions["psf_fwhm_grad_y"])),
         e1_gradient=(float(conditions["psf_e1_grad_x"]), float(conditions["psf_e1_grad_y"])),
         e2_gradient=(float(conditions["psf_e2_grad_x"]), float(conditions["psf_e2_grad_y"])),
+        fwhm_radial=float(conditions["psf_fwhm_radial"])
+        if "psf_fwhm_radial" in conditions.colnames
+        else 0.0,
     )
 
 

@@ -22,6 +22,7 @@ from twinkles.geometry import random_positions_in_disc, sky_to_tangent
 from twinkles.sim.cadence import CONDITION_TRUTH_COLUMNS, make_visit_table
 from twinkles.sim.galaxies import make_galaxies
 from twinkles.sim.lensing import make_lensed_quasars
+from twinkles.sim.psf import profile_fwhm_for_fwhm_eff
 from twinkles.sim.refcat import make_reference_catalog
 from twinkles.sim.stars import make_stars
 from twinkles.sim.supernovae import make_supernovae
@@ -50,6 +51,8 @@ _STREAMS = {
     "supernovae": 5,
     "lensed_quasars": 6,
     "refcat": 7,
+    "bright_stars": 8,
+    "psf_range": 9,
     "render": 100,
 }
 
@@ -84,6 +87,7 @@ def sky_size_problems(config: RunConfig, limit_bytes: float) -> list[str]:
     t = config.truth
     counts = {
         "truth.star_density": t.star_density * area,
+        "truth.bright_star_density": t.bright_star_density * area,
         "truth.galaxy_density": t.galaxy_density * area,
         "truth.n_supernovae": float(t.n_supernovae),
         "truth.n_lensed_quasars": 10.0 * t.n_lensed_quasars,  # images, lenses, light curves
@@ -137,6 +141,46 @@ class Sky:
         )
 
 
+def _psf_range(config: RunConfig, visits: Table, table: Table, rng: np.random.Generator) -> None:
+    """Per visit, the PSF's profile and how its width changes over the sensor, where the
+    render configuration asks for a range (``psf_profile: mixed``, ``psf_variation_min``,
+    ``psf_pattern``); a run that asks for none keeps one profile and one amplitude (and
+    the draws of the ``conditions`` stream are the same either way)."""
+    render = config.render
+    n = len(table)
+    if render.psf_profile == "mixed":
+        profiles = rng.choice(["moffat", "kolmogorov_optics", "double_gaussian"], n)
+        # betas on a 0.5 grid: each (profile, beta) needs its own n_eff table
+        betas = np.round(2 * rng.uniform(render.moffat_beta_min, render.moffat_beta_max, n)) / 2
+        table["psf_profile"] = profiles
+        table["psf_beta"] = np.where(profiles == "moffat", betas, render.moffat_beta)
+        fwhm = np.asarray(table["psf_fwhm"], dtype=float).copy()
+        for profile, beta in {(p, b) for p, b in zip(profiles, table["psf_beta"], strict=True)}:
+            sel = (profiles == profile) & (np.asarray(table["psf_beta"]) == beta)
+            fwhm[sel] = profile_fwhm_for_fwhm_eff(
+                np.asarray(visits["FWHMeff"], dtype=float)[sel],
+                config.sensor.pixel_scale,
+                str(profile),
+                float(beta),
+            )
+        table["psf_fwhm"] = fwhm
+    amplitude = np.full(n, render.psf_variation)
+    if render.psf_variation_min is not None:
+        amplitude = rng.uniform(render.psf_variation_min, render.psf_variation, n)
+    radial = {
+        "linear": np.zeros(n, dtype=bool),
+        "radial": np.ones(n, dtype=bool),
+        "mixed": rng.random(n) < 0.5,
+    }[render.psf_pattern]
+    scale = np.divide(
+        amplitude, render.psf_variation, out=np.zeros(n), where=render.psf_variation > 0
+    )
+    for axis in ("x", "y"):
+        gradient = np.asarray(table[f"psf_fwhm_grad_{axis}"], dtype=float) * scale
+        table[f"psf_fwhm_grad_{axis}"] = np.where(radial, 0.0, gradient)
+    table["psf_fwhm_radial"] = np.where(radial, amplitude, 0.0)
+
+
 def _conditions(config: RunConfig, visits: Table, rng: np.random.Generator) -> Table:
     """Per-visit truth the telescope does not know: zero point, sky, PSF, true pointing."""
     n = len(visits)
@@ -150,12 +194,14 @@ def _conditions(config: RunConfig, visits: Table, rng: np.random.Generator) -> T
     table["obsHistID"] = visits["obsHistID"]
     for col in CONDITION_TRUTH_COLUMNS:
         table[col] = visits[col]
-    table["psf_profile"] = np.full(n, render.psf_profile)
+    table["psf_profile"] = np.full(n, render.psf_profile, dtype="U17")
     table["psf_fwhm"] = visits["FWHMgeom"]
     table["psf_beta"] = np.full(n, render.moffat_beta)
     table["psf_e1"] = rng.normal(0.0, render.psf_ellipticity, n)
     table["psf_e2"] = rng.normal(0.0, render.psf_ellipticity, n)
     table["psf_fwhm_grad_x"], table["psf_fwhm_grad_y"] = random_direction(render.psf_variation)
+    table["psf_fwhm_radial"] = np.zeros(n)
+    _psf_range(config, visits, table, random_stream(config.seed, "psf_range"))
     for comp in ("e1", "e2"):
         for axis in ("x", "y"):
             table[f"psf_{comp}_grad_{axis}"] = rng.normal(0.0, 0.5 * render.psf_ellipticity, n)
@@ -192,6 +238,15 @@ def make_sky(config: RunConfig) -> Sky:
     n_stars = rng.poisson(t.star_density * area)
     ra, dec = random_positions_in_disc(n_stars, ra0, dec0, radius, rng)
     stars = make_stars(t, ra, dec, config.cadence.start_mjd, rng)
+    if t.bright_star_density > 0:
+        rng = random_stream(seed, "bright_stars")
+        n_bright = rng.poisson(t.bright_star_density * area)
+        ra, dec = random_positions_in_disc(n_bright, ra0, dec0, radius, rng)
+        r_mags = rng.uniform(t.bright_star_mag_min, t.bright_star_mag_max, n_bright)
+        bright = make_stars(
+            t, ra, dec, config.cadence.start_mjd, rng, r_mags=r_mags, first_id=n_stars + 1
+        )
+        stars = vstack([stars, bright])
 
     rng = random_stream(seed, "galaxies")
     n_gal = rng.poisson(t.galaxy_density * area)

@@ -73,6 +73,8 @@ def make_stars(
     dec: np.ndarray,
     epoch_mjd: float,
     rng: np.random.Generator,
+    r_mags: np.ndarray | None = None,
+    first_id: int = 1,
 ) -> Table:
     """Stars at the given positions, with magnitudes, colours and variability.
 
@@ -85,10 +87,18 @@ def make_stars(
     epoch_mjd : float
         Reference epoch of the pulsation phases (MJD).
     rng : numpy.random.Generator
+    r_mags : array, optional
+        r magnitudes of the stars; by default drawn from the configured number counts.
+    first_id : int
+        Index of the first star's id (a second population continues the first's ids).
     """
     n = len(ra)
-    r = power_law_magnitudes(
-        n, config.star_mag_min, config.star_mag_max, config.star_count_slope, rng
+    r = (
+        power_law_magnitudes(
+            n, config.star_mag_min, config.star_mag_max, config.star_count_slope, rng
+        )
+        if r_mags is None
+        else np.asarray(r_mags, dtype=float)
     )
     halo = rng.random(n) < 0.7
     g_r = np.where(halo, rng.normal(0.35, 0.08, n), rng.normal(1.05, 0.30, n))
@@ -103,7 +113,7 @@ def make_stars(
     variable = rng.random(n) < config.variable_star_fraction
 
     table = Table()
-    table["id"] = make_ids(ObjectKind.STAR, n)
+    table["id"] = make_ids(ObjectKind.STAR, n, start=first_id)
     table["ra"] = ra
     table["dec"] = dec
     for band, mag in zip(BANDS, (u, g, r, i, z, y), strict=True):

@@ -158,6 +158,14 @@ def _get(record: dict, *keys: str, default: float = math.nan) -> float:
     return float(record)
 
 
+def _bin(record: dict, key: str) -> str:
+    """An S/N bin of a record as words, e.g. ``S/N 100-300``."""
+    lo, hi = record.get(key) or (math.nan, math.nan)
+    if lo is None or not math.isfinite(lo):
+        return "no bin"
+    return f"S/N {lo:g}-{hi:g}" if hi is not None and math.isfinite(hi) else f"S/N > {lo:g}"
+
+
 def collect_metrics(
     static_sky: dict,
     dia: dict,
@@ -198,6 +206,12 @@ def collect_metrics(
     forced = static_sky.get("forced", {})
     for band in sorted(forced, key=_band_order):
         f = forced[band]
+        n_pa1 = int(_get(f, "n_pa1_stars", default=0))
+        faro_note = (
+            ""
+            if _finite(_get(f, "pa1_mmag"))
+            else f"{n_pa1} stars of median S/N >= 200 in more than two visits (faro needs 50)"
+        )
         metrics += [
             Metric(
                 f"PA1_{band}",
@@ -206,7 +220,20 @@ def collect_metrics(
                 "<=",
                 5.0,
                 SRD,
-                f"photometric repeatability of bright non-variable stars in {band} (validate_drp)",
+                f"photometric repeatability (faro): median RMS over visits of non-variable "
+                f"stars of median S/N >= 200, {band}",
+                note=faro_note,
+            ),
+            Metric(
+                f"PF1_{band}",
+                _get(f, "pf1_percent"),
+                "%",
+                "<=",
+                10.0,
+                SRD,
+                f"percentage of those stars' magnitudes more than PA2 = 15 mmag from their mean, "
+                f"{band}",
+                note=faro_note,
             ),
             Metric(
                 f"expected_PA1_{band}",
@@ -216,6 +243,17 @@ def collect_metrics(
                 None,
                 ISSUE,
                 f"the PA1 that the same stars' photometric errors alone give, {band}",
+                note=faro_note,
+            ),
+            Metric(
+                f"PA1_validate_drp_{band}",
+                _get(f, "pa1_drp_mmag"),
+                "mmag",
+                None,
+                None,
+                ISSUE,
+                f"validate_drp's PA1 (stars of median S/N >= 50, random pairs of visits; photon "
+                f"noise alone gives {_get(f, 'pa1_drp_noise_mmag'):.1f} mmag), {band}",
             ),
             Metric(
                 f"photometric_floor_{band}",
@@ -235,6 +273,50 @@ def collect_metrics(
                 0.1,
                 ISSUE,
                 f"robust std of (ForcedSource flux - true) / error, stars S/N >= 10, {band}",
+            ),
+            Metric(
+                f"forced_pull_std_by_snr_{band}",
+                _get(f, "pull_std_worst"),
+                "",
+                "within",
+                0.1,
+                ISSUE,
+                "robust std of ForcedSource pulls in the S/N bin (5-30, 30-100, 100-300, "
+                f">300) where it is furthest from 1: {_bin(f, 'pull_std_worst_bin')}, {band}",
+                uncertainty=_get(f, "pull_std_worst_err"),
+            ),
+            Metric(
+                f"forced_pull_median_by_snr_{band}",
+                _get(f, "pull_median_worst"),
+                "",
+                "abs<=",
+                0.1,
+                ISSUE,
+                "median ForcedSource pull in the S/N bin where it is furthest from 0: "
+                f"{_bin(f, 'pull_median_worst_bin')}, {band}",
+                uncertainty=_get(f, "pull_median_worst_err"),
+            ),
+            Metric(
+                f"flux_ramp_linear_{band}",
+                _get(f, "ramp_linear_mmag"),
+                "mmag",
+                "<=",
+                1.0,
+                ISSUE,
+                "RMS over visits, beyond its noise, of the linear ramp of bright stars' "
+                f"ForcedSource flux / true flux from the sensor's centre to a corner, {band}",
+                uncertainty=_get(f, "ramp_linear_err_mmag"),
+            ),
+            Metric(
+                f"flux_ramp_radial_{band}",
+                _get(f, "ramp_radial_mmag"),
+                "mmag",
+                "<=",
+                1.0,
+                ISSUE,
+                "the same for a radial ramp (centre to corner), which repeats from visit to "
+                f"visit and PA1 cannot see, {band}",
+                uncertainty=_get(f, "ramp_radial_err_mmag"),
             ),
             Metric(
                 f"forced_bias_{band}",
@@ -443,7 +525,8 @@ def collect_metrics(
 
 #: Metrics scored against the truth (by name prefix).
 _NEEDS_TRUTH = (
-    "forced_pull_std_",
+    "forced_pull_",
+    "flux_ramp_",
     "forced_bias_",
     "object_",
     "transient_recovery",

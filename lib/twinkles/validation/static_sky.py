@@ -3,9 +3,13 @@
 * :func:`match_sky`: one-to-one nearest matches on the sky within a radius;
 * :func:`completeness_purity`: of the Object table against the true stars and galaxies,
   per bin of true (completeness) or measured (purity) magnitude;
-* :func:`pa1`: the photometric repeatability of validate_drp (LSST SRD PA1): for bright
-  unresolved stars, one random pair of visits per star, ``dmag / sqrt(2)``, an IQR-based
-  sigma over stars, repeated and the median taken;
+* :func:`photometric_repeatability`: PA1 and PF1 as lsst/faro measures them (LSST SRD,
+  LPM-17): for bright unresolved stars (median S/N >= 200, at least 50 of them), each star's
+  RMS about its mean over visits, the median over stars; PF1 the percentage of residuals
+  beyond PA2 (15 mmag);
+* :func:`pa1`: validate_drp's PA1 (stars of median S/N >= 50; one random pair of visits per
+  star, ``dmag / sqrt(2)``, an IQR-based sigma over stars, repeated and the median taken),
+  kept as information: at S/N 50 photon noise alone is ~22 mmag per measurement;
 * :func:`forced_light_curves`: the ForcedSource rows of every visit with their band and MJD;
 * :func:`star_light_curves`, :func:`forced_star_metrics`: ForcedSource of stars against
   their true fluxes: PA1 and pulls per band (PA1 also without a truth, on point-like Objects);
@@ -13,6 +17,9 @@
   and the scatter beyond them (the pipeline's systematic floor);
 * :func:`photometry_vs_magnitude`: bias and scatter of forced photometry of non-variable
   stars against their true fluxes, per band and bin of true magnitude;
+* :func:`pulls_by_snr`, :func:`flux_ramps`: pulls against the truth per bin of S/N, and the
+  ramp of bright stars' flux over the sensor in each visit (linear and radial), which PA1
+  cannot see when a star sits at about the same place in every visit;
 * :func:`reference_stars`, :func:`star_positions`, :func:`am1`: the astrometric repeatability
   of validate_drp (LSST SRD AM1): the RMS over visits of the separation of star pairs about 5'
   apart;
@@ -29,17 +36,23 @@ from astropy.table import Table, vstack
 from twinkles.calibration.matching import match_nearest
 from twinkles.geometry import chord_length, sky_to_tangent, unit_vectors
 from twinkles.sim.truth import Truth
+from twinkles.units import MMAG_PER_FRACTION
 
 __all__ = [
     "am1",
     "completeness_purity",
+    "flux_ramps",
     "forced_light_curves",
     "forced_star_metrics",
     "match_sky",
     "pa1",
     "pa1_noise",
+    "photometric_repeatability",
+    "photometry_systematics",
     "photometry_vs_magnitude",
     "pooled_completeness_purity",
+    "pulls_by_snr",
+    "ramp_excess",
     "reference_stars",
     "repeatability_floor",
     "robust_std",
@@ -169,6 +182,48 @@ def pa1(mags: np.ndarray, n_repeat: int = 50, seed: int = 0) -> float:
             diffs[k] = (mags[star, a] - mags[star, b]) / np.sqrt(2.0)
         estimates.append(robust_std(diffs))
     return float(np.median(estimates))
+
+
+def photometric_repeatability(
+    mags: np.ndarray, min_stars: int = 50, threshold: float = 0.015
+) -> tuple[float, float, int]:
+    """PA1 and PF1 as lsst/faro measures them, from a (stars x visits) array of magnitudes.
+
+    Each star measured in more than two visits has an RMS of its magnitudes about their mean
+    (``std`` with no degrees-of-freedom correction, as faro's ``calcPhotRepeat``); PA1 is the
+    median over those stars, PF1 the percentage of all their residuals about their means
+    beyond ``threshold`` (PA2, the SRD design value 15 mmag). With fewer than ``min_stars``
+    such stars (faro's ``nMinPhotRepeat``) neither is measured (NaN).
+
+    Parameters
+    ----------
+    mags : ndarray
+        (stars x visits) magnitudes of the bright stars (NaN: not measured).
+    min_stars : int
+        Fewest stars for a measurement.
+    threshold : float
+        PA2 (mag).
+
+    Returns
+    -------
+    pa1 : float
+        Median RMS (mag), NaN when too few stars.
+    pf1 : float
+        Percentage of residuals beyond ``threshold``, NaN when too few stars.
+    n_stars : int
+        Stars with more than two measurements.
+    """
+    mags = np.asarray(mags, dtype=float)
+    ok = np.isfinite(mags)
+    repeated = ok.sum(axis=1) > 2
+    n_stars = int(repeated.sum())
+    if n_stars < max(min_stars, 1):
+        return float("nan"), float("nan"), n_stars
+    m = mags[repeated]
+    mean = np.nanmean(m, axis=1, keepdims=True)
+    resid = (m - mean)[np.isfinite(m)]
+    rms = np.nanstd(m, axis=1)
+    return float(np.median(rms)), float(100.0 * np.mean(np.abs(resid) > threshold)), n_stars
 
 
 def pa1_noise(mag_errors: np.ndarray, n_repeat: int = 50, seed: int = 0) -> float:
@@ -316,17 +371,47 @@ def reference_stars(truth: Truth | None, objects: Table) -> Table:
     return Table({"id": chosen["objectId"], "ra": chosen["ra"], "dec": chosen["decl"]})
 
 
-def forced_star_metrics(rows: Table, bright_snr: float = 50.0, min_snr: float = 10.0) -> Table:
-    """Per band, for non-variable stars: PA1 of the bright ones and pulls against the truth.
+def _magnitude_matrix(
+    ids: np.ndarray,
+    column: np.ndarray,
+    flux: np.ndarray,
+    err: np.ndarray,
+    chosen: np.ndarray,
+    n_visits: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(stars x visits) magnitudes and errors of the ``chosen`` stars (NaN: not measured)."""
+    mags = np.full((len(chosen), n_visits), np.nan)
+    mag_errors = np.full_like(mags, np.nan)
+    for k, star in enumerate(chosen):
+        sel = (ids == star) & (flux > 0)
+        mags[k, column[sel]] = -2.5 * np.log10(flux[sel])
+        mag_errors[k, column[sel]] = err[sel] / flux[sel] * (2.5 / np.log(10.0))
+    return mags, mag_errors
 
-    ``rows`` come from :func:`star_light_curves`. PA1 uses stars whose median S/N is at least
-    ``bright_snr``, as do the PA1 their errors alone would give (:func:`pa1_noise`) and the
-    scatter beyond their errors (:func:`repeatability_floor`); pulls
-    ``(psFlux - true) / psFluxErr`` use S/N >= ``min_snr``; the bias is the median of
-    ``psFlux / true - 1`` for the bright stars.
+
+def forced_star_metrics(
+    rows: Table,
+    bright_snr: float = 200.0,
+    min_stars: int = 50,
+    drp_snr: float = 50.0,
+    min_snr: float = 10.0,
+) -> Table:
+    """Per band, for non-variable stars: repeatability and pulls against the truth.
+
+    ``rows`` come from :func:`star_light_curves`. Columns:
+
+    * ``pa1_mmag``, ``pf1_percent``, ``n_pa1_stars``: :func:`photometric_repeatability` of the
+      stars whose median S/N is at least ``bright_snr`` (faro: 200, at least ``min_stars``);
+      ``pa1_noise_mmag`` the same estimator on magnitudes drawn from their errors alone;
+    * ``pa1_drp_mmag``, ``pa1_drp_noise_mmag``, ``n_drp_stars``: validate_drp's :func:`pa1` of
+      the stars of median S/N >= ``drp_snr`` and what their errors alone give;
+    * ``floor_mmag``: :func:`repeatability_floor` of those same (``drp_snr``) stars;
+    * ``pull_std``: robust std of ``(psFlux - true) / psFluxErr`` at S/N >= ``min_snr``;
+    * ``bias``: the median of ``psFlux / true - 1`` of the ``drp_snr`` stars.
     """
     out = []
     steady = rows[~np.asarray(rows["is_variable"])]
+    rng = np.random.default_rng(1)
     for band in sorted(set(steady["band"])):
         b = steady[steady["band"] == band]
         flux = np.asarray(b["psFlux"], dtype=float)
@@ -337,31 +422,255 @@ def forced_star_metrics(rows: Table, bright_snr: float = 50.0, min_snr: float = 
         ids = np.asarray(b["truth_id"])
         visits = np.unique(b["ccdVisitId"])
         median_snr = np.array([np.median(snr[ids == s]) for s in stars])
-        bright = stars[median_snr >= bright_snr]
-        mags = np.full((len(bright), len(visits)), np.nan)
-        mag_errors = np.full_like(mags, np.nan)
         col = np.searchsorted(visits, np.asarray(b["ccdVisitId"]))
-        for k, s in enumerate(bright):
-            sel = (ids == s) & (flux > 0)
-            mags[k, col[sel]] = -2.5 * np.log10(flux[sel])
-            mag_errors[k, col[sel]] = 2.5 / np.log(10.0) * err[sel] / flux[sel]
+
+        bright_mags, bright_errors = _magnitude_matrix(
+            ids, col, flux, err, stars[median_snr >= bright_snr], len(visits)
+        )
+        pa1_faro, pf1, n_faro = photometric_repeatability(bright_mags, min_stars)
+        noise_draws = rng.normal(size=bright_errors.shape) * bright_errors
+        pa1_faro_noise = photometric_repeatability(noise_draws, min_stars)[0]
+        drp = stars[median_snr >= drp_snr]
+        mags, mag_errors = _magnitude_matrix(ids, col, flux, err, drp, len(visits))
         in_pulls = snr >= min_snr
-        is_bright = np.isin(ids, bright)
+        is_drp = np.isin(ids, drp)
         out.append(
             {
                 "band": str(band),
-                "pa1_mmag": 1000.0 * pa1(mags),
-                "pa1_noise_mmag": 1000.0 * pa1_noise(mag_errors),
+                "pa1_mmag": 1000.0 * pa1_faro,
+                "pf1_percent": pf1,
+                "n_pa1_stars": n_faro,
+                "pa1_noise_mmag": 1000.0 * pa1_faro_noise,
+                "pa1_drp_mmag": 1000.0 * pa1(mags),
+                "pa1_drp_noise_mmag": 1000.0 * pa1_noise(mag_errors),
+                "n_drp_stars": len(drp),
                 "floor_mmag": 1000.0 * repeatability_floor(mags, mag_errors),
-                "n_pa1_stars": len(bright),
                 "pull_std": robust_std(((flux - true) / err)[in_pulls]),
                 "n_pulls": int(in_pulls.sum()),
-                "bias": float(np.median(flux[is_bright] / true[is_bright] - 1.0))
-                if is_bright.any()
+                "bias": float(np.median(flux[is_drp] / true[is_drp] - 1.0))
+                if is_drp.any()
                 else float("nan"),
             }
         )
     return Table(rows=out)
+
+
+#: Edges of the S/N bins of :func:`pulls_by_snr` (the issue's 5-30, 30-100, 100-300, > 300).
+PULL_SNR_EDGES = (5.0, 30.0, 100.0, 300.0, np.inf)
+
+
+def pulls_by_snr(
+    rows: Table,
+    flux: str = "psFlux",
+    edges: tuple[float, ...] = PULL_SNR_EDGES,
+) -> Table:
+    """Pulls ``(flux - true) / error`` of non-variable stars per band and bin of true S/N.
+
+    A PSF model or aperture correction that is wrong by a fraction ``f`` shows as pulls whose
+    spread grows with S/N (``f x S/N`` beyond 1), where the noise no longer hides it; a bias
+    of faint measurements shows as a median off zero in the faint bins. The S/N is the true
+    flux over the error: binned by the measured S/N, each bin would select on the noise
+    itself (near an edge only the measurements scattered inward stay), which alone spreads
+    perfect pulls by ~15%.
+
+    Parameters
+    ----------
+    rows : Table
+        From :func:`star_light_curves` (``true_flux``, ``band``, ``is_variable``, ``flux`` and
+        ``flux + "Err"``, in nJy).
+    flux : str
+        The flux column.
+    edges : tuple of float
+        Bin edges in true S/N.
+
+    Returns
+    -------
+    Table
+        Per band and bin: ``band``, ``snr_lo``, ``snr_hi``, ``n``, ``median`` and
+        ``robust_std`` of the pulls (NaN with fewer than 5 measurements).
+    """
+    steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
+    value = np.asarray(steady[flux], dtype=float)
+    error = np.asarray(steady[f"{flux}Err"], dtype=float)
+    true = np.asarray(steady["true_flux"], dtype=float)
+    ok = np.isfinite(value) & (error > 0) & np.isfinite(true)
+    snr = np.where(ok, true / np.where(ok, error, 1.0), np.nan)
+    pull = np.where(ok, (value - true) / np.where(ok, error, 1.0), np.nan)
+    bands = np.asarray(steady["band"])
+    out = []
+    for band in sorted(set(bands)):
+        for lo, hi in itertools.pairwise(edges):
+            sel = ok & (bands == band) & (snr >= lo) & (snr < hi)
+            n = int(sel.sum())
+            out.append(
+                {
+                    "band": str(band),
+                    "snr_lo": float(lo),
+                    "snr_hi": float(hi),
+                    "n": n,
+                    "median": float(np.median(pull[sel])) if n >= 5 else float("nan"),
+                    "robust_std": robust_std(pull[sel]) if n >= 5 else float("nan"),
+                }
+            )
+    return Table(
+        rows=out,
+        names=("band", "snr_lo", "snr_hi", "n", "median", "robust_std"),
+        dtype=("U1", float, float, int, float, float),
+    )
+
+
+def flux_ramps(
+    rows: Table, width: int, height: int, min_snr: float = 100.0, min_stars: int = 8
+) -> Table:
+    """Per visit, the ramp of bright stars' measured over true flux across the sensor.
+
+    ``psFlux / true_flux`` of non-variable stars of S/N >= ``min_snr`` is fitted, weighted by
+    its errors, as ``a (1 + g_x X + g_y Y)`` (linear) and separately as ``a (1 + c R^2)``
+    (radial), with ``X, Y`` the position from the sensor's centre over its half-diagonal and
+    ``R^2 = X^2 + Y^2``. A PSF model or aperture correction that does not follow the PSF
+    across the sensor leaves such a ramp; because each visit has its own rotator angle a
+    linear ramp becomes scatter in PA1, but a radial one repeats and PA1 cannot see it.
+
+    Returns
+    -------
+    Table
+        Per visit (``ccdVisitId``, ``band``, ``n_stars``): ``linear_mmag`` (``1085.7 |g|``:
+        the magnitude change from the centre to a corner along the gradient) and its error
+        ``linear_err_mmag``, ``radial_mmag`` (``1085.7 c``: centre to corner) and
+        ``radial_err_mmag``. Visits with fewer than ``min_stars`` bright stars are left out.
+    """
+    steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
+    value = np.asarray(steady["psFlux"], dtype=float)
+    error = np.asarray(steady["psFluxErr"], dtype=float)
+    true = np.asarray(steady["true_flux"], dtype=float)
+    ok = np.isfinite(value) & (error > 0) & (true > 0) & (value >= min_snr * error)
+    x0, y0 = 0.5 * (width - 1), 0.5 * (height - 1)
+    scale = 0.5 * float(np.hypot(width, height))
+    X = (np.asarray(steady["x"], dtype=float) - x0) / scale
+    Y = (np.asarray(steady["y"], dtype=float) - y0) / scale
+    visit_ids = np.asarray(steady["ccdVisitId"])
+    bands = np.asarray(steady["band"])
+    out = []
+
+    def fit(design: np.ndarray, ratio: np.ndarray, sigma: np.ndarray) -> tuple:
+        """Weighted least squares; coefficients over the constant, and their errors."""
+        a = design / sigma[:, None]
+        coeffs, *_ = np.linalg.lstsq(a, ratio / sigma, rcond=None)
+        resid = (ratio - design @ coeffs) / sigma
+        # errors scaled by the fit's reduced chi^2 when that exceeds 1 (outliers, blends)
+        chi2 = max(float(np.sum(resid**2)) / max(len(ratio) - design.shape[1], 1), 1.0)
+        cov = np.linalg.inv(a.T @ a) * chi2
+        return coeffs[1:] / coeffs[0], np.sqrt(np.diag(cov)[1:]) / coeffs[0]
+
+    for visit in np.unique(visit_ids[ok]):
+        sel = ok & (visit_ids == visit)
+        if sel.sum() < min_stars:
+            continue
+        ratio = value[sel] / true[sel]
+        sigma = error[sel] / true[sel]
+        # one clipping pass: a blended or variable star would set the ramp alone
+        med = np.median(ratio)
+        keep = np.abs(ratio - med) < 5.0 * np.maximum(
+            sigma, 1.4826 * np.median(np.abs(ratio - med))
+        )
+        if keep.sum() < min_stars:
+            continue
+        ratio, sigma = ratio[keep], sigma[keep]
+        xs, ys = X[sel][keep], Y[sel][keep]
+        ones = np.ones(len(ratio))
+        (gx, gy), (ex, ey) = fit(np.column_stack([ones, xs, ys]), ratio, sigma)
+        (c,), (ec,) = fit(np.column_stack([ones, xs**2 + ys**2]), ratio, sigma)
+        g = float(np.hypot(gx, gy))
+        g_err = float(np.hypot(gx * ex, gy * ey) / g) if g > 0 else float(np.hypot(ex, ey))
+        out.append(
+            {
+                "ccdVisitId": int(visit),
+                "band": str(bands[sel][0]),
+                "n_stars": int(keep.sum()),
+                "linear_mmag": MMAG_PER_FRACTION * g,
+                "linear_err_mmag": MMAG_PER_FRACTION * g_err,
+                "radial_mmag": MMAG_PER_FRACTION * float(c),
+                "radial_err_mmag": MMAG_PER_FRACTION * float(ec),
+            }
+        )
+    return Table(
+        rows=out,
+        names=(
+            "ccdVisitId",
+            "band",
+            "n_stars",
+            "linear_mmag",
+            "linear_err_mmag",
+            "radial_mmag",
+            "radial_err_mmag",
+        ),
+        dtype=(np.int64, "U1", int, float, float, float, float),
+    )
+
+
+def ramp_excess(values: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
+    """The RMS over visits of fitted ramps beyond their errors, and its standard error.
+
+    ``sqrt(max(mean(v^2 - e^2), 0))``: a noisy fit of a flat sensor still gives ``|v| ~ e``,
+    so the plain RMS of the ramps would grow with the noise. The standard error comes from
+    the scatter of ``v^2 - e^2`` over visits (one sigma above the value).
+    """
+    v, e = np.asarray(values, dtype=float), np.asarray(errors, dtype=float)
+    ok = np.isfinite(v) & np.isfinite(e)
+    if not ok.any():
+        return float("nan"), float("nan")
+    excess = v[ok] ** 2 - e[ok] ** 2
+    mean = max(float(np.mean(excess)), 0.0)
+    se = float(np.std(excess) / np.sqrt(ok.sum())) if ok.sum() > 1 else float("nan")
+    value = float(np.sqrt(mean))
+    return value, float(np.sqrt(mean + se) - value) if np.isfinite(se) else float("nan")
+
+
+def _edge(value: float) -> float | None:
+    """A bin edge for JSON: None for an open end."""
+    return float(value) if np.isfinite(value) else None
+
+
+def photometry_systematics(pulls: Table, ramps: Table, min_n: int = 20) -> dict[str, dict]:
+    """Per band, what :func:`pulls_by_snr` and :func:`flux_ramps` show, for the metrics.
+
+    The pull bin (of at least ``min_n`` measurements) whose robust std is furthest from 1 and
+    the one whose median is furthest from 0, each with its standard error for Gaussian pulls
+    (the IQR-based std: ``1.166 / sqrt(n)``; the median: ``1.253 / sqrt(n)``), and the
+    ramps' RMS beyond their errors
+    (:func:`ramp_excess`) with theirs.
+    """
+    out: dict[str, dict] = {}
+    for band in sorted(set(pulls["band"]) | set(ramps["band"])):
+        record: dict = {}
+        b = pulls[(pulls["band"] == band) & (pulls["n"] >= min_n)]
+        if len(b):
+            k = int(np.argmax(np.abs(np.asarray(b["robust_std"]) - 1.0)))
+            j = int(np.argmax(np.abs(np.asarray(b["median"]))))
+            record["pull_std_worst"] = float(b["robust_std"][k])
+            record["pull_std_worst_err"] = 1.166 / np.sqrt(float(b["n"][k]))
+            record["pull_std_worst_bin"] = [_edge(b["snr_lo"][k]), _edge(b["snr_hi"][k])]
+            record["pull_median_worst"] = float(b["median"][j])
+            record["pull_median_worst_err"] = 1.253 / np.sqrt(float(b["n"][j]))
+            record["pull_median_worst_bin"] = [_edge(b["snr_lo"][j]), _edge(b["snr_hi"][j])]
+        record["pulls_by_snr"] = [
+            {
+                "snr_lo": _edge(r["snr_lo"]),
+                "snr_hi": _edge(r["snr_hi"]),
+                "n": int(r["n"]),
+                "median": float(r["median"]),
+                "robust_std": float(r["robust_std"]),
+            }
+            for r in pulls[pulls["band"] == band]
+        ]
+        r = ramps[ramps["band"] == band]
+        for kind in ("linear", "radial"):
+            value, err = ramp_excess(r[f"{kind}_mmag"], r[f"{kind}_err_mmag"])
+            record[f"ramp_{kind}_mmag"] = value
+            record[f"ramp_{kind}_err_mmag"] = err
+        record["ramp_n_visits"] = len(r)
+        out[str(band)] = record
+    return out
 
 
 def pooled_completeness_purity(table: Table, max_mag: float) -> tuple[float, float, int, int]:

@@ -1,0 +1,114 @@
+"""Scenes drawn with GalSim directly, not with ``twinkles.sim``: PSFs the project's simulator
+does not make, for checks that must not only hold on our own pixels.
+
+:func:`psf_pattern_exposure` draws isolated stars on a jittered grid under a PSF whose width
+changes across the sensor as a gradient in a random direction or as a radial
+(focal-plane-like) pattern, with a Moffat or a Kolmogorov-with-optics profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import galsim
+import numpy as np
+
+from twinkles.image import Exposure
+
+PIXEL_SCALE = 0.2  # arcsec
+FULL_WELL = 100000.0
+
+
+@dataclass
+class PatternScene:
+    """The exposure (sky included, as an eimage after ISR) and the truth of its stars."""
+
+    exposure: Exposure
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    """True total flux of each star (electrons)."""
+    width_scale: np.ndarray
+    """The PSF's width at each star over the width at the sensor's centre."""
+
+
+def psf_profile(profile: str, fwhm: float, beta: float = 3.0) -> galsim.GSObject:
+    """A PSF of FWHM ``fwhm`` (arcsec): ``moffat`` (``beta``) or ``kolmogorov`` (atmosphere
+    convolved with a 0.35" Gaussian optics term, whose wings reach far beyond a Moffat's
+    core; the atmosphere's FWHM is set so that the total is about ``fwhm``)."""
+    if profile == "moffat":
+        return galsim.Moffat(beta=beta, fwhm=fwhm)
+    if profile == "kolmogorov":
+        atmosphere = np.sqrt(max(fwhm**2 - 0.35**2, 0.1**2))
+        return galsim.Convolve(galsim.Kolmogorov(fwhm=atmosphere), galsim.Gaussian(fwhm=0.35))
+    raise ValueError(f"profile: {profile!r} is not moffat or kolmogorov")
+
+
+def psf_pattern_exposure(
+    pattern: str = "linear",
+    profile: str = "moffat",
+    change: float = 0.12,
+    fwhm: float = 0.8,
+    seed: int = 1,
+    size: int = 512,
+    spacing: int = 34,
+    flux_range: tuple[float, float] = (2.0e4, 8.0e5),
+    sky: float = 800.0,
+) -> PatternScene:
+    """Stars under a PSF whose width changes over the sensor.
+
+    Parameters
+    ----------
+    pattern : str
+        ``linear``: the width grows along a random direction, by ``change`` from one corner
+        to the opposite one; ``radial``: it grows with the square of the distance from the
+        centre, by ``change`` from the centre to a corner.
+    profile : str
+        See :func:`psf_profile`.
+    change : float
+        Fractional change of the width (see ``pattern``).
+    fwhm : float
+        FWHM at the centre (arcsec).
+    seed : int
+        Positions, fluxes, the gradient's direction and the noise.
+    size, spacing : int
+        Sensor side and grid spacing (pixels).
+    flux_range : tuple of float
+        Stars' fluxes are log-uniform in this range (electrons).
+    sky : float
+        Sky level (electrons per pixel); noise is Gaussian with the Poisson variance.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.arange(spacing, size - spacing + 1, spacing, dtype=float)
+    xs, ys = np.meshgrid(grid, grid)
+    x = xs.ravel() + rng.uniform(-0.2 * spacing, 0.2 * spacing, xs.size)
+    y = ys.ravel() + rng.uniform(-0.2 * spacing, 0.2 * spacing, xs.size)
+    flux = np.exp(rng.uniform(*np.log(flux_range), x.size))
+    centre = 0.5 * (size - 1)
+    half_diagonal = 0.5 * np.hypot(size, size)
+    X, Y = (x - centre) / half_diagonal, (y - centre) / half_diagonal
+    if pattern == "linear":
+        angle = rng.uniform(0, 2 * np.pi)
+        width_scale = 1.0 + 0.5 * change * (X * np.cos(angle) + Y * np.sin(angle))
+    elif pattern == "radial":
+        width_scale = 1.0 + change * (X**2 + Y**2)
+    else:
+        raise ValueError(f"pattern: {pattern!r} is not linear or radial")
+    image = galsim.ImageD(size, size, scale=PIXEL_SCALE, init_value=0.0)
+    half = 40
+    for k in range(x.size):
+        star = psf_profile(profile, fwhm * width_scale[k]).withFlux(flux[k])
+        ix, iy = round(x[k]), round(y[k])
+        bounds = galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1)
+        stamp = image[bounds & image.bounds]
+        star.drawImage(image=stamp, add_to_image=True, center=galsim.PositionD(x[k] + 1, y[k] + 1))
+    truth = image.array
+    variance = truth + sky
+    pixels = truth + sky + rng.normal(size=truth.shape) * np.sqrt(variance)
+    exposure = Exposure(
+        image=pixels.astype(np.float32),
+        mask=np.zeros(truth.shape, dtype=np.int32),
+        variance=variance.astype(np.float32),
+        metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
+    )
+    return PatternScene(exposure, x, y, flux, width_scale)

@@ -1,0 +1,80 @@
+"""The aperture correction follows a PSF that changes across the sensor, on scenes drawn
+with GalSim directly (tests/galsim_scenes.py), not with the project's simulator.
+
+Stars are measured as process_eimage measures them (background, PSF, detection,
+measurement, aperture correction), and the bright stars' corrected PSF flux over their true
+flux is fitted as a linear and a radial ramp across the sensor: a correction that does not
+follow the PSF's width leaves one. The tolerance is three times the fit's own standard error
+from the stars' scatter, plus 1 mmag.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from galsim_scenes import psf_pattern_exposure
+from scipy.spatial import cKDTree
+
+from twinkles.detection.background import BackgroundTask
+from twinkles.detection.detect import DetectionConfig, DetectionTask
+from twinkles.measurement.apcorr import ApertureCorrectionConfig, ApertureCorrectionTask
+from twinkles.measurement.measure import MeasurementTask
+from twinkles.psf.determine import PsfTask
+from twinkles.units import MMAG_PER_FRACTION
+
+SIZE, SPACING = 768, 64
+
+
+def measured_ramps(scene, config: ApertureCorrectionConfig) -> dict[str, float]:
+    """Linear and radial ramps (mmag, centre to corner) of bright stars' corrected PSF flux
+    over the truth, with their standard errors, and the median offset (mmag)."""
+    exposure = scene.exposure
+    BackgroundTask().run(exposure)
+    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exposure)
+    psf = PsfTask().run(exposure, candidates.sources)
+    exposure.psf = psf.psf
+    detections = DetectionTask().run(exposure)
+    catalog = MeasurementTask().run(exposure, detections.sources, detections.segmentation).catalog
+    used = psf.stars[psf.stars["used"]]
+    ApertureCorrectionTask(config).run(
+        exposure, catalog, detections.segmentation, used["x"], used["y"]
+    )
+    distance, index = cKDTree(np.column_stack([scene.x, scene.y])).query(
+        np.column_stack([catalog["x"], catalog["y"]])
+    )
+    bright = (distance < 1.0) & (catalog["psfInstFlux"] > 100 * catalog["psfInstFluxErr"])
+    ratio = np.asarray(catalog["psfInstFluxCorr"])[bright] / scene.flux[index[bright]]
+    centre, half_diagonal = 0.5 * (SIZE - 1), 0.5 * np.hypot(SIZE, SIZE)
+    X = (scene.x[index[bright]] - centre) / half_diagonal
+    Y = (scene.y[index[bright]] - centre) / half_diagonal
+    design = np.column_stack([np.ones_like(X), X, Y, X**2 + Y**2])
+    coeffs, *_ = np.linalg.lstsq(design, ratio, rcond=None)
+    scatter = np.std(ratio - design @ coeffs, ddof=4)
+    errors = scatter * np.sqrt(np.diag(np.linalg.inv(design.T @ design)))
+    scale = MMAG_PER_FRACTION / coeffs[0]
+    return {
+        "linear": scale * np.hypot(coeffs[1], coeffs[2]),
+        "linear_err": scale * np.hypot(errors[1], errors[2]),
+        "radial": scale * coeffs[3],
+        "radial_err": scale * errors[3],
+        "n": int(bright.sum()),
+    }
+
+
+@pytest.mark.parametrize(
+    ("pattern", "profile", "seed"),
+    [("linear", "moffat", 1), ("linear", "kolmogorov", 2), ("radial", "moffat", 1)],
+)
+def test_the_aperture_correction_follows_the_psf_across_the_sensor(pattern, profile, seed):
+    scene = psf_pattern_exposure(pattern, profile, 0.12, 0.9, seed, size=SIZE, spacing=SPACING)
+    ramps = measured_ramps(scene, ApertureCorrectionConfig())
+    assert ramps["n"] > 60
+    for kind in ("linear", "radial"):
+        assert abs(ramps[kind]) < 3 * ramps[f"{kind}_err"] + 1.0, (kind, ramps)
+
+
+def test_a_single_growth_factor_leaves_the_ramp_the_map_removes():
+    """The check can fail: with one sensor-wide growth (as before) the same scene ramps."""
+    scene = psf_pattern_exposure("linear", "moffat", 0.12, 0.9, 1, size=SIZE, spacing=SPACING)
+    ramps = measured_ramps(scene, ApertureCorrectionConfig(growth_degree=0, radial=False))
+    assert ramps["linear"] > 3 * ramps["linear_err"] + 5.0, ramps
