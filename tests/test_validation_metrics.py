@@ -245,6 +245,7 @@ def test_collect_and_write_metrics(tmp_path):
             "g": {"pa1_mmag": None, "n_pa1_stars": 17, "pa1_drp_mmag": 7.0},
         },
         "coadds": {"r": {"noise_ratio": 1.02}},
+        "zero_points": {"n_visits": 60, "rms_mmag": 3.2, "pull_std": 1.35},
         "objects": {
             "completeness_1mag_above_depth": 0.97,
             "purity_1mag_above_depth": 0.99,
@@ -291,6 +292,9 @@ def test_collect_and_write_metrics(tmp_path):
     # ramps: a linear one within 2 errors of 1 mmag passes, a radial one of 6 +- 1 fails
     assert by_name["flux_ramp_linear_r"].status == "pass"
     assert by_name["flux_ramp_radial_r"].status == "fail"
+    # zero points: within 5 mmag of the truth, but errors that understate the scatter fail
+    assert by_name["zero_point_offset_rms"].status == "pass"
+    assert by_name["zero_point_pull_std"].status == "fail"
     assert by_name["AM1"].status == "not measured"
     assert by_name["transient_recovery"].status == "fail"
     assert by_name["lensed_image_recovery"].value == 0.5
@@ -347,6 +351,9 @@ def test_metrics_without_a_truth_say_why_they_are_not_measured():
     ):
         assert by_name[name].status == "pass", name
     assert by_name["dia_sources_per_visit"].status == "info"
+    assert by_name["zero_point_pull_std"].verdict == (
+        "not measured: no simulated zero points (external images)"
+    )
     for name in (
         "forced_pull_std_r",
         "object_completeness",

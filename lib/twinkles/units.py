@@ -36,3 +36,6 @@ def electrons_per_njy(zero_point: ArrayLike) -> NDArray[np.float64]:
 
 #: Millimagnitudes per unit fractional flux change, 2500 / ln(10): ``dm = -1085.7 df / f``.
 MMAG_PER_FRACTION = 2500.0 / np.log(10.0)
+
+#: Magnitudes per unit fractional flux change, 2.5 / ln(10).
+MAG_PER_FRACTION = MMAG_PER_FRACTION / 1000.0

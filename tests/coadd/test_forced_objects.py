@@ -238,6 +238,7 @@ def test_flux_ramps_recover_a_linear_and_a_radial_ramp_and_a_flat_sensor_gives_n
 
 def test_forced_photometry_applies_the_aperture_correction_where_each_object_is():
     from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionMap
+    from twinkles.measurement.sensor_map import SensorMap
 
     stars = [(RA - 6 / 3600, DEC - 5 / 3600, 5.0e4), (RA + 6 / 3600, DEC + 5 / 3600, 5.0e4)]
     calexp = make_calexp(10.0, seed=4, stars=stars)
@@ -245,13 +246,13 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
     h, w = calexp.shape
     # +-5% across the sensor in x, times a growth of 1.02 rising 1% towards +y
     correction = ApertureCorrectionMap(
-        np.array([1.0, 0.1, 0.0]),
-        1,
         0.5 * (w - 1),
         0.5 * (h - 1),
         0.5 * np.hypot(w, h),
-        np.array([1.02, 0.0, 0.01]),
-        1,
+        [
+            SensorMap("linear", np.array([1.0, 0.1, 0.0]), np.zeros((3, 3))),
+            SensorMap("linear", np.array([1.02, 0.0, 0.01]), np.zeros((3, 3))),
+        ],
     )
     plain = ForcedPhotometryTask().run(calexp, ra, dec).catalog
     corrected = ForcedPhotometryTask().run(calexp, ra, dec, ap_corr=correction).catalog
@@ -263,10 +264,18 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
     again = ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr_map": correction.to_dict()})
     np.testing.assert_allclose(again(plain["x"], plain["y"]), expected)
     # a summary written when the growth was one sensor-wide number still reads
-    legacy = {k: v for k, v in correction.to_dict().items() if not k.startswith("growth")}
-    old = ApertureCorrectionMap.from_dict({**legacy, "growth": 1.02})
+    legacy = {
+        "coefficients": [1.0, 0.1, 0.0],
+        "degree": 1,
+        "x0": correction.x0,
+        "y0": correction.y0,
+        "scale": correction.scale,
+        "growth": 1.02,
+    }
+    old = ApertureCorrectionMap.from_dict(legacy)
+    np.testing.assert_allclose(old.growth(plain["x"], plain["y"]), 1.02)
     np.testing.assert_allclose(
-        old(plain["x"], plain["y"]) / old.inner(plain["x"], plain["y"]), 1.02
+        old.inner(plain["x"], plain["y"]), correction.inner(plain["x"], plain["y"])
     )
     with pytest.raises(ApertureCorrectionError, match=r"visit 7.*rerun process_eimage"):
         ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr": 1.01})

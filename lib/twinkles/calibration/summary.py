@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from twinkles.image import Exposure
+from twinkles.units import MAG_PER_FRACTION
 
 __all__ = ["visit_summary"]
 
@@ -26,8 +27,11 @@ def visit_summary(
 
     The 5-sigma depth is that of a point source on this visit's measured sky noise, PSF
     (effective area) and zero point, background-limited. ``zero_point_err`` is the error of
-    the calibration of fluxes (nJy); the zero point as electrons-to-total-magnitude also
-    carries the aperture correction's error, ``ap_corr_err`` (fractional).
+    the calibration of fluxes (nJy) from the calibration stars; the zero point as
+    electrons-to-total-magnitude also carries the aperture correction's error,
+    ``ap_corr_err`` (fractional), which the calibration absorbs: ``zero_point_total_err`` is
+    both in quadrature, the error of the zero point itself. ``psf_flux_systematic`` is the
+    fractional error added to every PSF flux (the PSF model's and the correction's).
     """
     meta = exposure.metadata
     neff = psf_result.psf.neff(psf_result.psf.x0, psf_result.psf.y0)
@@ -46,10 +50,13 @@ def visit_summary(
         "ap_corr": apcorr.median,
         "ap_corr_map": apcorr.map.to_dict(),
         "ap_corr_err": apcorr.uncertainty,
-        "psf_flux_systematic": apcorr.systematic,
+        "psf_flux_systematic": apcorr.flux_systematic,
         "ap_corr_n_stars": int(np.sum(apcorr.stars["used"])),
         "zero_point": zp,
         "zero_point_err": photocal.photo_calib.zero_point_err,
+        "zero_point_total_err": float(
+            np.hypot(photocal.photo_calib.zero_point_err, MAG_PER_FRACTION * apcorr.uncertainty)
+        ),
         "photocal_n_stars": photocal.n_stars,
         "sky_level": float(meta.get("sky_level", np.nan)),
         "sky_noise": sky_noise,

@@ -2,25 +2,22 @@
 
 The PSF model is a 25-pixel kernel normalised to unit sum, so a PSF flux counts the light inside
 the kernel; in poor seeing a few percent of a star's light falls outside. The aperture
-correction brings PSF fluxes to total fluxes in two stages, a curve of growth (Stetson 1990,
-PASP 102, 932):
+correction brings PSF fluxes to total fluxes along a curve of growth (Stetson 1990, PASP 102,
+932), each step a map over the sensor fitted to the PSF stars
+(:func:`~twinkles.measurement.sensor_map.fit_sensor_map`: a constant, a gradient, a gradient
+and a radial term, as the stars demand):
 
-1. ``inner`` aperture (6 pixels, 1.2") over PSF flux, measured on the PSF stars and fitted
-   as a polynomial of degree ``degree`` over the sensor, with clipping. The map's slope is
-   what forced photometry keeps (a constant error goes into the zero point), and it is only
-   as good as the ~25 stars' ratios: on the demo run's z and i visits its error, measured
-   against the truth, was 6.3 and 3.9 mmag per half-diagonal with LSST's 12-pixel
-   calibration aperture, 4.0 and 3.4 with 6 pixels, whose sky noise is half;
-2. the growth from ``inner`` to ``radius`` (25 pixels: all but ~1e-3 of a star's light in
-   1.6" seeing), also a map over the sensor (``growth_degree``, with a radial term
-   ``X^2 + Y^2`` when ``radial``), fitted by weighted least squares: the noise of a 25-pixel
-   aperture is its sky (~1300 e- in r), 1-4% of a 10^5 e- star, so the brightest stars
-   decide. The growth must follow the PSF: where the PSF is broader, less of a star's light
-   falls inside ``inner`` and more must be added back. A single sensor-wide growth (what this
-   module did before) turned a PSF whose width changes by 9% across the sensor into a ramp of
-   calibrated fluxes of up to 3.7% (the inner map falls where the growth should rise); the
-   map follows gradients in any direction and radial (focal-plane-like) patterns with four
-   numbers, which the ~25-100 bright stars of a visit can constrain.
+1. ``inner`` aperture (6 pixels, 1.2") over PSF flux: how the PSF model's normalisation
+   errs over the sensor; its 6-pixel aperture has a quarter of a 12-pixel one's sky noise;
+2. ``middle`` (12 pixels) over ``inner``, and ``radius`` (25 pixels, taken as the total)
+   over ``middle``: the growth. It must follow the PSF: where the PSF is broader, less of a
+   star's light falls inside ``inner`` and more must be added back. A single sensor-wide
+   growth (what this module once did) turned a PSF whose width changes by 9% across the
+   sensor into a ramp of calibrated fluxes of up to 3.7%; a growth map straight from 6 to
+   25 pixels instead followed the noise of crowded 25-pixel apertures (neighbours scatter
+   their ratios by several percent) into ramps of 20 mmag. Most of the change with the
+   PSF's width lies within 12 pixels, where apertures are four times less crowded and
+   noisy; the 12 to 25 pixel step keeps the wings of broad-winged profiles.
 
 Apertures leave out the footprints of other detections, and each star's sky comes from an
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
@@ -29,9 +26,11 @@ over 2000 pixels is a few percent of a 10^5 e- star); the clipping drops neighbo
 
 Every PSF flux is multiplied by the correction, so corrected PSF fluxes are total fluxes, and
 so are the calibrated ones. The stars' ratios also measure how well the PSF model fits a
-star: their scatter beyond their statistical errors is a per-source systematic of PSF fluxes
-(the model's imperfections, ~0.3% in the demo run), added in quadrature to every PSF flux
-error, so that the errors of bright stars are honest.
+star: their scatter beyond their statistical errors
+(:func:`~twinkles.measurement.sensor_map.error_floor`) is a per-source
+systematic of PSF fluxes (the model's imperfections). It and the correction's own uncertainty
+are added in quadrature to every PSF flux error (:attr:`ApertureCorrectionResult.
+flux_systematic`), so that the errors of bright stars are honest.
 
 Twinkles failed visits with "Only 1 sources for calculation of aperture correction"; here too
 few stars raise :class:`ApertureCorrectionError`, naming the visit.
@@ -45,6 +44,7 @@ more than ``extendedness_excess`` and by ``extendedness_sigma`` times its uncert
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from astropy.table import Table
@@ -56,7 +56,7 @@ from twinkles.errors import TwinklesError
 from twinkles.image import Exposure
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
-from twinkles.psf.pixel import polynomial_terms
+from twinkles.measurement.sensor_map import SensorMap, fit_sensor_map
 
 __all__ = [
     "ApertureCorrectionConfig",
@@ -75,17 +75,17 @@ class ApertureCorrectionError(TwinklesError):
 class ApertureCorrectionConfig(Section):
     """Aperture correction and extendedness."""
 
-    inner: float = Field(6.0, gt=0, description="Aperture of the first stage (pixels).")
+    inner: float = Field(6.0, gt=0, description="Aperture of the first step (pixels).")
+    middle: float = Field(
+        12.0, ge=0, description="Intermediate aperture of the growth (pixels; 0: none)."
+    )
     radius: float = Field(25.0, gt=0, description="Aperture taken as the total flux (pixels).")
     annulus: tuple[float, float] = Field(
         (30.0, 45.0), description="Inner and outer radius of the local-sky annulus (pixels)."
     )
-    degree: int = Field(1, ge=0, le=3, description="Polynomial degree over the sensor.")
-    growth_degree: int = Field(
-        1, ge=0, le=3, description="Polynomial degree of the growth map over the sensor."
-    )
-    radial: bool = Field(
-        True, description="Add a radial term (X^2 + Y^2) to both maps where the degree is 1."
+    map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
+        "linear_radial",
+        description="Richest map over the sensor tried for each step (chosen by BIC).",
     )
     min_stars: int = Field(4, ge=1, description="Fewest stars (else ApertureCorrectionError).")
     clip_sigma: float = Field(3.0, gt=0, description="Clipping of outlying stars (sigma).")
@@ -98,51 +98,46 @@ class ApertureCorrectionConfig(Section):
     extendedness_sigma: float = Field(3.0, gt=0, description="Significance of that excess (sigma).")
 
 
-def map_terms(X: np.ndarray, Y: np.ndarray, degree: int, radial: bool) -> np.ndarray:
-    """Terms of a map over the sensor: the monomials up to ``degree`` (order as
-    :func:`~twinkles.psf.pixel.polynomial_terms`), and ``X^2 + Y^2`` if ``radial`` and the
-    degree is 1 (a degree of 2 or more already spans it)."""
-    terms = polynomial_terms(X, Y, degree)
-    if radial and degree == 1:
-        terms = np.column_stack([terms, np.asarray(X, float) ** 2 + np.asarray(Y, float) ** 2])
-    return terms
+_LEGACY_MODELS = {(0, False): "constant", (1, False): "linear", (1, True): "linear_radial"}
 
 
-def _n_terms(degree: int, radial: bool) -> int:
-    return (degree + 1) * (degree + 2) // 2 + (1 if radial and degree == 1 else 0)
+def _legacy_map(coefficients: list, degree: int, radial: bool) -> SensorMap:
+    """A map written by an older twinkles (a polynomial of ``degree``, maybe a radial term)."""
+    model = _LEGACY_MODELS.get((int(degree), bool(radial) and int(degree) == 1), "quadratic")
+    return SensorMap.from_dict({"model": model, "coefficients": coefficients})
 
 
 @dataclass
 class ApertureCorrectionMap:
-    """The aperture correction at any sensor position: the inner map times the growth map.
+    """The aperture correction at any sensor position: the product of its steps' maps.
 
     Stored in the visit summary (:meth:`to_dict`) so that forced photometry corrects each
-    position with the correction there: the PSF model is fitted with its own spatial degree,
-    its flux normalisation errors vary over the sensor, and so does the PSF's width, hence
-    the light beyond the inner aperture; a single median would leave both.
+    position with the correction there: the PSF model's normalisation errs differently over
+    the sensor, and the PSF's width, hence the light beyond each aperture, changes over it.
     """
 
-    coefficients: np.ndarray
-    degree: int
     x0: float
     y0: float
     scale: float
-    growth_coefficients: np.ndarray
-    growth_degree: int = 0
-    radial: bool = False
+    steps: list[SensorMap]
+    """Inner aperture over PSF flux, then each growth step."""
 
-    def _terms(self, x: np.ndarray, y: np.ndarray, degree: int) -> np.ndarray:
+    def _normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X = (np.atleast_1d(np.asarray(x, dtype=float)) - self.x0) / self.scale
         Y = (np.atleast_1d(np.asarray(y, dtype=float)) - self.y0) / self.scale
-        return map_terms(X, Y, degree, self.radial)
+        return X, Y
 
     def inner(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Inner aperture over PSF flux at pixel positions (x, y), 0-based."""
-        return self._terms(x, y, self.degree) @ np.asarray(self.coefficients)
+        return self.steps[0](*self._normalised(x, y))
 
     def growth(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Total over inner aperture flux at pixel positions (x, y), 0-based."""
-        return self._terms(x, y, self.growth_degree) @ np.asarray(self.growth_coefficients)
+        X, Y = self._normalised(x, y)
+        out = np.ones(len(X))
+        for step in self.steps[1:]:
+            out = out * step(X, Y)
+        return out
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The multiplicative correction of PSF fluxes at pixel positions (x, y), 0-based."""
@@ -151,33 +146,28 @@ class ApertureCorrectionMap:
     def to_dict(self) -> dict:
         """JSON-able form."""
         return {
-            "coefficients": [float(c) for c in np.asarray(self.coefficients)],
-            "degree": int(self.degree),
             "x0": float(self.x0),
             "y0": float(self.y0),
             "scale": float(self.scale),
-            "growth_coefficients": [float(c) for c in np.asarray(self.growth_coefficients)],
-            "growth_degree": int(self.growth_degree),
-            "radial": bool(self.radial),
+            "steps": [step.to_dict() for step in self.steps],
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ApertureCorrectionMap:
-        if "growth_coefficients" in data:
-            growth = np.asarray(data["growth_coefficients"], dtype=float)
-            growth_degree = int(data["growth_degree"])
-        else:  # a summary written before the growth was a map: one sensor-wide number
-            growth, growth_degree = np.array([float(data["growth"])]), 0
-        return cls(
-            np.asarray(data["coefficients"], dtype=float),
-            int(data["degree"]),
-            float(data["x0"]),
-            float(data["y0"]),
-            float(data["scale"]),
-            growth,
-            growth_degree,
-            bool(data.get("radial", False)),
-        )
+        if "steps" in data:
+            steps: list[SensorMap] = []
+            for step in data["steps"]:
+                steps.append(SensorMap.from_dict(step, steps[-1] if steps else None))
+        else:  # written by an older twinkles: an inner polynomial and one growth
+            radial = bool(data.get("radial", False))
+            steps = [_legacy_map(data["coefficients"], data["degree"], radial)]
+            if "growth_coefficients" in data:
+                steps.append(
+                    _legacy_map(data["growth_coefficients"], data["growth_degree"], radial)
+                )
+            else:
+                steps.append(_legacy_map([float(data["growth"])], 0, False))
+        return cls(float(data["x0"]), float(data["y0"]), float(data["scale"]), steps)
 
     @classmethod
     def from_summary(cls, summary: dict) -> ApertureCorrectionMap:
@@ -199,9 +189,9 @@ class ApertureCorrectionResult:
     scatter: float
     growth_n_stars: int
     uncertainty: float
-    """Fractional uncertainty of the correction (both stages)."""
+    """Fractional uncertainty of the correction (every step) at the typical star."""
     systematic: float
-    """Fractional per-source systematic of PSF fluxes (added to their errors)."""
+    """Fractional per-source systematic of PSF fluxes (the PSF model's)."""
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self.map(x, y)
@@ -211,43 +201,20 @@ class ApertureCorrectionResult:
         return float(np.median(self(self.stars["x"], self.stars["y"])))
 
     @property
+    def flux_systematic(self) -> float:
+        """Fractional error of every corrected PSF flux beyond its photon noise: the PSF
+        model's per-source systematic and the correction's own uncertainty, in quadrature.
+
+        The correction's error is common to a visit's sources, but it changes from visit to
+        visit, so it is part of each measurement's error against the truth and in a light
+        curve; without it the pulls of bright stars spread with their S/N.
+        """
+        return float(np.hypot(self.systematic, self.uncertainty))
+
+    @property
     def growth(self) -> float:
         """The median growth from the inner to the total aperture over the stars."""
         return float(np.median(self.map.growth(self.stars["x"], self.stars["y"])))
-
-
-def _fit_map(
-    terms: np.ndarray,
-    values: np.ndarray,
-    errors: np.ndarray,
-    clip_sigma: float,
-    min_stars: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Weighted least-squares map with iterative clipping.
-
-    Returns the coefficients, the residuals of every star, the stars used and the robust
-    scatter of the used residuals.
-    """
-    used = np.ones(len(values), dtype=bool)
-    weight = 1.0 / np.maximum(errors, 1e-4)
-    for _ in range(5):
-        coeffs, *_ = np.linalg.lstsq(
-            terms[used] * weight[used, None], values[used] * weight[used], rcond=None
-        )
-        resid = values - terms @ coeffs
-        scatter = 1.4826 * float(np.median(np.abs(resid[used] - np.median(resid[used]))))
-        new_used = np.abs(resid) < clip_sigma * np.maximum(scatter, errors)
-        if new_used.sum() < min_stars or np.array_equal(new_used, used):
-            break
-        used = new_used
-    return coeffs, resid, used, scatter
-
-
-def _affordable_degree(degree: int, radial: bool, n_stars: int) -> int:
-    """The highest degree up to ``degree`` with at least four stars per term."""
-    while degree > 0 and n_stars < 4 * _n_terms(degree, radial):
-        degree -= 1
-    return degree
 
 
 def concentration_extended(
@@ -359,54 +326,55 @@ class ApertureCorrectionTask:
             )
         h, w = exposure.shape
         x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
-        # stage 2: growth from the inner to the total aperture over the sensor; its noise is
-        # the total aperture's sky, so the weights let the brightest stars decide
-        total, total_err = local_aperture_flux(
-            exposure, seg, idx[ok], x[idx][ok], y[idx][ok], cfg.radius, cfg.annulus
-        )
-        growths = total / inner[ok]
-        growth_errs = growths * np.hypot(total_err / total, inner_err[ok] / inner[ok])
-        good = np.isfinite(growths) & (growth_errs > 0)
-        # the stars that decide: those whose growth is known to 1% count fully
-        n_weighty = int(np.sum(np.minimum((0.01 / growth_errs[good]) ** 2, 1.0)))
-        growth_degree = _affordable_degree(cfg.growth_degree, cfg.radial, n_weighty)
-        gx, gy = (x[idx][ok][good] - x0) / scale, (y[idx][ok][good] - y0) / scale
-        growth_terms = map_terms(gx, gy, growth_degree, cfg.radial)
-        growth_coeffs, _, growth_used, _ = _fit_map(
-            growth_terms, growths[good], growth_errs[good], cfg.clip_sigma, cfg.min_stars
-        )
-        # uncertainty of the growth map at the typical star, from the fit's covariance
-        g_weight = 1.0 / growth_errs[good][growth_used] ** 2
-        g_cov = np.linalg.pinv(
-            growth_terms[growth_used].T @ (growth_terms[growth_used] * g_weight[:, None])
-        )
-        growth_at_stars = growth_terms @ growth_coeffs
-        growth_err = float(
-            np.sqrt(np.median(np.einsum("ij,jk,ik->i", growth_terms, g_cov, growth_terms)))
-        )
-        n_growth = int(growth_used.sum())
-        # stage 1: inner aperture over PSF flux, over the sensor
-        idx, ratio, ratio_err = idx[ok], ratio[ok], ratio_err[ok]
-        degree = _affordable_degree(cfg.degree, cfg.radial, len(idx))
-        terms = map_terms((x[idx] - x0) / scale, (y[idx] - y0) / scale, degree, cfg.radial)
-        coeffs, resid, used, scatter = _fit_map(
-            terms, ratio, ratio_err, cfg.clip_sigma, cfg.min_stars
-        )
+        idx, inner, inner_err = idx[ok], inner[ok], inner_err[ok]
+        ratio, ratio_err = ratio[ok], ratio_err[ok]
+        X, Y = (x[idx] - x0) / scale, (y[idx] - y0) / scale
+        # step 1: inner aperture over PSF flux
+        first = fit_sensor_map(X, Y, ratio, ratio_err, cfg.map_model, cfg.clip_sigma)
+        steps = [first.map]
+        # the growth, step by step to the total aperture
+        radii = [r for r in (cfg.inner, cfg.middle, cfg.radius) if r > 0]
+        flux, flux_err = inner, inner_err
+        n_growth = len(idx)
+        for radius in radii[1:]:
+            outer, outer_err = local_aperture_flux(
+                exposure, seg, idx, x[idx], y[idx], radius, cfg.annulus
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                step = outer / flux
+                step_err = np.abs(step) * np.hypot(outer_err / outer, flux_err / flux)
+            good = np.isfinite(step) & np.isfinite(step_err) & (step_err > 0) & (outer > 0)
+            if good.sum() < cfg.min_stars:
+                raise ApertureCorrectionError(
+                    f"visit {visit}: only {int(good.sum())} stars for the aperture-correction "
+                    f"growth to {radius:g} px (need {cfg.min_stars})"
+                )
+            # beyond the first growth step the pattern may follow the step before
+            fit = fit_sensor_map(
+                X[good],
+                Y[good],
+                step[good],
+                step_err[good],
+                cfg.map_model,
+                cfg.clip_sigma,
+                template=steps[-1] if len(steps) > 1 else None,
+            )
+            steps.append(fit.map)
+            n_growth = min(n_growth, int(fit.used.sum()))
+            flux, flux_err = outer, outer_err
+        used = first.used
         stars = Table(
             {"x": x[idx], "y": y[idx], "ratio": ratio, "ratio_err": ratio_err, "used": used}
         )
-        stage1_err = max(scatter, float(np.median(ratio_err[used]))) / np.sqrt(used.sum())
-        # scatter beyond the statistical errors: the PSF model's per-star systematic
-        excess = (resid[used] ** 2 - ratio_err[used] ** 2) / np.median(ratio[used]) ** 2
-        systematic = float(np.sqrt(max(np.median(excess), 0.0)))
-        uncertainty = float(
-            np.hypot(stage1_err / np.median(ratio[used]), growth_err / np.median(growth_at_stars))
-        )
-        correction_map = ApertureCorrectionMap(
-            coeffs, degree, x0, y0, scale, growth_coeffs, growth_degree, cfg.radial
-        )
+        # each step's error at the stars, relative, in quadrature: the correction's
+        relative = [np.median(m.error(X, Y) / np.abs(m(X, Y))) for m in steps]
+        uncertainty = float(np.sqrt(np.sum(np.square(relative))))
+        # the PSF model's per-star systematic: the first step's scatter beyond the errors
+        systematic = float(first.floor / np.median(ratio[used]))
+        scatter = 1.4826 * float(np.median(np.abs(first.residuals[used])))
+        correction_map = ApertureCorrectionMap(x0, y0, scale, steps)
         result = ApertureCorrectionResult(
-            correction_map, stars, float(scatter), n_growth, uncertainty, systematic
+            correction_map, stars, scatter, n_growth, uncertainty, systematic
         )
         corr = result(x, y)  # includes the growth to the total aperture
         catalog["psfApCorr"] = corr
@@ -414,7 +382,7 @@ class ApertureCorrectionTask:
         catalog["psfInstFluxCorrErr"] = (
             np.hypot(
                 np.asarray(catalog["psfInstFluxErr"]),
-                systematic * np.asarray(catalog["psfInstFlux"]),
+                result.flux_systematic * np.asarray(catalog["psfInstFlux"]),
             )
             * corr
         )

@@ -328,6 +328,27 @@ def collect_metrics(
                 f"median ForcedSource flux / true flux - 1 of bright stars, {band}",
             ),
         ]
+    zero_points = static_sky.get("zero_points") or {}
+    metrics += [
+        Metric(
+            "zero_point_offset_rms",
+            _get(zero_points, "rms_mmag"),
+            "mmag",
+            "<=",
+            5.0,
+            ISSUE,
+            "RMS over visits of the measured zero point minus the simulated one",
+        ),
+        Metric(
+            "zero_point_pull_std",
+            _get(zero_points, "pull_std"),
+            "",
+            "within",
+            0.2,
+            ISSUE,
+            "std over visits of (measured - simulated zero point) / its reported error",
+        ),
+    ]
     metrics.append(
         Metric(
             "AM1",
@@ -543,6 +564,8 @@ def _with_note(metric: Metric, truth: bool, lensed_in_truth: bool, am1_pairs: in
         return metric
     if not truth and metric.name.startswith(_NEEDS_TRUTH):
         note = "no truth"
+    elif metric.name.startswith("zero_point_"):
+        note = "no simulated zero points (external images)"
     elif metric.name == "AM1":
         note = f"{am1_pairs} star pairs 5' +- 1' apart: the field is too small"
     elif metric.name.startswith("sn_bright_host_"):

@@ -59,6 +59,7 @@ __all__ = [
     "star_light_curves",
     "star_positions",
     "static_truth",
+    "zero_point_residuals",
 ]
 
 IQR_TO_SIGMA = 1.0 / 1.349
@@ -624,6 +625,31 @@ def ramp_excess(values: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
     se = float(np.std(excess) / np.sqrt(ok.sum())) if ok.sum() > 1 else float("nan")
     value = float(np.sqrt(mean))
     return value, float(np.sqrt(mean + se) - value) if np.isfinite(se) else float("nan")
+
+
+def zero_point_residuals(butler, visit_ids: list[int]) -> Table:
+    """Per visit, the measured zero point against the simulation's, and its pull.
+
+    Only visits with a ``visitSummary`` and a simulated truth (``eimageTruth``: an external
+    run has none) are listed. ``dzp_mmag`` is measured minus true; ``pull`` divides it by
+    ``zero_point_total_err`` (the calibration stars' error and the aperture correction's).
+    """
+    rows = []
+    for visit in visit_ids:
+        if not (
+            butler.exists("visitSummary", visit=visit) and butler.exists("eimageTruth", visit=visit)
+        ):
+            continue
+        summary = butler.get("visitSummary", visit=visit)
+        truth = butler.get("eimageTruth", visit=visit)
+        error = summary.get("zero_point_total_err", summary["zero_point_err"])
+        dzp = float(summary["zero_point"] - truth["zero_point"])
+        rows.append((int(visit), str(summary["filter"]), 1000.0 * dzp, 1000.0 * error, dzp / error))
+    return Table(
+        rows=rows,
+        names=("visit", "band", "dzp_mmag", "err_mmag", "pull"),
+        dtype=(np.int64, "U1", float, float, float),
+    )
 
 
 def _edge(value: float) -> float | None:

@@ -1,0 +1,208 @@
+"""Smooth maps over a sensor fitted to a few dozen stars, with only the terms they support.
+
+A quantity measured on stars (an aperture ratio, a curve-of-growth step) is modelled as a
+low-order function of the normalised sensor position ``(X, Y) = ((x - x0), (y - y0)) / scale``
+(``scale`` the half-diagonal, so the corners lie at unit distance). The candidate models,
+nested from the simplest:
+
+* ``constant``;
+* ``template``: ``1, t - 1`` with ``t`` another map (:attr:`SensorMap.template`): a quantity
+  that changes as another does, with one number more than a constant (the light beyond
+  12 pixels changes over the sensor as the light between 6 and 12 does, both with the PSF's
+  width, but a 25-pixel aperture is too noisy to show the pattern on its own);
+* ``linear``: ``1, X, Y`` (a gradient in any direction);
+* ``linear_radial``: ``1, X, Y, X^2 + Y^2`` (and a focal-plane-like radial pattern);
+* ``quadratic``: every monomial up to degree 2.
+
+The stars' values scatter beyond their photon noise (neighbours in an aperture, the PSF
+model's imperfections), and a fit that trusts photon noise alone lets a few bright stars with
+contaminated apertures draw a ramp of their own. So the errors are inflated by the scatter's
+floor (:func:`error_floor`, found on the richest model the stars afford), outliers are
+clipped, and the model is chosen by the Bayesian information criterion ``chi^2 + k ln n``
+(Schwarz 1978, Ann. Stat. 6, 461) on those errors: a term stays only when the stars
+demand it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from twinkles.psf.pixel import polynomial_terms
+
+__all__ = ["MAP_MODELS", "SensorMap", "error_floor", "fit_sensor_map", "map_terms"]
+
+#: Candidate models from the simplest: (name, polynomial degree, radial term).
+MAP_MODELS = (
+    ("constant", 0, False),
+    ("linear", 1, False),
+    ("linear_radial", 1, True),
+    ("quadratic", 2, False),
+)
+_MODEL = {name: (degree, radial) for name, degree, radial in MAP_MODELS}
+
+
+def map_terms(
+    X: np.ndarray, Y: np.ndarray, model: str, template: SensorMap | None = None
+) -> np.ndarray:
+    """The terms of ``model`` at normalised positions, shape (n, n_terms)."""
+    if model == "template":
+        if template is None:
+            raise ValueError("a template model needs the map it follows")
+        return np.column_stack([np.ones(len(np.atleast_1d(X))), template(X, Y) - 1.0])
+    degree, radial = _MODEL[model]
+    terms = polynomial_terms(X, Y, degree)
+    if radial:
+        terms = np.column_stack([terms, np.asarray(X, float) ** 2 + np.asarray(Y, float) ** 2])
+    return terms
+
+
+def n_terms(model: str) -> int:
+    if model == "template":
+        return 2
+    degree, radial = _MODEL[model]
+    return (degree + 1) * (degree + 2) // 2 + int(radial)
+
+
+def error_floor(residuals: np.ndarray, errors: np.ndarray, n_parameters: int = 0) -> float:
+    """The ``s`` for which ``sum(r^2 / (e^2 + s^2))`` equals the degrees of freedom.
+
+    The scatter of residuals beyond their statistical errors (0 when the errors explain it),
+    as a survey's error floor is found; a median of ``r^2 - e^2`` instead is dominated by the
+    faint stars, whose errors hide a floor of a few tenths of a percent.
+    """
+    r2, e2 = np.asarray(residuals, float) ** 2, np.asarray(errors, float) ** 2
+    dof = len(r2) - n_parameters
+    if dof < 1 or np.sum(r2 / np.maximum(e2, 1e-300)) <= dof:
+        return 0.0
+    low, high = 0.0, float(np.sqrt(np.max(r2)))
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if np.sum(r2 / (e2 + mid**2)) > dof else (low, mid)
+    return 0.5 * (low + high)
+
+
+@dataclass(frozen=True)
+class SensorMap:
+    """A fitted map: its model, coefficients and their covariance (and, for the
+    ``template`` model, the map it follows)."""
+
+    model: str
+    coefficients: np.ndarray
+    covariance: np.ndarray
+    template: SensorMap | None = None
+
+    def _terms(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        return map_terms(np.atleast_1d(X), np.atleast_1d(Y), self.model, self.template)
+
+    def __call__(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        return self._terms(X, Y) @ self.coefficients
+
+    def error(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Standard error of the map at normalised positions."""
+        terms = self._terms(X, Y)
+        return np.sqrt(np.einsum("ij,jk,ik->i", terms, self.covariance, terms))
+
+    def to_dict(self) -> dict:
+        """JSON-able form (a template map is stored with the map it follows, not in it)."""
+        return {"model": self.model, "coefficients": [float(c) for c in self.coefficients]}
+
+    @classmethod
+    def from_dict(cls, data: dict, template: SensorMap | None = None) -> SensorMap:
+        coefficients = np.asarray(data["coefficients"], dtype=float)
+        return cls(
+            data["model"],
+            coefficients,
+            np.zeros((len(coefficients),) * 2),
+            template if data["model"] == "template" else None,
+        )
+
+
+@dataclass(frozen=True)
+class SensorMapFit:
+    """A map and the stars behind it."""
+
+    map: SensorMap
+    residuals: np.ndarray
+    used: np.ndarray
+    floor: float
+    bic: dict[str, float]
+
+
+def _weighted_fit(terms: np.ndarray, values: np.ndarray, sigma: np.ndarray):
+    a = terms / sigma[:, None]
+    coeffs, *_ = np.linalg.lstsq(a, values / sigma, rcond=None)
+    chi2 = float(np.sum(((values - terms @ coeffs) / sigma) ** 2))
+    return coeffs, chi2, np.linalg.pinv(a.T @ a)
+
+
+def fit_sensor_map(
+    X: np.ndarray,
+    Y: np.ndarray,
+    values: np.ndarray,
+    errors: np.ndarray,
+    richest: str = "linear_radial",
+    clip_sigma: float = 3.0,
+    min_stars_per_term: int = 4,
+    template: SensorMap | None = None,
+) -> SensorMapFit:
+    """Fit ``values`` (errors ``errors``) over the sensor with the model the stars support.
+
+    Parameters
+    ----------
+    X, Y : ndarray
+        Normalised positions of the stars.
+    values, errors : ndarray
+        The measured quantity and its statistical error at each star.
+    richest : str
+        The richest model tried (one of :data:`MAP_MODELS`); models needing more than one
+        term per ``min_stars_per_term`` stars are not tried.
+    clip_sigma : float
+        Stars beyond this many (floor-inflated) errors of the richest model are left out.
+    template : SensorMap, optional
+        A map the values may follow (the ``template`` model is then tried after
+        ``constant``).
+
+    Returns
+    -------
+    SensorMapFit
+        The chosen map (its covariance from the inflated errors), every star's residual,
+        the stars used, the error floor and the BIC of each model tried.
+    """
+    X, Y = np.asarray(X, float), np.asarray(Y, float)
+    values, errors = np.asarray(values, float), np.asarray(errors, float)
+    names = [name for name, _, _ in MAP_MODELS]
+    candidates = names[: names.index(richest) + 1]
+    candidates = [m for m in candidates if len(values) >= min_stars_per_term * n_terms(m)]
+    candidates = candidates or ["constant"]
+    top = candidates[-1]
+    top_terms = map_terms(X, Y, top)
+    if template is not None and len(values) >= min_stars_per_term * n_terms("template"):
+        candidates.insert(1, "template")
+    used = np.ones(len(values), dtype=bool)
+    floor = 0.0
+    for _ in range(5):  # the floor and the clipping from the richest affordable model
+        sigma = np.hypot(errors, floor)
+        coeffs, _, _ = _weighted_fit(top_terms[used], values[used], sigma[used])
+        resid = values - top_terms @ coeffs
+        floor = error_floor(resid[used], errors[used], top_terms.shape[1])
+        sigma = np.hypot(errors, floor)
+        new_used = np.abs(resid) < clip_sigma * np.maximum(
+            sigma, 1.4826 * np.median(np.abs(resid[used]))
+        )
+        if new_used.sum() < top_terms.shape[1] + 1 or np.array_equal(new_used, used):
+            break
+        used = new_used
+    sigma = np.hypot(errors, floor)
+    n = int(used.sum())
+    bic, fits = {}, {}
+    for model in candidates:
+        terms = map_terms(X, Y, model, template)
+        coeffs, chi2, cov = _weighted_fit(terms[used], values[used], sigma[used])
+        bic[model] = chi2 + terms.shape[1] * np.log(n)
+        fits[model] = (coeffs, cov)
+    best = min(candidates, key=lambda m: bic[m])
+    coeffs, cov = fits[best]
+    chosen = SensorMap(best, coeffs, cov, template if best == "template" else None)
+    return SensorMapFit(chosen, values - chosen(X, Y), used, floor, bic)

@@ -1,0 +1,65 @@
+"""Maps over the sensor keep only the terms the stars support (BIC on floor-inflated errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twinkles.measurement.sensor_map import error_floor, fit_sensor_map
+
+
+def stars(n: int = 60, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X, Y = rng.uniform(-0.7, 0.7, n), rng.uniform(-0.7, 0.7, n)
+    errors = np.exp(rng.uniform(np.log(0.001), np.log(0.02), n))
+    return rng, X, Y, errors
+
+
+@pytest.mark.parametrize(
+    ("truth", "model"),
+    [
+        (lambda X, Y: np.ones_like(X), "constant"),
+        (lambda X, Y: 1 + 0.02 * X - 0.015 * Y, "linear"),
+        (lambda X, Y: 1 + 0.03 * (X**2 + Y**2), "linear_radial"),
+    ],
+)
+def test_the_chosen_model_is_the_one_the_stars_show(truth, model):
+    rng, X, Y, errors = stars()
+    values = truth(X, Y) + rng.normal(size=len(X)) * errors
+    fit = fit_sensor_map(X, Y, values, errors, "quadratic")
+    assert fit.map.model == model, fit.bic
+    # the map is the truth within its own errors over the sensor
+    grid = np.linspace(-0.7, 0.7, 5)
+    gx, gy = np.meshgrid(grid, grid)
+    diff = fit.map(gx.ravel(), gy.ravel()) - truth(gx.ravel(), gy.ravel())
+    assert np.all(np.abs(diff) < 4 * fit.map.error(gx.ravel(), gy.ravel()) + 1e-4)
+
+
+def test_contaminated_bright_stars_do_not_draw_a_ramp_of_their_own():
+    """Scatter beyond the photon noise (neighbours in an aperture) inflates every error by the
+    floor, so a few precise but wrong stars cannot demand a gradient."""
+    rng, X, Y, errors = stars(seed=3)
+    values = 1 + rng.normal(size=len(X)) * np.hypot(errors, 0.01)  # a 1% floor, flat truth
+    fit = fit_sensor_map(X, Y, values, errors, "linear_radial")
+    assert fit.floor == pytest.approx(0.01, rel=0.35)
+    assert fit.map.model == "constant", fit.bic
+
+
+def test_a_template_model_follows_another_map():
+    rng, X, Y, _ = stars(seed=5)
+    first = fit_sensor_map(
+        X, Y, 1 + 0.05 * (X**2 + Y**2) + rng.normal(size=60) * 1e-4, np.full(60, 1e-4)
+    )
+    # the second quantity changes as a fifth of the first, with 0.05% errors
+    second = 1.01 + 0.2 * (first.map(X, Y) - 1) + rng.normal(size=60) * 5e-4
+    fit = fit_sensor_map(X, Y, second, np.full(60, 5e-4), "linear_radial", template=first.map)
+    assert fit.map.model == "template", fit.bic
+    assert fit.map.coefficients[1] == pytest.approx(0.2, abs=0.03)
+
+
+def test_error_floor():
+    rng = np.random.default_rng(1)
+    errors = rng.uniform(0.001, 0.01, 2000)
+    residuals = rng.normal(size=2000) * np.hypot(errors, 0.004)
+    assert error_floor(residuals, errors) == pytest.approx(0.004, rel=0.1)
+    assert error_floor(rng.normal(size=2000) * errors, errors) < 0.0008
