@@ -257,3 +257,19 @@ def test_a_mixed_psf_run_spans_profiles_patterns_and_amplitudes_at_the_visits_fw
             make_profile(psf.profile, psf.fwhm / pixel, psf.beta), 15 * psf.fwhm / pixel
         )
         assert neff == pytest.approx(NEFF_PER_FWHM2 * (fwhm_eff / pixel) ** 2, rel=0.01)
+
+
+def test_light_beyond_the_calibration_aperture():
+    """What the zero-point check subtracts: none for the truncated Moffat; for Kolmogorov
+    wings (I ~ r^-11/3, so the light beyond r falls as r^-5/3) a few mmag, less for a
+    sharper PSF."""
+    from twinkles.sim.psf import SimulatedPSF
+    from twinkles.validation.static_sky import enclosed_light_mmag
+
+    def beyond(profile: str, fwhm: float) -> float:
+        return enclosed_light_mmag(SimulatedPSF(profile, fwhm).to_dict(), 25.0, 0.2)
+
+    assert beyond("moffat", 0.8) == pytest.approx(0.0, abs=1e-3)
+    sharp, broad = beyond("kolmogorov_optics", 0.6), beyond("kolmogorov_optics", 1.0)
+    assert 0.5 < sharp < broad < 10.0
+    assert broad / sharp == pytest.approx((1.0 / 0.6) ** (5 / 3), rel=0.35)
