@@ -283,3 +283,19 @@ def test_cross_validated_degree_follows_what_the_stars_constrain():
     # degree 1 leaves the noise; 0 leaves the variation; 2 adds fitted noise
     assert degree == 1 and chi2[1] == pytest.approx(1.0, abs=0.1)
     assert chi2[0] > chi2[1] + 0.2 and chi2[2] > chi2[1]
+
+
+def test_a_radial_pattern_is_followed_with_one_radial_term():
+    """A PSF broadening towards the corners, as a focal plane's does, with 70 stars: a full
+    degree 2 overfits and degree 0 misses it; the radial term alone fits it."""
+    from twinkles.psf.determine import cross_validated_model
+
+    rng = np.random.default_rng(8)
+    u, v = rng.uniform(-0.7, 0.7, 70), rng.uniform(-0.7, 0.7, 70)
+    snr = np.full(70, 200.0)
+    stamps, variance = _gaussian_stamps(u, v, 1.8 * (1 + 0.12 * (u**2 + v**2) / 0.5), snr, rng)
+    models = [(0, False), (0, True), (1, False), (1, True), (2, False)]
+    model, chi2 = cross_validated_model(stamps, variance, u, v, snr, models)
+    assert model == (0, True), chi2
+    assert chi2[1] == pytest.approx(1.0, abs=0.1)  # what is left is the noise
+    assert chi2[0] > chi2[1] + 0.1 and chi2[4] > chi2[1]

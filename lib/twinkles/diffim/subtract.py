@@ -232,7 +232,7 @@ def _crop_under(template: Exposure, calexp: Exposure, margin: int = 8) -> Exposu
 def _convolve_psf(psf: PixelPSF, kernel: np.ndarray) -> PixelPSF:
     """``psf`` convolved with ``kernel`` (each basis image: the model is linear in them)."""
     basis = np.array([ndimage.convolve(b, kernel, mode="constant") for b in psf.basis])
-    return PixelPSF(basis, psf.degree, psf.x0, psf.y0, psf.scale)
+    return PixelPSF(basis, psf.degree, psf.x0, psf.y0, psf.scale, psf.radial)
 
 
 def _blank_blocks(diff: Exposure, usable: np.ndarray) -> np.ndarray:

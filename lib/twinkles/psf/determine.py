@@ -23,14 +23,15 @@
    signal-to-noise (capped, so a few bright stars do not decide alone); fluxes are
    re-measured with the model each pass, and stars whose residual chi^2 stands out are
    clipped.
-   The polynomial degree is chosen by ``cv_folds``-fold cross-validation: for each degree up
-   to ``degree`` (and at most one coefficient per 4 stars), the stacked stars of all folds but
-   one predict the held-out stars, and the degree with the lowest held-out chi^2 wins (k-fold
-   cross-validation, Stone 1974, JRSS B 36, 111). A degree the stars cannot constrain fits
-   their noise: on 12 demo visits (~28 PSF stars each, the PSF's width changing 2% across
-   the sensor) degree 2 gave bright stars (S/N > 200) PSF fluxes scattered 2.4 times their
-   errors about the truth; the cross-validated degree (0 on all 12, the aperture-correction
-   map taking up the width's linear change) gave 1.5 times, and 1.0-1.05 at S/N 10-200.
+   The spatial model is chosen by ``cv_folds``-fold cross-validation: for each polynomial
+   degree up to ``degree``, and with ``radial`` also a radial term ``X^2 + Y^2`` alone and
+   with a gradient (at most one coefficient per 4 stars), the stacked stars of all folds but
+   one predict the held-out stars, and the model with the lowest held-out chi^2 wins (k-fold
+   cross-validation, Stone 1974, JRSS B 36, 111). A model the stars cannot constrain fits
+   their noise, and bright stars' PSF fluxes then scatter beyond their errors. A focal
+   plane's PSF broadens outwards; a full degree 2 spends six coefficients per pixel on it,
+   which 50-100 stars cannot constrain, so without the radial term the choice fell to a
+   constant kernel (the aperture-correction maps then carry the whole pattern).
 
 Too few stars raises :class:`PsfError` with the visit, the number found and the number needed.
 """
@@ -48,10 +49,18 @@ from scipy.spatial import cKDTree
 from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane
-from twinkles.psf.pixel import PixelPSF, polynomial_terms
+from twinkles.psf.pixel import PixelPSF, spatial_terms
 from twinkles.psf.shift import shift_stamps, shift_stamps_transpose
 
-__all__ = ["PsfConfig", "PsfError", "PsfResult", "PsfTask", "cross_validated_degree", "cut_stamps"]
+__all__ = [
+    "PsfConfig",
+    "PsfError",
+    "PsfResult",
+    "PsfTask",
+    "cross_validated_degree",
+    "cross_validated_model",
+    "cut_stamps",
+]
 
 
 class PsfError(TwinklesError):
@@ -64,6 +73,11 @@ class PsfConfig(Section):
     kernel_size: int = Field(25, ge=9, le=101, description="Kernel side (pixels, odd).")
     degree: int = Field(
         2, ge=0, le=4, description="Highest polynomial degree of spatial variation tried."
+    )
+    radial: bool = Field(
+        True,
+        description="Also try a radial term X^2 + Y^2 (alone and with a gradient): a focal "
+        "plane's PSF broadens outwards, which a full degree 2 needs three more terms for.",
     )
     cv_folds: int = Field(
         5, ge=2, le=20, description="Folds of the cross-validation choosing the degree."
@@ -154,16 +168,16 @@ def _stellar_locus(radius: np.ndarray, tolerance: float) -> float:
     return float(np.median(members))
 
 
-def cross_validated_degree(
+def cross_validated_model(
     stamps: np.ndarray,
     variance: np.ndarray,
     u: np.ndarray,
     v: np.ndarray,
     weight: np.ndarray,
-    max_degree: int,
+    models: list[tuple[int, bool]],
     folds: int = 5,
-) -> tuple[int, list[float]]:
-    """The polynomial degree of a pixel PSF's spatial variation that best predicts unseen stars.
+) -> tuple[tuple[int, bool], list[float]]:
+    """The spatial model of a pixel PSF that best predicts unseen stars.
 
     Parameters
     ----------
@@ -175,26 +189,27 @@ def cross_validated_degree(
         The stars' scaled sensor positions.
     weight : array (n,)
         The stars' weights in the fit (their signal-to-noise, as the PSF fit).
-    max_degree : int
-        Highest degree tried.
+    models : list of (int, bool)
+        The candidate models: polynomial degree, and whether a radial term follows
+        (:func:`~twinkles.psf.pixel.spatial_terms`).
     folds : int
         Each star is held out once, in one of ``folds`` groups (assigned at random with a
         fixed seed, so the choice is reproducible).
 
     Returns
     -------
-    degree : int
-        The degree with the lowest held-out chi^2.
+    model : (int, bool)
+        The model with the lowest held-out chi^2 (the simplest, among equals).
     chi2 : list of float
-        Held-out chi^2 per pixel for degrees 0..max_degree.
+        Held-out chi^2 per pixel of each model, in the order given.
     """
     n = len(stamps)
     flat = stamps.reshape(n, -1)
     inverse_variance = 1.0 / variance.reshape(n, -1)
     group = np.random.default_rng(0).permutation(n) % min(folds, n)
     scores = []
-    for degree in range(max_degree + 1):
-        terms = polynomial_terms(u, v, degree)
+    for degree, radial in models:
+        terms = spatial_terms(u, v, degree, radial)
         chi2 = 0.0
         for k in np.unique(group):
             train, test = group != k, group == k
@@ -203,7 +218,23 @@ def cross_validated_degree(
             )
             chi2 += float(np.sum((flat[test] - terms[test] @ coeffs) ** 2 * inverse_variance[test]))
         scores.append(chi2 / flat.size)
-    return int(np.argmin(scores)), scores
+    return models[int(np.argmin(scores))], scores
+
+
+def cross_validated_degree(
+    stamps: np.ndarray,
+    variance: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    weight: np.ndarray,
+    max_degree: int,
+    folds: int = 5,
+) -> tuple[int, list[float]]:
+    """:func:`cross_validated_model` among the polynomials of degree 0 to ``max_degree``:
+    the degree and the held-out chi^2 of each degree."""
+    models = [(degree, False) for degree in range(max_degree + 1)]
+    (degree, _), scores = cross_validated_model(stamps, variance, u, v, weight, models, folds)
+    return degree, scores
 
 
 class PsfTask:
@@ -290,20 +321,24 @@ class PsfTask:
         h, w = exposure.shape
         x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
         used = np.ones(len(idx), dtype=bool)
-        max_degree = cfg.degree
-        while max_degree > 0 and len(idx) < 4 * (max_degree + 1) * (max_degree + 2) // 2:
-            max_degree -= 1
+        # candidate spatial models, simplest first, each with at least 4 stars per term
+        models = [(d, False) for d in range(cfg.degree + 1)]
+        if cfg.radial:
+            models = sorted(models + [(d, True) for d in range(min(cfg.degree, 1) + 1)])
+        models = [
+            (d, r) for d, r in models if len(idx) >= 4 * spatial_terms(0.0, 0.0, d, r).shape[1]
+        ]
         u, v = (x - x0) / scale, (y - y0) / scale
-        degree, cv_chi2 = cross_validated_degree(
+        (degree, radial), cv_chi2 = cross_validated_model(
             centred / flux[:, None, None],
             np.maximum(var, 1e-6) / flux[:, None, None] ** 2,
             u,
             v,
             snr,
-            max_degree,
+            models,
             cfg.cv_folds,
         )
-        terms = polynomial_terms(u, v, degree)
+        terms = spatial_terms(u, v, degree, radial)
         dx, dy = x - ix, y - iy
 
         def fit_basis(images: np.ndarray) -> np.ndarray:
@@ -317,13 +352,13 @@ class PsfTask:
         basis = fit_basis(centred / flux[:, None, None])
         for _ in range(cfg.iterations):
             for _refine in range(cfg.refinements):
-                psf = PixelPSF(basis, degree, x0, y0, scale)
+                psf = PixelPSF(basis, degree, x0, y0, scale, radial)
                 model, _, _ = psf.images(x, y)
                 fit_flux = np.sum(model * data, axis=(1, 2)) / np.sum(model**2, axis=(1, 2))
                 flux = np.where(fit_flux > 0, fit_flux, flux)
                 resid = data / flux[:, None, None] - model
                 basis = basis + fit_basis(shift_stamps_transpose(resid, dx, dy))
-            psf = PixelPSF(basis, degree, x0, y0, scale)
+            psf = PixelPSF(basis, degree, x0, y0, scale, radial)
             model, _, _ = psf.images(x, y)
             fit_flux = np.sum(model * data, axis=(1, 2)) / np.sum(model**2, axis=(1, 2))
             flux = np.where(fit_flux > 0, fit_flux, flux)
@@ -347,7 +382,9 @@ class PsfTask:
         )
         stars.meta["stellar_locus_radius"] = locus
         stars.meta["degree"] = degree
+        stars.meta["radial"] = radial
         stars.meta["degree_cv_chi2"] = cv_chi2
+        stars.meta["cv_models"] = models
         norm_resid = resid / flux[:, None, None]
         return PsfResult(
             psf=psf,

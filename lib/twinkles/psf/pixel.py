@@ -21,10 +21,21 @@ from astropy.io import fits
 
 from twinkles.psf.shift import shift_stamps
 
-__all__ = ["PixelPSF", "polynomial_terms"]
+__all__ = ["PixelPSF", "polynomial_terms", "spatial_terms"]
 
 #: n_eff of a Gaussian per FWHM^2 (pixels).
 NEFF_PER_FWHM2 = np.pi / (2.0 * np.log(2.0))
+
+
+def spatial_terms(X: np.ndarray, Y: np.ndarray, degree: int, radial: bool = False) -> np.ndarray:
+    """The terms of a PSF's spatial variation: :func:`polynomial_terms` up to ``degree``, and
+    ``X^2 + Y^2`` when ``radial`` and the degree is below 2 (a focal plane's PSF broadens
+    with the distance from its centre: one term where a full degree 2 needs three more)."""
+    terms = polynomial_terms(X, Y, degree)
+    if radial and degree < 2:
+        X, Y = np.atleast_1d(X).astype(float), np.atleast_1d(Y).astype(float)
+        terms = np.column_stack([terms, X * X + Y * Y])
+    return terms
 
 
 def polynomial_terms(X: np.ndarray, Y: np.ndarray, degree: int) -> np.ndarray:
@@ -46,6 +57,8 @@ class PixelPSF:
         Polynomial degree of the spatial variation.
     x0, y0, scale : float
         Normalisation of pixel positions.
+    radial : bool
+        Whether a radial term ``X^2 + Y^2`` follows the polynomial's (:func:`spatial_terms`).
     """
 
     basis: np.ndarray
@@ -53,6 +66,7 @@ class PixelPSF:
     x0: float
     y0: float
     scale: float
+    radial: bool = False
 
     @property
     def size(self) -> int:
@@ -68,7 +82,7 @@ class PixelPSF:
     def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Centred kernels (n, size, size), unit sum, for sources at pixel positions (x, y)."""
         X, Y = self._normalised(x, y)
-        terms = polynomial_terms(X, Y, self.degree)
+        terms = spatial_terms(X, Y, self.degree, self.radial)
         k = np.tensordot(terms, self.basis, axes=(1, 0))
         return k / k.sum(axis=(1, 2), keepdims=True)
 
@@ -163,6 +177,7 @@ class PixelPSF:
         hdu = fits.ImageHDU(self.basis.astype(np.float64), name="PSF")
         hdu.header["PSFTYPE"] = ("pixel", "pixelized, polynomial spatial variation")
         hdu.header["PSFDEG"] = (self.degree, "polynomial degree")
+        hdu.header["PSFRAD"] = (self.radial, "radial term X^2 + Y^2")
         hdu.header["PSFX0"], hdu.header["PSFY0"] = self.x0, self.y0
         hdu.header["PSFSCAL"] = (self.scale, "position normalisation (pixels)")
         return hdu
@@ -173,6 +188,7 @@ class PixelPSF:
         return cls(
             basis=np.asarray(hdu.data, dtype=np.float64),
             degree=int(h["PSFDEG"]),
+            radial=bool(h.get("PSFRAD", False)),
             x0=float(h["PSFX0"]),
             y0=float(h["PSFY0"]),
             scale=float(h["PSFSCAL"]),
