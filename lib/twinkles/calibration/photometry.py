@@ -1,12 +1,12 @@
 """Photometric calibration: the zero point from matched reference stars.
 
 Clean, isolated point sources (no saturated, edge, cosmic-ray, interpolated or blended flag;
-extendedness 0; S/N above ``snr_min``; no other detection within ``isolation_arcsec``: a star
-sharing its light with a neighbour reads bright, and in the demo run such stars moved zero
-points by 3-7 mmag) are matched within ``match_radius_arcsec`` to reference
-stars that are neither resolved nor variable, with magnitude errors below ``max_ref_mag_err``.
-For each pair ``zp_i = m_ref - m_inst`` with ``m_inst = -2.5 log10(F)`` and ``F`` the
-aperture-corrected PSF flux (electrons). The zero point is the weighted mean
+extendedness 0; photon-noise S/N above ``snr_min``; no other detection within
+``isolation_arcsec``: a star sharing its light with a neighbour reads bright, and in the demo
+run such stars moved zero points by 3-7 mmag) are matched within ``match_radius_arcsec`` to
+reference stars that are neither resolved nor variable, with magnitude errors below
+``max_ref_mag_err``. For each pair ``zp_i = m_ref - m_inst`` with ``m_inst = -2.5 log10(F)``
+and ``F`` the aperture-corrected PSF flux (electrons). The zero point is the weighted mean
 (weights ``1 / (sigma_ref^2 + sigma_inst^2)``), clipped at ``clip_sigma`` times the robust
 scatter until stable; its error is that of the mean, inflated by sqrt(chi^2 per degree of
 freedom) when the scatter exceeds the errors. The refcat is in LSST bands, so there is no
@@ -74,7 +74,9 @@ class PhotoCalTask:
         flux = np.asarray(catalog["psfInstFluxCorr"])
         err = np.asarray(catalog["psfInstFluxCorrErr"])
         with np.errstate(invalid="ignore", divide="ignore"):
-            snr = flux / err
+            # the photon-noise S/N: the PSF model's systematic weighs the stars, it does not
+            # disqualify the brightest of them
+            snr = np.asarray(catalog["psfInstFlux"]) / np.asarray(catalog["psfInstFluxErr"])
         clean = (snr > cfg.snr_min) & (np.asarray(catalog["extendedness"]) == 0)
         for flag in (
             "flag_saturated",

@@ -28,17 +28,21 @@ Every PSF flux is multiplied by the correction, so corrected PSF fluxes are tota
 so are the calibrated ones. The stars' ratios also measure how well the PSF model fits a
 star: their scatter beyond their statistical errors
 (:func:`~twinkles.measurement.sensor_map.error_floor`) is a per-source
-systematic of PSF fluxes (the model's imperfections). It and the correction's own uncertainty
-are added in quadrature to every PSF flux error (:attr:`ApertureCorrectionResult.
-flux_systematic`), so that the errors of bright stars are honest.
+systematic of PSF fluxes (the model's imperfections), added in quadrature to every
+corrected PSF flux error. The correction's own uncertainty is common to a visit's sources (the
+zero point absorbs its constant part), so it is left out of the errors the calibration weighs
+its stars with, and added to the calibrated fluxes' errors (``src``, forced photometry:
+:attr:`ApertureCorrectionResult.flux_systematic`), where it changes from visit to visit, so
+that the errors of bright stars are honest.
 
 Twinkles failed visits with "Only 1 sources for calculation of aperture correction"; here too
 few stars raise :class:`ApertureCorrectionError`, naming the visit.
 
 Extendedness: a point source has the stars' concentration ``c = apFlux(r) / psfFlux``; a
-galaxy is more extended. A source is extended (1) when its ``c`` exceeds the stars' median by
-more than ``extendedness_excess`` and by ``extendedness_sigma`` times its uncertainty, else 0
-(after the concentration criterion of SDSS and LSST's extendedness).
+galaxy is more extended. A source is extended (1) when its ``c`` exceeds the stars' (a map
+over the sensor, fitted as the correction's steps are) by more than ``extendedness_excess``
+and by ``extendedness_sigma`` times its uncertainty, else 0 (after the concentration
+criterion of SDSS and LSST's extendedness).
 """
 
 from __future__ import annotations
@@ -218,7 +222,11 @@ class ApertureCorrectionResult:
 
 
 def concentration_extended(
-    conc: np.ndarray, conc_err: np.ndarray, star_conc: float, excess: float, n_sigma: float
+    conc: np.ndarray,
+    conc_err: np.ndarray,
+    star_conc: float | np.ndarray,
+    excess: float,
+    n_sigma: float,
 ) -> np.ndarray:
     """Whether a source is extended: its concentration (aperture over PSF flux) exceeds the
     stars' by ``excess`` (a fraction) and by ``n_sigma`` errors."""
@@ -382,15 +390,20 @@ class ApertureCorrectionTask:
         catalog["psfInstFluxCorrErr"] = (
             np.hypot(
                 np.asarray(catalog["psfInstFluxErr"]),
-                result.flux_systematic * np.asarray(catalog["psfInstFlux"]),
+                systematic * np.asarray(catalog["psfInstFlux"]),
             )
             * corr
         )
-        self._extendedness(catalog, idx[used])
+        self._extendedness(catalog, idx[used], (x0, y0, scale))
         return result
 
-    def _extendedness(self, catalog: Table, stars: np.ndarray) -> None:
-        """Concentration relative to the stars' (see the module docstring)."""
+    def _extendedness(self, catalog: Table, stars: np.ndarray, frame: tuple) -> None:
+        """Concentration relative to the stars' at the same place (see the module docstring).
+
+        The stars' concentration changes over the sensor as the PSF's width does (by several
+        percent where the width changes by 10-15%, as much as ``extendedness_excess``), so
+        it is a map fitted to the stars as the correction's steps are, not one median.
+        """
         cfg = self.config
         ext = aperture_name(cfg.extendedness_radius)
         flux = np.asarray(catalog[f"{ext}_instFlux"])
@@ -401,7 +414,18 @@ class ApertureCorrectionTask:
                 np.asarray(catalog[f"{ext}_instFluxErr"]) / flux,
                 np.asarray(catalog["psfInstFluxErr"]) / psf,
             )
-        star_conc = float(np.median(conc[stars]))
+        x0, y0, scale = frame
+        X = (np.asarray(catalog["x"], dtype=float) - x0) / scale
+        Y = (np.asarray(catalog["y"], dtype=float) - y0) / scale
+        good = stars[np.isfinite(conc[stars]) & np.isfinite(conc_err[stars])]
+        good = good[conc_err[good] > 0]
+        if len(good) >= 3:
+            fit = fit_sensor_map(
+                X[good], Y[good], conc[good], conc_err[good], cfg.map_model, cfg.clip_sigma
+            )
+            star_conc = fit.map(X, Y)
+        else:
+            star_conc = np.full(len(conc), float(np.nanmedian(conc[stars])))
         extended = concentration_extended(
             conc, conc_err, star_conc, cfg.extendedness_excess, cfg.extendedness_sigma
         )

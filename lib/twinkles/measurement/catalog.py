@@ -19,9 +19,17 @@ SOURCE_ID_STRIDE = 10_000_000
 
 
 def calibrated_source_catalog(
-    catalog: Table, wcs: WCS, photo_calib: PhotoCalib, visit: int
+    catalog: Table,
+    wcs: WCS,
+    photo_calib: PhotoCalib,
+    visit: int,
+    correction_uncertainty: float = 0.0,
 ) -> Table:
-    """Add sky positions and nJy fluxes to a measured catalog; returns the ``src`` table."""
+    """Add sky positions and nJy fluxes to a measured catalog; returns the ``src`` table.
+
+    ``correction_uncertainty`` (fractional: the aperture correction's, common to the visit's
+    sources but not to other visits) is added in quadrature to the PSF-flux errors.
+    """
     n = len(catalog)
     if n >= SOURCE_ID_STRIDE:
         raise ValueError(f"visit {visit}: {n} sources exceed the id space of a visit")
@@ -32,7 +40,9 @@ def calibrated_source_catalog(
     src["coord_ra"], src["coord_dec"] = ra % 360.0, dec
     src["x"], src["y"] = catalog["x"], catalog["y"]
     corr_flux = np.asarray(catalog["psfInstFluxCorr"])
-    corr_err = np.asarray(catalog["psfInstFluxCorrErr"])
+    corr_err = np.hypot(
+        np.asarray(catalog["psfInstFluxCorrErr"]), correction_uncertainty * corr_flux
+    )
     src["psfFlux"] = photo_calib.to_njy(corr_flux)
     src["psfFluxErr"] = photo_calib.to_njy_err(corr_flux, corr_err)
     src["psfInstFlux"], src["psfInstFluxErr"] = catalog["psfInstFlux"], catalog["psfInstFluxErr"]

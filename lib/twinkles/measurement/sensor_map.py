@@ -65,21 +65,35 @@ def n_terms(model: str) -> int:
     return (degree + 1) * (degree + 2) // 2 + int(radial)
 
 
-def error_floor(residuals: np.ndarray, errors: np.ndarray, n_parameters: int = 0) -> float:
-    """The ``s`` for which ``sum(r^2 / (e^2 + s^2))`` equals the degrees of freedom.
+#: Median of a chi^2 variable of one degree of freedom.
+CHI2_1_MEDIAN = 0.454936
 
-    The scatter of residuals beyond their statistical errors (0 when the errors explain it),
-    as a survey's error floor is found; a median of ``r^2 - e^2`` instead is dominated by the
-    faint stars, whose errors hide a floor of a few tenths of a percent.
+
+def error_floor(residuals: np.ndarray, errors: np.ndarray, n_parameters: int = 0) -> float:
+    """The ``s`` for which the residuals' ``r^2 / (e^2 + s^2)`` have the median of a chi^2 of
+    one degree of freedom (scaled by ``n / (n - n_parameters)`` for the fitted parameters).
+
+    The scatter of residuals beyond their statistical errors (0 when the errors explain
+    it), as a survey's error floor is found, but on the median: a few stars with a
+    neighbour in their aperture would otherwise set the floor of all; a median of
+    ``r^2 - e^2`` instead is dominated by the faint stars, whose errors hide a floor of a few
+    tenths of a percent.
     """
     r2, e2 = np.asarray(residuals, float) ** 2, np.asarray(errors, float) ** 2
-    dof = len(r2) - n_parameters
-    if dof < 1 or np.sum(r2 / np.maximum(e2, 1e-300)) <= dof:
+    n = len(r2)
+    if n - n_parameters < 1:
+        return 0.0
+    target = CHI2_1_MEDIAN * (n - n_parameters) / n
+
+    def median_chi2(floor: float) -> float:
+        return float(np.median(r2 / np.maximum(e2 + floor**2, 1e-300)))
+
+    if median_chi2(0.0) <= target:
         return 0.0
     low, high = 0.0, float(np.sqrt(np.max(r2)))
     for _ in range(60):
         mid = 0.5 * (low + high)
-        low, high = (mid, high) if np.sum(r2 / (e2 + mid**2)) > dof else (low, mid)
+        low, high = (mid, high) if median_chi2(mid) > target else (low, mid)
     return 0.5 * (low + high)
 
 
