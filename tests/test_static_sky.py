@@ -75,8 +75,16 @@ def test_forced_photometry_of_stars_against_the_truth(tiny_static):
     )
     metrics = forced_star_metrics(rows)
     assert set(metrics["band"]) == {"g", "r", "i"}
+    visits = butler.get("visitTable")
     for m in metrics:
-        assert abs(m["bias"]) < 0.005, m["band"]  # bright stars, median
+        # bright stars, median: within what the band's 4 zero points allow (each visit's
+        # calibration error is common to its stars), and 0.5%
+        errors = [
+            butler.get("visitSummary", visit=int(v))["zero_point_total_err"]
+            for v in visits["obsHistID"][visits["filter"] == m["band"]]
+        ]
+        allowed = 3 * np.sqrt(np.mean(np.square(errors)) / len(errors)) / 1.0857
+        assert abs(m["bias"]) < max(0.005, allowed), (m["band"], allowed)
         # validate_drp's PA1 (S/N >= 50); faro's needs 50 stars of S/N >= 200, which so
         # small a sensor does not hold: not measured, with the count
         assert m["n_drp_stars"] >= 5 and np.isfinite(m["pa1_drp_mmag"])

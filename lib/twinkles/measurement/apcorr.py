@@ -92,6 +92,9 @@ class ApertureCorrectionConfig(Section):
         description="Richest map over the sensor tried for each step (chosen by BIC).",
     )
     min_stars: int = Field(4, ge=1, description="Fewest stars (else ApertureCorrectionError).")
+    min_stars_systematic: int = Field(
+        20, ge=2, description="Fewest stars that measure a per-source systematic (else 0)."
+    )
     clip_sigma: float = Field(3.0, gt=0, description="Clipping of outlying stars (sigma).")
     extendedness_radius: float = Field(
         12.0, gt=0, description="Aperture of the concentration (pixels)."
@@ -196,6 +199,9 @@ class ApertureCorrectionResult:
     """Fractional uncertainty of the correction (every step) at the typical star."""
     systematic: float
     """Fractional per-source systematic of PSF fluxes (the PSF model's)."""
+    shape_uncertainty: float = 0.0
+    """The part of ``uncertainty`` that varies over the sensor: what the zero point, fitted
+    to stars all over it, does not absorb."""
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self.map(x, y)
@@ -206,14 +212,16 @@ class ApertureCorrectionResult:
 
     @property
     def flux_systematic(self) -> float:
-        """Fractional error of every corrected PSF flux beyond its photon noise: the PSF
-        model's per-source systematic and the correction's own uncertainty, in quadrature.
+        """Fractional error of every calibrated PSF flux beyond its photon noise: the PSF
+        model's per-source systematic and the correction's uncertainty over the sensor, in
+        quadrature.
 
         The correction's error is common to a visit's sources, but it changes from visit to
         visit, so it is part of each measurement's error against the truth and in a light
-        curve; without it the pulls of bright stars spread with their S/N.
+        curve; without it the pulls of bright stars spread with their S/N. Its constant part
+        is absorbed by the zero point, so only the part that varies over the sensor counts.
         """
-        return float(np.hypot(self.systematic, self.uncertainty))
+        return float(np.hypot(self.systematic, self.shape_uncertainty))
 
     @property
     def growth(self) -> float:
@@ -374,15 +382,30 @@ class ApertureCorrectionTask:
         stars = Table(
             {"x": x[idx], "y": y[idx], "ratio": ratio, "ratio_err": ratio_err, "used": used}
         )
-        # each step's error at the stars, relative, in quadrature: the correction's
+        # each step's error at the stars, relative, in quadrature: the correction's; and
+        # the part of it that varies over the sensor (the zero point absorbs the rest)
         relative = [np.median(m.error(X, Y) / np.abs(m(X, Y))) for m in steps]
         uncertainty = float(np.sqrt(np.sum(np.square(relative))))
-        # the PSF model's per-star systematic: the first step's scatter beyond the errors
-        systematic = float(first.floor / np.median(ratio[used]))
+        shape = [np.median(m.shape_error(X, Y) / np.abs(m(X, Y))) for m in steps]
+        shape_uncertainty = float(np.sqrt(np.sum(np.square(shape))))
+        # the PSF model's per-star systematic: the first step's scatter beyond the errors,
+        # where enough stars measure it (from a few, the floor is mostly their own noise and
+        # their apertures' neighbours)
+        systematic = (
+            float(first.floor / np.median(ratio[used]))
+            if used.sum() >= cfg.min_stars_systematic
+            else 0.0
+        )
         scatter = 1.4826 * float(np.median(np.abs(first.residuals[used])))
         correction_map = ApertureCorrectionMap(x0, y0, scale, steps)
         result = ApertureCorrectionResult(
-            correction_map, stars, scatter, n_growth, uncertainty, systematic
+            correction_map,
+            stars,
+            scatter,
+            n_growth,
+            uncertainty,
+            systematic,
+            shape_uncertainty,
         )
         corr = result(x, y)  # includes the growth to the total aperture
         catalog["psfApCorr"] = corr

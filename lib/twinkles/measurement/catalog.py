@@ -27,8 +27,9 @@ def calibrated_source_catalog(
 ) -> Table:
     """Add sky positions and nJy fluxes to a measured catalog; returns the ``src`` table.
 
-    ``correction_uncertainty`` (fractional: the aperture correction's, common to the visit's
-    sources but not to other visits) is added in quadrature to the PSF-flux errors.
+    ``correction_uncertainty`` (fractional: the aperture correction's over the sensor, common
+    to the visit's sources but not to other visits) is added in quadrature to the PSF-flux
+    errors.
     """
     n = len(catalog)
     if n >= SOURCE_ID_STRIDE:

@@ -118,6 +118,13 @@ class SensorMap:
         terms = self._terms(X, Y)
         return np.sqrt(np.einsum("ij,jk,ik->i", terms, self.covariance, terms))
 
+    def shape_error(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Standard error of the map less its mean over the positions given: the error of
+        its shape over them (0 for a constant)."""
+        terms = self._terms(X, Y)
+        centred = terms - terms.mean(axis=0)
+        return np.sqrt(np.einsum("ij,jk,ik->i", centred, self.covariance, centred))
+
     def to_dict(self) -> dict:
         """JSON-able form (a template map is stored with the map it follows, not in it)."""
         return {"model": self.model, "coefficients": [float(c) for c in self.coefficients]}
