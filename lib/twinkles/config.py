@@ -268,6 +268,13 @@ class RenderConfig(_Section):
     moffat_beta: float = Field(
         4.765, gt=1.5, le=20.0, description="Moffat beta; 4.765 fits turbulence (Trujillo 2001)."
     )
+    mixed_profiles: list[
+        Literal["moffat", "kolmogorov", "kolmogorov_optics", "double_gaussian"]
+    ] = Field(
+        ["moffat", "kolmogorov_optics", "double_gaussian"],
+        min_length=1,
+        description="The profiles each visit of a mixed-profile run is drawn from.",
+    )
     moffat_beta_min: float = Field(
         2.5, gt=1.5, le=20.0, description="Smallest Moffat beta of a mixed-profile visit."
     )

@@ -149,7 +149,7 @@ def _psf_range(config: RunConfig, visits: Table, table: Table, rng: np.random.Ge
     render = config.render
     n = len(table)
     if render.psf_profile == "mixed":
-        profiles = rng.choice(["moffat", "kolmogorov_optics", "double_gaussian"], n)
+        profiles = rng.choice(list(render.mixed_profiles), n)
         # betas on a 0.5 grid: each (profile, beta) needs its own n_eff table
         betas = np.round(2 * rng.uniform(render.moffat_beta_min, render.moffat_beta_max, n)) / 2
         table["psf_profile"] = profiles
