@@ -254,6 +254,10 @@ def collect_metrics(
                 ISSUE,
                 f"validate_drp's PA1 (stars of median S/N >= 50, random pairs of visits; photon "
                 f"noise alone gives {_get(f, 'pa1_drp_noise_mmag'):.1f} mmag), {band}",
+                note=""
+                if _finite(_get(f, "pa1_drp_mmag"))
+                else f"{int(_get(f, 'n_drp_stars', default=0))} stars of median S/N >= 50 "
+                "(needs 3)",
             ),
             Metric(
                 f"photometric_floor_{band}",
