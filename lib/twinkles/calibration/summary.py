@@ -26,8 +26,7 @@ def visit_summary(
     """Quality numbers of a processed visit (JSON-able).
 
     The 5-sigma depth is that of a point source on this visit's measured sky noise, PSF
-    (effective area, of the whole PSF: the kernel's scaled by the light the aperture
-    correction puts back) and zero point, background-limited. ``zero_point_err`` is the error of
+    (effective area) and zero point, background-limited. ``zero_point_err`` is the error of
     the calibration of fluxes (nJy) from the calibration stars; the zero point as
     electrons-to-total-magnitude also carries the aperture correction's error,
     ``ap_corr_err`` (fractional), which the calibration absorbs: ``zero_point_total_err`` is
@@ -35,11 +34,7 @@ def visit_summary(
     fractional error added to every PSF flux (the PSF model's and the correction's).
     """
     meta = exposure.metadata
-    # n_eff (and FWHMeff, OpSim's) are the whole PSF's: the kernel holds the fraction of the
-    # light the aperture correction puts back, and n_eff = 1 / sum(p^2) scales as 1 / f^2
-    x0, y0 = psf_result.psf.x0, psf_result.psf.y0
-    in_kernel = 1.0 / float(apcorr.map(np.array([x0]), np.array([y0]))[0])
-    neff = psf_result.psf.neff(x0, y0) / in_kernel**2
+    neff = psf_result.psf.neff(psf_result.psf.x0, psf_result.psf.y0)
     sky_noise = float(meta.get("sky_noise", np.nan))
     zp = photocal.photo_calib.zero_point
     return {
@@ -49,7 +44,7 @@ def visit_summary(
         "exptime": float(meta["exptime"]),
         "airmass": float(meta.get("airmass", np.nan)),
         "psf_fwhm": psf_result.fwhm * pixel_scale,
-        "psf_fwhm_eff": psf_result.fwhm_eff / in_kernel * pixel_scale,
+        "psf_fwhm_eff": psf_result.fwhm_eff * pixel_scale,
         "psf_n_stars": psf_result.n_stars,
         "psf_degree": int(psf_result.stars.meta["degree"]),
         "psf_radial": bool(psf_result.stars.meta.get("radial", False)),
