@@ -109,7 +109,7 @@ def neff_pixels(obj: galsim.GSObject, radius: float, oversampling: int = 4) -> f
     return float(1.0 / (np.sum(in_pixel**2) * scale**2))
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)  # a mixed-profile run has a table per (profile, beta)
 def _neff_table(profile: str, beta: float) -> tuple[np.ndarray, np.ndarray]:
     fwhm_px = np.geomspace(1.0, 16.0, 30)
     # other profiles are not truncated: sample far enough out that <0.1% of n_eff is missed
