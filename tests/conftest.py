@@ -98,12 +98,12 @@ def tiny_full(tiny_dia: Run) -> Run:
 
 
 #: Demo visits processed by the tests (a spread over the ten years and the filters).
-DEMO_VISITS = [1, 11, 15, 29, 43, 50]  # i, g, r, g, z, r over years 0-7
+DEMO_VISITS = [1, 8, 15, 22, 29, 36, 43, 50]
 
 
 @pytest.fixture(scope="session")
 def demo_processed(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """Six visits of the demo run, simulated and processed."""
+    """Eight visits of the demo run, simulated and processed."""
     from twinkles.workflow.driver import run_pipeline
 
     run = load_run(copy_config("demo", tmp_path_factory.mktemp("runs")))
