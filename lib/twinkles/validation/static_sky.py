@@ -634,7 +634,7 @@ def enclosed_light_mmag(psf_truth: dict, radius_px: float, pixel_scale: float) -
 
     ``psf_truth`` is the ``psf`` record of an ``eimageTruth``.
     """
-    from twinkles.sim.psf import SimulatedPSF
+    from twinkles.sim.psf import SimulatedPSF  # GalSim, imported only where a truth is drawn
 
     half = int(np.ceil(3 * radius_px))
     image = SimulatedPSF.from_dict(psf_truth).at(0.0, 0.0)
