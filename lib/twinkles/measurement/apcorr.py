@@ -194,7 +194,6 @@ class ApertureCorrectionResult:
     map: ApertureCorrectionMap
     stars: Table
     scatter: float
-    growth_n_stars: int
     uncertainty: float
     """Fractional uncertainty of the correction (every step) at the typical star."""
     systematic: float
@@ -222,11 +221,6 @@ class ApertureCorrectionResult:
         is absorbed by the zero point, so only the part that varies over the sensor counts.
         """
         return float(np.hypot(self.systematic, self.shape_uncertainty))
-
-    @property
-    def growth(self) -> float:
-        """The median growth from the inner to the total aperture over the stars."""
-        return float(np.median(self.map.growth(self.stars["x"], self.stars["y"])))
 
 
 def concentration_extended(
@@ -351,7 +345,6 @@ class ApertureCorrectionTask:
         # the growth, step by step to the total aperture
         radii = [r for r in (cfg.inner, cfg.middle, cfg.radius) if r > 0]
         flux, flux_err = inner, inner_err
-        n_growth = len(idx)
         for radius in radii[1:]:
             outer, outer_err = local_aperture_flux(
                 exposure, seg, idx, x[idx], y[idx], radius, cfg.annulus
@@ -376,7 +369,6 @@ class ApertureCorrectionTask:
                 template=steps[-1] if len(steps) > 1 else None,
             )
             steps.append(fit.map)
-            n_growth = min(n_growth, int(fit.used.sum()))
             flux, flux_err = outer, outer_err
         used = first.used
         stars = Table(
@@ -402,7 +394,6 @@ class ApertureCorrectionTask:
             correction_map,
             stars,
             scatter,
-            n_growth,
             uncertainty,
             systematic,
             shape_uncertainty,

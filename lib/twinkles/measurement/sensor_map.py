@@ -29,9 +29,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkles.psf.pixel import polynomial_terms
+from twinkles.psf.pixel import spatial_terms
 
-__all__ = ["MAP_MODELS", "SensorMap", "error_floor", "fit_sensor_map", "map_terms"]
+__all__ = [
+    "MAP_MODELS",
+    "SensorMap",
+    "error_floor",
+    "fit_sensor_map",
+    "map_terms",
+    "weighted_fit",
+]
 
 #: Candidate models from the simplest: (name, polynomial degree, radial term).
 MAP_MODELS = (
@@ -52,10 +59,7 @@ def map_terms(
             raise ValueError("a template model needs the map it follows")
         return np.column_stack([np.ones(len(np.atleast_1d(X))), template(X, Y) - 1.0])
     degree, radial = _MODEL[model]
-    terms = polynomial_terms(X, Y, degree)
-    if radial:
-        terms = np.column_stack([terms, np.asarray(X, float) ** 2 + np.asarray(Y, float) ** 2])
-    return terms
+    return spatial_terms(X, Y, degree, radial)
 
 
 def n_terms(model: str) -> int:
@@ -151,7 +155,10 @@ class SensorMapFit:
     bic: dict[str, float]
 
 
-def _weighted_fit(terms: np.ndarray, values: np.ndarray, sigma: np.ndarray):
+def weighted_fit(
+    terms: np.ndarray, values: np.ndarray, sigma: np.ndarray
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Weighted linear least squares: the coefficients, the chi^2 and their covariance."""
     a = terms / sigma[:, None]
     coeffs, *_ = np.linalg.lstsq(a, values / sigma, rcond=None)
     chi2 = float(np.sum(((values - terms @ coeffs) / sigma) ** 2))
@@ -205,7 +212,7 @@ def fit_sensor_map(
     floor = 0.0
     for _ in range(5):  # the floor and the clipping from the richest affordable model
         sigma = np.hypot(errors, floor)
-        coeffs, _, _ = _weighted_fit(top_terms[used], values[used], sigma[used])
+        coeffs, _, _ = weighted_fit(top_terms[used], values[used], sigma[used])
         resid = values - top_terms @ coeffs
         floor = error_floor(resid[used], errors[used], top_terms.shape[1])
         sigma = np.hypot(errors, floor)
@@ -220,7 +227,7 @@ def fit_sensor_map(
     bic, fits = {}, {}
     for model in candidates:
         terms = map_terms(X, Y, model, template)
-        coeffs, chi2, cov = _weighted_fit(terms[used], values[used], sigma[used])
+        coeffs, chi2, cov = weighted_fit(terms[used], values[used], sigma[used])
         bic[model] = chi2 + terms.shape[1] * np.log(n)
         fits[model] = (coeffs, cov)
     best = min(candidates, key=lambda m: bic[m])

@@ -35,8 +35,9 @@ from astropy.table import Table, vstack
 
 from twinkles.calibration.matching import match_nearest
 from twinkles.geometry import chord_length, sky_to_tangent, unit_vectors
+from twinkles.measurement.sensor_map import weighted_fit
 from twinkles.sim.truth import Truth
-from twinkles.units import MMAG_PER_FRACTION
+from twinkles.units import MAG_PER_FRACTION, MMAG_PER_FRACTION
 
 __all__ = [
     "am1",
@@ -387,7 +388,7 @@ def _magnitude_matrix(
     for k, star in enumerate(chosen):
         sel = (ids == star) & (flux > 0)
         mags[k, column[sel]] = -2.5 * np.log10(flux[sel])
-        mag_errors[k, column[sel]] = err[sel] / flux[sel] * (2.5 / np.log(10.0))
+        mag_errors[k, column[sel]] = err[sel] / flux[sel] * MAG_PER_FRACTION
     return mags, mag_errors
 
 
@@ -556,12 +557,9 @@ def flux_ramps(
 
     def fit(design: np.ndarray, ratio: np.ndarray, sigma: np.ndarray) -> tuple:
         """Weighted least squares; coefficients over the constant, and their errors."""
-        a = design / sigma[:, None]
-        coeffs, *_ = np.linalg.lstsq(a, ratio / sigma, rcond=None)
-        resid = (ratio - design @ coeffs) / sigma
+        coeffs, chi2, cov = weighted_fit(design, ratio, sigma)
         # errors scaled by the fit's reduced chi^2 when that exceeds 1 (outliers, blends)
-        chi2 = max(float(np.sum(resid**2)) / max(len(ratio) - design.shape[1], 1), 1.0)
-        cov = np.linalg.inv(a.T @ a) * chi2
+        cov = cov * max(chi2 / max(len(ratio) - design.shape[1], 1), 1.0)
         return coeffs[1:] / coeffs[0], np.sqrt(np.diag(cov)[1:]) / coeffs[0]
 
     for visit in np.unique(visit_ids[ok]):
