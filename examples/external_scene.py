@@ -272,6 +272,15 @@ def render_visit(
     image = galsim.ImageF(size, size, wcs=gs_wcs, init_value=0.0)
     gsparams = galsim.GSParams(maximum_fft_size=16384)
 
+    alpha = fwhm0 * (1.0 + grad) / PIXEL_SCALE / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+    def point_half(electrons: float) -> int:
+        """Half-size of a point source's stamp that leaves out under 1 electron or 1e-4 of
+        its light (a Moffat's wings fall only as r^(2 - 2 beta)): a sky has all of it."""
+        missed = max(1e-4, 1.0 / max(electrons, 1.0))
+        radius = alpha * np.sqrt(missed ** (1.0 / (1.0 - beta)) - 1.0)
+        return int(np.clip(np.ceil(radius), 8, 2 * size))
+
     def draw(obj: galsim.GSObject, x: float, y: float, half: int) -> None:
         ix, iy = round(x), round(y)
         bounds = galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1)
@@ -294,8 +303,12 @@ def render_visit(
         (sx > -margin) & (sx < size + margin) & (sy > -margin) & (sy < size + margin)
     ):
         electrons = star_flux(sky, int(i), band, mjd) * e_per_njy
-        half = 16 if electrons < 1e5 else (48 if electrons < 1e6 else 96)
-        draw(psf_at(sx[i], sy[i]).withFlux(electrons).withGSParams(gsparams), sx[i], sy[i], half)
+        draw(
+            psf_at(sx[i], sy[i]).withFlux(electrons).withGSParams(gsparams),
+            sx[i],
+            sy[i],
+            point_half(electrons),
+        )
     # galaxies
     g = sky["galaxies"]
     gx, gy = true_wcs.all_world2pix(g["ra"], g["dec"], 0)
@@ -315,7 +328,7 @@ def render_visit(
         x, y = true_wcs.all_world2pix([tr["ra"]], [tr["dec"]], 0)
         electrons = float(transient_flux(tr, band, mjd)) * e_per_njy
         if electrons > 0:
-            draw(psf_at(x[0], y[0]).withFlux(electrons), x[0], y[0], 32)
+            draw(psf_at(x[0], y[0]).withFlux(electrons), x[0], y[0], point_half(electrons))
 
     expected = image.array.astype(np.float64)
     yy, xx = np.mgrid[0:size, 0:size]

@@ -244,7 +244,9 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
     calexp = make_calexp(10.0, seed=4, stars=stars)
     ra, dec, _ = (np.array(c) for c in zip(*stars, strict=True))
     h, w = calexp.shape
-    # +-5% across the sensor in x, times a growth of 1.02 rising 1% towards +y
+    # +-5% across the sensor in x, times a growth of 1.02 rising 1% towards +y, times an
+    # outer growth that follows the PSF's width (its core concentration falls 4% towards +x)
+    width = SensorMap("linear", np.array([1.0, -0.08, 0.0]), np.zeros((3, 3)))
     correction = ApertureCorrectionMap(
         0.5 * (w - 1),
         0.5 * (h - 1),
@@ -252,7 +254,9 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
         [
             SensorMap("linear", np.array([1.0, 0.1, 0.0]), np.zeros((3, 3))),
             SensorMap("linear", np.array([1.02, 0.0, 0.01]), np.zeros((3, 3))),
+            SensorMap("scaled", np.array([1.01]), np.zeros((1, 1)), width, -0.1),
         ],
+        width,
     )
     plain = ForcedPhotometryTask().run(calexp, ra, dec).catalog
     corrected = ForcedPhotometryTask().run(calexp, ra, dec, ap_corr=correction).catalog

@@ -86,3 +86,10 @@ def test_the_maps_follow_a_radial_pattern_the_psf_model_does_not():
     scene = psf_pattern_exposure("radial", "moffat", 0.12, 0.9, 1, size=SIZE, spacing=SPACING)
     mapped = measured_ramps(scene, ApertureCorrectionConfig(), no_radial)
     assert abs(mapped["radial"]) < 3 * mapped["radial_err"] + 1.0, mapped
+
+
+def test_the_apertures_must_grow_outwards():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="apertures must grow: core 6 < inner 6"):
+        ApertureCorrectionConfig(core=6.0)

@@ -57,6 +57,36 @@ def test_a_template_model_follows_another_map():
     assert fit.map.coefficients[1] == pytest.approx(0.2, abs=0.03)
 
 
+def test_a_scaled_model_follows_its_template_with_one_number_where_the_stars_are_noisy():
+    """A growth step 0.3% deep across the sensor under 1% errors: no free pattern is
+    significant, but the slope physics gives keeps it, for the cost of a constant; a slope
+    the stars refute gives way to another model."""
+    from twinkles.measurement.sensor_map import SensorMap
+
+    rng, X, Y, _ = stars(n=30, seed=7)
+    width = SensorMap("linear", np.array([1.0, -0.06, 0.02]), np.zeros((3, 3)))
+    truth = 1.02 * (1 - 0.05 * (width(X, Y) - 1))
+    values = truth + rng.normal(size=len(X)) * 0.01
+    free = fit_sensor_map(X, Y, values, np.full(len(X), 0.01), "linear_radial", template=width)
+    assert free.map.model == "constant", free.bic
+    fit = fit_sensor_map(
+        X, Y, values, np.full(len(X), 0.01), "linear_radial", template=width, slope=-0.05
+    )
+    assert fit.map.model == "scaled", fit.bic
+    grid = np.linspace(-0.7, 0.7, 5)
+    np.testing.assert_allclose(
+        fit.map(grid, grid) / fit.map(0, 0), 1 - 0.05 * (width(grid, grid) - width(0, 0)), atol=1e-6
+    )
+    again = SensorMap.from_dict(fit.map.to_dict(), width)
+    np.testing.assert_allclose(again(grid, grid), fit.map(grid, grid))
+    # a gradient the slope cannot give, 20 errors deep, is not forced onto the template
+    steep = 1.0 + 0.2 * Y + rng.normal(size=len(X)) * 0.01
+    other = fit_sensor_map(
+        X, Y, steep, np.full(len(X), 0.01), "linear_radial", template=width, slope=-0.05
+    )
+    assert other.map.model == "linear", other.bic
+
+
 def test_error_floor():
     rng = np.random.default_rng(1)
     errors = rng.uniform(0.001, 0.01, 2000)

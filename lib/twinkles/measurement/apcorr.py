@@ -48,11 +48,12 @@ criterion of SDSS and LSST's extendedness).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import numpy as np
 from astropy.table import Table
-from pydantic import Field
+from pydantic import Field, model_validator
 from scipy.spatial import cKDTree
 
 from twinkles.config import Section
@@ -79,6 +80,12 @@ class ApertureCorrectionError(TwinklesError):
 class ApertureCorrectionConfig(Section):
     """Aperture correction and extendedness."""
 
+    core: float = Field(
+        3.0,
+        gt=0,
+        description="Aperture of the stars' core concentration (core over inner flux), the "
+        "measure of the PSF's width over the sensor that every step may follow (pixels).",
+    )
     inner: float = Field(6.0, gt=0, description="Aperture of the first step (pixels).")
     middle: float = Field(
         12.0, ge=0, description="Intermediate aperture of the growth (pixels; 0: none)."
@@ -104,6 +111,16 @@ class ApertureCorrectionConfig(Section):
     )
     extendedness_sigma: float = Field(3.0, gt=0, description="Significance of that excess (sigma).")
 
+    @model_validator(mode="after")
+    def _apertures_grow(self) -> ApertureCorrectionConfig:
+        radii = [self.core, self.inner] + ([self.middle] if self.middle > 0 else []) + [self.radius]
+        if any(b <= a for a, b in pairwise(radii)):
+            raise ValueError(
+                f"apertures must grow: core {self.core:g} < inner {self.inner:g} < middle "
+                f"{self.middle:g} (or 0) < radius {self.radius:g} pixels"
+            )
+        return self
+
 
 _LEGACY_MODELS = {(0, False): "constant", (1, False): "linear", (1, True): "linear_radial"}
 
@@ -128,6 +145,10 @@ class ApertureCorrectionMap:
     scale: float
     steps: list[SensorMap]
     """Inner aperture over PSF flux, then each growth step."""
+    width: SensorMap | None = None
+    """The stars' core concentration over its mean: the PSF's width over the sensor, which
+    steps of the ``template`` model follow (``None``: a map written before it existed, whose
+    template steps follow the step before)."""
 
     def _normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X = (np.atleast_1d(np.asarray(x, dtype=float)) - self.x0) / self.scale
@@ -152,19 +173,24 @@ class ApertureCorrectionMap:
 
     def to_dict(self) -> dict:
         """JSON-able form."""
-        return {
+        out = {
             "x0": float(self.x0),
             "y0": float(self.y0),
             "scale": float(self.scale),
             "steps": [step.to_dict() for step in self.steps],
         }
+        if self.width is not None:
+            out["width"] = self.width.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ApertureCorrectionMap:
+        width = SensorMap.from_dict(data["width"]) if "width" in data else None
         if "steps" in data:
             steps: list[SensorMap] = []
             for step in data["steps"]:
-                steps.append(SensorMap.from_dict(step, steps[-1] if steps else None))
+                template = width if width is not None else (steps[-1] if steps else None)
+                steps.append(SensorMap.from_dict(step, template))
         else:  # written by an older twinkles: an inner polynomial and one growth
             radial = bool(data.get("radial", False))
             steps = [_legacy_map(data["coefficients"], data["degree"], radial)]
@@ -174,7 +200,7 @@ class ApertureCorrectionMap:
                 )
             else:
                 steps.append(_legacy_map([float(data["growth"])], 0, False))
-        return cls(float(data["x0"]), float(data["y0"]), float(data["scale"]), steps)
+        return cls(float(data["x0"]), float(data["y0"]), float(data["scale"]), steps, width)
 
     @classmethod
     def from_summary(cls, summary: dict) -> ApertureCorrectionMap:
@@ -339,13 +365,19 @@ class ApertureCorrectionTask:
         idx, inner, inner_err = idx[ok], inner[ok], inner_err[ok]
         ratio, ratio_err = ratio[ok], ratio_err[ok]
         X, Y = (x[idx] - x0) / scale, (y[idx] - y0) / scale
+        width = self._width_map(exposure, seg, idx, x[idx], y[idx], inner, inner_err, X, Y)
+        slopes = (
+            self._growth_slopes(exposure, seg, idx, x[idx], y[idx]) if width is not None else {}
+        )
         # step 1: inner aperture over PSF flux
-        first = fit_sensor_map(X, Y, ratio, ratio_err, cfg.map_model, cfg.clip_sigma)
+        first = fit_sensor_map(
+            X, Y, ratio, ratio_err, cfg.map_model, cfg.clip_sigma, template=width
+        )
         steps = [first.map]
         # the growth, step by step to the total aperture
         radii = [r for r in (cfg.inner, cfg.middle, cfg.radius) if r > 0]
         flux, flux_err = inner, inner_err
-        for radius in radii[1:]:
+        for previous, radius in pairwise(radii):
             outer, outer_err = local_aperture_flux(
                 exposure, seg, idx, x[idx], y[idx], radius, cfg.annulus
             )
@@ -358,7 +390,6 @@ class ApertureCorrectionTask:
                     f"visit {visit}: only {int(good.sum())} stars for the aperture-correction "
                     f"growth to {radius:g} px (need {cfg.min_stars})"
                 )
-            # beyond the first growth step the pattern may follow the step before
             fit = fit_sensor_map(
                 X[good],
                 Y[good],
@@ -366,7 +397,8 @@ class ApertureCorrectionTask:
                 step_err[good],
                 cfg.map_model,
                 cfg.clip_sigma,
-                template=steps[-1] if len(steps) > 1 else None,
+                template=width,
+                slope=slopes.get((previous, radius)),
             )
             steps.append(fit.map)
             flux, flux_err = outer, outer_err
@@ -389,7 +421,7 @@ class ApertureCorrectionTask:
             else 0.0
         )
         scatter = 1.4826 * float(np.median(np.abs(first.residuals[used])))
-        correction_map = ApertureCorrectionMap(x0, y0, scale, steps)
+        correction_map = ApertureCorrectionMap(x0, y0, scale, steps, width)
         result = ApertureCorrectionResult(
             correction_map,
             stars,
@@ -410,6 +442,96 @@ class ApertureCorrectionTask:
         )
         self._extendedness(catalog, idx[used], (x0, y0, scale))
         return result
+
+    def _width_map(
+        self,
+        exposure: Exposure,
+        segmentation: np.ndarray,
+        index: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        inner: np.ndarray,
+        inner_err: np.ndarray,
+        X: np.ndarray,
+        Y: np.ndarray,
+    ) -> SensorMap | None:
+        """The stars' core concentration (``core`` over ``inner`` aperture flux) over the
+        sensor, divided by its mean: where the PSF is broader, less of a star's light is in
+        its core and more lies beyond every aperture.
+
+        Each step of the correction changes with the PSF's width, but by a fraction of a
+        percent to a few percent across the sensor, under the noise of a few dozen stars'
+        12- and 25-pixel apertures; the core concentration changes several times as much and
+        is measured within 6 pixels, so its pattern (a gradient, a radial change, any of the
+        map models) is clear where theirs is not, and a step that follows it (the
+        ``template`` model) needs one number more than a constant. ``None`` when the stars
+        show no change of width.
+        """
+        cfg = self.config
+        core, core_err = local_aperture_flux(
+            exposure, segmentation, index, x, y, cfg.core, cfg.annulus
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conc = core / inner
+            # the core is inside the inner aperture, so these errors overstate the ratio's
+            conc_err = np.abs(conc) * np.hypot(core_err / core, inner_err / inner)
+        good = np.isfinite(conc) & np.isfinite(conc_err) & (conc_err > 0) & (core > 0)
+        if good.sum() < cfg.min_stars:
+            return None
+        fit = fit_sensor_map(
+            X[good], Y[good], conc[good], conc_err[good], cfg.map_model, cfg.clip_sigma
+        )
+        if fit.map.model == "constant":
+            return None
+        mean = float(np.median(fit.map(X[good], Y[good])))
+        return SensorMap(fit.map.model, fit.map.coefficients / mean, fit.map.covariance / mean**2)
+
+    def _growth_slopes(
+        self,
+        exposure: Exposure,
+        segmentation: np.ndarray,
+        index: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+    ) -> dict[tuple[float, float], float]:
+        """How much each growth step changes per change of the core concentration, from the
+        stars' mean curve of growth, for a PSF whose profile keeps its shape as its width
+        changes.
+
+        If ``F(r; w) = F(r / w)``, a ratio of fluxes in apertures ``r1 < r2`` changes with
+        the width as ``d ln[F(r2) / F(r1)] / d ln w = s(r1) - s(r2)``, with
+        ``s(r) = d ln F / d ln r`` the logarithmic slope of the curve of growth: so a growth
+        step ``r1 -> r2`` changes by ``(s(r2) - s(r1)) / (s(core) - s(inner))`` times the
+        core concentration's fractional change. The slopes come from the stars' summed
+        fluxes in apertures 1.2 times wider and narrower than each radius (Stetson 1990's
+        curve of growth, differentiated); bright stars dominate the sums, as their growth
+        is best measured. Empty when the core concentration does not change measurably
+        with the width (its slopes equal).
+        """
+        cfg = self.config
+        radii = [cfg.core, cfg.inner] + ([cfg.middle] if cfg.middle > 0 else []) + [cfg.radius]
+        widen = 1.2
+        log_slope = {}
+        for radius in radii:
+            wide, _ = local_aperture_flux(
+                exposure, segmentation, index, x, y, radius * widen, cfg.annulus
+            )
+            narrow, _ = local_aperture_flux(
+                exposure, segmentation, index, x, y, radius / widen, cfg.annulus
+            )
+            good = np.isfinite(wide) & np.isfinite(narrow) & (narrow > 0) & (wide > 0)
+            if good.sum() < cfg.min_stars:
+                return {}
+            log_slope[radius] = float(
+                np.log(wide[good].sum() / narrow[good].sum()) / np.log(widen**2)
+            )
+        core_change = log_slope[cfg.core] - log_slope[cfg.inner]
+        if not core_change > 0.05:
+            return {}
+        growth = radii[1:]
+        return {
+            (r1, r2): (log_slope[r2] - log_slope[r1]) / core_change for r1, r2 in pairwise(growth)
+        }
 
     def _extendedness(self, catalog: Table, stars: np.ndarray, frame: tuple) -> None:
         """Concentration relative to the stars' at the same place (see the module docstring).

@@ -6,10 +6,12 @@ low-order function of the normalised sensor position ``(X, Y) = ((x - x0), (y - 
 nested from the simplest:
 
 * ``constant``;
-* ``template``: ``1, t - 1`` with ``t`` another map (:attr:`SensorMap.template`): a quantity
-  that changes as another does, with one number more than a constant (the light beyond
-  12 pixels changes over the sensor as the light between 6 and 12 does, both with the PSF's
-  width, but a 25-pixel aperture is too noisy to show the pattern on its own);
+* ``scaled``: ``1 + slope (t - 1)`` with ``t`` another map (:attr:`SensorMap.template`)
+  and a slope known beforehand: one number, as a constant, for a quantity that physics ties
+  to another (the growth of a star's light between two apertures and its core
+  concentration, both set by the PSF's width), tried in place of the constant;
+* ``template``: ``1, t - 1``: a quantity that changes as another does, with one number more
+  than a constant;
 * ``linear``: ``1, X, Y`` (a gradient in any direction);
 * ``linear_radial``: ``1, X, Y, X^2 + Y^2`` (and a focal-plane-like radial pattern);
 * ``quadratic``: every monomial up to degree 2.
@@ -51,18 +53,27 @@ _MODEL = {name: (degree, radial) for name, degree, radial in MAP_MODELS}
 
 
 def map_terms(
-    X: np.ndarray, Y: np.ndarray, model: str, template: SensorMap | None = None
+    X: np.ndarray,
+    Y: np.ndarray,
+    model: str,
+    template: SensorMap | None = None,
+    slope: float = 0.0,
 ) -> np.ndarray:
     """The terms of ``model`` at normalised positions, shape (n, n_terms)."""
-    if model == "template":
+    if model in ("template", "scaled"):
         if template is None:
-            raise ValueError("a template model needs the map it follows")
-        return np.column_stack([np.ones(len(np.atleast_1d(X))), template(X, Y) - 1.0])
+            raise ValueError(f"a {model} model needs the map it follows")
+        change = template(X, Y) - 1.0
+        if model == "scaled":
+            return (1.0 + slope * change)[:, None]
+        return np.column_stack([np.ones(len(change)), change])
     degree, radial = _MODEL[model]
     return spatial_terms(X, Y, degree, radial)
 
 
 def n_terms(model: str) -> int:
+    if model == "scaled":
+        return 1
     if model == "template":
         return 2
     degree, radial = _MODEL[model]
@@ -104,15 +115,16 @@ def error_floor(residuals: np.ndarray, errors: np.ndarray, n_parameters: int = 0
 @dataclass(frozen=True)
 class SensorMap:
     """A fitted map: its model, coefficients and their covariance (and, for the
-    ``template`` model, the map it follows)."""
+    ``template`` and ``scaled`` models, the map it follows and the ``scaled`` slope)."""
 
     model: str
     coefficients: np.ndarray
     covariance: np.ndarray
     template: SensorMap | None = None
+    slope: float = 0.0
 
     def _terms(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        return map_terms(np.atleast_1d(X), np.atleast_1d(Y), self.model, self.template)
+        return map_terms(np.atleast_1d(X), np.atleast_1d(Y), self.model, self.template, self.slope)
 
     def __call__(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
         return self._terms(X, Y) @ self.coefficients
@@ -131,7 +143,10 @@ class SensorMap:
 
     def to_dict(self) -> dict:
         """JSON-able form (a template map is stored with the map it follows, not in it)."""
-        return {"model": self.model, "coefficients": [float(c) for c in self.coefficients]}
+        out = {"model": self.model, "coefficients": [float(c) for c in self.coefficients]}
+        if self.model == "scaled":
+            out["slope"] = float(self.slope)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, template: SensorMap | None = None) -> SensorMap:
@@ -140,7 +155,8 @@ class SensorMap:
             data["model"],
             coefficients,
             np.zeros((len(coefficients),) * 2),
-            template if data["model"] == "template" else None,
+            template if data["model"] in ("template", "scaled") else None,
+            float(data.get("slope", 0.0)),
         )
 
 
@@ -174,6 +190,7 @@ def fit_sensor_map(
     clip_sigma: float = 3.0,
     min_stars_per_term: int = 4,
     template: SensorMap | None = None,
+    slope: float | None = None,
 ) -> SensorMapFit:
     """Fit ``values`` (errors ``errors``) over the sensor with the model the stars support.
 
@@ -191,6 +208,9 @@ def fit_sensor_map(
     template : SensorMap, optional
         A map the values may follow (the ``template`` model is then tried after
         ``constant``).
+    slope : float, optional
+        The values' fractional change per fractional change of ``template``, where physics
+        gives it: the ``scaled`` model then takes the constant's place.
 
     Returns
     -------
@@ -208,6 +228,8 @@ def fit_sensor_map(
     top_terms = map_terms(X, Y, top)
     if template is not None and len(values) >= min_stars_per_term * n_terms("template"):
         candidates.insert(1, "template")
+    if template is not None and slope is not None:
+        candidates[0] = "scaled"
     used = np.ones(len(values), dtype=bool)
     floor = 0.0
     for _ in range(5):  # the floor and the clipping from the richest affordable model
@@ -226,11 +248,13 @@ def fit_sensor_map(
     n = int(used.sum())
     bic, fits = {}, {}
     for model in candidates:
-        terms = map_terms(X, Y, model, template)
+        terms = map_terms(X, Y, model, template, slope or 0.0)
         coeffs, chi2, cov = weighted_fit(terms[used], values[used], sigma[used])
         bic[model] = chi2 + terms.shape[1] * np.log(n)
         fits[model] = (coeffs, cov)
     best = min(candidates, key=lambda m: bic[m])
     coeffs, cov = fits[best]
-    chosen = SensorMap(best, coeffs, cov, template if best == "template" else None)
+    follows = best in ("template", "scaled")
+    kept_slope = float(slope) if best == "scaled" and slope is not None else 0.0
+    chosen = SensorMap(best, coeffs, cov, template if follows else None, kept_slope)
     return SensorMapFit(chosen, values - chosen(X, Y), used, floor, bic)
