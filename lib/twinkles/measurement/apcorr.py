@@ -19,6 +19,16 @@ and a radial term, as the stars demand):
    PSF's width lies within 12 pixels, where apertures are four times less crowded and
    noisy; the 12 to 25 pixel step keeps the wings of broad-winged profiles.
 
+Every step changes with the PSF's width, but a few dozen stars' 12- and 25-pixel apertures
+are too noisy to show by how much (a 12% change of width moves the 12 to 25 pixel growth of
+a Moffat by under 1%, under the noise of 25 stars). So the PSF's width is mapped first, as the
+stars' core concentration (``core`` over ``inner`` aperture flux, which changes several times
+as much and is measured within 6 pixels), and each step may follow that map (the
+``template`` model). A growth step by default follows it with the slope that the stars' mean
+curve of growth predicts for a profile that keeps its shape as its width changes
+(:meth:`ApertureCorrectionTask._growth_slopes`; the ``scaled`` model, one number as a
+constant); a richer map replaces it only where the stars demand one.
+
 Apertures leave out the footprints of other detections, and each star's sky comes from an
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
 light of undetected faint galaxies, which lifts the sky in the aperture alike (0.5 e- per pixel
