@@ -156,7 +156,7 @@ class ApertureCorrectionMap:
     steps: list[SensorMap]
     """Inner aperture over PSF flux, then each growth step."""
     width: SensorMap | None = None
-    """The stars' core concentration over its mean: the PSF's width over the sensor, which
+    """The stars' core concentration over its median: the PSF's width over the sensor, which
     steps of the ``template`` model follow (``None``: a map written before it existed, whose
     template steps follow the step before)."""
 
@@ -466,7 +466,7 @@ class ApertureCorrectionTask:
         Y: np.ndarray,
     ) -> SensorMap | None:
         """The stars' core concentration (``core`` over ``inner`` aperture flux) over the
-        sensor, divided by its mean: where the PSF is broader, less of a star's light is in
+        sensor, divided by its median at the stars: where the PSF is broader, less of a star's light is in
         its core and more lies beyond every aperture.
 
         Each step of the correction changes with the PSF's width, but by a fraction of a
