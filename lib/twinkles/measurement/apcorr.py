@@ -466,8 +466,8 @@ class ApertureCorrectionTask:
         Y: np.ndarray,
     ) -> SensorMap | None:
         """The stars' core concentration (``core`` over ``inner`` aperture flux) over the
-        sensor, divided by its median at the stars: where the PSF is broader, less of a star's light is in
-        its core and more lies beyond every aperture.
+        sensor, divided by its median at the stars: where the PSF is broader, less of a
+        star's light is in its core and more lies beyond every aperture.
 
         Each step of the correction changes with the PSF's width, but by a fraction of a
         percent to a few percent across the sensor, under the noise of a few dozen stars'
