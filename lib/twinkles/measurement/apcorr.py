@@ -279,7 +279,7 @@ def local_aperture_flux(
     index: np.ndarray,
     x: np.ndarray,
     y: np.ndarray,
-    radius: float,
+    radius: float | list[float],
     annulus: tuple[float, float],
     clip: float | None = 3.0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -287,21 +287,22 @@ def local_aperture_flux(
 
     The sky of each source is the ``clip``-sigma-clipped mean (plain mean: ``None``) of its
     annulus pixels that belong to no footprint; it is subtracted over the pixels the aperture
-    actually used.
+    actually used. With a list of radii, the fluxes and errors have one column per radius
+    (the sky is found once per source).
     """
     image = exposure.image
     sums = sum_circles(
         image,
         x,
         y,
-        [radius],
+        [float(r) for r in np.atleast_1d(radius)],
         variance=exposure.variance,
         segmentation=segmentation,
         seg_ids=np.asarray(index) + 1,
     )
     # other footprints' pixels are left out: the sky is subtracted over the pixels used
-    flux, var_sum = sums.unmasked_sum[:, 0], sums.unmasked_var[:, 0]
-    area = sums.area[:, 0] - sums.masked_area[:, 0]
+    flux, var_sum = sums.unmasked_sum, sums.unmasked_var
+    area = sums.area - sums.masked_area
     r_in, r_out = annulus
     offsets = np.arange(-int(np.ceil(r_out)), int(np.ceil(r_out)) + 1)
     dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
@@ -324,7 +325,16 @@ def local_aperture_flux(
         if len(values):
             sky[k] = values.mean()
             sky_err[k] = values.std() / np.sqrt(len(values))
-    return flux - sky * area, np.sqrt(var_sum + (sky_err * area) ** 2)
+    value = flux - sky[:, None] * area
+    error = np.sqrt(var_sum + (sky_err[:, None] * area) ** 2)
+    if np.ndim(radius) == 0:
+        return value[:, 0], error[:, 0]
+    return value, error
+
+
+#: Apertures either side of each radius, as factors, whose fluxes give the curve of growth's
+#: logarithmic slope there (:meth:`ApertureCorrectionTask._growth_slopes`).
+_WIDEN = (1 / 1.2, 1.2)
 
 
 class ApertureCorrectionTask:
@@ -355,9 +365,14 @@ class ApertureCorrectionTask:
         )
         idx = idx[clean[idx]]
         seg = np.ascontiguousarray(segmentation, dtype=np.int32)
-        inner, inner_err = local_aperture_flux(
-            exposure, seg, idx, x[idx], y[idx], cfg.inner, cfg.annulus
+        # every aperture the correction uses, at once: each star's sky is found once
+        radii = [r for r in (cfg.inner, cfg.middle, cfg.radius) if r > 0]
+        every = sorted({cfg.core, *radii} | {r * f for r in (cfg.core, *radii) for f in _WIDEN})
+        all_flux, all_err = local_aperture_flux(
+            exposure, seg, idx, x[idx], y[idx], every, cfg.annulus
         )
+        apertures = {r: (all_flux[:, k], all_err[:, k]) for k, r in enumerate(every)}
+        inner, inner_err = apertures[cfg.inner]
         psf = np.asarray(catalog["psfInstFlux"])[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = inner / psf
@@ -373,24 +388,20 @@ class ApertureCorrectionTask:
         h, w = exposure.shape
         x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
         idx, inner, inner_err = idx[ok], inner[ok], inner_err[ok]
+        apertures = {r: (f[ok], e[ok]) for r, (f, e) in apertures.items()}
         ratio, ratio_err = ratio[ok], ratio_err[ok]
         X, Y = (x[idx] - x0) / scale, (y[idx] - y0) / scale
-        width = self._width_map(exposure, seg, idx, x[idx], y[idx], inner, inner_err, X, Y)
-        slopes = (
-            self._growth_slopes(exposure, seg, idx, x[idx], y[idx]) if width is not None else {}
-        )
+        width = self._width_map(apertures, X, Y)
+        slopes = self._growth_slopes(apertures) if width is not None else {}
         # step 1: inner aperture over PSF flux
         first = fit_sensor_map(
             X, Y, ratio, ratio_err, cfg.map_model, cfg.clip_sigma, template=width
         )
         steps = [first.map]
         # the growth, step by step to the total aperture
-        radii = [r for r in (cfg.inner, cfg.middle, cfg.radius) if r > 0]
         flux, flux_err = inner, inner_err
         for previous, radius in pairwise(radii):
-            outer, outer_err = local_aperture_flux(
-                exposure, seg, idx, x[idx], y[idx], radius, cfg.annulus
-            )
+            outer, outer_err = apertures[radius]
             with np.errstate(invalid="ignore", divide="ignore"):
                 step = outer / flux
                 step_err = np.abs(step) * np.hypot(outer_err / outer, flux_err / flux)
@@ -453,18 +464,7 @@ class ApertureCorrectionTask:
         self._extendedness(catalog, idx[used], (x0, y0, scale))
         return result
 
-    def _width_map(
-        self,
-        exposure: Exposure,
-        segmentation: np.ndarray,
-        index: np.ndarray,
-        x: np.ndarray,
-        y: np.ndarray,
-        inner: np.ndarray,
-        inner_err: np.ndarray,
-        X: np.ndarray,
-        Y: np.ndarray,
-    ) -> SensorMap | None:
+    def _width_map(self, apertures: dict, X: np.ndarray, Y: np.ndarray) -> SensorMap | None:
         """The stars' core concentration (``core`` over ``inner`` aperture flux) over the
         sensor, divided by its median at the stars: where the PSF is broader, less of a
         star's light is in its core and more lies beyond every aperture.
@@ -478,9 +478,8 @@ class ApertureCorrectionTask:
         show no change of width.
         """
         cfg = self.config
-        core, core_err = local_aperture_flux(
-            exposure, segmentation, index, x, y, cfg.core, cfg.annulus
-        )
+        core, core_err = apertures[cfg.core]
+        inner, inner_err = apertures[cfg.inner]
         with np.errstate(invalid="ignore", divide="ignore"):
             conc = core / inner
             # the core is inside the inner aperture, so these errors overstate the ratio's
@@ -496,14 +495,7 @@ class ApertureCorrectionTask:
         mean = float(np.median(fit.map(X[good], Y[good])))
         return SensorMap(fit.map.model, fit.map.coefficients / mean, fit.map.covariance / mean**2)
 
-    def _growth_slopes(
-        self,
-        exposure: Exposure,
-        segmentation: np.ndarray,
-        index: np.ndarray,
-        x: np.ndarray,
-        y: np.ndarray,
-    ) -> dict[tuple[float, float], float]:
+    def _growth_slopes(self, apertures: dict) -> dict[tuple[float, float], float]:
         """How much each growth step changes per change of the core concentration, from the
         stars' mean curve of growth, for a PSF whose profile keeps its shape as its width
         changes.
@@ -520,20 +512,15 @@ class ApertureCorrectionTask:
         """
         cfg = self.config
         radii = [cfg.core, cfg.inner] + ([cfg.middle] if cfg.middle > 0 else []) + [cfg.radius]
-        widen = 1.2
+        narrower, wider = _WIDEN
         log_slope = {}
         for radius in radii:
-            wide, _ = local_aperture_flux(
-                exposure, segmentation, index, x, y, radius * widen, cfg.annulus
-            )
-            narrow, _ = local_aperture_flux(
-                exposure, segmentation, index, x, y, radius / widen, cfg.annulus
-            )
+            wide, narrow = apertures[radius * wider][0], apertures[radius * narrower][0]
             good = np.isfinite(wide) & np.isfinite(narrow) & (narrow > 0) & (wide > 0)
             if good.sum() < cfg.min_stars:
                 return {}
             log_slope[radius] = float(
-                np.log(wide[good].sum() / narrow[good].sum()) / np.log(widen**2)
+                np.log(wide[good].sum() / narrow[good].sum()) / np.log(wider / narrower)
             )
         core_change = log_slope[cfg.core] - log_slope[cfg.inner]
         if not core_change > 0.05:
