@@ -121,10 +121,14 @@ class ApertureCorrectionConfig(Section):
     )
     extendedness_sigma: float = Field(3.0, gt=0, description="Significance of that excess (sigma).")
 
+    @property
+    def radii(self) -> list[float]:
+        """Every aperture of the curve of growth, from the core out (pixels)."""
+        return [self.core, self.inner] + ([self.middle] if self.middle > 0 else []) + [self.radius]
+
     @model_validator(mode="after")
     def _apertures_grow(self) -> ApertureCorrectionConfig:
-        radii = [self.core, self.inner] + ([self.middle] if self.middle > 0 else []) + [self.radius]
-        if any(b <= a for a, b in pairwise(radii)):
+        if any(b <= a for a, b in pairwise(self.radii)):
             raise ValueError(
                 f"apertures must grow: core {self.core:g} < inner {self.inner:g} < middle "
                 f"{self.middle:g} (or 0) < radius {self.radius:g} pixels"
@@ -366,8 +370,8 @@ class ApertureCorrectionTask:
         idx = idx[clean[idx]]
         seg = np.ascontiguousarray(segmentation, dtype=np.int32)
         # every aperture the correction uses, at once: each star's sky is found once
-        radii = [r for r in (cfg.inner, cfg.middle, cfg.radius) if r > 0]
-        every = sorted({cfg.core, *radii} | {r * f for r in (cfg.core, *radii) for f in _WIDEN})
+        radii = cfg.radii[1:]  # inner, (middle,) total: the steps
+        every = sorted(set(cfg.radii) | {r * f for r in cfg.radii for f in _WIDEN})
         all_flux, all_err = local_aperture_flux(
             exposure, seg, idx, x[idx], y[idx], every, cfg.annulus
         )
@@ -492,8 +496,10 @@ class ApertureCorrectionTask:
         )
         if fit.map.model == "constant":
             return None
-        mean = float(np.median(fit.map(X[good], Y[good])))
-        return SensorMap(fit.map.model, fit.map.coefficients / mean, fit.map.covariance / mean**2)
+        median = float(np.median(fit.map(X[good], Y[good])))
+        return SensorMap(
+            fit.map.model, fit.map.coefficients / median, fit.map.covariance / median**2
+        )
 
     def _growth_slopes(self, apertures: dict) -> dict[tuple[float, float], float]:
         """How much each growth step changes per change of the core concentration, from the
@@ -511,10 +517,9 @@ class ApertureCorrectionTask:
         with the width (its slopes equal).
         """
         cfg = self.config
-        radii = [cfg.core, cfg.inner] + ([cfg.middle] if cfg.middle > 0 else []) + [cfg.radius]
         narrower, wider = _WIDEN
         log_slope = {}
-        for radius in radii:
+        for radius in cfg.radii:
             wide, narrow = apertures[radius * wider][0], apertures[radius * narrower][0]
             good = np.isfinite(wide) & np.isfinite(narrow) & (narrow > 0) & (wide > 0)
             if good.sum() < cfg.min_stars:
@@ -525,9 +530,9 @@ class ApertureCorrectionTask:
         core_change = log_slope[cfg.core] - log_slope[cfg.inner]
         if not core_change > 0.05:
             return {}
-        growth = radii[1:]
         return {
-            (r1, r2): (log_slope[r2] - log_slope[r1]) / core_change for r1, r2 in pairwise(growth)
+            (r1, r2): (log_slope[r2] - log_slope[r1]) / core_change
+            for r1, r2 in pairwise(cfg.radii[1:])
         }
 
     def _extendedness(self, catalog: Table, stars: np.ndarray, frame: tuple) -> None:
