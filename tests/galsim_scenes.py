@@ -112,3 +112,68 @@ def psf_pattern_exposure(
         metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
     )
     return PatternScene(exposure, x, y, flux, width_scale)
+
+
+@dataclass
+class FieldScene:
+    """A field of stars and galaxies on a known flat sky (as an eimage after ISR)."""
+
+    exposure: Exposure
+    sky: float
+    """The true sky level (electrons per pixel)."""
+    fwhm: float
+    """The PSF's FWHM (pixels)."""
+
+
+def field_exposure(
+    seed: int = 1,
+    size: int = 768,
+    sky: float = 800.0,
+    fwhm: float = 0.8,
+    beta: float = 2.5,
+    n_stars: int = 60,
+    n_galaxies: int = 200,
+) -> FieldScene:
+    """Stars and galaxies of a realistic range of brightness under a Moffat PSF with wings.
+
+    Stars' fluxes follow a power law (d N / d ln F ~ F^-0.4, 300 to 3e6 electrons; most are
+    faint), galaxies are exponential disks of half-light radius 0.3-1.5" and 300-3e5
+    electrons, sheared at random; a galaxy's light outside its stamp (beyond 6 half-light
+    radii) and a star's beyond 60 pixels are left out, a tiny fraction. Noise is Gaussian with
+    the Poisson variance of sky and sources.
+    """
+    rng = np.random.default_rng(seed)
+    psf = galsim.Moffat(beta=beta, fwhm=fwhm)
+    image = galsim.ImageD(size, size, scale=PIXEL_SCALE, init_value=0.0)
+
+    def add(obj: galsim.GSObject, x: float, y: float, half: int) -> None:
+        ix, iy = round(x), round(y)
+        bounds = galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1)
+        stamp = image[bounds & image.bounds]
+        if stamp.array.size:
+            obj.drawImage(image=stamp, add_to_image=True, center=galsim.PositionD(x + 1, y + 1))
+
+    u = rng.uniform(size=n_stars)
+    lo, hi, slope = 300.0, 3.0e6, -0.4
+    star_flux = (lo**slope + u * (hi**slope - lo**slope)) ** (1.0 / slope)
+    for flux, x, y in zip(star_flux, *rng.uniform(0, size, (2, n_stars)), strict=True):
+        add(psf.withFlux(flux), x, y, 60 if flux > 1e5 else 25)
+    for x, y in rng.uniform(0, size, (2, n_galaxies)).T:
+        r_half = rng.uniform(0.3, 1.5)
+        g1, g2 = rng.uniform(-0.3, 0.3, 2)
+        disk = galsim.Exponential(
+            half_light_radius=r_half, flux=np.exp(rng.uniform(*np.log([300, 3e5])))
+        )
+        add(
+            galsim.Convolve(disk.shear(g1=g1, g2=g2), psf), x, y, int(6 * r_half / PIXEL_SCALE) + 10
+        )
+    truth = image.array
+    variance = truth + sky
+    pixels = truth + sky + rng.normal(size=truth.shape) * np.sqrt(variance)
+    exposure = Exposure(
+        image=pixels.astype(np.float32),
+        mask=np.zeros(truth.shape, dtype=np.int32),
+        variance=variance.astype(np.float32),
+        metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
+    )
+    return FieldScene(exposure, sky, fwhm / PIXEL_SCALE)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
+from galsim_scenes import field_exposure
 
 from twinkles.detection.background import BackgroundModel, BackgroundTask
+from twinkles.detection.detect import DetectionTask
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
 from twinkles.isr.cosmic_rays import CosmicRayTask
 from twinkles.isr.eimage import EimageError, EimageIsrTask, grow_diamond, read_eimage
@@ -194,3 +196,35 @@ def test_background_recovers_a_gradient_and_round_trips():
     back = BackgroundModel.from_hdulist(result.model.to_hdulist())
     np.testing.assert_allclose(back.evaluate(), model, rtol=1e-6)
     assert exp.metadata["sky_noise"] == pytest.approx(30.0, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_sky_estimated_again_without_the_sources_is_the_sky(seed):
+    # a GalSim field (stars with Moffat beta 2.5 wings, exponential galaxies) on a flat sky:
+    # the first estimate sees the sources' outskirts, the second leaves them out
+    scene = field_exposure(seed=seed)
+    exp = scene.exposure
+    original = exp.image.copy()
+    sigma = np.sqrt(scene.sky)
+    task = BackgroundTask()
+    first = task.run(exp)
+    detections = DetectionTask().run(exp)
+    first_bias = (first.model.evaluate().mean() - scene.sky) / sigma
+    refined = task.refine(exp, first.model, detections.fwhm)
+    refined_bias = (refined.model.evaluate().mean() - scene.sky) / sigma
+    # the noise of a mean over the sensor is ~0.002 sigma: these are the sources' light
+    assert first_bias > 0.04
+    assert abs(refined_bias) < 0.3 * first_bias and abs(refined_bias) < 0.025
+    # the stored model is the whole background: model + image gives back the pixels
+    restored = refined.model.evaluate() + exp.image
+    assert np.abs(restored - original)[64:-64, 64:-64].max() < 0.01 * sigma
+    assert exp.metadata["sky_level"] == pytest.approx(refined.model.median_level)
+
+
+def test_refining_the_sky_needs_a_seeing():
+    exp = Exposure(
+        np.zeros((64, 64), np.float32), np.zeros((64, 64), np.int32), np.ones((64, 64), np.float32)
+    )
+    model = BackgroundTask().run(exp).model
+    with pytest.raises(ValueError, match="seeing FWHM"):
+        BackgroundTask().refine(exp, model, 0.0)
