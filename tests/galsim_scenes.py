@@ -3,7 +3,9 @@ does not make, for checks that must not only hold on our own pixels.
 
 :func:`psf_pattern_exposure` draws isolated stars on a jittered grid under a PSF whose width
 changes across the sensor as a gradient in a random direction or as a radial
-(focal-plane-like) pattern, with a Moffat or a Kolmogorov-with-optics profile.
+(focal-plane-like) pattern, with a Moffat or a Kolmogorov-with-optics profile;
+:func:`field_exposure` stars and galaxies on a known flat sky; :func:`saturated_stars_exposure`
+stars whose cores saturate.
 """
 
 from __future__ import annotations
@@ -177,3 +179,53 @@ def field_exposure(
         metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
     )
     return FieldScene(exposure, sky, fwhm / PIXEL_SCALE)
+
+
+@dataclass
+class SaturatedScene:
+    """Stars bright enough to saturate their cores, clipped at the full well."""
+
+    exposure: Exposure
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    """True total flux of each star (electrons)."""
+
+
+def saturated_stars_exposure(
+    seed: int = 1,
+    profile: str = "moffat",
+    fwhm: float = 0.7,
+    size: int = 512,
+    n: int = 12,
+    sky: float = 800.0,
+) -> SaturatedScene:
+    """``n`` stars of 3e6-2e8 electrons (cores up to ~100 pixels above the full well), a little
+    elliptical, on a jittered grid, clipped at ``FULL_WELL`` without bleeding."""
+    rng = np.random.default_rng(seed)
+    image = galsim.ImageD(size, size, scale=PIXEL_SCALE, init_value=0.0)
+    grid = np.linspace(50, size - 50, 4)
+    xs, ys = np.meshgrid(grid, grid)
+    x = xs.ravel()[:n] + rng.uniform(-8, 8, n)
+    y = ys.ravel()[:n] + rng.uniform(-8, 8, n)
+    flux = np.exp(rng.uniform(np.log(3e6), np.log(2e8), n))
+    half = 60
+    for k in range(n):
+        g1, g2 = rng.uniform(-0.05, 0.05, 2)
+        star = psf_profile(profile, fwhm).shear(g1=g1, g2=g2).withFlux(flux[k])
+        ix, iy = round(x[k]), round(y[k])
+        bounds = galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1)
+        star.drawImage(
+            image=image[bounds & image.bounds],
+            add_to_image=True,
+            center=galsim.PositionD(x[k] + 1, y[k] + 1),
+        )
+    truth = image.array
+    pixels = truth + sky + rng.normal(size=truth.shape) * np.sqrt(truth + sky)
+    exposure = Exposure(
+        image=np.minimum(pixels, FULL_WELL).astype(np.float32),
+        mask=np.zeros(truth.shape, dtype=np.int32),
+        variance=(truth + sky).astype(np.float32),
+        metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
+    )
+    return SaturatedScene(exposure, x, y, flux)

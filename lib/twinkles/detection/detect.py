@@ -20,6 +20,12 @@ Before a PSF exists the filter is a Gaussian whose FWHM is measured on the image
 sources of a quick unfiltered pass), within a few percent of the PSF-matched filter's
 sensitivity; the PSF stars are then chosen from that one detection pass.
 
+A saturated star's interpolated core can hold two peaks (interpolation along rows across a
+round core leaves a dip), which the deblender would split into two sources a few pixels apart,
+each with part of the flux. Pieces whose peaks lie in, or within ``saturation_reach`` pixels of,
+one connected region of SAT pixels are merged back into one source (:func:`merge_saturated`),
+as LSST's deblender does not split a saturated footprint's peaks.
+
 Each source gets a windowed centroid (SExtractor's XWIN/YWIN: iterative, Gaussian-weighted,
 as precise as a PSF fit for isolated stars), its half-light radius, isophotal second moments,
 its peak and whether it was deblended. Detected pixels are masked DETECTED.
@@ -34,12 +40,21 @@ import sep
 from astropy.table import Table
 from pydantic import Field
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from twinkles.config import Section
 from twinkles.image import Exposure, MaskPlane
 from twinkles.image.convolve import fft_convolve_terms
 
-__all__ = ["DetectionConfig", "DetectionResult", "DetectionTask", "gaussian_kernel_1d"]
+__all__ = [
+    "DetectionConfig",
+    "DetectionResult",
+    "DetectionTask",
+    "gaussian_kernel_1d",
+    "merge_saturated",
+]
 
 sep.set_sub_object_limit(4096)
 
@@ -54,6 +69,69 @@ def gaussian_kernel_1d(fwhm: float, size: int | None = None) -> np.ndarray:
     r = np.arange(size) - size // 2
     g = np.exp(-0.5 * r**2 / sigma**2)
     return g / g.sum()
+
+
+def _saturated_regions(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The saturated pixels' (x, y) and the index of the 8-connected region each belongs to."""
+    ys, xs = np.nonzero(saturated)
+    points = np.column_stack([xs, ys]).astype(float)
+    if not len(points):
+        return points, np.zeros(0, dtype=int)
+    pairs = cKDTree(points).query_pairs(1.5, output_type="ndarray")
+    n = len(points)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return points, connected_components(graph, directed=False)[1]
+
+
+def merge_saturated(
+    objects: np.ndarray, segmentation: np.ndarray, saturated: np.ndarray, reach: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One source per saturated core: deblended pieces of one saturated region merged.
+
+    Parameters
+    ----------
+    objects : structured array
+        ``sep.extract``'s sources (``xpeak``, ``ypeak``, ``x``, ``y``, ``flux``, ``npix``).
+    segmentation : array of int
+        Its segmentation image (0: background, k: source k - 1).
+    saturated : array of bool
+        The SAT mask.
+    reach : float
+        A peak this close (pixels) to a region's pixels belongs to it.
+
+    Returns
+    -------
+    objects, segmentation, n_merged
+        The pieces of each region folded into its brightest (flux-weighted centroid, summed
+        flux and area, one segmentation label), and how many pieces were folded.
+    """
+    points, region_of_point = _saturated_regions(saturated)
+    if len(objects) < 2 or not len(points):
+        return objects, segmentation, 0
+    peaks = np.column_stack([objects["xpeak"], objects["ypeak"]]).astype(float)
+    distance, nearest = cKDTree(points).query(peaks, distance_upper_bound=reach)
+    near = np.isfinite(distance)
+    region = np.full(len(objects), -1)
+    region[near] = region_of_point[nearest[near]]
+    target = np.arange(len(objects))
+    for r in np.unique(region[near]):
+        pieces = np.flatnonzero(region == r)
+        if len(pieces) < 2:
+            continue
+        main = pieces[np.argmax(objects["flux"][pieces])]
+        weights = np.clip(objects["flux"][pieces], 1e-6, None)
+        objects["x"][main] = np.average(objects["x"][pieces], weights=weights)
+        objects["y"][main] = np.average(objects["y"][pieces], weights=weights)
+        objects["flux"][main] = objects["flux"][pieces].sum()
+        objects["npix"][main] = objects["npix"][pieces].sum()
+        target[pieces] = main
+    keep = target == np.arange(len(objects))
+    n_merged = int(np.sum(~keep))
+    if n_merged:
+        new_label = np.concatenate([[0], np.cumsum(keep)[target]]).astype(segmentation.dtype)
+        segmentation = new_label[segmentation]
+        objects = objects[keep]
+    return objects, segmentation, n_merged
 
 
 class DetectionConfig(Section):
@@ -82,6 +160,12 @@ class DetectionConfig(Section):
     )
     guess_fwhm: float = Field(
         4.0, gt=0, description="FWHM (pixels) of the Gaussian filter used before a PSF exists."
+    )
+    saturation_reach: float = Field(
+        2.0,
+        ge=0,
+        description="Deblended peaks within this distance (pixels) of one saturated region "
+        "are one source.",
     )
 
 
@@ -216,6 +300,9 @@ class DetectionTask:
             deblend_cont=cfg.deblend_cont,
             clean=cfg.clean,
             segmentation_map=True,
+        )
+        objects, segmap, _ = merge_saturated(
+            objects, segmap, exposure.masked(MaskPlane.SAT), cfg.saturation_reach
         )
         exposure.mask[segmap > 0] |= int(MaskPlane.DETECTED)
         x, y = objects["x"].astype(float), objects["y"].astype(float)
