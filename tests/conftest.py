@@ -103,11 +103,17 @@ DEMO_VISITS = [1, 8, 15, 22, 29, 36, 43, 50]
 
 @pytest.fixture(scope="session")
 def demo_processed(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """Eight visits of the demo run, simulated and processed."""
+    """Eight visits of the demo run, simulated and processed (nothing beyond process_eimage:
+    the tests of the later steps have their own runs)."""
     from twinkles.workflow.driver import run_pipeline
 
     run = load_run(copy_config("demo", tmp_path_factory.mktemp("runs")))
-    summary = run_pipeline(run, where={"visit": DEMO_VISITS}, progress=False)
+    summary = run_pipeline(
+        run,
+        steps=["simulate_visit", "process_eimage"],
+        where={"visit": DEMO_VISITS},
+        progress=False,
+    )
     assert summary.ok, summary.lines()
     return run
 
