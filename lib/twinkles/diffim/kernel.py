@@ -9,10 +9,14 @@ polynomials (Alard & Lupton 1998, ApJ 503, 325; Alard 2000, A&AS 144, 363):
 Following the LSST implementation, the first basis function is a unit-sum Gaussian and every
 other one is made sum-free, so the kernel's sum (the photometric scaling between the images)
 is one coefficient, held constant over the sensor, while the shape coefficients vary as
-polynomials of ``spatial_degree`` in position. A polynomial background of
-``background_degree`` absorbs what the background subtraction left. The coefficients are a
-linear least-squares fit to stamps around stars, weighted by the inverse variance, with
-stamps whose residuals are outliers (variable stars, blends, cosmic rays) clipped.
+polynomials of ``spatial_degree`` in position (cubic by default: the kernel's width is
+``sqrt(s_W^2 - s_N^2)``, which changes much faster than either PSF where the two are close,
+and PSF widths change across a sensor in gradients and radial patterns; LSST's default is
+quadratic). With too few stamps for that many terms the degree is lowered. A polynomial
+background of ``background_degree`` absorbs what the background subtraction left. The
+coefficients are a linear least-squares fit to stamps around stars, weighted by the inverse
+variance, with stamps whose residuals are outliers (variable stars, blends, cosmic rays)
+clipped.
 
 The Gaussian widths scale with the width the kernel has to add,
 ``s_match = sqrt(s_W^2 - s_N^2)``, as LSST's ``alardSigGauss`` scales with the FWHM.
@@ -64,7 +68,7 @@ class AlardLuptonConfig(Section):
         10, ge=3, le=20, description="Kernel half-size (pixels): the kernel is 2 h + 1 square."
     )
     spatial_degree: int = Field(
-        1, ge=0, le=3, description="Polynomial degree of the kernel shape's spatial variation."
+        3, ge=0, le=3, description="Polynomial degree of the kernel shape's spatial variation."
     )
     background_degree: int = Field(
         0, ge=0, le=2, description="Polynomial degree of the differential background."
@@ -291,15 +295,45 @@ def fit_kernel(
         if np.array_equal(new_use, use) or new_use.sum() < cfg.min_stamps:
             break
         use = new_use
+    # the spatial degree the stamps support: the one of lowest BIC (from the normal equations
+    # of the last fit, a block per degree), so that a kernel constant over the sensor is not
+    # given the noise of 26 x 10 cubic terms to follow
+    y_wy = sum(float(np.sum(weights[k] * targets[k] ** 2)) for k in np.flatnonzero(use))
+    n_data = sum(np.count_nonzero(weights[k]) for k in np.flatnonzero(use))
+    best = None
+    for degree in range(spatial_degree + 1):
+        n_terms = (degree + 1) * (degree + 2) // 2
+        idx = np.array(
+            [0]
+            + [1 + (k - 1) * n_spatial + m for k in range(1, n_basis) for m in range(n_terms)]
+            + list(range(n_par - n_bg, n_par)),
+            dtype=int,
+        )
+        sub = np.linalg.lstsq(ata[np.ix_(idx, idx)], atb[idx], rcond=None)[0]
+        bic = y_wy - float(sub @ atb[idx]) + len(idx) * np.log(max(n_data, 2))
+        if best is None or bic < best[0]:
+            best = (bic, degree, idx, sub)
+    _, chosen, idx, sub = best
+    if chosen < spatial_degree:
+        coef = np.zeros(n_par)
+        coef[idx] = sub
+        chi2 = np.array(
+            [
+                np.sum(weights[k] * (targets[k] - designs[k] @ coef) ** 2)
+                / max(np.count_nonzero(weights[k]), 1)
+                for k in range(n_total)
+            ]
+        )
     images = basis.images()
-    spatial = np.zeros((n_spatial, *images.shape[1:]))
+    n_chosen = (chosen + 1) * (chosen + 2) // 2
+    spatial = np.zeros((n_chosen, *images.shape[1:]))
     spatial[0] += coef[0] * images[0]
     for k in range(1, n_basis):
-        for m in range(n_spatial):
+        for m in range(n_chosen):
             spatial[m] += coef[1 + (k - 1) * n_spatial + m] * images[k]
     return KernelSolution(
         spatial_kernels=spatial,
-        spatial_degree=spatial_degree,
+        spatial_degree=chosen,
         background=coef[n_par - n_bg :],
         background_degree=cfg.background_degree,
         x0=x0,

@@ -16,7 +16,9 @@
    Lupton 2016, DMTN-021); the PSF is convolved with the same kernel. A convolved template's
    own correlated noise (its measured autocorrelation) is whitened too. In both cases the
    variance plane is the exact per-pixel variance of what the decorrelation leaves, for the
-   template's measured noise spectrum.
+   template's measured noise spectrum; the decorrelation is the one of the kernel at the
+   sensor's centre, but the noise the convolved image carries follows the local kernel
+   (whose shape follows the PSFs), so its factor is mapped over the sensor.
 5. DIASources are detected at ``threshold`` times the PSF-flux noise on ``D`` and on ``-D``
    (the matched filter's significance divided by the measured spread of PSF flux / error at
    blank positions, which is > 1 where the noise left is not white) and measured: PSF flux
@@ -27,6 +29,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +37,7 @@ import numpy as np
 from astropy.table import Table
 from pydantic import Field
 from scipy import ndimage
+from scipy.interpolate import RectBivariateSpline
 from scipy.spatial import cKDTree
 
 from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
@@ -235,6 +239,24 @@ def _convolve_psf(psf: PixelPSF, kernel: np.ndarray) -> PixelPSF:
     return PixelPSF(basis, psf.degree, psf.x0, psf.y0, psf.scale, psf.radial)
 
 
+def _kernel_map(
+    solution: KernelSolution,
+    shape: tuple[int, int],
+    value: Callable[[np.ndarray], float],
+    n_grid: int = 7,
+) -> np.ndarray:
+    """``value`` of the local matching kernel over the image (float32): evaluated on an
+    ``n_grid`` x ``n_grid`` grid and interpolated by a bicubic spline. The kernel is a
+    polynomial of low degree in position, so what it carries varies smoothly."""
+    h, w = shape
+    gx, gy = np.linspace(0, w - 1, n_grid), np.linspace(0, h - 1, n_grid)
+    grid = np.array([[value(solution.kernel(x, y)) for x in gx] for y in gy])
+    if np.ptp(grid) == 0:
+        return np.full(shape, grid[0, 0], dtype=np.float32)
+    spline = RectBivariateSpline(gy, gx, grid, kx=3, ky=3)
+    return spline(np.arange(h), np.arange(w)).astype(np.float32)
+
+
 def _blank_blocks(diff: Exposure, usable: np.ndarray) -> np.ndarray:
     """Which blocks of a grid of PSF footprints (``2 half + 1`` pixels a side, from the
     image's corner; ravelled) are ``usable`` throughout: the footprints of the grid's points
@@ -394,7 +416,6 @@ class ImageDifferenceTask:
         difference = wide - conv if convolved == "template" else conv - wide
         k_centre = solution.kernel(xc, yc)
         k_sum = float(k_centre.sum())
-        kernel_sq = float(np.sum(k_centre**2))
         half = solution.spatial_kernels.shape[-1] // 2
         edge = _grow(((calexp.mask | tmpl_mask) & int(MaskPlane.NO_DATA)) != 0, half)
         edge[:half, :] = edge[-half:, :] = True
@@ -418,7 +439,7 @@ class ImageDifferenceTask:
             if convolved == "template":
                 # psi whitens with the template's spectrum
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med, corr_narrow=corr_t)
-                gain_w, gain_n = decorrelated_variance_factors(psi, k_centre, None, corr_t)
+                corr_wide, corr_narrow = None, corr_t
             else:
                 # a convolved calexp: both inputs are poor in high frequencies, so the exact
                 # whitening would deconvolve the calexp and amplify the template's measured
@@ -427,12 +448,24 @@ class ImageDifferenceTask:
                 # template's high frequencies: the variance plane is what it leaves, and the
                 # PSF-flux errors and detection are scaled by the measured spread
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)
-                gain_w, gain_n = decorrelated_variance_factors(psi, k_centre, corr_t, None)
+                corr_wide, corr_narrow = corr_t, None
+            gain_w, _ = decorrelated_variance_factors(psi, k_centre, corr_wide, corr_narrow)
             difference = fft_convolve_terms(np.where(edge, 0.0, difference), psi)
-            variance = var_w * np.float32(gain_w) + var_n * np.float32(gain_n * k_sum**2)
+            # one decorrelation for the sensor (DMTN-021's, from the kernel at its centre), but
+            # the kernel's shape follows the PSFs, and with it the noise that the convolved
+            # image carries: its gain is mapped over the sensor
+            gain_n = _kernel_map(
+                solution,
+                (h, w),
+                lambda k: (
+                    decorrelated_variance_factors(psi, k, corr_wide, corr_narrow)[1]
+                    * float(k.sum()) ** 2
+                ),
+            )
+            variance = var_w * np.float32(gain_w) + var_n * gain_n
             diff_psf = _convolve_psf(wide_psf, psi)
         else:
-            variance = var_w + var_n * np.float32(kernel_sq)
+            variance = var_w + var_n * _kernel_map(solution, (h, w), lambda k: float(np.sum(k**2)))
             diff_psf = wide_psf
         difference = difference.astype(np.float32)
         difference[edge] = 0.0
