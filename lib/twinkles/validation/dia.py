@@ -17,20 +17,26 @@ by the same forced photometry.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
-from twinkles.image.exposure import Exposure, PhotoCalib
+from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
 from twinkles.measurement.forced import ForcedPhotometryConfig, ForcedPhotometryTask
+from twinkles.sim.galaxies import galaxy_flux
 from twinkles.sim.truth import Truth
-from twinkles.units import AB_MAG_OF_1_NJY
+from twinkles.units import AB_MAG_OF_1_NJY, njy_to_mag
 from twinkles.validation.static_sky import robust_std
 
 __all__ = [
+    "ARTIFACT_CAUSES",
+    "ArtifactCriteria",
+    "artifact_rates",
     "brightest_dia_sources",
+    "classify_artifacts",
     "dia_object_completeness_purity",
     "expected_difference_flux",
     "expected_forced_flux",
@@ -173,6 +179,182 @@ def score_dia_sources(
         "found": found,
         "missed": np.asarray(visible["truth_id"])[strong][~recovered].tolist(),
     }
+
+
+#: Causes of a spurious DIASource (one near no variable object), in the order they are tried.
+ARTIFACT_CAUSES = (
+    "edge",
+    "cosmic_ray",
+    "saturated",
+    "bright_star",
+    "star_wings",
+    "bright_galaxy",
+    "faint_object",
+    "noise",
+)
+
+
+@dataclass(frozen=True)
+class ArtifactCriteria:
+    """Where a spurious DIASource lies, by cause (see :func:`classify_artifacts`)."""
+
+    match_arcsec: float = 1.0
+    """A DIASource this close to an object is on it (arcsec)."""
+    edge_px: float = 10.0
+    """Closer than this to the sensor's edge (pixels), or flagged ``flag_edge``: ``edge``."""
+    cosmic_ray_px: float = 2.0
+    """A CR-masked pixel of the calexp this close (pixels): ``cosmic_ray``."""
+    saturated_arcsec: float = 6.0
+    """A SAT-masked pixel of the calexp this close (arcsec), or ``flag_saturated``."""
+    bright_star_mag: float = 19.0
+    """On a star brighter than this (AB, the visit's band): ``bright_star``."""
+    wing_star_mag: float = 17.0
+    """Within ``wing_arcsec`` of a star brighter than this: ``star_wings``."""
+    wing_arcsec: float = 10.0
+    """Reach of a bright star's wings (arcsec)."""
+    bright_galaxy_mag: float = 22.0
+    """On a galaxy brighter than this (within its extent): ``bright_galaxy``."""
+    galaxy_extent: float = 2.0
+    """A galaxy's extent: this many half-light radii (its larger component's), at least
+    ``match_arcsec``; 1" where the truth gives no size."""
+
+
+def classify_artifacts(
+    dia_sources: Table,
+    calexp: Exposure,
+    truth: Truth,
+    band: str,
+    pixel_scale: float,
+    criteria: ArtifactCriteria | None = None,
+) -> np.ndarray:
+    """The cause of every DIASource of a visit that matches no variable object.
+
+    Each spurious DIASource gets the first cause of :data:`ARTIFACT_CAUSES` it meets: on the
+    sensor's edge; at a cosmic ray; near saturated pixels (a saturated star or its mask's
+    edge); on a bright star (its subtraction residual: the kernel or the astrometry not
+    matching the PSFs); in the wings of a very bright star (PSF light beyond the kernel);
+    on a bright galaxy; on any other object; else noise. DIASources near a variable object
+    (within ``match_arcsec``) get ``""``.
+
+    Parameters
+    ----------
+    dia_sources : Table
+        The visit's DIASources (``ra``, ``decl``, ``x``, ``y``, ``flag_edge``,
+        ``flag_saturated``).
+    calexp : Exposure
+        The visit's calexp (its SAT and CR masks, its WCS for the truth's positions).
+    truth : Truth
+        The simulation's objects.
+    band : str
+        The visit's band.
+    pixel_scale : float
+        Arcsec per pixel.
+    criteria : ArtifactCriteria
+        Radii and magnitudes.
+
+    Returns
+    -------
+    ndarray of str
+        One cause per DIASource.
+    """
+    c = criteria or ArtifactCriteria()
+    n = len(dia_sources)
+    causes = np.full(n, "", dtype="U16")
+    if not n:
+        return causes
+    if calexp.wcs is None:
+        raise ValueError("classify_artifacts needs the calexp's WCS")
+    x = np.asarray(dia_sources["x"], dtype=float)
+    y = np.asarray(dia_sources["y"], dtype=float)
+    here = np.column_stack([x, y])
+
+    def pixels(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        px, py = calexp.wcs.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
+        return np.column_stack([px, py])
+
+    def distance_to(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distance (arcsec) to the nearest point, and its index."""
+        if not len(points):
+            return np.full(n, np.inf), np.zeros(n, dtype=int)
+        d, i = cKDTree(points).query(here)
+        return d * pixel_scale, i
+
+    variables = variable_truth(truth)
+    spurious = distance_to(pixels(variables["ra"], variables["dec"]))[0] > c.match_arcsec
+
+    def masked_within(planes: MaskPlane, radius_px: float) -> np.ndarray:
+        ys, xs = np.nonzero(calexp.masked(planes))
+        return distance_to(np.column_stack([xs, ys]))[0] / pixel_scale <= radius_px
+
+    h, w = calexp.shape
+    to_edge = np.minimum.reduce([x, y, w - 1 - x, h - 1 - y])
+    steady = truth.stars[~np.asarray(truth.stars["is_variable"], dtype=bool)]
+    star_mag = np.asarray(steady[f"mag_{band}"], dtype=float)
+    d_star, i_star = distance_to(pixels(steady["ra"], steady["dec"]))
+    very_bright = star_mag < c.wing_star_mag
+    d_wings = distance_to(pixels(steady["ra"][very_bright], steady["dec"][very_bright]))[0]
+    galaxies = truth.galaxies
+    gal_mag = njy_to_mag(galaxy_flux(galaxies, band))
+    if "disk_hlr" in galaxies.colnames:
+        hlr = np.maximum(np.asarray(galaxies["disk_hlr"]), np.asarray(galaxies["bulge_hlr"]))
+        extent = np.maximum(c.galaxy_extent * hlr, c.match_arcsec)
+    else:
+        extent = np.ones(len(galaxies))
+    d_gal, i_gal = distance_to(pixels(galaxies["ra"], galaxies["dec"]))
+    on_galaxy = d_gal <= (extent[i_gal] if len(galaxies) else 0.0)
+    tests = {
+        "edge": (to_edge < c.edge_px) | np.asarray(dia_sources["flag_edge"], dtype=bool),
+        "cosmic_ray": masked_within(MaskPlane.CR, c.cosmic_ray_px),
+        "saturated": masked_within(MaskPlane.SAT, c.saturated_arcsec / pixel_scale)
+        | np.asarray(dia_sources["flag_saturated"], dtype=bool),
+        "bright_star": (d_star <= c.match_arcsec) & (star_mag[i_star] < c.bright_star_mag),
+        "star_wings": d_wings <= c.wing_arcsec,
+        "bright_galaxy": on_galaxy & (gal_mag[i_gal] < c.bright_galaxy_mag),
+        "faint_object": on_galaxy | (d_star <= c.match_arcsec),
+        "noise": np.ones(n, dtype=bool),
+    }
+    for cause in reversed(ARTIFACT_CAUSES):  # the first cause that holds wins
+        causes[spurious & tests[cause]] = cause
+    return causes
+
+
+def artifact_rates(causes: np.ndarray, n_visits: int, area_deg2: float) -> Table:
+    """Spurious DIASources per deg2 per visit, by cause.
+
+    Parameters
+    ----------
+    causes : array of str
+        The causes of every DIASource of the visits scored (:func:`classify_artifacts`;
+        ``""`` for those near a variable object).
+    n_visits : int
+        How many visits were scored (those without a DIASource too).
+    area_deg2 : float
+        The sensor's area (deg2).
+
+    Returns
+    -------
+    Table
+        Per cause of :data:`ARTIFACT_CAUSES` and ``total``: ``n`` (over all visits),
+        ``per_visit`` and ``per_deg2_per_visit``.
+    """
+    if not area_deg2 > 0 or n_visits < 1:
+        raise ValueError(
+            f"artifact rates need visits and a sensor area, got {n_visits} visits and "
+            f"{area_deg2} deg2"
+        )
+    causes = np.asarray(causes)
+    rows = []
+    for cause in (*ARTIFACT_CAUSES, "total"):
+        k = int(np.sum(causes != "")) if cause == "total" else int(np.sum(causes == cause))
+        rows.append(
+            {
+                "cause": cause,
+                "n": k,
+                "per_visit": k / n_visits,
+                "per_deg2_per_visit": k / n_visits / area_deg2,
+            }
+        )
+    return Table(rows=rows)
 
 
 def light_curve_pulls(rows: Table, n_boot: int = 2000, seed: int = 0) -> dict:
