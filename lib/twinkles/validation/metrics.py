@@ -43,6 +43,7 @@ __all__ = [
 #: Where the thresholds come from.
 SRD = "LSST SRD design (LPM-17)"
 ISSUE = "twinkles requirement (noise-derived)"
+DC2_DIA = "DC2 y-band artifact rate before real/bogus (Sanchez et al. 2022)"
 
 _COMPARISONS = ("<=", ">=", "abs<=", "within")
 
@@ -442,6 +443,16 @@ def collect_metrics(
             'mean number of DIASources per visit more than 1" from any variable object',
         ),
         Metric(
+            "dia_artifacts_per_deg2_per_visit",
+            _get(dia, "artifacts_per_deg2_per_visit"),
+            "",
+            "<=",
+            300.0,
+            DC2_DIA,
+            "spurious DIASources per deg2 per visit, before any real/bogus cut (by cause in "
+            "validate_dia)",
+        ),
+        Metric(
             "dia_object_completeness",
             dia_object_completeness,
             "",
@@ -556,6 +567,7 @@ _NEEDS_TRUTH = (
     "object_",
     "transient_recovery",
     "spurious_dia_sources",
+    "dia_artifacts_",
     "dia_object_",
     "sn_",
     "lensed_",
