@@ -94,8 +94,11 @@ def test_forced_photometry_of_stars_against_the_truth(tiny_static):
     snr = steady["psFlux"] / steady["psFluxErr"]
     pull = (steady["psFlux"] - steady["true_flux"]) / steady["psFluxErr"]
     sel = (snr >= 30) & (snr < 100)
-    assert sel.sum() > 50
-    assert robust_std(pull[sel]) == pytest.approx(1.0, abs=0.1)
+    n = int(sel.sum())
+    assert n > 50
+    # 1 +- 0.1 beyond twice the estimate's standard error, as validate_run holds pull widths
+    # (the IQR-based std's error is 1.166 / sqrt(n): 0.13 for the tiny run's ~75 pulls)
+    assert robust_std(pull[sel]) == pytest.approx(1.0, abs=0.1 + 2 * 1.166 / np.sqrt(n))
     assert abs(np.median(pull[sel])) < 0.2
 
 
