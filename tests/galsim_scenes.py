@@ -34,6 +34,33 @@ class PatternScene:
     """The PSF's width at each star over the width at the sensor's centre."""
 
 
+def _draw(image: galsim.Image, obj: galsim.GSObject, x: float, y: float, half: int) -> None:
+    """Add ``obj`` centred at 0-based pixel (x, y), on a stamp of half-size ``half``."""
+    ix, iy = round(x), round(y)
+    bounds = (
+        galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1) & image.bounds
+    )
+    if bounds.isDefined():
+        obj.drawImage(image=image[bounds], add_to_image=True, center=galsim.PositionD(x + 1, y + 1))
+
+
+def _noisy_exposure(
+    truth: np.ndarray, sky: float, rng: np.random.Generator, seed: int, clip: bool = False
+) -> Exposure:
+    """Sky and Gaussian noise of the Poisson variance added to ``truth``, as an eimage after
+    ISR; with ``clip`` the pixels are clipped at the full well."""
+    variance = truth + sky
+    pixels = truth + sky + rng.normal(size=truth.shape) * np.sqrt(variance)
+    if clip:
+        pixels = np.minimum(pixels, FULL_WELL)
+    return Exposure(
+        image=pixels.astype(np.float32),
+        mask=np.zeros(truth.shape, dtype=np.int32),
+        variance=variance.astype(np.float32),
+        metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
+    )
+
+
 def psf_profile(profile: str, fwhm: float, beta: float = 3.0) -> galsim.GSObject:
     """A PSF of FWHM ``fwhm`` (arcsec): ``moffat`` (``beta``) or ``kolmogorov`` (atmosphere
     convolved with a 0.35" Gaussian optics term, whose wings reach far beyond a Moffat's
@@ -99,20 +126,10 @@ def psf_pattern_exposure(
     image = galsim.ImageD(size, size, scale=PIXEL_SCALE, init_value=0.0)
     half = 40
     for k in range(x.size):
-        star = psf_profile(profile, fwhm * width_scale[k]).withFlux(flux[k])
-        ix, iy = round(x[k]), round(y[k])
-        bounds = galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1)
-        stamp = image[bounds & image.bounds]
-        star.drawImage(image=stamp, add_to_image=True, center=galsim.PositionD(x[k] + 1, y[k] + 1))
-    truth = image.array
-    variance = truth + sky
-    pixels = truth + sky + rng.normal(size=truth.shape) * np.sqrt(variance)
-    exposure = Exposure(
-        image=pixels.astype(np.float32),
-        mask=np.zeros(truth.shape, dtype=np.int32),
-        variance=variance.astype(np.float32),
-        metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
-    )
+        _draw(
+            image, psf_profile(profile, fwhm * width_scale[k]).withFlux(flux[k]), x[k], y[k], half
+        )
+    exposure = _noisy_exposure(image.array, sky, rng, seed)
     return PatternScene(exposure, x, y, flux, width_scale)
 
 
@@ -148,37 +165,20 @@ def field_exposure(
     psf = galsim.Moffat(beta=beta, fwhm=fwhm)
     image = galsim.ImageD(size, size, scale=PIXEL_SCALE, init_value=0.0)
 
-    def add(obj: galsim.GSObject, x: float, y: float, half: int) -> None:
-        ix, iy = round(x), round(y)
-        bounds = galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1)
-        stamp = image[bounds & image.bounds]
-        if stamp.array.size:
-            obj.drawImage(image=stamp, add_to_image=True, center=galsim.PositionD(x + 1, y + 1))
-
     u = rng.uniform(size=n_stars)
     lo, hi, slope = 300.0, 3.0e6, -0.4
     star_flux = (lo**slope + u * (hi**slope - lo**slope)) ** (1.0 / slope)
     for flux, x, y in zip(star_flux, *rng.uniform(0, size, (2, n_stars)), strict=True):
-        add(psf.withFlux(flux), x, y, 60 if flux > 1e5 else 25)
+        _draw(image, psf.withFlux(flux), x, y, 60 if flux > 1e5 else 25)
     for x, y in rng.uniform(0, size, (2, n_galaxies)).T:
         r_half = rng.uniform(0.3, 1.5)
         g1, g2 = rng.uniform(-0.3, 0.3, 2)
         disk = galsim.Exponential(
             half_light_radius=r_half, flux=np.exp(rng.uniform(*np.log([300, 3e5])))
         )
-        add(
-            galsim.Convolve(disk.shear(g1=g1, g2=g2), psf), x, y, int(6 * r_half / PIXEL_SCALE) + 10
-        )
-    truth = image.array
-    variance = truth + sky
-    pixels = truth + sky + rng.normal(size=truth.shape) * np.sqrt(variance)
-    exposure = Exposure(
-        image=pixels.astype(np.float32),
-        mask=np.zeros(truth.shape, dtype=np.int32),
-        variance=variance.astype(np.float32),
-        metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
-    )
-    return FieldScene(exposure, sky, fwhm / PIXEL_SCALE)
+        galaxy = galsim.Convolve(disk.shear(g1=g1, g2=g2), psf)
+        _draw(image, galaxy, x, y, int(6 * r_half / PIXEL_SCALE) + 10)
+    return FieldScene(_noisy_exposure(image.array, sky, rng, seed), sky, fwhm / PIXEL_SCALE)
 
 
 @dataclass
@@ -213,19 +213,6 @@ def saturated_stars_exposure(
     for k in range(n):
         g1, g2 = rng.uniform(-0.05, 0.05, 2)
         star = psf_profile(profile, fwhm).shear(g1=g1, g2=g2).withFlux(flux[k])
-        ix, iy = round(x[k]), round(y[k])
-        bounds = galsim.BoundsI(ix - half + 1, ix + half + 1, iy - half + 1, iy + half + 1)
-        star.drawImage(
-            image=image[bounds & image.bounds],
-            add_to_image=True,
-            center=galsim.PositionD(x[k] + 1, y[k] + 1),
-        )
-    truth = image.array
-    pixels = truth + sky + rng.normal(size=truth.shape) * np.sqrt(truth + sky)
-    exposure = Exposure(
-        image=np.minimum(pixels, FULL_WELL).astype(np.float32),
-        mask=np.zeros(truth.shape, dtype=np.int32),
-        variance=(truth + sky).astype(np.float32),
-        metadata={"visit": seed, "saturate": FULL_WELL, "filter": "r"},
-    )
+        _draw(image, star, x[k], y[k], half)
+    exposure = _noisy_exposure(image.array, sky, rng, seed, clip=True)
     return SaturatedScene(exposure, x, y, flux)
