@@ -16,7 +16,7 @@ from twinkles.diffim.kernel import (
     fit_kernel,
     noise_correlation,
 )
-from twinkles.diffim.subtract import _grow, kernel_sigma
+from twinkles.diffim.subtract import kernel_sigma
 from twinkles.diffim.template import (
     TemplateConfig,
     TemplateError,
@@ -25,6 +25,7 @@ from twinkles.diffim.template import (
 )
 from twinkles.image.convolve import fft_convolve_terms, kernel_fft
 from twinkles.image.exposure import Exposure, PhotoCalib
+from twinkles.image.masks import grow_square
 
 
 def gaussian(sigma: float, half: int = 12) -> np.ndarray:
@@ -77,7 +78,7 @@ def test_grown_masks_are_square_dilations():
     for half in (0, 1, 3, 12, 40):
         square = np.ones((2 * half + 1, 2 * half + 1), dtype=bool)
         expected = ndimage.binary_dilation(mask, square) if half else mask
-        np.testing.assert_array_equal(_grow(mask, half), expected)
+        np.testing.assert_array_equal(grow_square(mask, half), expected)
 
 
 def test_kernel_fit_recovers_broadening_scaling_and_background(star_field):

@@ -27,18 +27,17 @@ import numpy as np
 import sep
 from astropy.io import fits
 from pydantic import Field
-from scipy import ndimage
 from scipy.interpolate import RectBivariateSpline
 
 from twinkles.config import Section
 from twinkles.image import Exposure, MaskPlane
+from twinkles.image.masks import grow_square
 
 __all__ = [
     "BackgroundConfig",
     "BackgroundModel",
     "BackgroundResult",
     "BackgroundTask",
-    "grow_mask",
 ]
 
 
@@ -123,14 +122,6 @@ def _grid(n: int, step: int) -> np.ndarray:
     return grid if grid[-1] == n - 1 else np.append(grid, n - 1)
 
 
-def grow_mask(mask: np.ndarray, half: int) -> np.ndarray:
-    """``mask`` grown by ``half`` pixels in every direction (a square; two 1-D passes)."""
-    if half <= 0:
-        return mask.copy()
-    grown = ndimage.maximum_filter1d(mask.view(np.uint8), 2 * half + 1, axis=0)
-    return ndimage.maximum_filter1d(grown, 2 * half + 1, axis=1).view(bool)
-
-
 class BackgroundTask:
     """Estimate the sky, subtract it from the exposure and return its model."""
 
@@ -204,7 +195,7 @@ class BackgroundTask:
         """
         if not fwhm > 0:
             raise ValueError(f"the seeing FWHM must be positive, got {fwhm}")
-        sources = grow_mask(
+        sources = grow_square(
             exposure.masked(MaskPlane.DETECTED),
             round(self.config.detection_grow * float(fwhm)),
         )

@@ -57,6 +57,7 @@ from twinkles.errors import TwinklesError
 from twinkles.geometry import chord_length, unit_vectors
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.masks import grow_square
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.pixel import PixelPSF
 from twinkles.units import AB_MAG_OF_1_NJY
@@ -172,34 +173,6 @@ def kernel_sigma(kernel: np.ndarray) -> float:
     ``Neff = 1 / sum(k^2) = 4 pi sigma^2`` (second moments would be ruled by the wings)."""
     k = kernel / kernel.sum()
     return float(np.sqrt(1.0 / (4.0 * np.pi * np.sum(k**2))))
-
-
-def _grow(mask: np.ndarray, half: int) -> np.ndarray:
-    """Boolean ``mask`` grown by ``half`` pixels (a square), as two 1-D dilations.
-
-    Each dilation ORs the mask with itself shifted by 1, 2, 4, ... pixels until the window is
-    ``2 half + 1`` wide (log2 passes of byte-wise ORs): 0.05 s on a 4k x 4k sensor against
-    0.13 s for scipy's ``maximum_filter1d`` on the two axes.
-    """
-    if half <= 0:
-        return mask.astype(bool, copy=True)
-    return np.ascontiguousarray(_dilate_axis(_dilate_axis(mask.astype(bool), half, 0), half, 1))
-
-
-def _dilate_axis(mask: np.ndarray, half: int, axis: int) -> np.ndarray:
-    """``mask`` ORed over windows of ``2 half + 1`` pixels centred along ``axis``."""
-    lines = np.moveaxis(mask, axis, 0)
-    n, width = lines.shape[0], 2 * half + 1
-    # out[i] ends up the OR of lines[i - width + 1 .. i]; the padding lets the last pixels'
-    # windows run off the end
-    out = np.zeros((n + half, *lines.shape[1:]), dtype=bool)
-    out[:n] = lines
-    covered = 1
-    while covered < width:
-        step = min(covered, width - covered)
-        out[step:] |= out[:-step].copy()
-        covered += step
-    return np.moveaxis(out[half:], 0, axis)
 
 
 def _crop_under(template: Exposure, calexp: Exposure, margin: int = 8) -> Exposure:
@@ -380,7 +353,7 @@ class ImageDifferenceTask:
         narrow = np.where(np.isfinite(narrow), narrow, 0.0).astype(np.float32)
         # blank sky: neither masked nor near a source detected on the calexp
         detected = (calexp.mask & int(MaskPlane.DETECTED)) != 0
-        blank = ~unusable & ~_grow(detected, 3) & ~no_data_t & np.isfinite(tmpl_var)
+        blank = ~unusable & ~grow_square(detected, 3) & ~no_data_t & np.isfinite(tmpl_var)
         tmpl_scale = 1.0
         if cfg.scale_template_variance:
             # every fourth row and column is plenty (~1 M pixels on a run1 sensor: 0.1%)
@@ -403,7 +376,7 @@ class ImageDifferenceTask:
                 sigma_n,
                 sigma_w,
                 cfg.kernel,
-                bad=_grow(unusable, 1),
+                bad=grow_square(unusable, 1),
             )
         except KernelFitError as exc:
             raise ImageDifferenceError(f"visit {visit}: {exc}") from None
@@ -417,7 +390,7 @@ class ImageDifferenceTask:
         k_centre = solution.kernel(xc, yc)
         k_sum = float(k_centre.sum())
         half = solution.spatial_kernels.shape[-1] // 2
-        edge = _grow(((calexp.mask | tmpl_mask) & int(MaskPlane.NO_DATA)) != 0, half)
+        edge = grow_square(((calexp.mask | tmpl_mask) & int(MaskPlane.NO_DATA)) != 0, half)
         edge[:half, :] = edge[-half:, :] = True
         edge[:, :half] = edge[:, -half:] = True
         mask = (calexp.mask | tmpl_mask) & int(_CARRIED)

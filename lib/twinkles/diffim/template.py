@@ -39,10 +39,11 @@ from twinkles.coadd.assemble import noise_ratio
 from twinkles.coadd.warp import CalexpModel, warped_psf_kernel
 from twinkles.config import Section
 from twinkles.diffim.kernel import AlardLuptonConfig, fit_kernel
-from twinkles.diffim.subtract import _grow, kernel_sigma
+from twinkles.diffim.subtract import kernel_sigma
 from twinkles.errors import TwinklesError
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane
+from twinkles.image.masks import grow_square
 from twinkles.psf.pixel import PixelPSF
 
 __all__ = [
@@ -163,7 +164,7 @@ def match_warp(
     no_data = (warp.mask & int(MaskPlane.NO_DATA)) != 0
     image = fft_convolve_terms(np.where(no_data, 0.0, warp.image), kernel)
     variance = fft_convolve_terms(np.where(no_data, 0.0, warp.variance), kernel**2)
-    grown = _grow(no_data, kernel.shape[0] // 2)
+    grown = grow_square(no_data, kernel.shape[0] // 2)
     mask = warp.mask.copy()
     mask[grown] |= int(MaskPlane.NO_DATA)
     image[grown] = np.nan
