@@ -69,6 +69,12 @@ def fft_convolve_terms(
     sequence of ``(wy, wx)`` pairs of 1-D arrays, applied without building (h, w) planes.
     The image is zero-padded by the kernel's half-size, so nothing wraps around; NaN pixels
     must be replaced beforehand.
+
+    With row and column factors the inverse transform is split: a row factor commutes with
+    the transform along the columns and a column factor with the one along the rows, so each
+    term needs only its transform along the columns (on the image's rows only), and the terms
+    that share a column factor (``X^i`` for every power of ``Y``) share one transform along the
+    rows: for a cubic polynomial, 4 of those instead of 10.
     """
     if kernels.ndim == 2:
         kernels = kernels[None]
@@ -78,15 +84,27 @@ def fft_convolve_terms(
     workers = fft_workers()
     spectrum = fft.rfft2(image.astype(np.float32, copy=False), s=shape, workers=workers)
     out = np.zeros((h, w), dtype=np.float32)
+    if weights is not None and len(kernels) and isinstance(weights[0], tuple):
+        groups: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        for kernel, (wy, wx) in zip(kernels, weights, strict=True):
+            product = spectrum * kernel_fft(kernel.astype(np.float32, copy=False), shape)
+            # along the columns (axis 0), kept on the image's rows, times the row factor
+            rows = fft.ifft(product, axis=0, workers=workers)[:h]
+            rows *= np.asarray(wy, dtype=np.float32)[:, None]
+            key = np.asarray(wx, dtype=np.float32).tobytes()
+            if key in groups:
+                groups[key][0][...] += rows
+            else:
+                groups[key] = (rows, np.asarray(wx, dtype=np.float32))
+        for rows, wx in groups.values():
+            conv = fft.irfft(rows, n=shape[1], axis=1, workers=workers)[:, :w]
+            conv *= wx[None, :]
+            out += conv
+        return out
     for m, kernel in enumerate(kernels):
         product = spectrum * kernel_fft(kernel.astype(np.float32, copy=False), shape)
         conv = fft.irfft2(product, s=shape, workers=workers)[:h, :w]
         if weights is None:
-            out += conv
-        elif isinstance(weights[m], tuple):
-            wy, wx = weights[m]
-            conv *= wy[:, None]
-            conv *= wx[None, :]
             out += conv
         else:
             out += weights[m] * conv
