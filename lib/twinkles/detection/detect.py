@@ -23,8 +23,8 @@ sensitivity; the PSF stars are then chosen from that one detection pass.
 A saturated star's interpolated core can hold two peaks (interpolation along rows across a
 round core leaves a dip), which the deblender would split into two sources a few pixels apart,
 each with part of the flux. Pieces whose peaks lie in, or within ``saturation_reach`` pixels of,
-one connected region of SAT pixels are merged back into one source (:func:`merge_saturated`),
-as LSST's deblender does not split a saturated footprint's peaks.
+one connected region of SAT pixels are merged back into one source (:func:`merge_saturated`):
+the flux-weighted centroid of the pieces, their summed flux and one footprint.
 
 Each source gets a windowed centroid (SExtractor's XWIN/YWIN: iterative, Gaussian-weighted,
 as precise as a PSF fit for isolated stars), its half-light radius, isophotal second moments,

@@ -9,10 +9,12 @@ polynomials (Alard & Lupton 1998, ApJ 503, 325; Alard 2000, A&AS 144, 363):
 Following the LSST implementation, the first basis function is a unit-sum Gaussian and every
 other one is made sum-free, so the kernel's sum (the photometric scaling between the images)
 is one coefficient, held constant over the sensor, while the shape coefficients vary as
-polynomials of ``spatial_degree`` in position (cubic by default: the kernel's width is
-``sqrt(s_W^2 - s_N^2)``, which changes much faster than either PSF where the two are close,
-and PSF widths change across a sensor in gradients and radial patterns; LSST's default is
-quadratic). With too few stamps for that many terms the degree is lowered. A polynomial
+polynomials of position of degree up to ``spatial_degree`` (cubic by default: the kernel's
+width is ``sqrt(s_W^2 - s_N^2)``, which changes much faster than either PSF where the two are
+close, and PSF widths change across a sensor in gradients and radial patterns; LSST's default
+is quadratic). The degree used is the one of lowest BIC that the stamps support, so a kernel
+constant over the sensor keeps degree 0; with too few stamps for that many terms the highest
+degree tried is lowered. A polynomial
 background of ``background_degree`` absorbs what the background subtraction left. The
 coefficients are a linear least-squares fit to stamps around stars, weighted by the inverse
 variance, with stamps whose residuals are outliers (variable stars, blends, cosmic rays)
@@ -68,7 +70,11 @@ class AlardLuptonConfig(Section):
         10, ge=3, le=20, description="Kernel half-size (pixels): the kernel is 2 h + 1 square."
     )
     spatial_degree: int = Field(
-        3, ge=0, le=3, description="Polynomial degree of the kernel shape's spatial variation."
+        3,
+        ge=0,
+        le=3,
+        description="Highest polynomial degree of the kernel shape's spatial variation; the fit "
+        "uses the degree of lowest BIC up to it.",
     )
     background_degree: int = Field(
         0, ge=0, le=2, description="Polynomial degree of the differential background."
