@@ -279,22 +279,28 @@ def fit_kernel(
         designs.append(np.stack(cols, axis=1))
         targets.append(tgt)
         weights.append(weight)
-    use = np.ones(n_total, dtype=bool)
-    for _ in range(3):
-        ata = np.zeros((n_par, n_par))
-        atb = np.zeros(n_par)
-        for k in np.flatnonzero(use):
-            aw = designs[k] * weights[k][:, None]
-            ata += designs[k].T @ aw
-            atb += aw.T @ targets[k]
-        coef = np.linalg.lstsq(ata, atb, rcond=None)[0]
-        chi2 = np.array(
+
+    def stamp_chi2(coef: np.ndarray) -> np.ndarray:
+        """Each stamp's chi^2 per usable pixel."""
+        return np.array(
             [
                 np.sum(weights[k] * (targets[k] - designs[k] @ coef) ** 2)
                 / max(np.count_nonzero(weights[k]), 1)
                 for k in range(n_total)
             ]
         )
+
+    use = np.ones(n_total, dtype=bool)
+    for _ in range(3):
+        fitted = use  # the stamps of these normal equations
+        ata = np.zeros((n_par, n_par))
+        atb = np.zeros(n_par)
+        for k in np.flatnonzero(fitted):
+            aw = designs[k] * weights[k][:, None]
+            ata += designs[k].T @ aw
+            atb += aw.T @ targets[k]
+        coef = np.linalg.lstsq(ata, atb, rcond=None)[0]
+        chi2 = stamp_chi2(coef)
         med = np.median(chi2[use])
         spread = 1.4826 * np.median(np.abs(chi2[use] - med)) + 1e-3 * med
         new_use = chi2 < med + cfg.clip_sigma * spread
@@ -304,8 +310,8 @@ def fit_kernel(
     # the spatial degree the stamps support: the one of lowest BIC (from the normal equations
     # of the last fit, a block per degree), so that a kernel constant over the sensor is not
     # given the noise of 26 x 10 cubic terms to follow
-    y_wy = sum(float(np.sum(weights[k] * targets[k] ** 2)) for k in np.flatnonzero(use))
-    n_data = sum(np.count_nonzero(weights[k]) for k in np.flatnonzero(use))
+    y_wy = sum(float(np.sum(weights[k] * targets[k] ** 2)) for k in np.flatnonzero(fitted))
+    n_data = sum(np.count_nonzero(weights[k]) for k in np.flatnonzero(fitted))
     best = None
     for degree in range(spatial_degree + 1):
         n_terms = (degree + 1) * (degree + 2) // 2
@@ -323,13 +329,7 @@ def fit_kernel(
     if chosen < spatial_degree:
         coef = np.zeros(n_par)
         coef[idx] = sub
-        chi2 = np.array(
-            [
-                np.sum(weights[k] * (targets[k] - designs[k] @ coef) ** 2)
-                / max(np.count_nonzero(weights[k]), 1)
-                for k in range(n_total)
-            ]
-        )
+        chi2 = stamp_chi2(coef)
     images = basis.images()
     n_chosen = (chosen + 1) * (chosen + 2) // 2
     spatial = np.zeros((n_chosen, *images.shape[1:]))
