@@ -221,7 +221,7 @@ class ArtifactCriteria:
 
 def classify_artifacts(
     dia_sources: Table,
-    calexp: Exposure,
+    exposure: Exposure,
     truth: Truth,
     band: str,
     pixel_scale: float,
@@ -241,8 +241,9 @@ def classify_artifacts(
     dia_sources : Table
         The visit's DIASources (``ra``, ``decl``, ``x``, ``y``, ``flag_edge``,
         ``flag_saturated``).
-    calexp : Exposure
-        The visit's calexp (its SAT and CR masks, its WCS for the truth's positions).
+    exposure : Exposure
+        The visit's calexp or its difference image, which carries the calexp's masks (its SAT
+        and CR masks, its WCS for the truth's positions).
     truth : Truth
         The simulation's objects.
     band : str
@@ -262,14 +263,14 @@ def classify_artifacts(
     causes = np.full(n, "", dtype="U16")
     if not n:
         return causes
-    if calexp.wcs is None:
-        raise ValueError("classify_artifacts needs the calexp's WCS")
+    if exposure.wcs is None:
+        raise ValueError("classify_artifacts needs the exposure's WCS")
     x = np.asarray(dia_sources["x"], dtype=float)
     y = np.asarray(dia_sources["y"], dtype=float)
     here = np.column_stack([x, y])
 
     def pixels(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-        px, py = calexp.wcs.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
+        px, py = exposure.wcs.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
         return np.column_stack([px, py])
 
     def distance_to(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -283,10 +284,10 @@ def classify_artifacts(
     spurious = distance_to(pixels(variables["ra"], variables["dec"]))[0] > c.match_arcsec
 
     def masked_within(planes: MaskPlane, radius_px: float) -> np.ndarray:
-        ys, xs = np.nonzero(calexp.masked(planes))
+        ys, xs = np.nonzero(exposure.masked(planes))
         return distance_to(np.column_stack([xs, ys]))[0] / pixel_scale <= radius_px
 
-    h, w = calexp.shape
+    h, w = exposure.shape
     to_edge = np.minimum.reduce([x, y, w - 1 - x, h - 1 - y])
     steady = truth.stars[~np.asarray(truth.stars["is_variable"], dtype=bool)]
     star_mag = np.asarray(steady[f"mag_{band}"], dtype=float)
