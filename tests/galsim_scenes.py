@@ -158,8 +158,8 @@ def field_exposure(
     Stars' fluxes follow a power law (d N / d ln F ~ F^-0.4, 300 to 3e6 electrons; most are
     faint), galaxies are exponential disks of half-light radius 0.3-1.5" and 300-3e5
     electrons, sheared at random; a galaxy's light outside its stamp (beyond 6 half-light
-    radii) and a star's beyond 60 pixels are left out, a tiny fraction. Noise is Gaussian with
-    the Poisson variance of sky and sources.
+    radii) and a star's beyond 25 pixels (60 above 1e5 electrons) are left out. Noise is
+    Gaussian with the Poisson variance of sky and sources.
     """
     rng = np.random.default_rng(seed)
     psf = galsim.Moffat(beta=beta, fwhm=fwhm)
