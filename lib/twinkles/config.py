@@ -31,6 +31,7 @@ __all__ = [
     "DatabaseConfig",
     "ExecutorConfig",
     "FieldConfig",
+    "InjectionConfig",
     "InputsConfig",
     "ReferenceCatalogConfig",
     "RenderConfig",
@@ -384,6 +385,50 @@ class ExecutorConfig(_Section):
     )
 
 
+class InjectionConfig(_Section):
+    """Source injection: point sources of known flux put into each calexp before a second
+    subtraction (the ``inject_sources`` step), to measure the difference imaging's efficiency
+    (LSST's source_injection; the fakes of DES, Kessler et al. 2015)."""
+
+    enabled: bool = Field(
+        False, description="Run the inject_sources step (it costs one more subtraction per visit)."
+    )
+    n_per_visit: int = Field(40, ge=1, le=10_000, description="Point sources injected per visit.")
+    snr_min: float = Field(
+        2.0,
+        gt=0.0,
+        description="Least S/N of an injection on the calexp alone (log-uniform draws).",
+    )
+    snr_max: float = Field(
+        40.0, gt=0.0, description="Greatest S/N of an injection on the calexp alone."
+    )
+    galaxy_fraction: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="Fraction placed on galaxies of the Object table (where supernovae are, "
+        "and where subtraction residuals are), the rest uniformly over the sensor.",
+    )
+    galaxy_mag_max: float = Field(
+        23.0, description="Host galaxies are extended Objects brighter than this (AB, aperture)."
+    )
+    galaxy_offset_arcsec: float = Field(
+        1.0, ge=0.0, description="An injection on a galaxy lies at most this far from its centre."
+    )
+    margin_px: int = Field(
+        40, ge=0, description="No injection closer than this to the sensor's edge (pixels)."
+    )
+    match_arcsec: float = Field(
+        1.0, gt=0.0, description="An injection is found by a positive DIASource this close."
+    )
+
+    @model_validator(mode="after")
+    def _check_range(self) -> InjectionConfig:
+        if self.snr_max <= self.snr_min:
+            raise ValueError(f"snr_max: must exceed snr_min ({self.snr_min:g})")
+        return self
+
+
 class StepConfig(_Section):
     """Overrides for one pipeline step: recipe parameters and resources."""
 
@@ -517,6 +562,7 @@ class RunConfig(_Section):
     )
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     inputs: InputsConfig = Field(default_factory=InputsConfig)
+    injection: InjectionConfig = Field(default_factory=InjectionConfig)
 
     @model_validator(mode="after")
     def _check_name(self) -> RunConfig:

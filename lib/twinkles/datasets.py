@@ -205,6 +205,20 @@ register_dataset_type(
     "A visit's DIASources: PSF flux (nJy) on the difference image, S/N, dipole, flags.",
 )
 register_dataset_type(
+    "injectedSources",
+    ("visit",),
+    "injection/injected_{visit:08d}.parquet",
+    "table",
+    "Point sources injected into a calexp (nJy), found or not on its injected difference.",
+)
+register_dataset_type(
+    "injectedDiaSrc",
+    ("visit",),
+    "injection/diaSrc_{visit:08d}.parquet",
+    "table",
+    "DIASources of the difference of the injected calexp (with their real/bogus features).",
+)
+register_dataset_type(
     "diaSourceTable",
     (),
     "dia/diaSource.parquet",

@@ -1,12 +1,16 @@
-"""Sky geometry: gnomonic (tangent-plane) projections, unit vectors for KD-tree matching."""
+"""Sky geometry: gnomonic (tangent-plane) projections, unit vectors for KD-tree matching,
+pixel scales."""
 
 from __future__ import annotations
 
 import numpy as np
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 __all__ = [
     "chord_length",
     "nearest_id_within",
+    "pixel_scale_arcsec",
     "random_positions_in_disc",
     "sky_to_tangent",
     "tangent_to_sky",
@@ -80,3 +84,8 @@ def nearest_id_within(
     near = dist <= chord_length(radius_arcsec)
     out[near] = np.asarray(cat_ids, dtype=np.int64)[idx[near]]
     return out
+
+
+def pixel_scale_arcsec(wcs: WCS) -> float:
+    """Mean pixel scale (arcsec per pixel) of a celestial WCS at its reference point."""
+    return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)

@@ -254,6 +254,12 @@ dia_source_table = Table(
     _f("snr", "psFlux / psFluxErr."),
     _flag("isDipole", "Positive and negative lobes: a misaligned or moving source."),
     *[_flag(f"flag_{f}", f"{f}.") for f in ("edge", "saturated", "bad")],
+    # the real/bogus features (twinkles.diffim.realbogus) and the score from them
+    _f("psfChi2", "Reduced chi2 of the PSF fit within 2 FWHM."),
+    _f("posFraction", "Positive over absolute flux within one FWHM, in the source's polarity."),
+    _f("apRatio", "Flux in a 2-FWHM aperture over the PSF fit's there."),
+    _f("templateContrast", "log10(1 + template PSF flux / |psFlux|)."),
+    _f("satDistance", "Distance to the nearest saturated pixel (arcsec, at most 60)."),
     Index("ix_DiaSource_pk", "runId", "diaSourceId", unique=True),
     Index("ix_DiaSource_visit", "runId", "ccdVisitId"),
     Index("ix_DiaSource_object", "runId", "diaObjectId"),

@@ -53,8 +53,9 @@ from twinkles.diffim.kernel import (
     fit_kernel,
     noise_correlation,
 )
+from twinkles.diffim.realbogus import REAL_BOGUS_FEATURES, dia_source_features
 from twinkles.errors import TwinklesError
-from twinkles.geometry import chord_length, unit_vectors
+from twinkles.geometry import chord_length, pixel_scale_arcsec, unit_vectors
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
 from twinkles.image.masks import grow_square
@@ -88,6 +89,7 @@ DIA_SOURCE_COLUMNS = (
     "flag_edge",
     "flag_saturated",
     "flag_bad",
+    *(name for name in REAL_BOGUS_FEATURES if name != "snr"),
 )
 
 #: Mask planes a difference pixel inherits from either input.
@@ -481,6 +483,21 @@ class ImageDifferenceTask:
         )
         sources["psFluxErr"] *= scale
         sources["snr"] /= scale
+        # what a real/bogus score reads (twinkles.diffim.realbogus)
+        fwhm = FWHM_PER_SIGMA * kernel_sigma(diff_psf.kernel(xc, yc))
+        flux = np.asarray(sources["psFlux"], float)
+        features = dia_source_features(
+            diff,
+            template_on_visit,
+            np.asarray(sources["x"], float),
+            np.asarray(sources["y"], float),
+            np.where(flux < 0, -1, 1),
+            flux,
+            fwhm,
+            pixel_scale_arcsec(calexp.wcs),
+        )
+        for name, values in features.items():
+            sources[name] = values
         diff.metadata["psf_flux_err_scale"] = round(scale, 4)
         diff.metadata["detection_scale"] = round(detect_scale, 4)
         # the noise ratio from every other row and column: 4 M pixels on a run1 sensor set it

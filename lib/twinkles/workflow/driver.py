@@ -983,7 +983,7 @@ def run_pipeline(
             raise TwinklesError(
                 f"unknown step(s) {unknown}; the pipeline has {', '.join(sorted(known))}"
             )
-    pipeline = pipeline.for_source(run.config.inputs.source)
+    pipeline = pipeline.for_run(run)
     if steps:
         absent = [s for s in steps if s not in {p.name for p in pipeline.steps}]
         if absent:

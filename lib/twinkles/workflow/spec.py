@@ -92,6 +92,9 @@ class Step:
     sources : tuple of str
         The input sources (``inputs.source``) of runs the step belongs to: an external run
         has no simulation step.
+    enabled : callable
+        ``enabled(run) -> bool``: whether the run includes the step (an optional step, such
+        as source injection, that the run configuration turns on).
     """
 
     name: str
@@ -105,6 +108,7 @@ class Step:
     doc: str = ""
     partial: bool = False
     sources: tuple[str, ...] = ("simulate", "external")
+    enabled: Callable[[Run], bool] = field(default=lambda run: True, repr=False)
 
     def recipe_path(self, cookbook: Path = COOKBOOK) -> Path:
         path = Path(self.recipe)
@@ -160,9 +164,14 @@ class Pipeline:
                 raise ValueError(f"step {step.name} depends on {unknown}, not defined before it")
             seen.add(step.name)
 
-    def for_source(self, source: str) -> Pipeline:
-        """The steps that belong to runs of ``source``, dependencies on the others dropped."""
-        kept = [s for s in self.steps if source in s.sources]
+    def for_run(self, run: Run) -> Pipeline:
+        """The steps that ``run`` includes: those of its input source that it enables,
+        dependencies on the others dropped."""
+        return self._keep(
+            [s for s in self.steps if run.config.inputs.source in s.sources and s.enabled(run)]
+        )
+
+    def _keep(self, kept: list[Step]) -> Pipeline:
         if len(kept) == len(self.steps):
             return self
         names = {s.name for s in kept}
@@ -328,6 +337,16 @@ PIPELINE = Pipeline(
             doc="Alard-Lupton PSF-matched subtraction of the template, DIASources",
         ),
         Step(
+            name="inject_sources",
+            recipe="inject_sources.ipynb",
+            dimension="visit",
+            depends=("coadd_sources", "image_difference"),
+            outputs=lambda run, did: [("injectedSources", did), ("injectedDiaSrc", did)],
+            resources=Resources(cpus=1, mem_gb=4.0, timeout_min=20.0),
+            doc="point sources injected into the calexp, subtracted again: efficiency",
+            enabled=lambda run: run.config.injection.enabled,
+        ),
+        Step(
             name="associate_dia",
             recipe="associate_dia.ipynb",
             dimension="run",
@@ -350,7 +369,7 @@ PIPELINE = Pipeline(
             name="validate_dia",
             recipe="validate_dia.ipynb",
             dimension="run",
-            depends=("forced_dia_photometry", "associate_dia"),
+            depends=("forced_dia_photometry", "associate_dia", "inject_sources"),
             outputs=lambda run, did: [("diaMetrics", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="difference imaging against the truth: noise, recovery, spurious, SN pulls",

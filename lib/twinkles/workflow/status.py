@@ -37,7 +37,7 @@ def _planned(run: Run, pipeline: Pipeline) -> dict[str, list[str]]:
 
 def run_status(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
     """``{"steps": [{"step", "done", "failed", "blocked", "pending", "failures"}, ...]}``."""
-    pipeline = (pipeline or spec.PIPELINE).for_source(run.config.inputs.source)
+    pipeline = (pipeline or spec.PIPELINE).for_run(run)
     db = RunDatabase(run.dir / "run.db")
     try:
         rows = db.nodes()
@@ -87,7 +87,7 @@ def _sum(values: list[float | None]) -> float:
 
 def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
     """Throughput, cost, efficiency, success rate and memory of a run, per step and in total."""
-    pipeline = (pipeline or spec.PIPELINE).for_source(run.config.inputs.source)
+    pipeline = (pipeline or spec.PIPELINE).for_run(run)
     db = RunDatabase(run.dir / "run.db")
     try:
         nodes, attempts, tasks = db.nodes(), db.attempts(), db.tasks()
