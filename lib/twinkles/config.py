@@ -418,6 +418,12 @@ class InjectionConfig(_Section):
     margin_px: int = Field(
         40, ge=0, description="No injection closer than this to the sensor's edge (pixels)."
     )
+    min_separation_arcsec: float = Field(
+        3.0,
+        ge=0.0,
+        description="No two injections closer than this (arcsec): injections that blend with "
+        "each other are missed for that, which no real transient field shows.",
+    )
     match_arcsec: float = Field(
         1.0, gt=0.0, description="An injection is found by a positive DIASource this close."
     )

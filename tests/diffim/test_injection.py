@@ -103,9 +103,10 @@ def test_injections_come_out_with_their_flux_and_photon_noise(seed):
 
 def test_injections_are_placed_as_configured():
     calexp = blank_calexp(3)
-    objects = objects_with_galaxies(calexp, 30, 4)
+    objects = objects_with_galaxies(calexp, 80, 4)
+    # an injection within 1" of a host and none within 3" of another: one per host at most
     config = InjectionConfig(
-        n_per_visit=200, snr_min=3.0, snr_max=30.0, galaxy_fraction=0.5, margin_px=40
+        n_per_visit=100, snr_min=3.0, snr_max=30.0, galaxy_fraction=0.3, margin_px=40
     )
     hosts = host_galaxies(objects, "r", config.galaxy_mag_max)
     is_host = (objects["extendedness"] > 0.5) & (objects["r_apFlux"] >= 10 ** (-0.4 * (23 - 31.4)))
@@ -113,9 +114,12 @@ def test_injections_are_placed_as_configured():
     planned = plan_injections(calexp, hosts, config, np.random.default_rng(5))
     refcat = objects[is_host]
     x, y = np.asarray(planned["x"]), np.asarray(planned["y"])
+    assert len(planned) == 100
     assert np.all((x >= 40) & (x <= SIZE - 41) & (y >= 40) & (y <= SIZE - 41))
+    apart = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :]) + 1e9 * np.eye(len(x))
+    assert apart.min() * SCALE >= config.min_separation_arcsec
     gal = np.asarray(planned["on_galaxy"])
-    assert gal.sum() == 100
+    assert gal.sum() == 30
     to_galaxy = np.hypot(x[:, None] - refcat["x"][None, :], y[:, None] - refcat["y"][None, :])
     nearest_arcsec = to_galaxy.min(axis=1) * SCALE
     assert np.all(nearest_arcsec[gal] <= config.galaxy_offset_arcsec + 1e-6)
@@ -124,7 +128,7 @@ def test_injections_are_placed_as_configured():
     snr = np.asarray(planned["flux"]) / calexp.photo_calib.njy_per_electron / err_e
     assert snr.min() >= 3.0 - 1e-6 and snr.max() <= 30.0 + 1e-6
     # log-uniform: half of them below the geometric mean, within 3 binomial sigma
-    assert abs(np.mean(snr < np.sqrt(3.0 * 30.0)) - 0.5) < 3 * 0.5 / np.sqrt(200)
+    assert abs(np.mean(snr < np.sqrt(3.0 * 30.0)) - 0.5) < 3 * 0.5 / np.sqrt(100)
     with pytest.raises(ValueError, match="snr_max"):
         InjectionConfig(snr_min=5.0, snr_max=4.0)
 

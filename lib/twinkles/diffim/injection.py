@@ -114,10 +114,11 @@ def plan_injections(
     -------
     Table
         ``injection_id``, ``x``, ``y`` (pixels), ``ra``, ``dec`` (deg), ``flux`` (nJy), ``mag``
-        (AB), ``on_galaxy``. Each flux is a log-uniform draw of the S/N it would have on the
-        calexp alone (its PSF-flux error there, from the variance plane) between
-        ``snr_min`` and ``snr_max``; on the difference image, with the template's noise
-        added, the S/N is lower, and measured after subtraction.
+        (AB), ``on_galaxy``: ``n_per_visit`` rows, fewer only where the sensor has no room for
+        that many ``min_separation_arcsec`` apart. Each flux is a log-uniform draw of the S/N
+        it would have on the calexp alone (its PSF-flux error there, from the variance plane)
+        between ``snr_min`` and ``snr_max``; on the difference image, with the template's
+        noise added, the S/N is lower, and measured after subtraction.
     """
     if calexp.psf is None or calexp.wcs is None or calexp.photo_calib is None:
         raise ValueError("plan_injections: the calexp has no PSF, WCS or zero point")
@@ -128,25 +129,46 @@ def plan_injections(
             f"plan_injections: a {w} x {h} px calexp leaves no room inside margin_px={margin}"
         )
     n = config.n_per_visit
-    x = rng.uniform(margin, w - 1 - margin, n)
-    y = rng.uniform(margin, h - 1 - margin, n)
-    on_galaxy = np.zeros(n, dtype=bool)
+    lo_x, hi_x, lo_y, hi_y = margin, w - 1 - margin, margin, h - 1 - margin
     n_gal = round(config.galaxy_fraction * n)
+    # candidates, galaxies' first, each accepted if no accepted one is nearer than
+    # min_separation (two injections in one PSF blend, and blends are missed for being blends)
+    cand_x, cand_y = [], []
     if n_gal and len(galaxies):
         gx, gy = calexp.wcs.all_world2pix(
             np.asarray(galaxies["ra"], float), np.asarray(galaxies["dec"], float), 0
         )
-        inside = (gx >= margin) & (gx <= w - 1 - margin) & (gy >= margin) & (gy <= h - 1 - margin)
+        inside = (gx >= lo_x) & (gx <= hi_x) & (gy >= lo_y) & (gy <= hi_y)
         gx, gy = gx[inside], gy[inside]
         if len(gx):
-            host = rng.integers(0, len(gx), n_gal)
+            m = 20 * n_gal
+            host = rng.integers(0, len(gx), m)
             # uniform over a disc of the offset radius around each host's centre
             radius = config.galaxy_offset_arcsec / pixel_scale_arcsec(calexp.wcs)
-            r = radius * np.sqrt(rng.uniform(0.0, 1.0, n_gal))
-            phi = rng.uniform(0.0, 2.0 * np.pi, n_gal)
-            x[:n_gal] = np.clip(gx[host] + r * np.cos(phi), margin, w - 1 - margin)
-            y[:n_gal] = np.clip(gy[host] + r * np.sin(phi), margin, h - 1 - margin)
-            on_galaxy[:n_gal] = True
+            r = radius * np.sqrt(rng.uniform(0.0, 1.0, m))
+            phi = rng.uniform(0.0, 2.0 * np.pi, m)
+            cand_x.append(np.clip(gx[host] + r * np.cos(phi), lo_x, hi_x))
+            cand_y.append(np.clip(gy[host] + r * np.sin(phi), lo_y, hi_y))
+    n_gal_cand = sum(len(c) for c in cand_x)
+    cand_x.append(rng.uniform(lo_x, hi_x, 20 * n))
+    cand_y.append(rng.uniform(lo_y, hi_y, 20 * n))
+    cx, cy = np.concatenate(cand_x), np.concatenate(cand_y)
+    min_sep = config.min_separation_arcsec / pixel_scale_arcsec(calexp.wcs)
+    accepted: list[int] = []
+    n_on_galaxy = 0
+    for k in range(len(cx)):
+        if len(accepted) == n:
+            break
+        galaxy_candidate = k < n_gal_cand
+        if galaxy_candidate and n_on_galaxy == n_gal:
+            continue
+        if accepted and np.min(np.hypot(cx[accepted] - cx[k], cy[accepted] - cy[k])) < min_sep:
+            continue
+        accepted.append(k)
+        n_on_galaxy += galaxy_candidate
+    x, y = cx[accepted], cy[accepted]
+    on_galaxy = np.asarray(accepted) < n_gal_cand
+    n = len(x)
     snr = np.exp(rng.uniform(np.log(config.snr_min), np.log(config.snr_max), n))
     _, err_e, _ = psf_flux(calexp, x, y)
     # a position whose PSF footprint is all masked gets the median error: its S/N is measured
