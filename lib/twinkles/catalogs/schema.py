@@ -224,6 +224,12 @@ dia_object_table = Table(
     _f("ra", "Mean right ascension of the DIASources (deg)."),
     _f("decl", "Mean declination of the DIASources (deg)."),
     Column("nDiaSources", Integer, doc="DIASources associated."),
+    Column(
+        "nReliableDiaSources",
+        Integer,
+        doc="DIASources with reliability at least the run's cut (-1: not scored).",
+    ),
+    _f("reliabilityMax", "Highest real/bogus score of its DIASources."),
     _f("firstMjd", "MJD of the first DIASource."),
     _f("lastMjd", "MJD of the last DIASource."),
     *[
@@ -260,6 +266,7 @@ dia_source_table = Table(
     _f("apRatio", "Flux in a 2-FWHM aperture over the PSF fit's there."),
     _f("templateContrast", "log10(1 + template PSF flux / |psFlux|)."),
     _f("satDistance", "Distance to the nearest saturated pixel (arcsec, at most 60)."),
+    _f("reliability", "Real/bogus score: 1 real, 0 an artifact."),
     Index("ix_DiaSource_pk", "runId", "diaSourceId", unique=True),
     Index("ix_DiaSource_visit", "runId", "ccdVisitId"),
     Index("ix_DiaSource_object", "runId", "diaObjectId"),

@@ -23,7 +23,10 @@ __all__ = ["associate_dia_sources"]
 
 
 def associate_dia_sources(
-    sources: Table, bands: np.ndarray, radius_arcsec: float = 0.5
+    sources: Table,
+    bands: np.ndarray,
+    radius_arcsec: float = 0.5,
+    min_reliability: float | None = None,
 ) -> tuple[Table, Table]:
     """Group DIASources into DIAObjects.
 
@@ -36,6 +39,10 @@ def associate_dia_sources(
         The filter of each DIASource.
     radius_arcsec : float
         Linking length (arcsec).
+    min_reliability : float, optional
+        With it (and a ``reliability`` column, :mod:`~twinkles.diffim.realbogus`), each
+        DIAObject counts the DIASources at least this reliable (``nReliableDiaSources``) and
+        keeps the highest score (``reliabilityMax``). Every DIASource is associated either way.
 
     Returns
     -------
@@ -69,11 +76,17 @@ def associate_dia_sources(
     mjd = np.asarray(sources["midPointTai"], float)
     flux = np.asarray(sources["psFlux"], float)
     err = np.asarray(sources["psFluxErr"], float)
+    scored = min_reliability is not None
+    if scored and "reliability" not in sources.colnames:
+        raise ValueError("associate_dia_sources: min_reliability given, but no reliability column")
+    reliability = np.asarray(sources["reliability"], float) if scored else np.full(n, np.nan)
     columns: dict[str, list] = {
         "diaObjectId": [],
         "ra": [],
         "decl": [],
         "nDiaSources": [],
+        "nReliableDiaSources": [],
+        "reliabilityMax": [],
         "firstMjd": [],
         "lastMjd": [],
     }
@@ -90,6 +103,10 @@ def associate_dia_sources(
         columns["ra"].append(float(np.degrees(np.arctan2(mean[1], mean[0])) % 360.0))
         columns["decl"].append(float(np.degrees(np.arcsin(mean[2]))))
         columns["nDiaSources"].append(len(members))
+        columns["nReliableDiaSources"].append(
+            int(np.sum(reliability[members] >= min_reliability)) if scored else -1
+        )
+        columns["reliabilityMax"].append(float(np.max(reliability[members])))
         columns["firstMjd"].append(float(mjd[members].min()))
         columns["lastMjd"].append(float(mjd[members].max()))
         for b in BANDS:
@@ -106,5 +123,6 @@ def associate_dia_sources(
     objects["diaObjectId"] = np.asarray(objects["diaObjectId"], dtype=np.int64)
     for b in BANDS:
         objects[f"{b}_psFluxNdata"] = np.asarray(objects[f"{b}_psFluxNdata"], dtype=np.int64)
-    objects["nDiaSources"] = np.asarray(objects["nDiaSources"], dtype=np.int64)
+    for name in ("nDiaSources", "nReliableDiaSources"):
+        objects[name] = np.asarray(objects[name], dtype=np.int64)
     return sources, objects

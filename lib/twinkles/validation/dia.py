@@ -20,9 +20,10 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.table import Table
+from astropy.table import Table, vstack
 from scipy.spatial import cKDTree
 
+from twinkles.diffim.injection import fit_efficiency
 from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
 from twinkles.measurement.forced import ForcedPhotometryConfig, ForcedPhotometryTask
@@ -41,8 +42,11 @@ __all__ = [
     "expected_difference_flux",
     "expected_forced_flux",
     "forced_dia_truth",
+    "injection_efficiency",
+    "injection_results",
     "lensed_image_recovery",
     "light_curve_pulls",
+    "real_bogus_examples",
     "score_dia_sources",
     "transient_peaks",
     "variable_truth",
@@ -698,3 +702,158 @@ def lensed_image_recovery(
         separate[k] = match[k] >= 0 and shared == 1
     out["separate"] = separate
     return out
+
+
+def real_bogus_examples(butler, truth: Truth, pixel_scale: float) -> Table:
+    """Labelled DIASources of a run, for training and testing a real/bogus classifier.
+
+    Real: DIASources of the injected differences matched to an injection (``injected`` or,
+    placed on a galaxy, ``injected_gal``) and DIASources of the run's own differences within
+    the match radius of a variable object (``variable``). Bogus: every other DIASource of the
+    run's own differences, labelled with its cause (:func:`classify_artifacts`).
+
+    Parameters
+    ----------
+    butler : Butler
+        The run's repository: ``diaSrc``, ``deepDiff_differenceExp`` and, where the run
+        injected, ``injectedSources`` and ``injectedDiaSrc`` of each visit.
+    truth : Truth
+        The run's truth.
+    pixel_scale : float
+        Arcsec per pixel.
+
+    Returns
+    -------
+    Table
+        The DIASource columns (features included) with ``real``, ``label``, ``visit`` and
+        ``band``.
+    """
+    visits = butler.get("visitTable")
+    parts = []
+    for row in visits:
+        visit, band = int(row["obsHistID"]), str(row["filter"])
+        if not butler.exists("diaSrc", visit=visit):
+            continue
+        own = butler.get("diaSrc", visit=visit)
+        causes = classify_artifacts(
+            own, butler.get("deepDiff_differenceExp", visit=visit), truth, band, pixel_scale
+        )
+        own["label"] = np.where(causes == "", "variable", causes).astype("U16")
+        own["real"] = causes == ""
+        parts.append((visit, band, own))
+        if butler.exists("injectedSources", visit=visit):
+            injections = butler.get("injectedSources", visit=visit)
+            injected = butler.get("injectedDiaSrc", visit=visit)
+            found = injections[np.asarray(injections["found"], bool)]
+            on_galaxy = dict(
+                zip(found["diaSourceId"].tolist(), found["on_galaxy"].tolist(), strict=True)
+            )
+            injected = injected[np.isin(injected["diaSourceId"], list(on_galaxy))]
+            injected["label"] = np.array(
+                [
+                    "injected_gal" if on_galaxy[i] else "injected"
+                    for i in injected["diaSourceId"].tolist()
+                ],
+                dtype="U16",
+            )
+            injected["real"] = np.ones(len(injected), bool)
+            parts.append((visit, band, injected))
+    tables = []
+    for visit, band, table in parts:
+        table["visit"] = np.full(len(table), visit, dtype=np.int64)
+        table["band"] = np.full(len(table), band, dtype="U1")
+        tables.append(table)
+    if not tables:
+        return Table(names=("real", "label", "visit", "band"), dtype=(bool, "U16", np.int64, "U1"))
+    return vstack(tables, metadata_conflicts="silent")
+
+
+def injection_results(butler, classifier, min_reliability: float) -> Table:
+    """Every injection of the run, with its band and the real/bogus score of the DIASource
+    that found it.
+
+    Parameters
+    ----------
+    butler : Butler
+        The run's repository (``injectedSources``, ``injectedDiaSrc``, ``visitTable``).
+    classifier : RealBogusClassifier
+        Scores the injected differences' DIASources
+        (:class:`~twinkles.diffim.reliability.RealBogusClassifier`).
+    min_reliability : float
+        The cut: ``found_reliable`` is ``found`` by a DIASource at least this reliable.
+
+    Returns
+    -------
+    Table
+        The injections (:data:`~twinkles.diffim.injection.INJECTION_COLUMNS`) with ``band``,
+        ``reliability`` (NaN where not found) and ``found_reliable``; empty if the run did
+        not inject.
+    """
+    visits = butler.get("visitTable")
+    parts = []
+    for row in visits:
+        visit = int(row["obsHistID"])
+        if not butler.exists("injectedSources", visit=visit):
+            continue
+        injections = butler.get("injectedSources", visit=visit)
+        dia = butler.get("injectedDiaSrc", visit=visit)
+        score = dict(zip(dia["diaSourceId"].tolist(), classifier.score(dia).tolist(), strict=True))
+        injections["band"] = np.full(len(injections), str(row["filter"]), dtype="U1")
+        injections["reliability"] = np.array(
+            [
+                score.get(i, np.nan) if f else np.nan
+                for i, f in zip(
+                    injections["diaSourceId"].tolist(), injections["found"].tolist(), strict=True
+                )
+            ],
+            dtype=float,
+        )
+        parts.append(injections)
+    if not parts:
+        return Table()
+    table = vstack(parts, metadata_conflicts="silent")
+    table["found_reliable"] = np.asarray(table["found"], bool) & (
+        np.nan_to_num(np.asarray(table["reliability"], float), nan=-1.0) >= min_reliability
+    )
+    return table
+
+
+def injection_efficiency(injections: Table, min_snr: float = 10.0) -> Table:
+    """Efficiency of the injections per band and in all, before and after the real/bogus cut.
+
+    Returns
+    -------
+    Table
+        One row per band and one ``all``: ``n``; ``snr50`` and ``snr50_reliable`` (the S/N
+        on the difference of 50% efficiency, :func:`~twinkles.diffim.injection.fit_efficiency`);
+        ``eps_max``; ``efficiency_bright`` and ``efficiency_bright_reliable``: the fraction
+        found among injections of S/N >= ``min_snr``.
+    """
+    rows = []
+    bands = sorted(set(np.asarray(injections["band"], str).tolist()))
+    for band in [*bands, "all"]:
+        sel = (
+            np.ones(len(injections), bool)
+            if band == "all"
+            else np.asarray(injections["band"] == band)
+        )
+        part = injections[sel]
+        snr = np.asarray(part["expected_snr"], float)
+        found = np.asarray(part["found"], bool)
+        kept = np.asarray(part["found_reliable"], bool)
+        bright = snr >= min_snr
+        fit, fit_kept = fit_efficiency(snr, found), fit_efficiency(snr, kept)
+        rows.append(
+            {
+                "band": band,
+                "n": len(part),
+                "snr50": fit["snr50"],
+                "snr50_reliable": fit_kept["snr50"],
+                "eps_max": fit["eps_max"],
+                "efficiency_bright": float(found[bright].mean()) if bright.any() else np.nan,
+                "efficiency_bright_reliable": (
+                    float(kept[bright].mean()) if bright.any() else np.nan
+                ),
+            }
+        )
+    return Table(rows=rows)

@@ -44,6 +44,7 @@ __all__ = [
 SRD = "LSST SRD design (LPM-17)"
 ISSUE = "twinkles requirement (noise-derived)"
 DC2_DIA = "DC2 y-band artifact rate before real/bogus (Sanchez et al. 2022)"
+DC2_EFFICIENCY = "DC2 difference imaging: 50% efficiency at S/N 5.8 (Sanchez et al. 2022)"
 
 _COMPARISONS = ("<=", ">=", "abs<=", "within")
 
@@ -179,6 +180,7 @@ def collect_metrics(
     lensed_separate: int = 0,
     truth: bool = True,
     lensed_in_truth: bool = True,
+    dia_object_purity_reliable: float = float("nan"),
 ) -> list[Metric]:
     """The run's metrics from its validation records and run-level measurements.
 
@@ -202,6 +204,9 @@ def collect_metrics(
         *not measured: no truth* (the SN pulls of each band included).
     lensed_in_truth : bool
         Whether the truth holds lensed quasars (an external truth catalog holds none).
+    dia_object_purity_reliable : float
+        ``dia_object_purity`` of the DIAObjects with two or more DIASources above the
+        real/bogus cut.
     """
     metrics: list[Metric] = []
     forced = static_sky.get("forced", {})
@@ -378,6 +383,8 @@ def collect_metrics(
             )
         )
     objects = static_sky.get("objects", {})
+    # the injections' efficiency over all bands (validate_dia's "all" row; none if no injection)
+    injection_all = next((r for r in dia.get("injection") or [] if r.get("band") == "all"), {})
     metrics += [
         Metric(
             "object_completeness",
@@ -453,6 +460,42 @@ def collect_metrics(
             "validate_dia)",
         ),
         Metric(
+            "dia_artifacts_per_deg2_per_visit_reliable",
+            _get(dia, "artifacts_per_deg2_per_visit_reliable"),
+            "",
+            "<=",
+            50.0,
+            ISSUE,
+            "spurious DIASources per deg2 per visit at least min_reliability reliable",
+        ),
+        Metric(
+            "transient_recovery_reliable",
+            _get(dia, "recovery_reliable"),
+            "",
+            ">=",
+            0.95,
+            ISSUE,
+            "transients with expected S/N >= 10 found by a DIASource above the real/bogus cut",
+        ),
+        Metric(
+            "dia_injection_snr50",
+            _get(injection_all, "snr50"),
+            "",
+            None,
+            None,
+            DC2_EFFICIENCY,
+            "S/N on the difference image at which half the injected point sources are found",
+        ),
+        Metric(
+            "dia_injection_efficiency_snr10_reliable",
+            _get(injection_all, "efficiency_bright_reliable"),
+            "",
+            ">=",
+            0.95,
+            ISSUE,
+            "injected point sources of S/N >= 10 found by a DIASource above the real/bogus cut",
+        ),
+        Metric(
             "dia_object_completeness",
             dia_object_completeness,
             "",
@@ -469,6 +512,15 @@ def collect_metrics(
             None,
             ISSUE,
             'DIAObjects of two or more DIASources within 1" of a variable object',
+        ),
+        Metric(
+            "dia_object_purity_reliable",
+            dia_object_purity_reliable,
+            "",
+            ">=",
+            0.90,
+            ISSUE,
+            'DIAObjects of two or more reliable DIASources within 1" of a variable object',
         ),
     ]
     for entry in sorted(dia.get("sn_pulls", []), key=lambda e: _band_order(e["band"])):
@@ -580,6 +632,8 @@ def _with_note(metric: Metric, truth: bool, lensed_in_truth: bool, am1_pairs: in
         return metric
     if not truth and metric.name.startswith(_NEEDS_TRUTH):
         note = "no truth"
+    elif metric.name.startswith("dia_injection_"):
+        note = "the run injected no sources (injection.enabled: false)"
     elif metric.name.startswith("zero_point_"):
         note = "no simulated zero points (external images)"
     elif metric.name == "AM1":
