@@ -49,12 +49,20 @@ def main() -> None:
         if not np.any(np.char.startswith(np.asarray(examples["label"], str), "injected")):
             raise SystemExit(f"{path}: no injections; run it with injection.enabled: true")
         table = examples[list(KEPT)]
-        table["scene"] = np.full(len(table), run.name, dtype=f"U{max(len(run.name), 1)}")
+        for name in REAL_BOGUS_FEATURES:
+            # single precision is more than the features' own noise, and halves the file
+            table[name] = np.asarray(table[name], np.float32)
+        table["scene"] = np.full(
+            len(table), run.config.name, dtype=f"U{max(len(run.config.name), 1)}"
+        )
         parts.append(table)
         labels, counts = np.unique(np.asarray(table["label"], str), return_counts=True)
-        print(f"{run.name}: " + ", ".join(f"{n} {k}" for k, n in zip(labels, counts, strict=True)))
+        print(
+            f"{run.config.name}: "
+            + ", ".join(f"{n} {k}" for k, n in zip(labels, counts, strict=True))
+        )
     training = vstack(parts, metadata_conflicts="silent")
-    training.meta = {"scenes": [p.name for p in map(load_run, args.runs)]}
+    training.meta = {"scenes": [p.config.name for p in map(load_run, args.runs)]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp.ecsv")
     training.write(tmp, format="ascii.ecsv", overwrite=True)

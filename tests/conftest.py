@@ -67,6 +67,7 @@ def tiny_static(tiny_processed: Run) -> Run:
 DIA_STEPS = [
     "make_template",
     "image_difference",
+    "inject_sources",
     "associate_dia",
     "forced_dia_photometry",
     "validate_dia",

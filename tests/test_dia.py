@@ -31,6 +31,7 @@ def test_every_step_ran_with_its_figures(tiny_dia):
     for step, n in [
         ("make_template", 3),
         ("image_difference", 12),
+        ("inject_sources", 12),
         ("associate_dia", 1),
         ("forced_dia_photometry", 12),
         ("validate_dia", 1),
@@ -56,6 +57,25 @@ def test_transients_recovered_and_spurious_counted(tiny_dia):
     assert len(metrics["spurious_per_visit"]) == 12
     # 20x Run-1 star density on 256^2 pixels: a few residuals of bright stars per visit
     assert metrics["spurious_per_visit_mean"] < 10
+
+
+def test_injected_sources_measure_the_efficiency(tiny_dia):
+    metrics = tiny_dia.butler.get("diaMetrics")
+    (total,) = [r for r in metrics["injection"] if r["band"] == "all"]
+    # 30 per visit fit on a 256 px sensor 3" apart
+    assert total["n"] == 12 * 30
+    # detection at 5.5 sigma of the PSF-flux noise: 50% efficiency there, up to a sigma later
+    # for the detection filter's loss against the PSF; the fit to 360 injections sets it to
+    # ~0.3
+    assert 5.0 <= total["snr50"] <= 7.5
+    assert total["efficiency_bright"] >= 0.95
+    assert total["efficiency_bright_reliable"] >= 0.9
+    injections = tiny_dia.butler.get("injectedSources", visit=3)
+    assert len(injections) == 30 and injections["found"].any()
+    uniform = injections[~injections["on_galaxy"]]
+    pull = (uniform["forced_flux"] - uniform["flux"]) / uniform["forced_flux_err"]
+    n = len(pull)
+    assert abs(np.median(pull)) < 3 * 1.25 / np.sqrt(n) + 0.1
 
 
 def test_supernova_light_curves_follow_the_truth(tiny_dia):

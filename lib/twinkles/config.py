@@ -416,7 +416,10 @@ class InjectionConfig(_Section):
         1.0, ge=0.0, description="An injection on a galaxy lies at most this far from its centre."
     )
     margin_px: int = Field(
-        40, ge=0, description="No injection closer than this to the sensor's edge (pixels)."
+        16,
+        ge=0,
+        description="No injection closer than this to the sensor's edge (pixels): the "
+        "difference has no data within the matching kernel's half width of it.",
     )
     min_separation_arcsec: float = Field(
         3.0,

@@ -210,6 +210,7 @@ def test_features_tell_a_point_source_from_a_dipole_and_an_extended_residual():
     residual[370:431, 370:431] = extended.array
     diff.image += (point + dipole + residual).astype(np.float32)
     diff.mask[200:205, 450:455] |= int(MaskPlane.SAT)
+    diff.mask[:, 480:] |= int(MaskPlane.NO_DATA)  # the template ends at column 480
     x, y = np.array([100.3, 299.6, 400.0]), np.array([120.6, 100.0, 400.0])
     flux, _, _ = psf_flux(diff, x, y)
     features = dia_source_features(diff, template, x, y, np.sign(flux), flux, fwhm, SCALE)
@@ -230,3 +231,7 @@ def test_features_tell_a_point_source_from_a_dipole_and_an_extended_residual():
     assert features["satDistance"][1] == pytest.approx(
         np.hypot(450 - 299.6, 200 - 100) * SCALE, abs=0.1
     )
+    # distance to the data's edge: the no-data columns from 480 on; 101 px from the image's
+    # border is beyond the cap
+    assert features["edgeDistance"][2] == pytest.approx(80.0)
+    assert features["edgeDistance"][1] == 100.0

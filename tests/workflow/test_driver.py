@@ -312,3 +312,18 @@ def test_figure_every_samples_the_figures_of_per_visit_recipes(tiny_run):
     run = replace(run, config=run.config.model_copy(update={"steps": steps}))
     plan = make_plan(run, PIPELINE)
     assert all(n.parameters["figures"] for (s, _), n in plan.items() if s == "process_eimage")
+
+
+def test_an_optional_step_belongs_to_the_runs_that_enable_it(tmp_path):
+    """inject_sources runs only where ``injection.enabled``; without it, nothing depends on it."""
+    from twinkles.config import load_run
+    from twinkles.workflow.spec import PIPELINE
+
+    (tmp_path / "on.yaml").write_text("injection:\n  enabled: true\n")
+    (tmp_path / "off.yaml").write_text("seed: 3\n")
+    on = PIPELINE.for_run(load_run(tmp_path / "on.yaml"))
+    off = PIPELINE.for_run(load_run(tmp_path / "off.yaml"))
+    assert "inject_sources" in [s.name for s in on.steps]
+    assert "inject_sources" in on.step("validate_dia").depends
+    assert "inject_sources" not in [s.name for s in off.steps]
+    assert "inject_sources" not in off.step("validate_dia").depends

@@ -266,6 +266,7 @@ dia_source_table = Table(
     _f("apRatio", "Flux in a 2-FWHM aperture over the PSF fit's there."),
     _f("templateContrast", "log10(1 + template PSF flux / |psFlux|)."),
     _f("satDistance", "Distance to the nearest saturated pixel (arcsec, at most 60)."),
+    _f("edgeDistance", "Distance to the nearest pixel without data (pixels, at most 100)."),
     _f("reliability", "Real/bogus score: 1 real, 0 an artifact."),
     Index("ix_DiaSource_pk", "runId", "diaSourceId", unique=True),
     Index("ix_DiaSource_visit", "runId", "ccdVisitId"),

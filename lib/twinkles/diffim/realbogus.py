@@ -26,6 +26,11 @@ negative:
     host has it too, which is why injections go on galaxies).
 ``satDistance``
     Distance (arcsec) to the nearest saturated pixel of either image, at most 60".
+``edgeDistance``
+    Distance (pixels) to the nearest pixel without data (the sensor's edge, where the
+    convolution has no input, or the template's), at most 100: the matching kernel is
+    fitted on stars inside the sensor, and its spatial polynomial is least constrained at
+    the edges.
 ``snr``
     |psFlux| / psFluxErr (the absolute value of the DIASource's own ``snr``).
 """
@@ -38,7 +43,12 @@ from scipy.spatial import cKDTree
 from twinkles.image.exposure import Exposure, MaskPlane
 from twinkles.psf.determine import cut_stamps
 
-__all__ = ["REAL_BOGUS_FEATURES", "SAT_DISTANCE_CAP_ARCSEC", "dia_source_features"]
+__all__ = [
+    "EDGE_DISTANCE_CAP_PX",
+    "REAL_BOGUS_FEATURES",
+    "SAT_DISTANCE_CAP_ARCSEC",
+    "dia_source_features",
+]
 
 #: The features of every DIASource (columns of diaSrc), in the classifier's order.
 REAL_BOGUS_FEATURES = (
@@ -47,11 +57,15 @@ REAL_BOGUS_FEATURES = (
     "apRatio",
     "templateContrast",
     "satDistance",
+    "edgeDistance",
     "snr",
 )
 
 #: ``satDistance`` of a DIASource with no saturated pixel nearer (arcsec).
 SAT_DISTANCE_CAP_ARCSEC = 60.0
+
+#: ``edgeDistance`` of a DIASource with no pixel without data nearer (pixels).
+EDGE_DISTANCE_CAP_PX = 100.0
 
 
 def dia_source_features(
@@ -137,9 +151,30 @@ def dia_source_features(
         dist, _ = cKDTree(np.column_stack([sat_x, sat_y])).query(np.column_stack([x, y]))
         sat_distance = np.minimum(dist * pixel_scale, SAT_DISTANCE_CAP_ARCSEC)
     return {
+        "edgeDistance": _edge_distance(difference, x, y),
         "psfChi2": psf_chi2,
         "posFraction": pos_fraction,
         "apRatio": ap_ratio,
         "templateContrast": np.where(np.isfinite(contrast), contrast, np.nan),
         "satDistance": sat_distance,
     }
+
+
+def _edge_distance(difference: Exposure, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Distance (pixels) from (x, y) to the nearest pixel without data (NO_DATA, or beyond
+    the image), at most :data:`EDGE_DISTANCE_CAP_PX`."""
+    h, w = difference.shape
+    border = np.minimum.reduce([x + 1.0, y + 1.0, w - x, h - y])
+    no_data = (difference.mask & int(MaskPlane.NO_DATA)) != 0
+    # only the pixels of the no-data region that touch data can be nearest
+    inner = no_data.copy()
+    inner[1:, :] &= no_data[:-1, :]
+    inner[:-1, :] &= no_data[1:, :]
+    inner[:, 1:] &= no_data[:, :-1]
+    inner[:, :-1] &= no_data[:, 1:]
+    ey, ex = np.nonzero(no_data & ~inner)
+    distance = border
+    if len(ex):
+        nearest, _ = cKDTree(np.column_stack([ex, ey])).query(np.column_stack([x, y]))
+        distance = np.minimum(border, nearest)
+    return np.minimum(distance, EDGE_DISTANCE_CAP_PX)

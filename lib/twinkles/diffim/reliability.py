@@ -67,7 +67,7 @@ class RealBogusConfig(Section):
 
 
 def feature_matrix(table: Table) -> np.ndarray:
-    """The classifier's inputs (n, 8) from a DIASource table's feature columns.
+    """The classifier's inputs (n, 9) from a DIASource table's feature columns.
 
     Scales that spread over decades (S/N, chi^2, distance) enter as logarithms; ``apRatio``,
     which is unbounded where the PSF fit is near zero, is clipped to [-3, 5] and enters also
@@ -91,6 +91,7 @@ def feature_matrix(table: Table) -> np.ndarray:
             np.abs(ap - 1.0),
             col("templateContrast", 0.0),
             np.log(np.clip(col("satDistance", 60.0), 0.1, 60.0)),
+            col("edgeDistance", 100.0),
             np.asarray(table["isDipole"], float),
         ]
     )
