@@ -431,8 +431,8 @@ def _run1_difference():
     """A template from the second bench visit's warp (PSF-homogenised), the first calexp."""
     import numpy as np
 
-    from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
-    from twinkles.diffim.template import match_warp, target_psf
+    from twinkles.coadd.warp import CalexpModel, WarpTask
+    from twinkles.diffim.template import match_warp, psf_grid, target_psf
     from twinkles.image import Exposure
     from twinkles.image.exposure import MaskPlane
 
@@ -446,9 +446,10 @@ def _run1_difference():
             visit=visits[1],
         )
     model = CalexpModel.read(run.butler.path("calexp", visit=visits[1]))
-    centre = (0.5 * (skymap.width - 1), 0.5 * (skymap.height - 1))
-    target = target_psf([warped_psf_kernel(model, skymap.wcs, *centre)], 0.5)
-    template = match_warp(Exposure.read_fits(path), model, skymap.wcs, skymap.shape, target).warp
+    grid = psf_grid(model, skymap.wcs, skymap.shape)
+    target = target_psf(grid.kernels, 0.5)
+    warp = Exposure.read_fits(path)
+    template = match_warp(warp, model, skymap.wcs, skymap.shape, target, grid).warp
     x0, y0 = template.metadata["x0"], template.metadata["y0"]
     # the matched warp covers its box of the patch; the template is the whole patch
     image = np.zeros(skymap.shape, np.float32)
@@ -462,6 +463,33 @@ def _run1_difference():
     calexp = Exposure.read_fits(run.butler.path("calexp", visit=visits[0]))
     mjd = float(run.butler.get("visitSummary", visit=visits[0])["mjd"])
     return run, calexp, template, mjd
+
+
+@benchmark
+def template_match_run1_warp() -> dict:
+    """PSF homogenisation of one run1-size warp for a template: its PSF on a 7 x 7 grid, a
+    kernel fitted at each point, the warp convolved with the interpolated kernel (once per
+    template visit, not per visit)."""
+    from twinkles.coadd.warp import CalexpModel
+    from twinkles.diffim.template import match_warp, psf_grid, target_psf
+    from twinkles.image import Exposure
+
+    run, visits, skymap = _run1_calexps()
+    _run1_difference()  # makes the warp
+    model = CalexpModel.read(run.butler.path("calexp", visit=visits[1]))
+    warp = Exposure.read_fits(run.butler.path("deepCoadd_directWarp", visit=visits[1]))
+
+    def match():
+        grid = psf_grid(model, skymap.wcs, skymap.shape)
+        return match_warp(warp, model, skymap.wcs, skymap.shape, target_psf(grid.kernels, 0.5))
+
+    result, cpu, wall = timed(match)
+    return {
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "spatial_degree": result.spatial_degree,
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+    }
 
 
 @benchmark

@@ -238,8 +238,11 @@ def match_warp(
     ks = node_kernels.shape[-1]
     coef = np.linalg.lstsq(terms, node_kernels.reshape(len(node_kernels), -1), rcond=None)[0]
     basis = coef.reshape(-1, ks, ks)
-    xs = (np.arange(pw) - x0) / scale
-    ys = (np.arange(ph) - y0) / scale
+    # a warp covers its box of the patch, from (x0, y0)
+    wh, ww = warp.shape
+    box_x0, box_y0 = int(warp.metadata.get("x0", 0)), int(warp.metadata.get("y0", 0))
+    xs = (box_x0 + np.arange(ww) - x0) / scale
+    ys = (box_y0 + np.arange(wh) - y0) / scale
     weights = [(ys ** (d - i), xs**i) for d in range(degree + 1) for i in range(d, -1, -1)]
     centre_kernel = basis[0] / basis[0].sum()
     no_data = (warp.mask & int(MaskPlane.NO_DATA)) != 0
