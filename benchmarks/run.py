@@ -427,14 +427,10 @@ def forced_photometry_20k_objects() -> dict:
     }
 
 
-def _run1_difference():
-    """A template from the second bench visit's warp (PSF-homogenised), the first calexp."""
-    import numpy as np
-
+def _run1_warp():
+    """The second bench visit's warp (made once) and its calexp's model."""
     from twinkles.coadd.warp import CalexpModel, WarpTask
-    from twinkles.diffim.template import match_warp, psf_grid, target_psf
     from twinkles.image import Exposure
-    from twinkles.image.exposure import MaskPlane
 
     run, visits, skymap = _run1_calexps()
     path = run.butler.path("deepCoadd_directWarp", visit=visits[1])
@@ -446,9 +442,20 @@ def _run1_difference():
             visit=visits[1],
         )
     model = CalexpModel.read(run.butler.path("calexp", visit=visits[1]))
+    return run, visits, skymap, model, Exposure.read_fits(path)
+
+
+def _run1_difference():
+    """A template from the second bench visit's warp (PSF-homogenised), the first calexp."""
+    import numpy as np
+
+    from twinkles.diffim.template import match_warp, psf_grid, target_psf
+    from twinkles.image import Exposure
+    from twinkles.image.exposure import MaskPlane
+
+    run, visits, skymap, model, warp = _run1_warp()
     grid = psf_grid(model, skymap.wcs, skymap.shape)
     target = target_psf(grid.kernels, 0.5)
-    warp = Exposure.read_fits(path)
     template = match_warp(warp, model, skymap.wcs, skymap.shape, target, grid).warp
     x0, y0 = template.metadata["x0"], template.metadata["y0"]
     # the matched warp covers its box of the patch; the template is the whole patch
@@ -470,14 +477,9 @@ def template_match_run1_warp() -> dict:
     """PSF homogenisation of one run1-size warp for a template: its PSF on a 7 x 7 grid, a
     kernel fitted at each point, the warp convolved with the interpolated kernel (once per
     template visit, not per visit)."""
-    from twinkles.coadd.warp import CalexpModel
     from twinkles.diffim.template import match_warp, psf_grid, target_psf
-    from twinkles.image import Exposure
 
-    run, visits, skymap = _run1_calexps()
-    _run1_difference()  # makes the warp
-    model = CalexpModel.read(run.butler.path("calexp", visit=visits[1]))
-    warp = Exposure.read_fits(run.butler.path("deepCoadd_directWarp", visit=visits[1]))
+    _, _, skymap, model, warp = _run1_warp()
 
     def match():
         grid = psf_grid(model, skymap.wcs, skymap.shape)

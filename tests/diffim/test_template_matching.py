@@ -98,11 +98,10 @@ def test_a_matched_warp_has_the_target_psf_everywhere(profile, pattern):
     corner = np.hypot(x[inner] - SIZE / 2, y[inner] - SIZE / 2) > 0.35 * SIZE
     assert np.std(ratio) < 0.003
     assert abs(np.median(ratio[corner]) - np.median(ratio[~corner])) < 0.004
-    half = HALF
     widths = [
         kernel_sigma(
             matched.warp.image[
-                round(yi) - half : round(yi) + half + 1, round(xi) - half : round(xi) + half + 1
+                round(yi) - HALF : round(yi) + HALF + 1, round(xi) - HALF : round(xi) + HALF + 1
             ]
         )
         for xi, yi in zip(x[inner], y[inner], strict=True)
