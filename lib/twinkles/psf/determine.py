@@ -31,13 +31,17 @@
    their noise, and bright stars' PSF fluxes then scatter beyond their errors. A focal
    plane's PSF broadens outwards; a full degree 2 spends six coefficients per pixel on it,
    which 50-100 stars cannot constrain, so without the radial term the choice fell to a
-   constant kernel (the aperture-correction maps then carry the whole pattern).
+   constant kernel (the aperture-correction maps then carry the whole pattern). Mode models
+   (:mod:`twinkles.psf.modes`: the mean kernel's change of width, and of ellipticity, as a
+   gradient, a radial term or both) are candidates beside the per-pixel ones: a few numbers
+   in all, which 25-30 stars constrain where a per-pixel gradient fell back to a constant.
 
 Too few stars raises :class:`PsfError` with the visit, the number found and the number needed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +53,7 @@ from scipy.spatial import cKDTree
 from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane
+from twinkles.psf.modes import MODES, ModeFit, deformation_modes
 from twinkles.psf.pixel import PixelPSF, spatial_terms
 from twinkles.psf.shift import shift_stamps, shift_stamps_transpose
 
@@ -82,6 +87,12 @@ class PsfConfig(Section):
     cv_folds: int = Field(
         5, ge=2, le=20, description="Folds of the cross-validation choosing the degree."
     )
+    mode_sets: list[tuple[str, ...]] = Field(
+        [("width",), ("width", "e1", "e2")],
+        description="Deformations of the mean kernel (twinkles.psf.modes.MODES) that mode "
+        "models vary over the sensor, each set tried with every non-constant spatial model "
+        "beside the per-pixel polynomials ([]: per-pixel models only).",
+    )
     min_stars: int = Field(5, ge=2, description="Fewest stars for a PSF (else PsfError).")
     max_stars: int = Field(300, ge=5, description="Most stars used (the brightest).")
     snr_min: float = Field(50.0, gt=0, description="Candidate signal-to-noise floor.")
@@ -100,6 +111,17 @@ class PsfConfig(Section):
     refinements: int = Field(
         3, ge=0, le=20, description="Forward-model corrections per clipping pass."
     )
+
+    @field_validator("mode_sets")
+    @classmethod
+    def _known_modes(cls, v: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        for modes in v:
+            unknown = [m for m in modes if m not in MODES]
+            if unknown or not modes:
+                raise ValueError(
+                    f"mode_sets: {list(modes)} must be a non-empty set of {sorted(MODES)}"
+                )
+        return [tuple(modes) for modes in v]
 
     @field_validator("kernel_size")
     @classmethod
@@ -168,15 +190,42 @@ def _stellar_locus(radius: np.ndarray, tolerance: float) -> float:
     return float(np.median(members))
 
 
+SpatialModel = tuple[int, bool] | tuple[int, bool, tuple[str, ...]]
+"""A PSF's spatial model: ``(degree, radial)`` (every pixel a polynomial, see
+:func:`~twinkles.psf.pixel.spatial_terms`) or ``(degree, radial, modes)`` (the mean kernel's
+deformations ``modes`` vary with those terms, :mod:`twinkles.psf.modes`)."""
+
+
+def basis_fitter(
+    stamps: np.ndarray, terms: np.ndarray, weight: np.ndarray, modes: tuple[str, ...] = ()
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function fitting the basis of a spatial model to stamps of the stars ``terms`` and
+    ``weight`` describe: per-pixel weighted least squares, or with ``modes`` a
+    :class:`~twinkles.psf.modes.ModeFit` whose deformations are those of the weighted mean
+    of ``stamps`` (held fixed, so the function also fits a forward model's corrections)."""
+    if modes:
+        mean = np.tensordot(weight**2 / np.sum(weight**2), stamps, axes=1)
+        return ModeFit(terms, weight, deformation_modes(mean, modes)).fit
+    size = stamps.shape[-1]
+
+    def per_pixel(images: np.ndarray) -> np.ndarray:
+        coeffs, *_ = np.linalg.lstsq(
+            terms * weight[:, None], images.reshape(len(images), -1) * weight[:, None], rcond=None
+        )
+        return coeffs.reshape(-1, size, size)
+
+    return per_pixel
+
+
 def cross_validated_model(
     stamps: np.ndarray,
     variance: np.ndarray,
     u: np.ndarray,
     v: np.ndarray,
     weight: np.ndarray,
-    models: list[tuple[int, bool]],
+    models: list[SpatialModel],
     folds: int = 5,
-) -> tuple[tuple[int, bool], list[float]]:
+) -> tuple[SpatialModel, list[float]]:
     """The spatial model of a pixel PSF that best predicts unseen stars.
 
     Parameters
@@ -189,17 +238,18 @@ def cross_validated_model(
         The stars' scaled sensor positions.
     weight : array (n,)
         The stars' weights in the fit (their signal-to-noise, as the PSF fit).
-    models : list of (int, bool)
-        The candidate models: polynomial degree, and whether a radial term follows
-        (:func:`~twinkles.psf.pixel.spatial_terms`).
+    models : list of SpatialModel
+        The candidate models: polynomial degree, whether a radial term follows
+        (:func:`~twinkles.psf.pixel.spatial_terms`) and, for a mode model, the deformations
+        that vary (:mod:`twinkles.psf.modes`).
     folds : int
         Each star is held out once, in one of ``folds`` groups (assigned at random with a
         fixed seed, so the choice is reproducible).
 
     Returns
     -------
-    model : (int, bool)
-        The model with the lowest held-out chi^2 (the simplest, among equals).
+    model : SpatialModel
+        The model with the lowest held-out chi^2 (the first, among equals).
     chi2 : list of float
         Held-out chi^2 per pixel of each model, in the order given.
     """
@@ -208,15 +258,15 @@ def cross_validated_model(
     inverse_variance = 1.0 / variance.reshape(n, -1)
     group = np.random.default_rng(0).permutation(n) % min(folds, n)
     scores = []
-    for degree, radial in models:
+    for model in models:
+        degree, radial, modes = (*model, ())[:3]
         terms = spatial_terms(u, v, degree, radial)
         chi2 = 0.0
         for k in np.unique(group):
             train, test = group != k, group == k
-            coeffs, *_ = np.linalg.lstsq(
-                terms[train] * weight[train, None], flat[train] * weight[train, None], rcond=None
-            )
-            chi2 += float(np.sum((flat[test] - terms[test] @ coeffs) ** 2 * inverse_variance[test]))
+            fit = basis_fitter(stamps[train], terms[train], weight[train], modes)
+            basis = fit(stamps[train]).reshape(terms.shape[1], -1)
+            chi2 += float(np.sum((flat[test] - terms[test] @ basis) ** 2 * inverse_variance[test]))
         scores.append(chi2 / flat.size)
     return models[int(np.argmin(scores))], scores
 
@@ -328,9 +378,11 @@ class PsfTask:
         models = [
             (d, r) for d, r in models if len(idx) >= 4 * spatial_terms(0.0, 0.0, d, r).shape[1]
         ]
+        models += [(d, r, modes) for modes in cfg.mode_sets for d, r in models if d or r]
         u, v = (x - x0) / scale, (y - y0) / scale
-        (degree, radial), cv_chi2 = cross_validated_model(
-            centred / flux[:, None, None],
+        stamps = centred / flux[:, None, None]
+        model_choice, cv_chi2 = cross_validated_model(
+            stamps,
             np.maximum(var, 1e-6) / flux[:, None, None] ** 2,
             u,
             v,
@@ -338,19 +390,13 @@ class PsfTask:
             models,
             cfg.cv_folds,
         )
+        degree, radial, modes = (*model_choice, ())[:3]
         terms = spatial_terms(u, v, degree, radial)
         dx, dy = x - ix, y - iy
-
-        def fit_basis(images: np.ndarray) -> np.ndarray:
-            """Per-pixel polynomials (weighted least squares over the used stars)."""
-            weight = np.sqrt(snr**2 * used)
-            coeffs, *_ = np.linalg.lstsq(
-                terms * weight[:, None], images.reshape(len(idx), -1) * weight[:, None], rcond=None
-            )
-            return coeffs.reshape(-1, cfg.kernel_size, cfg.kernel_size)
-
-        basis = fit_basis(centred / flux[:, None, None])
+        basis = basis_fitter(stamps, terms, snr, modes)(stamps)
         for _ in range(cfg.iterations):
+            # the used stars' weighted fit (a mode model's deformations those of their mean)
+            fit_basis = basis_fitter(stamps, terms, snr * used, modes)
             for _refine in range(cfg.refinements):
                 psf = PixelPSF(basis, degree, x0, y0, scale, radial)
                 model, _, _ = psf.images(x, y)
@@ -383,6 +429,7 @@ class PsfTask:
         stars.meta["stellar_locus_radius"] = locus
         stars.meta["degree"] = degree
         stars.meta["radial"] = radial
+        stars.meta["modes"] = list(modes)
         stars.meta["degree_cv_chi2"] = cv_chi2
         stars.meta["cv_models"] = models
         norm_resid = resid / flux[:, None, None]
