@@ -76,15 +76,15 @@ def test_the_aperture_correction_follows_the_psf_across_the_sensor(pattern, prof
 
 
 def test_the_maps_follow_a_radial_pattern_the_psf_model_does_not():
-    """The check can fail: without its radial term the PSF model's cross-validation falls to
-    a constant kernel on a radial pattern; sensor-wide constant corrections then leave a
-    ramp of ~0.1 mag, which the maps take out."""
+    """The check can fail: under a PSF model held constant over the sensor, sensor-wide
+    constant corrections leave a ramp of ~0.1 mag on a radial pattern, which the maps take
+    out."""
     scene = psf_pattern_exposure("radial", "moffat", 0.12, 0.9, 1, size=SIZE, spacing=SPACING)
-    no_radial = PsfConfig(radial=False)
-    flat = measured_ramps(scene, ApertureCorrectionConfig(map_model="constant"), no_radial)
+    constant = PsfConfig(degree=0, radial=False)
+    flat = measured_ramps(scene, ApertureCorrectionConfig(map_model="constant"), constant)
     assert abs(flat["radial"]) > 3 * flat["radial_err"] + 50.0, flat
     scene = psf_pattern_exposure("radial", "moffat", 0.12, 0.9, 1, size=SIZE, spacing=SPACING)
-    mapped = measured_ramps(scene, ApertureCorrectionConfig(), no_radial)
+    mapped = measured_ramps(scene, ApertureCorrectionConfig(), constant)
     assert abs(mapped["radial"]) < 3 * mapped["radial_err"] + 1.0, mapped
 
 
@@ -93,3 +93,43 @@ def test_the_apertures_must_grow_outwards():
 
     with pytest.raises(ValidationError, match="apertures must grow: core 6 < inner 6"):
         ApertureCorrectionConfig(core=6.0)
+
+
+@pytest.mark.parametrize(("pattern", "profile"), [("linear", "moffat"), ("radial", "kolmogorov")])
+def test_the_width_map_is_the_psf_models_where_it_varies(pattern, profile):
+    """With a PSF model that follows the sensor, the width map the correction's steps follow
+    is the model's own core concentration: it matches the true PSF's change of core
+    concentration (GalSim's profiles at each star's width) to a tenth of that change; the
+    growth steps keep the change their curve of growth predicts (a few dozen stars' 12- and
+    25-pixel apertures cannot measure a slope of their own)."""
+    from galsim_scenes import PIXEL_SCALE, psf_profile
+
+    from twinkles.measurement.aperture import sum_circles
+
+    scene = psf_pattern_exposure(pattern, profile, 0.12, 0.9, 2, size=SIZE, spacing=SPACING)
+    exposure = scene.exposure
+    BackgroundTask().run(exposure)
+    candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exposure)
+    psf = PsfTask(PsfConfig(max_stars=28)).run(exposure, candidates.sources)
+    exposure.psf = psf.psf
+    detections = DetectionTask().run(exposure)
+    catalog = MeasurementTask().run(exposure, detections.sources, detections.segmentation).catalog
+    used = psf.stars[psf.stars["used"]]
+    config = ApertureCorrectionConfig()
+    result = ApertureCorrectionTask(config).run(
+        exposure, catalog, detections.segmentation, used["x"], used["y"]
+    )
+    assert result.map.width is not None and result.map.width.model == "quadratic"
+    assert {step.model for step in result.map.steps[1:]} <= {"scaled", "constant"}
+    true = []
+    for scale in scene.width_scale:
+        image = psf_profile(profile, 0.9 * scale).drawImage(nx=25, ny=25, scale=PIXEL_SCALE)
+        sums = sum_circles(image.array, [12.0], [12.0], [config.core, config.inner]).flux[0]
+        true.append(sums[0] / sums[1])
+    true = np.asarray(true) / np.median(true)
+    X = (scene.x - result.map.x0) / result.map.scale
+    Y = (scene.y - result.map.y0) / result.map.scale
+    mapped = result.map.width(X, Y)
+    change = true.max() - true.min()
+    assert change > 0.05  # the check has something to follow
+    assert np.max(np.abs((mapped - np.median(mapped)) - (true - np.median(true)))) < 0.1 * change

@@ -21,13 +21,17 @@ and a radial term, as the stars demand):
 
 Every step changes with the PSF's width, but a few dozen stars' 12- and 25-pixel apertures
 are too noisy to show by how much (a 12% change of width moves the 12 to 25 pixel growth of
-a Moffat by under 1%, under the noise of 25 stars). So the PSF's width is mapped first, as the
-stars' core concentration (``core`` over ``inner`` aperture flux, which changes several times
-as much and is measured within 6 pixels), and each step may follow that map (the
-``template`` model). A growth step by default follows it with the slope that the stars' mean
-curve of growth predicts for a profile that keeps its shape as its width changes
+a Moffat by under 1%, under the noise of 25 stars). So the PSF's width is mapped first, as a
+core concentration (``core`` over ``inner`` aperture flux, which changes several times as
+much and is measured within 6 pixels): the PSF model's own where the model varies over the
+sensor (:meth:`ApertureCorrectionTask._psf_width_map`; it is fitted to every pixel of the
+stars' stamps), else the stars'. The first step may follow that map (the ``template``
+model). A growth step follows it with the slope that the stars' mean curve of growth
+predicts for a profile that keeps its shape as its width changes
 (:meth:`ApertureCorrectionTask._growth_slopes`; the ``scaled`` model, one number as a
-constant); a richer map replaces it only where the stars demand one.
+constant), and by default with nothing richer (``growth_map_model``): on crowded external
+scenes a slope of its own, fitted to 25-pixel apertures whose neighbours' light the stars'
+errors do not carry, put ramps of 10-35 mmag into single visits.
 
 Apertures leave out the footprints of other detections, and each star's sky comes from an
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
@@ -71,7 +75,8 @@ from twinkles.errors import TwinklesError
 from twinkles.image import Exposure
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
-from twinkles.measurement.sensor_map import SensorMap, fit_sensor_map
+from twinkles.measurement.sensor_map import SensorMap, fit_sensor_map, map_terms
+from twinkles.psf.pixel import PixelPSF
 
 __all__ = [
     "ApertureCorrectionConfig",
@@ -106,7 +111,13 @@ class ApertureCorrectionConfig(Section):
     )
     map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
         "linear_radial",
-        description="Richest map over the sensor tried for each step (chosen by BIC).",
+        description="Richest map over the sensor tried for the first step (chosen by BIC).",
+    )
+    growth_map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
+        "constant",
+        description="Richest map tried for each growth step beyond the one its curve of "
+        "growth predicts (the scaled model); 'constant': that one alone, as a few dozen "
+        "stars' 12- and 25-pixel apertures cannot measure more.",
     )
     min_stars: int = Field(4, ge=1, description="Fewest stars (else ApertureCorrectionError).")
     min_stars_systematic: int = Field(
@@ -395,7 +406,9 @@ class ApertureCorrectionTask:
         apertures = {r: (f[ok], e[ok]) for r, (f, e) in apertures.items()}
         ratio, ratio_err = ratio[ok], ratio_err[ok]
         X, Y = (x[idx] - x0) / scale, (y[idx] - y0) / scale
-        width = self._width_map(apertures, X, Y)
+        width = self._psf_width_map(exposure.psf, (x0, y0, scale), exposure.shape)
+        if width is None:
+            width = self._width_map(apertures, X, Y)
         slopes = self._growth_slopes(apertures) if width is not None else {}
         # step 1: inner aperture over PSF flux
         first = fit_sensor_map(
@@ -420,10 +433,11 @@ class ApertureCorrectionTask:
                 Y[good],
                 step[good],
                 step_err[good],
-                cfg.map_model,
+                cfg.growth_map_model,
                 cfg.clip_sigma,
                 template=width,
                 slope=slopes.get((previous, radius)),
+                follow=cfg.growth_map_model != "constant",
             )
             steps.append(fit.map)
             flux, flux_err = outer, outer_err
@@ -467,6 +481,37 @@ class ApertureCorrectionTask:
         )
         self._extendedness(catalog, idx[used], (x0, y0, scale))
         return result
+
+    def _psf_width_map(
+        self, psf: object, frame: tuple[float, float, float], shape: tuple[int, int]
+    ) -> SensorMap | None:
+        """The PSF model's core concentration (``core`` over ``inner`` aperture flux of its
+        kernel) over the sensor, divided by its median: the width map where the model
+        varies (else ``None``).
+
+        The model is fitted to every pixel of the PSF stars' stamps, so its change of width
+        is better measured than by their 3- and 6-pixel apertures alone; it is sampled on a
+        9 x 9 grid and fitted by a quadratic, which follows a model whose terms are at most
+        quadratic to well under a thousandth.
+        """
+        if not isinstance(psf, PixelPSF) or (psf.degree == 0 and not psf.radial):
+            return None
+        cfg = self.config
+        x0, y0, scale = frame
+        h, w = shape
+        gx, gy = np.meshgrid(np.linspace(0, w - 1, 9), np.linspace(0, h - 1, 9))
+        kernels = psf.kernels(gx.ravel(), gy.ravel())
+        n, size = len(kernels), kernels.shape[-1]
+        # the kernels side by side, each aperture inside its own tile
+        mosaic = kernels.transpose(1, 0, 2).reshape(size, n * size)
+        centres = (np.arange(n) * size + size // 2).astype(float)
+        sums = sum_circles(mosaic, centres, np.full(n, float(size // 2)), [cfg.core, cfg.inner])
+        concentration = sums.flux[:, 0] / sums.flux[:, 1]
+        X, Y = (gx.ravel() - x0) / scale, (gy.ravel() - y0) / scale
+        terms = map_terms(X, Y, "quadratic")
+        coefficients, *_ = np.linalg.lstsq(terms, concentration, rcond=None)
+        median = float(np.median(concentration))
+        return SensorMap("quadratic", coefficients / median, np.zeros((terms.shape[1],) * 2))
 
     def _width_map(self, apertures: dict, X: np.ndarray, Y: np.ndarray) -> SensorMap | None:
         """The stars' core concentration (``core`` over ``inner`` aperture flux) over the

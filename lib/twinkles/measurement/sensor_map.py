@@ -191,6 +191,7 @@ def fit_sensor_map(
     min_stars_per_term: int = 4,
     template: SensorMap | None = None,
     slope: float | None = None,
+    follow: bool = True,
 ) -> SensorMapFit:
     """Fit ``values`` (errors ``errors``) over the sensor with the model the stars support.
 
@@ -211,6 +212,8 @@ def fit_sensor_map(
     slope : float, optional
         The values' fractional change per fractional change of ``template``, where physics
         gives it: the ``scaled`` model then takes the constant's place.
+    follow : bool
+        Whether the ``template`` model (a slope of its own on ``template``) is tried.
 
     Returns
     -------
@@ -226,7 +229,7 @@ def fit_sensor_map(
     candidates = candidates or ["constant"]
     top = candidates[-1]
     top_terms = map_terms(X, Y, top)
-    if template is not None and len(values) >= min_stars_per_term * n_terms("template"):
+    if follow and template is not None and len(values) >= min_stars_per_term * n_terms("template"):
         candidates.insert(1, "template")
     if template is not None and slope is not None:
         candidates[0] = "scaled"
