@@ -236,6 +236,36 @@ def test_flux_ramps_recover_a_linear_and_a_radial_ramp_and_a_flat_sensor_gives_n
     assert pulls["robust_std"][pulls["snr_lo"] == 5][0] == pytest.approx(1.0, abs=0.2)
 
 
+def test_the_median_pulls_error_counts_what_a_visit_and_the_band_share():
+    """A visit's measurements share its zero point's error: the median pull of bright stars
+    then scatters beyond 1.253 / sqrt(n), and its bootstrap over visits says by how much; a
+    zero-point error common to the band widens the allowance by itself over the bin's
+    fractional error."""
+    from twinkles.validation.static_sky import flux_ramps, photometry_systematics, pulls_by_snr
+
+    rng = np.random.default_rng(9)
+    medians, errors = [], []
+    for seed in range(30):
+        rows = _star_rows(12, 0.0, 0.0, seed=100 + seed)
+        offset = {v: rng.normal(0, 0.002) for v in set(rows["ccdVisitId"])}
+        rows["psFlux"] = rows["psFlux"] * np.array([1 + offset[v] for v in rows["ccdVisitId"]])
+        bright = pulls_by_snr(rows)
+        bright = bright[bright["snr_lo"] == 300][0]
+        medians.append(bright["median"])
+        errors.append(bright["median_err"])
+    naive = 1.253 / np.sqrt(bright["n"])
+    scatter = np.std(medians)
+    assert scatter > 2 * naive  # the visits' shared errors move the median
+    assert np.median(errors) == pytest.approx(scatter, rel=0.35)
+    rows = _star_rows(12, 0.0, 0.0, seed=5)
+    pulls, ramps = pulls_by_snr(rows), flux_ramps(rows, 1000, 1000)
+    alone = photometry_systematics(pulls, ramps)["r"]
+    shared = photometry_systematics(pulls, ramps, calibration_err={"r": 0.002})["r"]
+    j = np.flatnonzero(pulls["snr_lo"] == shared["pull_median_worst_bin"][0])[0]
+    expected = np.hypot(alone["pull_median_worst_err"], 0.002 / pulls["rel_err"][j])
+    assert shared["pull_median_worst_err"] == pytest.approx(expected)
+
+
 def test_forced_photometry_applies_the_aperture_correction_where_each_object_is():
     from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionMap
     from twinkles.measurement.sensor_map import SensorMap

@@ -303,7 +303,8 @@ def collect_metrics(
                 0.1,
                 ISSUE,
                 "median ForcedSource pull in the S/N bin where it is furthest from 0: "
-                f"{_bin(f, 'pull_median_worst_bin')}, {band}",
+                f"{_bin(f, 'pull_median_worst_bin')}, {band} (its error bootstrapped over "
+                "visits, with the zero points' shared error)",
                 uncertainty=_get(f, "pull_median_worst_err"),
             ),
             Metric(

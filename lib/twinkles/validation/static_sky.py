@@ -41,6 +41,7 @@ from twinkles.units import MAG_PER_FRACTION, MMAG_PER_FRACTION
 
 __all__ = [
     "am1",
+    "calibration_errors",
     "completeness_purity",
     "enclosed_light_mmag",
     "flux_ramps",
@@ -61,6 +62,7 @@ __all__ = [
     "star_light_curves",
     "star_positions",
     "static_truth",
+    "visit_bootstrap_median_error",
     "zero_point_residuals",
 ]
 
@@ -490,7 +492,9 @@ def pulls_by_snr(
     -------
     Table
         Per band and bin: ``band``, ``snr_lo``, ``snr_hi``, ``n``, ``median`` and
-        ``robust_std`` of the pulls (NaN with fewer than 5 measurements).
+        ``robust_std`` of the pulls (NaN with fewer than 5 measurements), ``median_err`` (the
+        median's standard error, :func:`visit_bootstrap_median_error`) and ``rel_err`` (the
+        measurements' median fractional error).
     """
     steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
     value = np.asarray(steady[flux], dtype=float)
@@ -500,26 +504,73 @@ def pulls_by_snr(
     snr = np.where(ok, true / np.where(ok, error, 1.0), np.nan)
     pull = np.where(ok, (value - true) / np.where(ok, error, 1.0), np.nan)
     bands = np.asarray(steady["band"])
+    visits = np.asarray(steady["ccdVisitId"])
     out = []
     for band in sorted(set(bands)):
         for lo, hi in itertools.pairwise(edges):
             sel = ok & (bands == band) & (snr >= lo) & (snr < hi)
             n = int(sel.sum())
+            enough = n >= 5
             out.append(
                 {
                     "band": str(band),
                     "snr_lo": float(lo),
                     "snr_hi": float(hi),
                     "n": n,
-                    "median": float(np.median(pull[sel])) if n >= 5 else float("nan"),
-                    "robust_std": robust_std(pull[sel]) if n >= 5 else float("nan"),
+                    "median": float(np.median(pull[sel])) if enough else float("nan"),
+                    "robust_std": robust_std(pull[sel]) if enough else float("nan"),
+                    "median_err": visit_bootstrap_median_error(pull[sel], visits[sel])
+                    if enough
+                    else float("nan"),
+                    "rel_err": float(np.median(error[sel] / true[sel])) if enough else float("nan"),
                 }
             )
     return Table(
         rows=out,
-        names=("band", "snr_lo", "snr_hi", "n", "median", "robust_std"),
-        dtype=("U1", float, float, int, float, float),
+        names=("band", "snr_lo", "snr_hi", "n", "median", "robust_std", "median_err", "rel_err"),
+        dtype=("U1", float, float, int, float, float, float, float),
     )
+
+
+def visit_bootstrap_median_error(
+    values: np.ndarray, visits: np.ndarray, n_boot: int = 200, seed: int = 0
+) -> float:
+    """Standard error of the median of ``values``, resampling whole visits.
+
+    A visit's measurements share its zero point and aperture correction, whose errors move
+    them together, so they are not independent draws: the Gaussian ``1.253 sigma / sqrt(n)``
+    understates the median's error by about the square root of a visit's share of them. The
+    visits are resampled with replacement (a cluster bootstrap, Davison & Hinkley 1997, sec.
+    3.8); the result is never below the independent-draw value.
+    """
+    values, visits = np.asarray(values, dtype=float), np.asarray(visits)
+    independent = 1.253 * robust_std(values) / np.sqrt(len(values))
+    ids, groups = np.unique(visits, return_inverse=True)
+    if len(ids) < 3:
+        return float(independent)
+    members = [np.flatnonzero(groups == k) for k in range(len(ids))]
+    rng = np.random.default_rng(seed)
+    medians = [
+        np.median(values[np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])])
+        for _ in range(n_boot)
+    ]
+    return float(max(np.std(medians), independent))
+
+
+def calibration_errors(butler, visit_ids: list[int]) -> dict[str, float]:
+    """Per band, the fractional error the zero points share: the median ``zero_point_err``.
+
+    The zero point's error is mostly the reference catalog's (its stars' errors, floored at
+    a few mmag, outweigh the bright calibration stars' photon noise), and every visit of a
+    band is calibrated against the same stars, so it does not average down over visits: a
+    median over many visits' measurements still carries it whole.
+    """
+    errors: dict[str, list[float]] = {}
+    for visit in visit_ids:
+        if butler.exists("visitSummary", visit=visit):
+            summary = butler.get("visitSummary", visit=visit)
+            errors.setdefault(str(summary["filter"]), []).append(float(summary["zero_point_err"]))
+    return {band: float(np.median(e)) / MAG_PER_FRACTION for band, e in errors.items()}
 
 
 def flux_ramps(
@@ -681,14 +732,22 @@ def _edge(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def photometry_systematics(pulls: Table, ramps: Table, min_n: int = 20) -> dict[str, dict]:
+def photometry_systematics(
+    pulls: Table,
+    ramps: Table,
+    min_n: int = 20,
+    calibration_err: dict[str, float] | None = None,
+) -> dict[str, dict]:
     """Per band, what :func:`pulls_by_snr` and :func:`flux_ramps` show, for the metrics.
 
     The pull bin (of at least ``min_n`` measurements) whose robust std is furthest from 1 and
-    the one whose median is furthest from 0, each with its standard error for Gaussian pulls
-    (the IQR-based std: ``1.166 / sqrt(n)``; the median: ``1.253 / sqrt(n)``), and the
-    ramps' RMS beyond their errors
-    (:func:`ramp_excess`) with theirs.
+    the one whose median is furthest from 0, each with its standard error: the IQR-based
+    std's ``1.166 / sqrt(n)`` for Gaussian pulls; the median's from a bootstrap over visits,
+    and (where ``calibration_err``, the fractional error the band's zero points share, see
+    :func:`calibration_errors`, is given) that error over the bin's fractional flux error:
+    an offset of the reference catalog moves every measurement of the band alike, so in
+    bright bins, whose errors are a few mmag, it alone moves the median by a few tenths. The
+    ramps' RMS beyond their errors (:func:`ramp_excess`) with theirs.
     """
     out: dict[str, dict] = {}
     for band in sorted(set(pulls["band"]) | set(ramps["band"])):
@@ -700,8 +759,9 @@ def photometry_systematics(pulls: Table, ramps: Table, min_n: int = 20) -> dict[
             record["pull_std_worst"] = float(b["robust_std"][k])
             record["pull_std_worst_err"] = 1.166 / np.sqrt(float(b["n"][k]))
             record["pull_std_worst_bin"] = [_edge(b["snr_lo"][k]), _edge(b["snr_hi"][k])]
+            shared = (calibration_err or {}).get(str(band), 0.0) / float(b["rel_err"][j])
             record["pull_median_worst"] = float(b["median"][j])
-            record["pull_median_worst_err"] = 1.253 / np.sqrt(float(b["n"][j]))
+            record["pull_median_worst_err"] = float(np.hypot(b["median_err"][j], shared))
             record["pull_median_worst_bin"] = [_edge(b["snr_lo"][j]), _edge(b["snr_hi"][j])]
         record["pulls_by_snr"] = [
             {
@@ -709,6 +769,7 @@ def photometry_systematics(pulls: Table, ramps: Table, min_n: int = 20) -> dict[
                 "snr_hi": _edge(r["snr_hi"]),
                 "n": int(r["n"]),
                 "median": float(r["median"]),
+                "median_err": float(r["median_err"]),
                 "robust_std": float(r["robust_std"]),
             }
             for r in pulls[pulls["band"] == band]
