@@ -31,10 +31,14 @@
    their noise, and bright stars' PSF fluxes then scatter beyond their errors. A focal
    plane's PSF broadens outwards; a full degree 2 spends six coefficients per pixel on it,
    which 50-100 stars cannot constrain, so without the radial term the choice fell to a
-   constant kernel (the aperture-correction maps then carry the whole pattern). Mode models
+   constant kernel (the aperture-correction maps then carry the whole pattern). Where the
+   per-pixel models fall back to a constant kernel, mode models are tried
    (:mod:`twinkles.psf.modes`: the mean kernel's change of width, and of ellipticity, as a
-   gradient, a radial term or both) are candidates beside the per-pixel ones: a few numbers
-   in all, which 25-30 stars constrain where a per-pixel gradient fell back to a constant.
+   gradient, a radial term or both): a few numbers in all, which 25-30 stars constrain. They
+   are not tried where a per-pixel variation is resolved: a deformation to first order
+   predicts held-out stars' pixels as well, but where the width changes strongly its
+   missing second order biases the corners' PSF fluxes, which a per-pixel polynomial, free
+   in every pixel, does not.
 
 Too few stars raises :class:`PsfError` with the visit, the number found and the number needed.
 """
@@ -91,7 +95,8 @@ class PsfConfig(Section):
         [("width",), ("width", "e1", "e2")],
         description="Deformations of the mean kernel (twinkles.psf.modes.MODES) that mode "
         "models vary over the sensor, each set tried with every non-constant spatial model "
-        "beside the per-pixel polynomials ([]: per-pixel models only).",
+        "where no per-pixel variation predicts held-out stars better than a constant kernel "
+        "([]: per-pixel models only).",
     )
     min_stars: int = Field(5, ge=2, description="Fewest stars for a PSF (else PsfError).")
     max_stars: int = Field(300, ge=5, description="Most stars used (the brightest).")
@@ -378,18 +383,19 @@ class PsfTask:
         models = [
             (d, r) for d, r in models if len(idx) >= 4 * spatial_terms(0.0, 0.0, d, r).shape[1]
         ]
-        models += [(d, r, modes) for modes in cfg.mode_sets for d, r in models if d or r]
         u, v = (x - x0) / scale, (y - y0) / scale
         stamps = centred / flux[:, None, None]
+        normalised_var = np.maximum(var, 1e-6) / flux[:, None, None] ** 2
         model_choice, cv_chi2 = cross_validated_model(
-            stamps,
-            np.maximum(var, 1e-6) / flux[:, None, None] ** 2,
-            u,
-            v,
-            snr,
-            models,
-            cfg.cv_folds,
+            stamps, normalised_var, u, v, snr, models, cfg.cv_folds
         )
+        if model_choice == (0, False):
+            # the stars cannot follow a per-pixel variation: may a few deformations do?
+            modes = [(d, r, m) for m in cfg.mode_sets for d, r in models if d or r]
+            models = [model_choice, *modes]
+            model_choice, cv_chi2 = cross_validated_model(
+                stamps, normalised_var, u, v, snr, models, cfg.cv_folds
+            )
         degree, radial, modes = (*model_choice, ())[:3]
         terms = spatial_terms(u, v, degree, radial)
         dx, dy = x - ix, y - iy
