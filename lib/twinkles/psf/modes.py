@@ -2,11 +2,11 @@
 
 A pixel PSF whose every pixel is its own polynomial of the position
 (:class:`~twinkles.psf.pixel.PixelPSF`) spends ``n_terms x size^2`` numbers on the variation;
-50-100 stars do not constrain that, so cross-validation falls back to a constant kernel where
-the variation is real (a 9% change of width across the sensor left a 7% ramp of PSF fluxes).
-What changes over a real sensor is mostly the PSF's width (focus and seeing over the field)
-and its ellipticity (astigmatism, guiding): deformations of one kernel. Here the kernel at
-``(X, Y)`` is
+a few dozen faint stars do not constrain that, and cross-validation falls back to a constant
+kernel where the variation is real, leaving PSF fluxes to ramp with the PSF's change across
+the sensor. What changes over a real sensor is mostly the PSF's width (focus and seeing over
+the field) and its ellipticity (astigmatism, guiding): deformations of one kernel. Here the
+kernel at ``(X, Y)`` is
 
     ``K(X, Y) = K0 + sum_a t_a(X, Y) sum_j c_aj M_j``
 
@@ -16,8 +16,10 @@ with ``K0`` the mean kernel, ``M_j`` the first-order changes of ``K0`` under a d
 cost two and one numbers per mode, which a few dozen stars constrain. The result is an
 ordinary :class:`~twinkles.psf.pixel.PixelPSF` (basis ``[K0, sum_j c_1j M_j, ...]``), so
 everything that reads a PSF model reads it unchanged. The approach is that of PSF models
-built on a few principal or physical components (Jarvis & Jain 2004, ApJ 606, L1; the
-optical-aberration terms of Jarvis et al. 2021, MNRAS 501, 1282).
+built on a few principal or physical components (Jarvis & Jain 2004, arXiv:astro-ph/0412234;
+the optical terms of PIFF, Jarvis et al. 2021, MNRAS 501, 1282). The deformations are first
+order, so a strong change of width is better followed by per-pixel polynomials where the
+stars constrain them (:class:`~twinkles.psf.determine.PsfTask` tries these first).
 """
 
 from __future__ import annotations
