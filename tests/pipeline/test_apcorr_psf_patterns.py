@@ -96,21 +96,24 @@ def test_the_apertures_must_grow_outwards():
 
 
 @pytest.mark.parametrize(("pattern", "profile"), [("linear", "moffat"), ("radial", "kolmogorov")])
-def test_the_width_map_is_the_psf_models_where_it_varies(pattern, profile):
-    """With a PSF model that follows the sensor, the width map the correction's steps follow
-    is the model's own core concentration: it matches the true PSF's change of core
-    concentration (GalSim's profiles at each star's width) to a tenth of that change; the
-    growth steps keep the change their curve of growth predicts (a few dozen stars' 12- and
-    25-pixel apertures cannot measure a slope of their own)."""
+def test_the_width_map_is_the_mode_models_where_the_psf_is_one(pattern, profile):
+    """Where the stars are too few and faint for a per-pixel PSF model, the mode model's own
+    core concentration is the width map the correction's steps follow: it matches the true
+    PSF's change of core concentration (GalSim's profiles at each star's width) to a fifth of
+    that change; the growth steps keep the change their curve of growth predicts (a few
+    dozen stars' 12- and 25-pixel apertures cannot measure a slope of their own)."""
     from galsim_scenes import PIXEL_SCALE, psf_profile
 
     from twinkles.measurement.aperture import sum_circles
 
-    scene = psf_pattern_exposure(pattern, profile, 0.12, 0.9, 2, size=SIZE, spacing=SPACING)
+    scene = psf_pattern_exposure(
+        pattern, profile, 0.12, 0.9, 2, size=SIZE, spacing=SPACING, flux_range=(1e4, 1e5)
+    )
     exposure = scene.exposure
     BackgroundTask().run(exposure)
     candidates = DetectionTask(DetectionConfig(threshold=10.0)).run(exposure)
     psf = PsfTask(PsfConfig(max_stars=28)).run(exposure, candidates.sources)
+    assert psf.psf.modes  # the per-pixel models fell back to a constant kernel
     exposure.psf = psf.psf
     detections = DetectionTask().run(exposure)
     catalog = MeasurementTask().run(exposure, detections.sources, detections.segmentation).catalog
@@ -132,7 +135,7 @@ def test_the_width_map_is_the_psf_models_where_it_varies(pattern, profile):
     mapped = result.map.width(X, Y)
     change = true.max() - true.min()
     assert change > 0.05  # the check has something to follow
-    assert np.max(np.abs((mapped - np.median(mapped)) - (true - np.median(true)))) < 0.1 * change
+    assert np.max(np.abs((mapped - np.median(mapped)) - (true - np.median(true)))) < 0.2 * change
 
 
 @pytest.mark.parametrize("pattern", ["linear", "radial"])

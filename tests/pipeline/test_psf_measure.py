@@ -358,3 +358,14 @@ def test_mode_sets_name_known_deformations():
 
     with pytest.raises(ValidationError, match=r"mode_sets: \['width', 'tilt'\] must be"):
         PsfConfig(mode_sets=[("width", "tilt")])
+
+
+def test_a_mode_model_says_so_in_its_fits_header():
+    from twinkles.psf.pixel import PixelPSF
+
+    basis = np.zeros((3, 25, 25))
+    basis[0, 12, 12] = 1.0
+    psf = PixelPSF(basis, 1, 10.0, 20.0, 30.0, False, ("width", "e1"))
+    again = PixelPSF.from_hdu(psf.to_hdu())
+    assert again.modes == ("width", "e1") and again.degree == 1
+    assert PixelPSF.from_hdu(PixelPSF(basis, 1, 10.0, 20.0, 30.0).to_hdu()).modes == ()

@@ -23,9 +23,9 @@ Every step changes with the PSF's width, but a few dozen stars' 12- and 25-pixel
 are too noisy to show by how much (a 12% change of width moves the 12 to 25 pixel growth of
 a Moffat by under 1%, under the noise of 25 stars). So the PSF's width is mapped first, as a
 core concentration (``core`` over ``inner`` aperture flux, which changes several times as
-much and is measured within 6 pixels): the PSF model's own where the model varies over the
-sensor (:meth:`ApertureCorrectionTask._psf_width_map`; it is fitted to every pixel of the
-stars' stamps), else the stars'. The first step may follow that map (the ``template``
+much and is measured within 6 pixels): the stars', or where they were too few for a
+per-pixel PSF model the mode model's own (:meth:`ApertureCorrectionTask._psf_width_map`; it
+is fitted to every pixel of their stamps). The first step may follow that map (the ``template``
 model). A growth step follows it with the slope that the stars' mean curve of growth
 predicts for a profile that keeps its shape as its width changes
 (:meth:`ApertureCorrectionTask._growth_slopes`; the ``scaled`` model, one number as a
@@ -486,15 +486,18 @@ class ApertureCorrectionTask:
         self, psf: object, frame: tuple[float, float, float], shape: tuple[int, int]
     ) -> SensorMap | None:
         """The PSF model's core concentration (``core`` over ``inner`` aperture flux of its
-        kernel) over the sensor, divided by its median: the width map where the model
-        varies (else ``None``).
+        kernel) over the sensor, divided by its median: the width map where the model is a
+        mode model (else ``None``: the stars' own map).
 
-        The model is fitted to every pixel of the PSF stars' stamps, so its change of width
-        is better measured than by their 3- and 6-pixel apertures alone; it is sampled on a
-        9 x 9 grid and fitted by a quadratic, which follows a model whose terms are at most
-        quadratic to well under a thousandth.
+        A mode model is made where the stars are too few or faint for a per-pixel one; its
+        change of width, a few numbers fitted to every pixel of their stamps, is then better
+        measured than by their noisy 3- and 6-pixel apertures. Where a per-pixel model
+        varies the stars are enough for their own map, which also sees what a model of the
+        width's first order misses. The model is sampled on a 9 x 9 grid and fitted by a
+        quadratic, which follows a model whose terms are at most quadratic to well under a
+        thousandth.
         """
-        if not isinstance(psf, PixelPSF) or (psf.degree == 0 and not psf.radial):
+        if not isinstance(psf, PixelPSF) or not psf.modes:
             return None
         cfg = self.config
         x0, y0, scale = frame

@@ -404,13 +404,13 @@ class PsfTask:
             # the used stars' weighted fit (a mode model's deformations those of their mean)
             fit_basis = basis_fitter(stamps, terms, snr * used, modes)
             for _refine in range(cfg.refinements):
-                psf = PixelPSF(basis, degree, x0, y0, scale, radial)
+                psf = PixelPSF(basis, degree, x0, y0, scale, radial, tuple(modes))
                 model, _, _ = psf.images(x, y)
                 fit_flux = np.sum(model * data, axis=(1, 2)) / np.sum(model**2, axis=(1, 2))
                 flux = np.where(fit_flux > 0, fit_flux, flux)
                 resid = data / flux[:, None, None] - model
                 basis = basis + fit_basis(shift_stamps_transpose(resid, dx, dy))
-            psf = PixelPSF(basis, degree, x0, y0, scale, radial)
+            psf = PixelPSF(basis, degree, x0, y0, scale, radial, tuple(modes))
             model, _, _ = psf.images(x, y)
             fit_flux = np.sum(model * data, axis=(1, 2)) / np.sum(model**2, axis=(1, 2))
             flux = np.where(fit_flux > 0, fit_flux, flux)

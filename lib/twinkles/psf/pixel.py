@@ -59,6 +59,9 @@ class PixelPSF:
         Normalisation of pixel positions.
     radial : bool
         Whether a radial term ``X^2 + Y^2`` follows the polynomial's (:func:`spatial_terms`).
+    modes : tuple of str
+        For a mode model (:mod:`twinkles.psf.modes`), the deformations of the mean kernel
+        its variation is made of; empty for per-pixel polynomials.
     """
 
     basis: np.ndarray
@@ -67,6 +70,7 @@ class PixelPSF:
     y0: float
     scale: float
     radial: bool = False
+    modes: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -178,6 +182,7 @@ class PixelPSF:
         hdu.header["PSFTYPE"] = ("pixel", "pixelized, polynomial spatial variation")
         hdu.header["PSFDEG"] = (self.degree, "polynomial degree")
         hdu.header["PSFRAD"] = (self.radial, "radial term X^2 + Y^2")
+        hdu.header["PSFMODES"] = (",".join(self.modes), "deformations varied (empty: per pixel)")
         hdu.header["PSFX0"], hdu.header["PSFY0"] = self.x0, self.y0
         hdu.header["PSFSCAL"] = (self.scale, "position normalisation (pixels)")
         return hdu
@@ -189,6 +194,7 @@ class PixelPSF:
             basis=np.asarray(hdu.data, dtype=np.float64),
             degree=int(h["PSFDEG"]),
             radial=bool(h.get("PSFRAD", False)),
+            modes=tuple(m for m in str(h.get("PSFMODES", "")).split(",") if m),
             x0=float(h["PSFX0"]),
             y0=float(h["PSFY0"]),
             scale=float(h["PSFSCAL"]),

@@ -339,6 +339,34 @@ def collect_metrics(
                 f"median ForcedSource flux / true flux - 1 of bright stars, {band}",
             ),
         ]
+    source = static_sky.get("src", {})
+    for band in sorted(source, key=_band_order):
+        f = source[band]
+        metrics += [
+            Metric(
+                f"src_pull_std_by_snr_{band}",
+                _get(f, "pull_std_worst"),
+                "",
+                "within",
+                0.1,
+                ISSUE,
+                "robust std of single-visit (src) PSF-flux pulls against the truth in the S/N "
+                f"bin where it is furthest from 1: {_bin(f, 'pull_std_worst_bin')}, {band}",
+                uncertainty=_get(f, "pull_std_worst_err"),
+            ),
+            Metric(
+                f"src_pull_median_by_snr_{band}",
+                _get(f, "pull_median_worst"),
+                "",
+                "abs<=",
+                0.1,
+                ISSUE,
+                "median single-visit (src) PSF-flux pull in the S/N bin where it is furthest "
+                f"from 0: {_bin(f, 'pull_median_worst_bin')}, {band} (its error bootstrapped "
+                "over visits, with the zero points' shared error)",
+                uncertainty=_get(f, "pull_median_worst_err"),
+            ),
+        ]
     zero_points = static_sky.get("zero_points") or {}
     metrics += [
         Metric(
