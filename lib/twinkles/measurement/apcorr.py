@@ -29,9 +29,11 @@ is fitted to every pixel of their stamps). The first step may follow that map (t
 model). A growth step follows it with the slope that the stars' mean curve of growth
 predicts for a profile that keeps its shape as its width changes
 (:meth:`ApertureCorrectionTask._growth_slopes`; the ``scaled`` model, one number as a
-constant), and by default with nothing richer (``growth_map_model``): on crowded external
-scenes a slope of its own, fitted to 25-pixel apertures whose neighbours' light the stars'
-errors do not carry, put ramps of 10-35 mmag into single visits.
+constant); a richer map (``growth_map_model``) replaces it where the stars demand one, but
+not in the last step (``outer_map_model``): there a slope of its own, fitted to crowded
+25-pixel apertures whose neighbours' light the stars' errors do not carry, put ramps of
+10-35 mmag into single visits of crowded external scenes, while inside 12 pixels the
+stars' second-order change of growth under a strong change of width is real.
 
 Apertures leave out the footprints of other detections, and each star's sky comes from an
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
@@ -114,10 +116,15 @@ class ApertureCorrectionConfig(Section):
         description="Richest map over the sensor tried for the first step (chosen by BIC).",
     )
     growth_map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
+        "linear_radial",
+        description="Richest map tried for a growth step inside the total aperture, beside "
+        "the one its curve of growth predicts (the scaled model) and the template model.",
+    )
+    outer_map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
         "constant",
-        description="Richest map tried for each growth step beyond the one its curve of "
-        "growth predicts (the scaled model); 'constant': that one alone, as a few dozen "
-        "stars' 12- and 25-pixel apertures cannot measure more.",
+        description="The same for the last step, to the total aperture; 'constant': the "
+        "scaled model alone, as a few dozen stars' crowded 25-pixel apertures cannot "
+        "measure more.",
     )
     min_stars: int = Field(4, ge=1, description="Fewest stars (else ApertureCorrectionError).")
     min_stars_systematic: int = Field(
@@ -428,16 +435,17 @@ class ApertureCorrectionTask:
                     f"visit {visit}: only {int(good.sum())} stars for the aperture-correction "
                     f"growth to {radius:g} px (need {cfg.min_stars})"
                 )
+            richest = cfg.outer_map_model if radius == cfg.radius else cfg.growth_map_model
             fit = fit_sensor_map(
                 X[good],
                 Y[good],
                 step[good],
                 step_err[good],
-                cfg.growth_map_model,
+                richest,
                 cfg.clip_sigma,
                 template=width,
                 slope=slopes.get((previous, radius)),
-                follow=cfg.growth_map_model != "constant",
+                follow=richest != "constant",
             )
             steps.append(fit.map)
             flux, flux_err = outer, outer_err
