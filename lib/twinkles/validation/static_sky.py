@@ -591,10 +591,11 @@ def visit_bootstrap_median_error(
     """Standard error of the median of ``values``, resampling whole visits.
 
     A visit's measurements share its zero point and aperture correction, whose errors move
-    them together, so they are not independent draws: the Gaussian ``1.253 sigma / sqrt(n)``
-    understates the median's error by about the square root of a visit's share of them. The
-    visits are resampled with replacement (a cluster bootstrap, Davison & Hinkley 1997, sec.
-    3.8); the result is never below the independent-draw value.
+    them together, so they are not independent draws: where those shared errors are not
+    small beside a measurement's own (bright stars), the Gaussian ``1.253 sigma / sqrt(n)``
+    understates the median's error. The visits are resampled with replacement (a cluster
+    bootstrap, Davison & Hinkley 1997, sec. 3.8); the result is never below the
+    independent-draw value.
     """
     values, visits = np.asarray(values, dtype=float), np.asarray(visits)
     independent = 1.253 * robust_std(values) / np.sqrt(len(values))
