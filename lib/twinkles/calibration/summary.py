@@ -48,6 +48,7 @@ def visit_summary(
         "psf_n_stars": psf_result.n_stars,
         "psf_degree": int(psf_result.stars.meta["degree"]),
         "psf_radial": bool(psf_result.stars.meta.get("radial", False)),
+        "psf_modes": list(psf_result.stars.meta.get("modes", [])),
         "ap_corr": apcorr.median,
         "ap_corr_map": apcorr.map.to_dict(),
         "ap_corr_err": apcorr.uncertainty,
