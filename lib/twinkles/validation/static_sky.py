@@ -373,17 +373,21 @@ def source_star_rows(butler, visits: Table, truth: Truth, radius_arcsec: float =
     (nJy), ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
     """
     stars = truth.stars
-    flags = ("flag_blended", "flag_saturated", "flag_interpolated", "flag_edge", "flag_bad")
+    flags = (
+        "flag_blended",
+        "flag_saturated",
+        "flag_interpolated",
+        "flag_edge",
+        "flag_bad",
+        "flag_cr",
+    )
     parts = []
     for row in visits:
         visit = int(row["obsHistID"])
         if not butler.exists("src", visit=visit):
             continue
         src = butler.get("src", visit=visit)
-        clean = ~np.asarray(src["flag_cr"])
-        for flag in flags:
-            clean &= ~np.asarray(src[flag])
-        src = src[clean]
+        src = src[~np.any([np.asarray(src[flag]) for flag in flags], axis=0)]
         i_src, i_star, _ = match_sky(
             src["coord_ra"], src["coord_dec"], stars["ra"], stars["dec"], radius_arcsec
         )
