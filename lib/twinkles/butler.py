@@ -67,10 +67,12 @@ class DatasetType:
 
 @dataclass(frozen=True)
 class Storage:
-    """How one storage format is written (to a path) and read back."""
+    """How one storage format is written (to a path) and read back; a storage that
+    ``compresses`` takes the butler's image compression as ``write(obj, path, compression)``."""
 
-    write: Callable[[Any, Path], None]
+    write: Callable[..., None]
     read: Callable[[Path], Any]
+    compresses: bool = False
 
 
 _DATASET_TYPES: dict[str, DatasetType] = {}
@@ -89,9 +91,15 @@ def register_dataset_type(
     return dstype
 
 
-def register_storage(name: str, write: Callable[[Any, Path], None], read: Callable[[Path], Any]):
-    """Add a storage format; ``write(obj, path)`` must write a complete file at ``path``."""
-    _STORAGES[name] = Storage(write, read)
+def register_storage(
+    name: str,
+    write: Callable[..., None],
+    read: Callable[[Path], Any],
+    compresses: bool = False,
+) -> None:
+    """Add a storage format; ``write(obj, path)`` (``write(obj, path, compression)`` if it
+    ``compresses`` images) must write a complete file at ``path``."""
+    _STORAGES[name] = Storage(write, read, compresses)
 
 
 def dataset_types() -> dict[str, DatasetType]:
@@ -271,8 +279,8 @@ def _read_fits(path: Path) -> Any:
     return copy
 
 
-def _write_exposure(exposure: Any, path: Path) -> None:
-    exposure.write_fits(path)
+def _write_exposure(exposure: Any, path: Path, compression: Any) -> None:
+    exposure.write_fits(path, compression)
 
 
 def _read_exposure(path: Path) -> Any:
@@ -282,7 +290,7 @@ def _read_exposure(path: Path) -> Any:
 
 
 register_storage("table", _write_table, _read_table)
-register_storage("exposure", _write_exposure, _read_exposure)
+register_storage("exposure", _write_exposure, _read_exposure, compresses=True)
 register_storage("json", _write_json, _read_json)
 register_storage("fits", _write_fits, _read_fits)
 
@@ -297,10 +305,14 @@ class Butler:
     ----------
     root : str or Path
         Repository root; created on first write.
+    compression : ImageCompression, optional
+        How images are compressed on disk (:mod:`twinkles.image.compression`); None writes
+        plain FITS. Readers take either.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, compression: Any = None):
         self.root = Path(root)
+        self.compression = compression
 
     def __repr__(self) -> str:
         return f"Butler({str(self.root)!r})"
@@ -371,7 +383,10 @@ class Butler:
         path = self.path(name, **data_id)
         storage = _STORAGES[self.dataset_type(name).storage]
         with atomic_path(path) as tmp:
-            storage.write(obj, tmp)
+            if storage.compresses:
+                storage.write(obj, tmp, self.compression)
+            else:
+                storage.write(obj, tmp)
         _record_io("write", name, data_id, path)
         return path
 

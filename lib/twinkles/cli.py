@@ -142,6 +142,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
             _fmt(entry["peak_rss_mb"], 0),
         )
         print(f"{entry['step']:<24}" + "".join(f"{c!s:>11}" for c in cells))
+    disk = report["disk"]
+    print(
+        f"disk: peak {_fmt(disk['peak_gb'], 2)} GB, now {_fmt(disk['last_gb'], 2)} GB "
+        f"({disk['samples']} samples while running); {disk['removed_files']} intermediates "
+        f"removed ({_fmt(disk['removed_gb'], 2)} GB)"
+    )
     return 0
 
 

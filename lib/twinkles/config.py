@@ -438,6 +438,44 @@ class InjectionConfig(_Section):
         return self
 
 
+class StorageConfig(_Section):
+    """How the run's images are kept on disk (twinkles.image.compression), and which
+    intermediates are removed once every step that reads them is done."""
+
+    compression: Literal["quantized", "lossless", "none"] = Field(
+        "quantized",
+        description="Images (calexps, warps, coadds, templates, differences, simulated "
+        "eimages) as tile-compressed FITS. quantized: float planes rounded, with a subtractive "
+        "dither, to a step below their noise (adds image_step**2/12 of the sky variance), "
+        "masks lossless; lossless: bit for bit (slow, ~10% smaller for noisy images); none: "
+        "plain FITS.",
+    )
+    image_step: float = Field(
+        1.0 / 16.0,
+        gt=0.0,
+        le=1.0,
+        description="Quantisation step of image planes, as a fraction of the sky noise.",
+    )
+    variance_step: float = Field(
+        1e-3,
+        gt=0.0,
+        le=1.0,
+        description="Quantisation step of variance planes, as a fraction of their median.",
+    )
+    ephemeral: list[str] = Field(
+        default_factory=lambda: ["deepCoadd_directWarp"],
+        description="Dataset types removed once every step that reads them is done (rebuilt "
+        "if one must run again): by default the warps, once their filter's coadd and template "
+        "are done. Add eimage to remove a simulated run's eimages once processed (the "
+        "simulation renders them again, bit for bit); an external run's eimages are its "
+        "inputs and are always kept.",
+    )
+
+    def ephemeral_datasets(self, external: bool) -> frozenset[str]:
+        """Dataset types removed once every step that reads them is done."""
+        return frozenset(self.ephemeral) - ({"eimage"} if external else set())
+
+
 class StepConfig(_Section):
     """Overrides for one pipeline step: recipe parameters and resources."""
 
@@ -572,6 +610,7 @@ class RunConfig(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     inputs: InputsConfig = Field(default_factory=InputsConfig)
     injection: InjectionConfig = Field(default_factory=InjectionConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _check_name(self) -> RunConfig:
@@ -660,8 +699,15 @@ class Run:
     @cached_property
     def butler(self):
         from twinkles.butler import Butler
+        from twinkles.image.compression import ImageCompression
 
-        return Butler(self.dir / "repo")
+        storage = self.config.storage
+        compression = ImageCompression(
+            mode=storage.compression,
+            image_step=storage.image_step,
+            variance_step=storage.variance_step,
+        )
+        return Butler(self.dir / "repo", compression=compression)
 
     @property
     def external(self) -> bool:

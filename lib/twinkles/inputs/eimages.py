@@ -33,7 +33,7 @@ from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 
 from twinkles.butler import file_checksum
-from twinkles.isr.eimage import eimage_header_problems
+from twinkles.isr.eimage import eimage_header_problems, eimage_pixels
 
 __all__ = [
     "EimageRecord",
@@ -46,7 +46,7 @@ __all__ = [
     "visit_table_from_headers",
 ]
 
-_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
+_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fits.fz", ".fit.fz")
 
 
 @dataclass
@@ -114,7 +114,7 @@ def find_eimages(patterns: list[str], base: Path) -> tuple[list[Path], list[str]
         else:
             found = [Path(p) for p in glob.glob(str(path)) if Path(p).is_file()]
         if not found:
-            problems.append(f"{pattern}: no eimage file (*.fits, *.fits.gz) there")
+            problems.append(f"{pattern}: no eimage file (*.fits, *.fits.gz, *.fits.fz) there")
         files.update(p.resolve() for p in found)
     return sorted(files), problems
 
@@ -125,12 +125,11 @@ def inspect_eimage(path: Path) -> tuple[EimageRecord | None, str | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)  # a truncated file only warns
             with fits.open(path, memmap=False) as hdul:
-                header = hdul[0].header.copy()
-                data = hdul[0].data
+                header, data = eimage_pixels(hdul)
     except (OSError, ValueError, TypeError, IndexError, AstropyUserWarning) as exc:
         return None, f"not a readable FITS file ({exc})"
     if data is None or data.ndim != 2:
-        return None, "no 2-d image in the primary HDU"
+        return None, "no 2-d image in the primary HDU or first extension"
     problems = eimage_header_problems(header)
     if problems:
         return None, "; ".join(problems)

@@ -104,6 +104,50 @@ def eimage_header_problems(header: fits.Header) -> list[str]:
     return problems
 
 
+def eimage_pixels(hdul: fits.HDUList) -> tuple[fits.Header, np.ndarray | None]:
+    """The header and pixels of an eimage file: its primary HDU's, or, where the primary HDU
+    has no data (a tile-compressed file, as fpack or ``storage.compression`` writes it), its
+    first extension's, with the primary header's keywords under the extension's.
+
+    Returns
+    -------
+    header : Header
+    data : ndarray or None
+        None if neither HDU holds pixels.
+    """
+    header = hdul[0].header.copy()
+    if hdul[0].data is not None or len(hdul) < 2:
+        return header, hdul[0].data
+    extension = hdul[1]
+    for card in extension.header.cards:
+        if card.keyword not in _STRUCTURAL_KEYWORDS:
+            header[card.keyword] = (card.value, card.comment)
+    data = extension.data
+    if data is not None:  # the pixels' axes, for a WCS read from the merged header
+        header["NAXIS"] = data.ndim
+        for axis, length in enumerate(reversed(data.shape), start=1):
+            header[f"NAXIS{axis}"] = length
+    return header, data
+
+
+#: Keywords that describe an HDU's layout rather than the image.
+_STRUCTURAL_KEYWORDS = {
+    "SIMPLE",
+    "XTENSION",
+    "BITPIX",
+    "NAXIS",
+    "NAXIS1",
+    "NAXIS2",
+    "EXTEND",
+    "PCOUNT",
+    "GCOUNT",
+    "EXTNAME",
+    "COMMENT",
+    "HISTORY",
+    "",
+}
+
+
 def read_eimage(path: str | Path, visit: int | None = None) -> Exposure:
     """Read and check an eimage; the variance plane is filled in by :class:`EimageIsrTask`.
 
@@ -127,15 +171,16 @@ def read_eimage(path: str | Path, visit: int | None = None) -> Exposure:
             # astropy only warns of a truncated file, then fails or pads the pixels
             warnings.simplefilter("error", AstropyUserWarning)
             with fits.open(path, memmap=False) as hdul:
-                header = hdul[0].header.copy()
-                data = hdul[0].data
+                header, data = eimage_pixels(hdul)
                 data = None if data is None else np.array(data, dtype=np.float32)
     except FileNotFoundError:
         raise EimageError(f"{who}: no eimage at {path}") from None
     except (OSError, ValueError, TypeError, IndexError, AstropyUserWarning) as exc:
         raise EimageError(f"{who}: {path.name} is not a readable FITS image ({exc})") from None
     if data is None or data.ndim != 2:
-        raise EimageError(f"{who}: {path.name} has no 2-d image in its primary HDU")
+        raise EimageError(
+            f"{who}: {path.name} has no 2-d image in its primary HDU or first extension"
+        )
     problems = eimage_header_problems(header)
     if problems:
         raise EimageError(f"{who}: {path.name} {'; '.join(problems)}")

@@ -34,6 +34,7 @@ from astropy.wcs import WCS
 
 from twinkles import __version__
 from twinkles.config import RunConfig
+from twinkles.image.compression import ImageCompression, compressed_plane
 from twinkles.sim.galaxies import BULGE_TRUNCATION, DISK_TRUNCATION, component_fluxes
 from twinkles.sim.psf import GSPARAMS, SimulatedPSF
 from twinkles.sim.sky import Sky, random_stream
@@ -399,6 +400,13 @@ def render_visit(sky: Sky, config: RunConfig, visit: int) -> RenderedVisit:
     )
 
 
-def eimage_hdulist(rendered: RenderedVisit) -> fits.HDUList:
-    """The eimage as FITS: one primary HDU, float32 electrons."""
-    return fits.HDUList([fits.PrimaryHDU(data=rendered.image, header=rendered.header)])
+def eimage_hdulist(
+    rendered: RenderedVisit, compression: ImageCompression | None = None
+) -> fits.HDUList:
+    """The eimage as FITS: float32 electrons in the primary HDU or, with ``compression``,
+    the header in the primary HDU and the pixels tile-compressed in the first extension (as
+    fpack writes it; the step follows the noise the FITS library estimates tile by tile)."""
+    if compression is None or compression.mode == "none":
+        return fits.HDUList([fits.PrimaryHDU(data=rendered.image, header=rendered.header)])
+    pixels = compressed_plane(rendered.image, "EIMAGE", None, compression)
+    return fits.HDUList([fits.PrimaryHDU(header=rendered.header), pixels])

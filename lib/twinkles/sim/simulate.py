@@ -28,7 +28,7 @@ def write_visit(run: Run, rendered: RenderedVisit) -> None:
     butler = run.butler
     butler.put(rendered.truth, "eimageTruth", visit=rendered.visit)
     # the eimage goes last: its presence means the visit is done
-    butler.put(eimage_hdulist(rendered), "eimage", visit=rendered.visit)
+    butler.put(eimage_hdulist(rendered, butler.compression), "eimage", visit=rendered.visit)
 
 
 def simulate_visit(run: Run, visit: int, sky: Sky | None = None) -> RenderedVisit:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twinkles.butler import atomic_path, cached_checksum
+from twinkles.butler import atomic_path, cached_checksum, dataset_types
 from twinkles.config import ConfigError, Run
 from twinkles.errors import TwinklesError
 from twinkles.workflow.contract import ParameterError, read_contract
@@ -62,6 +62,7 @@ from twinkles.workflow.executors import (
 from twinkles.workflow.lock import RunLock
 from twinkles.workflow.rundb import NodeRow, RunDatabase, now
 from twinkles.workflow.spec import PIPELINE, DataId, Pipeline, Resources, Step, data_id_str
+from twinkles.workflow.storage import DiskMonitor, EphemeralFiles
 
 __all__ = [
     "Node",
@@ -184,26 +185,27 @@ def node_fingerprint(node: Node, recipe_sum: str, library: str) -> str:
     ]
 
 
-def _file_changed(entry: dict, base: Path) -> bool:
+def _file_changed(entry: dict, base: Path, ephemeral: EphemeralFiles | None = None) -> bool:
     """Whether a recorded file (path relative to the run directory ``base``, size, mtime_ns,
-    checksum) is gone or its bytes differ."""
+    checksum) is gone or its bytes differ; a file removed as ephemeral with the same checksum
+    is unchanged."""
     path = base / entry["path"]
     try:
         st = os.stat(path)
     except OSError:
-        return True
+        return ephemeral is None or not ephemeral.was_removed(entry)
     if st.st_size == entry["size"] and st.st_mtime_ns == entry["mtime_ns"]:
         return False
     # touched: the same bytes again (a deterministic rerun) leave it unchanged
     return entry.get("checksum") is None or cached_checksum(path) != entry["checksum"]
 
 
-def io_changed(row: NodeRow, base: Path) -> str | None:
+def io_changed(row: NodeRow, base: Path, ephemeral: EphemeralFiles | None = None) -> str | None:
     """Why a done node's record no longer holds (a file it read or wrote changed), or None;
     ``base`` is the run directory its paths are relative to."""
     for column, what in (("writes", "its output"), ("reads", "its input")):
         for entry in json.loads(getattr(row, column) or "[]"):
-            if _file_changed(entry, base):
+            if _file_changed(entry, base, ephemeral):
                 return f"{what} {entry['path']} changed since it ran"
     return None
 
@@ -324,6 +326,15 @@ class _Driver:
         self.workers = workers or self.cfg.workers or len(os.sched_getaffinity(0))
         self.progress = progress
         self._task_counter = itertools.count(1)
+        self.ephemeral: EphemeralFiles | None = None
+        self.fresh: set[Key] = set()
+        self.disk = DiskMonitor(run.dir, self.db)
+
+    def track_storage(self, plan: dict[Key, Node]) -> None:
+        """Index the ephemeral files that done nodes hold (see :mod:`.storage`)."""
+        rows = {(r.step, r.data_id): r for r in self.db.nodes()}
+        datasets = self.run.config.storage.ephemeral_datasets(self.run.external)
+        self.ephemeral = EphemeralFiles(self.run.dir, self.db, datasets, plan, rows)
 
     def recipe_sum(self, node: Node) -> str:
         return _file_checksum_cached(
@@ -362,7 +373,9 @@ class _Driver:
                 and result.get("token") == row.token
                 and result.get("attempt") == row.attempts
                 and node.notebook.exists()
-                and not any(_file_changed(w, self.run.dir) for w in result.get("writes", []))
+                and not any(
+                    _file_changed(w, self.run.dir, self.ephemeral) for w in result.get("writes", [])
+                )
             ):
                 self._record_done(node, row.attempts, result, row.job_id)
                 kept.append(key)
@@ -411,25 +424,50 @@ class _Driver:
         chosen = set(steps) if steps else {s.name for s in self.pipeline.steps}
         where = where or {}
         rows = {(r.step, r.data_id): r for r in self.db.nodes()}
+        # writers that must rebuild a removed intermediate for a reader that runs again
+        rebuild: set[Key] = set()
+        while True:
+            todo, fresh = self._select_pass(plan, rows, chosen, where, force, only_failed, rebuild)
+            more = set()
+            if self.ephemeral is not None:
+                more = self.ephemeral.writers_to_rerun(todo, rows) & set(plan)
+            if more <= rebuild:
+                break
+            rebuild |= more
+        self.fresh = {n.key for n in fresh}
+        return list(todo.values()), fresh
+
+    def _select_pass(
+        self,
+        plan: dict[Key, Node],
+        rows: dict[Key, NodeRow],
+        chosen: set[str],
+        where: dict[str, set],
+        force: bool,
+        only_failed: bool,
+        rebuild: set[Key],
+    ) -> tuple[dict[Key, Node], list[Node]]:
         todo: dict[Key, Node] = {}
         fresh: list[Node] = []
         for key, node in plan.items():
-            if node.step.name not in chosen:
-                continue
-            if any(k in node.data_id and node.data_id[k] not in v for k, v in where.items()):
-                continue
+            if key not in rebuild:
+                if node.step.name not in chosen:
+                    continue
+                if any(k in node.data_id and node.data_id[k] not in v for k, v in where.items()):
+                    continue
             row = rows.get(key)
             if only_failed:
                 stale = row is not None and row.state in ("failed", "blocked")
             else:
                 stale = (
                     force
+                    or key in rebuild
                     or row is None
                     or row.state != "done"
                     or row.fingerprint != self.fingerprint(node)
                     or not node.notebook.exists()
-                    or not all(p.exists() for p in node.outputs)
-                    or io_changed(row, self.run.dir) is not None
+                    or not all(self._output_present(p) for p in node.outputs)
+                    or io_changed(row, self.run.dir, self.ephemeral) is not None
                 )
             # what depends on something that runs again runs again
             stale = stale or any(d in todo for d in node.deps)
@@ -437,7 +475,11 @@ class _Driver:
                 todo[key] = node
             elif not only_failed:  # with --only-failed the others are not judged
                 fresh.append(node)
-        return list(todo.values()), fresh
+        return todo, fresh
+
+    def _output_present(self, path: Path) -> bool:
+        """A declared output exists, or was removed as ephemeral (its record says so)."""
+        return path.exists() or (self.ephemeral is not None and self.ephemeral.output_removed(path))
 
     # -- running ---------------------------------------------------------------------------
 
@@ -471,14 +513,19 @@ class _Driver:
                     sub, nodes, spec = submitted.pop(ended.submission.task_id)
                     self._collect(sub, nodes, spec, ended.note, state, attempts)
                     self._recheck_readers(nodes)
+                    self._hold_intermediates([n for n in nodes if state[n.key] == "done"])
                 if ended_tasks:
                     self._write_validity(state)
+                    self.release_intermediates(state)
+                self.disk.sample()
                 if bar is not None:
                     finished = sum(s in ("done", "failed", "blocked") for s in state.values())
                     bar.n = finished
                     bar.refresh()
                 if any(s in ("pending", "running") for s in state.values()):
                     time.sleep(self.cfg.poll_seconds if self.kind == "slurm" else 0.1)
+            self.release_intermediates(state)
+            self.disk.sample(force=True)
         except KeyboardInterrupt:
             executor.cancel()
             running = [k for k, s in state.items() if s == "running"]
@@ -506,16 +553,32 @@ class _Driver:
         for key, row in rows.items():
             if key in todo or key not in plan or row.state != "done":
                 continue
-            self.io_state[key] = io_changed(row, self.run.dir)
+            self.io_state[key] = io_changed(row, self.run.dir, self.ephemeral)
             for entry in json.loads(row.reads or "[]"):
                 self.readers[str(self.run.dir / entry["path"])].add(key)
+
+    def _hold_intermediates(self, nodes: list[Node]) -> None:
+        """Nodes just done: the ephemeral files they wrote wait for their readers."""
+        if self.ephemeral is None or not self.ephemeral.datasets:
+            return
+        for node in nodes:
+            row = self.db.node(*node.key)
+            if row is not None:
+                self.ephemeral.hold(node.key, json.loads(row.writes or "[]"))
+
+    def release_intermediates(self, state: dict[Key, str]) -> None:
+        """Remove the ephemeral files whose readers are all done (see :mod:`.storage`)."""
+        if self.ephemeral is None or not self.ephemeral.datasets:
+            return
+        if self.ephemeral.release(state, self.fresh):
+            self.disk.sample(force=True)
 
     def _recheck_readers(self, nodes: list[Node]) -> None:
         """The done nodes that read a file these nodes rewrote or removed: checked again."""
         for node in nodes:
             for path in node.outputs:
                 for key in self.readers.get(str(path), ()):
-                    self.io_state[key] = io_changed(self.rows[key], self.run.dir)
+                    self.io_state[key] = io_changed(self.rows[key], self.run.dir, self.ephemeral)
 
     def _write_validity(self, state: dict[Key, str]) -> None:
         """``work/invalid.json``: the datasets of nodes the run database does not vouch for,
@@ -901,6 +964,13 @@ def preflight(
     for name in sorted(set(run.config.steps) - known):
         problems.append(f"steps.{name}: unknown step (the pipeline has {', '.join(known)})")
     cpus, mem_gb, where_ = executor_limits(kind, run.config.executor)
+    known_datasets = dataset_types()
+    for name in run.config.storage.ephemeral:
+        if name not in known_datasets:
+            problems.append(
+                f"storage.ephemeral: {name!r} is not a dataset type (known: "
+                f"{', '.join(sorted(known_datasets))})"
+            )
     for step in pipeline.steps:
         overrides = run.config.steps.get(step.name)
         if overrides is not None and overrides.parameters:
@@ -997,11 +1067,17 @@ def run_pipeline(
         plan = make_plan(run, pipeline)
         driver = _Driver(run, pipeline, kind, workers, progress)
         try:
-            driver.recover(plan)
+            driver.track_storage(plan)
+            kept = driver.recover(plan)
+            driver._hold_intermediates([plan[k] for k in kept])
             restrict = {k: set(v) for k, v in (where or {}).items()}
             todo, fresh = driver.select(plan, steps, force, only_failed, restrict)
             check_parameters(todo, pipeline)
-            summary = driver.run_nodes(todo, plan) if todo else RunSummary()
+            if todo:
+                summary = driver.run_nodes(todo, plan)
+            else:  # nothing to run; intermediates that every reader is done with can go
+                summary = RunSummary()
+                driver.release_intermediates({})
             for node in fresh:
                 c = summary.counts.setdefault(node.step.name, {})
                 c["skipped"] = c.get("skipped", 0) + 1

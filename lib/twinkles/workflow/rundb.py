@@ -11,7 +11,11 @@ One SQLite file per run (``runs/<name>/run.db``), written only by the driver:
   driver that last submitted it (a resumed run keeps what that driver's tasks finished);
 * ``attempts``: every execution of every data id, retries included (the cost of the run);
 * ``tasks``: every task (one process or Slurm array element running several data ids in one
-  kernel) with its own wall and CPU time, so CPU efficiency counts start-up and idle time.
+  kernel) with its own wall and CPU time, so CPU efficiency counts start-up and idle time;
+* ``removed``: ephemeral files the driver removed once every step reading them was done
+  (path relative to the run directory, dataset, checksum, the node that wrote it), so a
+  removed intermediate does not make its writer or readers stale;
+* ``disk``: the run directory's size on disk, sampled while the driver runs (peak disk).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "NodeRow", "RunDatabase"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Columns added since schema 1, with their SQL types (added in place to an older database).
 _ADDED = {2: [("reads", "TEXT"), ("writes", "TEXT"), ("token", "TEXT")]}
 
@@ -87,6 +91,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     kernel_starts INTEGER,
     outcome TEXT
 );
+CREATE TABLE IF NOT EXISTS removed (
+    path TEXT PRIMARY KEY,
+    dataset TEXT,
+    checksum TEXT,
+    size INTEGER,
+    step TEXT NOT NULL,
+    data_id TEXT NOT NULL,
+    removed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS disk (t REAL NOT NULL, bytes INTEGER NOT NULL);
 """
 
 STATES = ("pending", "running", "done", "failed", "blocked")
@@ -235,6 +249,31 @@ class RunDatabase:
         if step is not None:
             query, args = query + " WHERE step = ?", (step,)
         return [dict(r) for r in self._conn.execute(query + " ORDER BY submitted", args)]
+
+    # --- removed intermediates and disk use --------------------------------------------------
+
+    def record_removed(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Files removed as ephemeral (each: path, dataset, checksum, size, step, data_id)."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO removed (path, dataset, checksum, size, step, data_id, "
+                "removed) VALUES (:path, :dataset, :checksum, :size, :step, :data_id, :removed)",
+                [{"removed": now(), **r} for r in rows],
+            )
+
+    def removed(self) -> dict[str, dict[str, Any]]:
+        """Removed ephemeral files by path (relative to the run directory)."""
+        rows = self._conn.execute("SELECT * FROM removed")
+        return {r["path"]: dict(r) for r in rows}
+
+    def record_disk(self, t: float, size: int) -> None:
+        """One sample of the run directory's size on disk (bytes)."""
+        self._insert("disk", {"t": t, "bytes": int(size)})
+
+    def disk(self) -> list[tuple[float, int]]:
+        """Every sample of the run directory's size, (time, bytes), in time order."""
+        rows = self._conn.execute("SELECT t, bytes FROM disk ORDER BY t")
+        return [(r["t"], r["bytes"]) for r in rows]
 
 
 def now() -> float:

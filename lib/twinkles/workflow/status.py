@@ -4,8 +4,8 @@ Status: per step, how many data ids are done, failed, blocked and pending (pendi
 data ids planned but never run), and each failure with its cell, error line and notebook.
 
 Report: per step and for the whole run, data ids processed, CPU and wall hours, CPU
-efficiency, success rate and peak memory. CPU efficiency is ``CPU / (wall x cores)`` of the
-*tasks* (processes or Slurm array elements), so start-up, kernel warm-up and idle time count
+efficiency, success rate and peak memory; and the run directory's peak disk. CPU efficiency
+is ``CPU / (wall x cores)`` of the *tasks* (processes or Slurm array elements), so start-up, kernel warm-up and idle time count
 against it, as they did in Twinkles' own 2-4% figure at NERSC.
 """
 
@@ -91,6 +91,7 @@ def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
     db = RunDatabase(run.dir / "run.db")
     try:
         nodes, attempts, tasks = db.nodes(), db.attempts(), db.tasks()
+        disk, removed = db.disk(), db.removed()
     finally:
         db.close()
     steps = [s.name for s in pipeline.steps]
@@ -124,7 +125,19 @@ def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
             "tasks": len(task_rows),
         }
 
-    out = {"run": run.config.name, "steps": [], "total": summarise(nodes, attempts, tasks)}
+    out = {
+        "run": run.config.name,
+        "steps": [],
+        "total": summarise(nodes, attempts, tasks),
+        "disk": {
+            # sampled while the driver ran (twinkles.workflow.storage.DiskMonitor)
+            "peak_gb": max(b for _, b in disk) / 1e9 if disk else None,
+            "last_gb": disk[-1][1] / 1e9 if disk else None,
+            "samples": len(disk),
+            "removed_files": len(removed),
+            "removed_gb": _sum([r["size"] for r in removed.values()]) / 1e9,
+        },
+    }
     for name in steps:
         s_nodes = [n for n in nodes if n.step == name]
         if not s_nodes:
