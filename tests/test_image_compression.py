@@ -67,7 +67,12 @@ def test_photometry_of_compressed_images_agrees_within_a_fraction_of_its_error(f
     aperture = xx**2 + yy**2 <= 64
     rng = np.random.default_rng(0)
     centres = rng.integers(20, 490, (300, 2))
-    flux = lambda img: np.array([np.nansum(img[y - 8 : y + 9, x - 8 : x + 9][aperture]) for y, x in centres])  # noqa: E731
+
+    def flux(img):
+        return np.array(
+            [np.nansum(img[y - 8 : y + 9, x - 8 : x + 9][aperture]) for y, x in centres]
+        )
+
     error = np.sqrt(aperture.sum() * field.sky)
     diff = (flux(back.image) - flux(exp.image)) / error
     # per pixel the step adds 1/16 / sqrt(12) = 1.8% of the sky noise

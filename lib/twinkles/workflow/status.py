@@ -5,8 +5,9 @@ data ids planned but never run), and each failure with its cell, error line and 
 
 Report: per step and for the whole run, data ids processed, CPU and wall hours, CPU
 efficiency, success rate and peak memory; and the run directory's peak disk. CPU efficiency
-is ``CPU / (wall x cores)`` of the *tasks* (processes or Slurm array elements), so start-up, kernel warm-up and idle time count
-against it, as they did in Twinkles' own 2-4% figure at NERSC.
+is ``CPU / (wall x cores)`` of the *tasks* (processes or Slurm array elements), so start-up,
+kernel warm-up and idle time count against it, as they did in Twinkles' own 2-4% figure at
+NERSC.
 """
 
 from __future__ import annotations
