@@ -337,6 +337,39 @@ def warp_run1_visit() -> dict:
     }
 
 
+@benchmark
+def calexp_storage_run1_visit() -> dict:
+    """A run1-size calexp written and read plain, quantised (the default) and lossless:
+    size on disk and CPU time of each (twinkles.image.compression)."""
+    import tempfile
+
+    from twinkles.image import Exposure
+    from twinkles.image.compression import ImageCompression
+
+    run, visits, _ = _run1_calexps()
+    calexp = Exposure.read_fits(run.butler.path("calexp", visit=visits[0]))
+    out: dict = {"pixels": int(calexp.image.size)}
+    with tempfile.TemporaryDirectory(dir=run.dir) as tmp:
+        for name, compression in (
+            ("plain", None),
+            ("quantized", ImageCompression()),
+            ("lossless", ImageCompression(mode="lossless")),
+        ):
+            path = Path(tmp) / f"{name}.fits"
+            _, write_cpu, _ = timed(calexp.write_fits, path, compression)
+            _, read_cpu, _ = timed(Exposure.read_fits, path)
+            out[name] = {
+                "mb": round(path.stat().st_size / 1e6, 1),
+                "write_cpu_s": round(write_cpu, 2),
+                "read_cpu_s": round(read_cpu, 2),
+            }
+    ratio = out["plain"]["mb"] / out["quantized"]["mb"]
+    out["compression_ratio"] = round(ratio, 2)
+    out["target"] = "quantised calexp <= 40 MB (Run 1's calexps and differences in 60 GB)"
+    out["pass"] = out["quantized"]["mb"] <= 40.0
+    return out
+
+
 def _coadd_bench(n_visits: int) -> dict:
     import tempfile
 

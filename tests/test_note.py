@@ -99,6 +99,49 @@ def test_find_figure_takes_the_first_notebook_that_drew_it(tmp_path):
         find_figure(tmp_path, "image_difference", "g")
 
 
+def test_the_pipeline_flow_is_drawn_from_the_pipelines_definition():
+    from matplotlib.patches import FancyArrowPatch
+
+    from twinkles.note.run_figures import pipeline_flow, step_layers
+    from twinkles.workflow.spec import PIPELINE
+
+    layers = step_layers(PIPELINE.steps)
+    assert layers["simulate_visit"] == 0 and layers["process_eimage"] == 1
+    for step in PIPELINE.steps:  # every step is right of everything it depends on
+        assert all(layers[d] < layers[step.name] for d in step.depends)
+    counts = {s.name: k + 1 for k, s in enumerate(PIPELINE.steps)}
+    fig = pipeline_flow(PIPELINE.steps, counts)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts if t.get_text()]
+    assert len(labels) == len(PIPELINE.steps)
+    assert "image_difference\n[visit] x 9" in labels
+    arrows = [a for a in ax.texts if isinstance(getattr(a, "arrow_patch", None), FancyArrowPatch)]
+    assert len(arrows) == sum(len(s.depends) for s in PIPELINE.steps)
+
+
+def test_efficiency_memory_and_disk_figures_show_the_records():
+    from twinkles.note.run_figures import cpu_and_wall, disk_over_time, memory_by_step
+
+    attempts = [
+        {"step": "a", "cpu_s": 2.0, "wall_s": 4.0, "peak_rss_mb": 300.0},
+        {"step": "a", "cpu_s": 3.0, "wall_s": 3.5, "peak_rss_mb": 500.0},
+        {"step": "b", "cpu_s": 10.0, "wall_s": 10.5, "peak_rss_mb": 1200.0},
+    ]
+    tasks = [
+        {"step": "a", "cpu_s": 5.0, "wall_s": 10.0, "cpus": 1},
+        {"step": "b", "cpu_s": 10.0, "wall_s": 10.0, "cpus": 2},
+    ]
+    fig = cpu_and_wall(attempts, tasks, ["a", "b"])
+    notes = [t.get_text().strip() for t in fig.axes[1].texts]
+    assert notes == ["50%", "50%"]  # CPU over wall x cores, per step
+    fig = memory_by_step(attempts, ["a", "b"])
+    assert [t.get_text().strip() for t in fig.axes[0].texts] == ["500 MB", "1200 MB"]
+    fig = disk_over_time([(0.0, 10**9), (3600.0, 3 * 10**9), (7200.0, 2 * 10**9)])
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [0.0, 1.0, 2.0]
+    assert "peak 3.00 GB" in [t.get_text() for t in fig.axes[0].texts]
+
+
 # --- the tiny run, end to end --------------------------------------------------------------
 
 
@@ -157,7 +200,16 @@ def test_the_notes_numbers_equal_the_report_and_the_metrics(tiny_note, capsys):
     metrics = {m["name"]: m for m in metrics["metrics"]}
     numbers = _numbers(tiny_note.dir / "note" / "index.html")
     sources = {s for s, _, _ in numbers}
-    assert sources == {"report", "metrics", "metrics-status"}
+    assert (
+        {"report", "metrics", "metrics-status"}
+        <= sources
+        <= {
+            "report",
+            "metrics",
+            "metrics-status",
+            "failures",
+        }
+    )
     assert len(numbers) > 100  # the report and metrics tables, and the text's numbers
     for source, key, value in numbers:
         if source == "report":
@@ -181,13 +233,21 @@ def test_the_notes_numbers_equal_the_report_and_the_metrics(tiny_note, capsys):
 @pytest.mark.slow
 def test_every_note_figure_is_a_labelled_output_captioned_with_its_notebook(tiny_note):
     page = (tiny_note.dir / "note" / "index.html").read_text()
-    figures = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    figures = [src for src in images if "run--" not in src]
     sources = re.findall(r'<a class="[^"]*\bsource\b[^"]*" href="([^"]+)"', page)
-    wanted = re.findall(r"```\{notebook-figure\} (\S+)", (NOTE_SOURCE / "index.md").read_text())
+    index = (NOTE_SOURCE / "index.md").read_text()
+    wanted = re.findall(r"```\{notebook-figure\} (\S+)", index)
     assert len(figures) == len(sources) == len(wanted) >= 8
     for src, href in zip(figures, sources, strict=True):
         assert (tiny_note.dir / "note" / unquote(src)).stat().st_size > 1000
         assert (tiny_note.dir / "note" / unquote(href)).resolve().exists(), href
+    # the workflow's figures: drawn from the pipeline's definition and the run database
+    drawn = [src for src in images if "run--" in src]
+    assert len(drawn) == len(re.findall(r"```\{run-figure\} (\S+)", index)) == 4
+    for src in drawn:
+        assert (tiny_note.dir / "note" / unquote(src)).stat().st_size > 5000
+    assert page.count("Drawn by twinkles note from") == 4
 
 
 @pytest.mark.recipe

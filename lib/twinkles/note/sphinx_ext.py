@@ -16,6 +16,12 @@ Directives
     ``twinkles report`` per step.
 ``run-inputs``
     Where the run's images and truth came from (simulated, or brought from elsewhere).
+``run-figure KIND``
+    A figure of the run as a workflow, drawn at build time from the pipeline's definition or
+    the run database (:mod:`twinkles.note.run_figures`): ``pipeline-flow``, ``cpu-and-wall``,
+    ``memory``, ``disk``; the content is the caption.
+``failures-table``
+    The data ids that failed or were blocked, by step and cause.
 
 Roles
 -----
@@ -227,6 +233,84 @@ class NotebookFigure(SphinxDirective):
         return [figure]
 
 
+#: What each ``run-figure`` draws, and from what (added to its caption).
+RUN_FIGURES = {
+    "pipeline-flow": "the pipeline's definition (twinkles.workflow.spec), as the driver ran it",
+    "cpu-and-wall": "the run database (run.db): every executed notebook and task",
+    "memory": "the run database (run.db): every executed notebook",
+    "disk": "the run database (run.db): the driver's samples of the run directory",
+}
+
+
+class RunFigure(SphinxDirective):
+    """A figure of the run as a workflow (:mod:`twinkles.note.run_figures`), drawn from the
+    pipeline's definition or the run database; the content is the caption."""
+
+    required_arguments = 1
+    has_content = True
+    option_spec: ClassVar[dict] = {
+        "name": directives.unchanged,
+        "width": directives.length_or_percentage_or_unitless,
+    }
+
+    def run(self) -> list[nodes.Node]:
+        import matplotlib.pyplot as plt
+
+        kind = self.arguments[0]
+        if kind not in RUN_FIGURES:
+            raise NoteError(
+                f"{self.get_location()}: run-figure {kind!r} is not one of {', '.join(RUN_FIGURES)}"
+            )
+        fig = _draw_run_figure(_run_dir(self.env), kind)
+        out = Path(self.env.srcdir) / FIGURE_DIR / f"run--{kind}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        figure = nodes.figure()
+        image = nodes.image(uri=f"{FIGURE_DIR}/{out.name}", alt=f"run figure: {kind}")
+        if "width" in self.options:
+            image["width"] = self.options["width"]
+        figure += image
+        caption = nodes.caption()
+        if self.content:
+            holder = nodes.Element()
+            self.state.nested_parse(self.content, self.content_offset, holder)
+            for para in holder.findall(nodes.paragraph):
+                caption.extend(para.children)
+                caption += nodes.Text(" ")
+        caption += nodes.Text(f"Drawn by twinkles note from {RUN_FIGURES[kind]}.")
+        figure += caption
+        figure["classes"].append("run-figure")
+        self.add_name(figure)
+        return [figure]
+
+
+def _draw_run_figure(run_dir: Path, kind: str):
+    from twinkles.config import load_run
+    from twinkles.note import run_figures
+    from twinkles.workflow import spec
+    from twinkles.workflow.rundb import RunDatabase
+
+    run = load_run(run_dir)
+    pipeline = spec.PIPELINE.for_run(run)
+    db = RunDatabase(run.dir / "run.db")
+    try:
+        nodes_, attempts, tasks, disk = db.nodes(), db.attempts(), db.tasks(), db.disk()
+    finally:
+        db.close()
+    steps = [s.name for s in pipeline.steps]
+    if kind == "pipeline-flow":
+        counts: dict[str, int] = {}
+        for n in nodes_:
+            counts[n.step] = counts.get(n.step, 0) + 1
+        return run_figures.pipeline_flow(pipeline.steps, counts)
+    if kind == "cpu-and-wall":
+        return run_figures.cpu_and_wall(attempts, tasks, steps)
+    if kind == "memory":
+        return run_figures.memory_by_step(attempts, steps)
+    return run_figures.disk_over_time(disk)
+
+
 def _table(headers: list[str], rows: list[list[str]], classes: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
@@ -294,6 +378,42 @@ class ReportTable(SphinxDirective):
         return [nodes.raw("", table, format="html")]
 
 
+class FailuresTable(SphinxDirective):
+    """The data ids that failed or were blocked, by step and cause (error line), with their
+    number and one example notebook; a sentence saying so when none did."""
+
+    def run(self) -> list[nodes.Node]:
+        from twinkles.config import load_run
+        from twinkles.workflow.status import run_status
+
+        run_dir = _run_dir(self.env)
+        causes: dict[tuple[str, str, str], list[dict]] = {}
+        for step in run_status(load_run(run_dir))["steps"]:
+            for f in step["failures"]:
+                cause = (f["error"] or "no error recorded").splitlines()[0]
+                kind = f["failure_class"] or f["state"]
+                causes.setdefault((step["step"], kind, cause), []).append(f)
+        if not causes:
+            text = '<p class="twinkles-failures">No data id failed or was blocked.</p>'
+            return [nodes.raw("", text, format="html")]
+        rows = []
+        for (step, kind, cause), failures in sorted(causes.items(), key=lambda c: -len(c[1])):
+            example = failures[0]
+            rows.append(
+                [
+                    html.escape(step),
+                    html.escape(kind),
+                    _span("failures", f"{step}:{cause}", len(failures), str(len(failures))),
+                    html.escape(cause),
+                    html.escape(example["data_id"]),
+                ]
+            )
+        table = _table(
+            ["step", "class", "data ids", "cause (error line)", "e.g."], rows, [""] * len(rows)
+        )
+        return [nodes.raw("", table, format="html")]
+
+
 def inputs_paragraph(run_dir: Path) -> str:
     """Where a run's images and truth came from, in a sentence or two."""
     from twinkles.config import load_run
@@ -339,6 +459,8 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("metrics-table", MetricsTable)
     app.add_directive("report-table", ReportTable)
     app.add_directive("run-inputs", RunInputs)
+    app.add_directive("run-figure", RunFigure)
+    app.add_directive("failures-table", FailuresTable)
     app.add_role("report", report_role)
     app.add_role("metric", metric_role)
     app.add_role("verdict", verdict_role)
