@@ -225,6 +225,16 @@ def test_the_notes_numbers_equal_the_report_and_the_metrics(tiny_note, capsys):
             assert value == metrics[key]["status"], key
     # the seed Note's sentence, filled
     text = (tiny_note.dir / "note" / "index.html").read_text()
+    # the Discussion lists exactly the failing metrics, each with where to look
+    failing = sorted(name for name, m in metrics.items() if m["status"] == "fail")
+    listed = re.search(r'<ul class="twinkles-failing">(.*?)</ul>', text, re.S)
+    if failing:
+        shown = sorted(re.findall(r"<li><code>([^<]+)</code>", listed.group(1)))
+        assert shown == failing
+        for step in re.findall(r'<a class="where" href="\.\./([^"]+)"', listed.group(1)):
+            assert (tiny_note.dir / step).exists(), step
+    else:
+        assert listed is None and "No metric fails." in text
     assert "XX" not in text
     assert re.search(r"We were able to process\s*<span[^>]*>\d+</span>\s*images", text)
 
@@ -234,7 +244,7 @@ def test_the_notes_numbers_equal_the_report_and_the_metrics(tiny_note, capsys):
 def test_every_note_figure_is_a_labelled_output_captioned_with_its_notebook(tiny_note):
     page = (tiny_note.dir / "note" / "index.html").read_text()
     images = re.findall(r'<img[^>]+src="([^"]+)"', page)
-    figures = [src for src in images if "run--" not in src]
+    figures = [src for src in images if not Path(src).name.startswith("workflow--")]
     sources = re.findall(r'<a class="[^"]*\bsource\b[^"]*" href="([^"]+)"', page)
     index = (NOTE_SOURCE / "index.md").read_text()
     wanted = re.findall(r"```\{notebook-figure\} (\S+)", index)
@@ -243,7 +253,7 @@ def test_every_note_figure_is_a_labelled_output_captioned_with_its_notebook(tiny
         assert (tiny_note.dir / "note" / unquote(src)).stat().st_size > 1000
         assert (tiny_note.dir / "note" / unquote(href)).resolve().exists(), href
     # the workflow's figures: drawn from the pipeline's definition and the run database
-    drawn = [src for src in images if "run--" in src]
+    drawn = [src for src in images if Path(src).name.startswith("workflow--")]
     assert len(drawn) == len(re.findall(r"```\{run-figure\} (\S+)", index)) == 4
     for src in drawn:
         assert (tiny_note.dir / "note" / unquote(src)).stat().st_size > 5000

@@ -22,6 +22,8 @@ Directives
     ``memory``, ``disk``; the content is the caption.
 ``failures-table``
     The data ids that failed or were blocked, by step and cause.
+``failing-metrics``
+    The metrics that fail, each with the notebook and figure that show why.
 
 Roles
 -----
@@ -262,7 +264,7 @@ class RunFigure(SphinxDirective):
                 f"{self.get_location()}: run-figure {kind!r} is not one of {', '.join(RUN_FIGURES)}"
             )
         fig = _draw_run_figure(_run_dir(self.env), kind)
-        out = Path(self.env.srcdir) / FIGURE_DIR / f"run--{kind}.png"
+        out = Path(self.env.srcdir) / FIGURE_DIR / f"workflow--{kind}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
         plt.close(fig)
@@ -414,6 +416,60 @@ class FailuresTable(SphinxDirective):
         return [nodes.raw("", table, format="html")]
 
 
+#: Where a metric's figure is (step, figure label), by the metric name's prefix; the first
+#: matching prefix wins.
+WHERE_TO_LOOK = (
+    ("flux_ramp", ("validate_static_sky", "flux-ramps")),
+    ("object_completeness", ("validate_static_sky", "object-completeness")),
+    ("forced_pull", ("validate_static_sky", "forced-pulls")),
+    ("src_pull", ("validate_static_sky", "forced-pulls")),
+    ("PA1", ("validate_run", "photometry-vs-magnitude")),
+    ("PF1", ("validate_run", "photometry-vs-magnitude")),
+    ("photometric_floor", ("validate_run", "photometry-vs-magnitude")),
+    ("dia_artifacts", ("validate_dia", "dia-artifacts-by-cause")),
+    ("dia_injection", ("validate_dia", "dia-injection-efficiency")),
+    ("dia_object", ("validate_run", "dia-object-completeness")),
+    ("difference_noise", ("validate_dia", "difference-noise")),
+    ("transient_recovery", ("validate_dia", "dia-recovery-spurious")),
+    ("spurious", ("validate_dia", "dia-recovery-spurious")),
+    ("sn_", ("validate_dia", "sn-light-curve")),
+    ("lensed", ("validate_dia", "lensed-quasar-light-curves")),
+)
+
+
+def where_to_look(metric: str) -> tuple[str, str]:
+    """(step, figure label) showing why a metric has its value."""
+    for prefix, place in WHERE_TO_LOOK:
+        if metric.startswith(prefix):
+            return place
+    return ("validate_run", "metrics-summary")
+
+
+class FailingMetrics(SphinxDirective):
+    """The metrics that fail, each with its value, requirement and the executed notebook (and
+    figure) that shows why; a sentence saying so when none does."""
+
+    def run(self) -> list[nodes.Node]:
+        metrics = [m for m in _numbers(self.env)["metrics"]["metrics"] if m["status"] == "fail"]
+        if not metrics:
+            text = '<p class="twinkles-failing">No metric fails.</p>'
+            return [nodes.raw("", text, format="html")]
+        items = []
+        for m in metrics:
+            step, label = where_to_look(m["name"])
+            shown = _format(m["value"], ".4g") + (f" {m['unit']}" if m["unit"] else "")
+            href = f"../notebooks/{step}/run.html"
+            items.append(
+                f"<li><code>{html.escape(m['name'])}</code> "
+                f"{_span('metrics', m['name'], m['value'], shown)} against "
+                f"{html.escape(m['requirement'])}: {html.escape(m['description'])}; see "
+                f'<a class="where" href="{href}">{html.escape(step)}</a>, figure '
+                f"<code>{html.escape(label)}</code>.</li>"
+            )
+        text = f'<ul class="twinkles-failing">{"".join(items)}</ul>'
+        return [nodes.raw("", text, format="html")]
+
+
 def inputs_paragraph(run_dir: Path) -> str:
     """Where a run's images and truth came from, in a sentence or two."""
     from twinkles.config import load_run
@@ -461,6 +517,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("run-inputs", RunInputs)
     app.add_directive("run-figure", RunFigure)
     app.add_directive("failures-table", FailuresTable)
+    app.add_directive("failing-metrics", FailingMetrics)
     app.add_role("report", report_role)
     app.add_role("metric", metric_role)
     app.add_role("verdict", verdict_role)
