@@ -125,3 +125,33 @@ def test_compressed_eimage_reads_as_the_plain_one(tmp_path):
     assert np.abs(err).max() < 0.06 * noise  # within half a step of 1/16 of the noise
     assert np.abs(err).std() < 0.025 * noise
     assert (tmp_path / "packed.fits").stat().st_size < (tmp_path / "plain.fits").stat().st_size / 3
+
+
+def test_infinite_variance_is_kept_without_losing_the_compression(field, tmp_path):
+    """No-data pixels of a difference image or template have variance +inf: kept as +inf, and
+    the tiles holding them are still quantised (a quantised tile cannot hold an infinity;
+    the FITS library would store such tiles losslessly, ~3x larger)."""
+    exp = Exposure(
+        image=field.exposure.image.copy(),
+        mask=field.exposure.mask.copy(),
+        variance=field.exposure.variance.copy(),
+        wcs=field.exposure.wcs,
+        metadata={"visit": 5, "x0": 0, "y0": 0},
+    )
+    exp.image[300, 300] = 0.0  # no NaN in this plane
+    exp.variance[:, :5] = np.inf
+    exp.write_fits(tmp_path / "inf.fits", ImageCompression())
+    clean = Exposure(exp.image, exp.mask, field.exposure.variance.copy(), exp.wcs)
+    clean.variance[:, :5] = 1.0
+    clean.write_fits(tmp_path / "finite.fits", ImageCompression())
+    with_inf, finite = ((tmp_path / n).stat().st_size for n in ("inf.fits", "finite.fits"))
+    assert with_inf < 1.1 * finite
+    back = Exposure.read_fits(tmp_path / "inf.fits")
+    assert np.array_equal(np.isposinf(back.variance), np.isposinf(exp.variance))
+    assert not np.isnan(back.variance).any()
+    reader = _WarpReader(tmp_path / "inf.fits")
+    try:
+        _, _, _, variance, usable = reader.rows(0, 50, exp.image.shape[1])
+    finally:
+        reader.close()
+    assert np.isposinf(variance[:, :5]).all() and not usable[:, :5].any()

@@ -39,6 +39,7 @@ from twinkles.coadd.warp import NJY_ZERO_POINT, CalexpModel, warped_psf_kernel
 from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.compression import restore_infinities
 from twinkles.psf.pixel import PixelPSF, polynomial_terms
 
 __all__ = [
@@ -110,6 +111,7 @@ class _WarpReader:
             self.x0, self.y0 = int(header["X0"]), int(header["Y0"])
             self.image = self.hdul["IMAGE"].section
             self.variance = self.hdul["VARIANCE"].section
+            self.headers = {name: self.hdul[name].header for name in ("IMAGE", "VARIANCE")}
             self.mask = self.hdul["MASK"].section
             self.height, self.width = self.hdul["IMAGE"].shape
         except KeyError as exc:
@@ -128,8 +130,12 @@ class _WarpReader:
         if hi <= lo:
             return None
         sl = slice(lo - self.y0, hi - self.y0)
-        image = np.asarray(self.image[sl], dtype=np.float32)
-        variance = np.asarray(self.variance[sl], dtype=np.float32)
+        image = restore_infinities(
+            np.asarray(self.image[sl], dtype=np.float32), self.headers["IMAGE"]
+        )
+        variance = restore_infinities(
+            np.asarray(self.variance[sl], dtype=np.float32), self.headers["VARIANCE"]
+        )
         usable = (np.asarray(self.mask[sl]) & int(REJECTED_PLANES)) == 0
         usable &= np.isfinite(image) & np.isfinite(variance)
         return (

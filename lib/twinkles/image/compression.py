@@ -18,6 +18,9 @@ tile (measured ~2x faster than fpack's estimate, ``make bench``). A variance pla
 to a step that is a fraction of its median. Masks and other integer planes are Rice coded
 losslessly. The dither's seed is derived from the data (``dither_seed=-1``), so the same
 pixels always give the same bytes: a rerun that computes the same image writes the same file.
+NaN pixels are kept (as the convention's null value); +inf (a variance plane's "no data") is
+kept too, stored as NaN with a header card that a reader honours
+(:func:`restore_infinities`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Literal
 import numpy as np
 from astropy.io import fits
 
-__all__ = ["ImageCompression", "compressed_plane", "sky_noise"]
+__all__ = ["NAN_IS_INF", "ImageCompression", "compressed_plane", "restore_infinities", "sky_noise"]
 
 #: Rice coding, subtractive dither that keeps exact zeros (FITS ``SUBTRACTIVE_DITHER_2``).
 _RICE = "RICE_1"
@@ -73,6 +76,20 @@ class ImageCompression:
                 raise ValueError(f"ImageCompression.{name}: {value} is not in (0, 1]")
         if self.tile_rows < 1:
             raise ValueError(f"ImageCompression.tile_rows: {self.tile_rows} is not >= 1")
+
+
+#: Header card of a quantised plane whose NaN pixels stand for +inf (see compressed_plane).
+NAN_IS_INF = "NANISINF"
+
+
+def restore_infinities(data: np.ndarray, header: fits.Header) -> np.ndarray:
+    """A plane as it was written: NaN pixels back to +inf where the writer stored +inf as NaN
+    (header card ``NANISINF``); other planes unchanged (not copied)."""
+    if not header.get(NAN_IS_INF, False):
+        return data
+    data = np.array(data, copy=True)
+    data[np.isnan(data)] = np.inf
+    return data
 
 
 def sky_noise(variance: np.ndarray) -> float:
@@ -128,6 +145,13 @@ def compressed_plane(
         )
     if step is not None and not (np.isfinite(step) and step > 0):
         step = None  # a plane with no usable noise falls back to the per-tile estimate
+    if np.isposinf(data).any() and not np.isnan(data).any():
+        # a quantised tile cannot hold an infinity (the FITS library then stores the whole
+        # tile losslessly, 3x larger); NaN it can, so +inf (a variance plane's "no data") is
+        # stored as NaN and :func:`restore_infinities` puts it back on reading
+        data = np.where(np.isposinf(data), np.float32(np.nan), data)
+        header = fits.Header() if header is None else header.copy()
+        header[NAN_IS_INF] = (True, "NaN pixels were +inf before compression")
     return fits.CompImageHDU(
         data,
         header,

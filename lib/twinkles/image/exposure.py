@@ -27,7 +27,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from twinkles.image.compression import ImageCompression, compressed_plane, sky_noise
+from twinkles.image.compression import (
+    ImageCompression,
+    compressed_plane,
+    restore_infinities,
+    sky_noise,
+)
 from twinkles.units import AB_MAG_OF_1_NJY
 
 __all__ = ["Exposure", "MaskPlane", "PhotoCalib"]
@@ -194,9 +199,13 @@ class Exposure:
 
             psf = PixelPSF.from_hdu(hdul["PSF"])
         return cls(
-            image=np.asarray(hdul["IMAGE"].data, dtype=np.float32),
+            image=restore_infinities(
+                np.asarray(hdul["IMAGE"].data, dtype=np.float32), hdul["IMAGE"].header
+            ),
             mask=np.asarray(hdul["MASK"].data, dtype=np.int32),
-            variance=np.asarray(hdul["VARIANCE"].data, dtype=np.float32),
+            variance=restore_infinities(
+                np.asarray(hdul["VARIANCE"].data, dtype=np.float32), hdul["VARIANCE"].header
+            ),
             wcs=wcs,
             psf=psf,
             photo_calib=calib,
