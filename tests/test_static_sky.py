@@ -55,7 +55,10 @@ def test_coadd_noise_is_what_the_variance_predicts(tiny_static):
 def test_objects_against_the_truth(tiny_static):
     metrics = tiny_static.butler.get("staticSkyMetrics")
     objects = metrics["objects"]
-    assert objects["point_source_offset_median_mas"] < 10.0
+    # the median over the tiny run's point sources, most of them faint (coadd centroid noise
+    # ~0.05 px); the pixels' quantisation on disk (storage.compression, 1/16 of the noise)
+    # moved it from under 10 mas to 10.2: the limit is a sanity bound, not a noise-derived one
+    assert objects["point_source_offset_median_mas"] < 12.0
     depth = metrics["coadds"][objects["reference_band"]]["depth_measured"]
     bins = [b for b in objects["completeness_purity"] if b["mag_hi"] <= depth - 1.0]
     n_true = sum(b["n_true"] for b in bins)
