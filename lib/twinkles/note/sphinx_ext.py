@@ -182,6 +182,27 @@ def verdict_role(name, rawtext, text, lineno, inliner, options=None, content=())
     return _joined(parts), []
 
 
+def _figure_with_caption(
+    directive: SphinxDirective, file_name: str, alt: str
+) -> tuple[nodes.figure, nodes.caption]:
+    """A figure node showing ``FIGURE_DIR/file_name`` (the directive's ``:width:``), and its
+    caption started with the directive's content; the caller adds the source and the caption
+    to the figure."""
+    figure = nodes.figure()
+    image = nodes.image(uri=f"{FIGURE_DIR}/{file_name}", alt=alt)
+    if "width" in directive.options:
+        image["width"] = directive.options["width"]
+    figure += image
+    caption = nodes.caption()
+    if directive.content:
+        holder = nodes.Element()
+        directive.state.nested_parse(directive.content, directive.content_offset, holder)
+        for para in holder.findall(nodes.paragraph):
+            caption.extend(para.children)
+            caption += nodes.Text(" ")
+    return figure, caption
+
+
 class NotebookFigure(SphinxDirective):
     """A labelled figure of an executed notebook of the run, captioned with its source."""
 
@@ -210,18 +231,7 @@ class NotebookFigure(SphinxDirective):
         out.write_bytes(fig.png)
         self.env.note_dependency(str(path))
 
-        figure = nodes.figure()
-        image = nodes.image(uri=f"{FIGURE_DIR}/{out.name}", alt=f"{step} {path.stem}: {label}")
-        if "width" in self.options:
-            image["width"] = self.options["width"]
-        figure += image
-        caption = nodes.caption()
-        if self.content:
-            holder = nodes.Element()
-            self.state.nested_parse(self.content, self.content_offset, holder)
-            for para in holder.findall(nodes.paragraph):
-                caption.extend(para.children)
-                caption += nodes.Text(" ")
+        figure, caption = _figure_with_caption(self, out.name, f"{step} {path.stem}: {label}")
         rel = path.relative_to(run_dir)
         caption += nodes.Text("Source: ")
         caption += nodes.reference(
@@ -268,18 +278,7 @@ class RunFigure(SphinxDirective):
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
         plt.close(fig)
-        figure = nodes.figure()
-        image = nodes.image(uri=f"{FIGURE_DIR}/{out.name}", alt=f"run figure: {kind}")
-        if "width" in self.options:
-            image["width"] = self.options["width"]
-        figure += image
-        caption = nodes.caption()
-        if self.content:
-            holder = nodes.Element()
-            self.state.nested_parse(self.content, self.content_offset, holder)
-            for para in holder.findall(nodes.paragraph):
-                caption.extend(para.children)
-                caption += nodes.Text(" ")
+        figure, caption = _figure_with_caption(self, out.name, f"run figure: {kind}")
         caption += nodes.Text(f"Drawn by twinkles note from {RUN_FIGURES[kind]}.")
         figure += caption
         figure["classes"].append("run-figure")

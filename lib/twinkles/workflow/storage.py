@@ -193,6 +193,8 @@ class EphemeralFiles:
     def writers_to_rerun(self, readers: Iterable[Key], rows: dict[Key, NodeRow]) -> set[Key]:
         """The writers of the removed files that these nodes (about to run again) read."""
         out: set[Key] = set()
+        if not self.removed:  # nothing was removed: no reader's record needs reading
+            return out
         for key in readers:
             row = rows.get(key)
             if row is None:
