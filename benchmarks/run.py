@@ -1,7 +1,7 @@
 """``make bench``: speed and memory of the pipeline's steps, measured, written, printed.
 
 Each benchmark runs in a fresh process set up as a pipeline task's (one thread, the tasks'
-malloc settings: ``twinkles.workflow.executors.task_environment``), so its peak memory is its
+malloc settings: ``twinkles.workflow.environment.task_environment``), so its peak memory is its
 own; results are merged into ``benchmarks/results/bench.json`` (one entry per benchmark, with
 its target and the machine) and printed as a table.
 
@@ -229,7 +229,8 @@ def process_eimage_run1_visit() -> dict:
     import papermill
 
     from twinkles.config import load_run
-    from twinkles.sim.simulate import prepare_run_dir, simulate_visit
+    from twinkles.inputs.simulate import simulate_visit
+    from twinkles.inputs.source import prepare_run_dir
     from twinkles.sim.sky import ensure_sky
     from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
 
@@ -289,7 +290,7 @@ def _run1_calexps():
     from twinkles.coadd.skymap import make_skymap
     from twinkles.coadd.warp import CalexpModel
     from twinkles.config import load_run
-    from twinkles.sim.simulate import prepare_run_dir
+    from twinkles.inputs.source import prepare_run_dir
     from twinkles.sim.sky import ensure_sky
     from twinkles.workflow.driver import run_pipeline
 
@@ -777,7 +778,7 @@ def _machine() -> dict:
 def _run_child(name: str) -> dict:
     # as a pipeline task: one core (else numpy's BLAS threads add their spinning to the CPU
     # time), and the tasks' malloc settings
-    from twinkles.workflow.executors import task_environment
+    from twinkles.workflow.environment import task_environment
 
     proc = subprocess.run(
         [sys.executable, __file__, "--child", name],

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from twinkles.butler import Butler, atomic_path, file_checksum
+from twinkles.butler import Butler
+from twinkles.files import atomic_path, file_checksum
 
 
 def test_path_from_data_id(tmp_path):

@@ -177,7 +177,7 @@ def test_a_failed_rerun_is_left_out_of_the_coadd_and_the_database(tiny_full, tmp
 def test_a_stale_product_is_hidden_from_gathering_steps(tiny_full, tmp_path):
     """A forced_src whose calexp was redone differently since is stale: the run does not
     vouch for it until forced_photometry runs again."""
-    from twinkles.butler import INVALID_ENV
+    from twinkles.files import INVALID_ENV
 
     run = copy_run(tiny_full, tmp_path)
     visit = int(run.butler.get("visitTable")["obsHistID"][0])

@@ -5,8 +5,8 @@ Named after the LSST Butler, so the names are familiar: a *dataset type* (``eima
 root. Every write goes to a temporary file in the same directory and is renamed into place, so
 a product that exists is complete: a half-written file is never mistaken for a result.
 
-Dataset types and storage formats are registries; a step that adds a product registers its
-dataset type next to the code that makes it.
+Dataset types are registered in :mod:`twinkles.datasets`, storage formats here; files are
+written atomically and identified by checksum (:mod:`twinkles.files`).
 
 Under the workflow the butler also keeps the books of a notebook (module constants below):
 
@@ -17,52 +17,22 @@ Under the workflow the butler also keeps the books of a notebook (module constan
   the datasets of steps its run database does not call done (failed, blocked, or stale: an
   input changed since): for those ``exists`` is False and a read fails with the reason, so a
   gathering step takes what the run database calls done, never whatever files exist.
-
-Checksums are computed once per file version and kept beside it
-(``.<name>.sha256``: size, modification time, checksum), so a product read by many notebooks
-is hashed once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from string import Formatter
 from typing import Any
 
-__all__ = [
-    "INVALID_ENV",
-    "IO_LOG_ENV",
-    "Butler",
-    "DatasetType",
-    "atomic_path",
-    "cached_checksum",
-    "file_checksum",
-    "register_dataset_type",
-    "register_storage",
-]
+from twinkles.datasets import DatasetType, dataset_type
+from twinkles.files import INVALID_ENV, IO_LOG_ENV, atomic_path, file_checksum
+from twinkles.image import Exposure
 
-#: Environment variable naming the file a notebook's reads and writes are appended to.
-IO_LOG_ENV = "TWINKLES_IO_LOG"
-#: Environment variable naming the driver's file of datasets the run does not vouch for.
-INVALID_ENV = "TWINKLES_INVALID_DATASETS"
-
-
-@dataclass(frozen=True)
-class DatasetType:
-    """A kind of product: its data-id keys, where it lives and how it is stored."""
-
-    name: str
-    dimensions: tuple[str, ...]
-    template: str
-    storage: str
-    doc: str
+__all__ = ["Butler", "register_storage"]
 
 
 @dataclass(frozen=True)
@@ -75,20 +45,7 @@ class Storage:
     compresses: bool = False
 
 
-_DATASET_TYPES: dict[str, DatasetType] = {}
 _STORAGES: dict[str, Storage] = {}
-
-
-def register_dataset_type(
-    name: str, dimensions: tuple[str, ...], template: str, storage: str, doc: str
-) -> DatasetType:
-    """Add a dataset type; ``template`` is a path relative to the repository root."""
-    fields = {f for _, f, _, _ in Formatter().parse(template) if f}
-    if fields != set(dimensions):
-        raise ValueError(f"dataset type {name}: template fields {fields} != {set(dimensions)}")
-    dstype = DatasetType(name, tuple(dimensions), template, storage, doc)
-    _DATASET_TYPES[name] = dstype
-    return dstype
 
 
 def register_storage(
@@ -100,72 +57,6 @@ def register_storage(
     """Add a storage format; ``write(obj, path)`` (``write(obj, path, compression)`` if it
     ``compresses`` images) must write a complete file at ``path``."""
     _STORAGES[name] = Storage(write, read, compresses)
-
-
-def dataset_types() -> dict[str, DatasetType]:
-    """Every registered dataset type, by name."""
-    return dict(_DATASET_TYPES)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
-
-    On error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would hide the run from collaborators
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def file_checksum(path: str | Path, algorithm: str = "sha256") -> str:
-    """Checksum of a file's bytes, as ``"sha256:<hex>"``."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"{algorithm}:{digest.hexdigest()}"
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(f".{path.name}.sha256")
-
-
-def cached_checksum(path: str | Path) -> str:
-    """:func:`file_checksum`, kept beside the file for as long as its size and time hold.
-
-    The first notebook to need a file's checksum (usually the one that wrote it) pays for
-    it; the others read ``.<name>.sha256``. Writing the cache is best effort (a read-only
-    folder just means hashing again).
-    """
-    path = Path(path)
-    st = path.stat()
-    stamp = f"{st.st_size} {st.st_mtime_ns}"
-    side = _sidecar(path)
-    try:
-        cached = side.read_text().split()
-        if len(cached) == 3 and f"{cached[0]} {cached[1]}" == stamp:
-            return cached[2]
-    except OSError:
-        pass
-    checksum = file_checksum(path)
-    try:
-        with atomic_path(side) as tmp:
-            tmp.write_text(f"{stamp} {checksum}\n")
-    except OSError:
-        pass
-    return checksum
 
 
 def _record_io(kind: str, name: str, data_id: dict[str, Any], path: Path) -> None:
@@ -284,8 +175,6 @@ def _write_exposure(exposure: Any, path: Path, compression: Any) -> None:
 
 
 def _read_exposure(path: Path) -> Any:
-    from twinkles.image import Exposure
-
     return Exposure.read_fits(path)
 
 
@@ -320,11 +209,7 @@ class Butler:
     @staticmethod
     def dataset_type(name: str) -> DatasetType:
         """The registered dataset type called ``name``."""
-        try:
-            return _DATASET_TYPES[name]
-        except KeyError:
-            known = ", ".join(sorted(_DATASET_TYPES))
-            raise KeyError(f"unknown dataset type {name!r}; known: {known}") from None
+        return dataset_type(name)
 
     def path(self, name: str, **data_id: Any) -> Path:
         """Where the dataset ``name`` with this data id lives."""
@@ -396,4 +281,3 @@ class Butler:
 
 
 # the pipeline's dataset types (imported last: it registers through the functions above)
-import twinkles.datasets  # noqa: E402, F401

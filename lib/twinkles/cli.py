@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from twinkles.sim.simulate import simulate_run
+    from twinkles.inputs.simulate import simulate_run
 
     run = load_run(args.config)
     quiet = args.quiet or not sys.stderr.isatty()
@@ -278,7 +278,7 @@ def _cmd_lightcurve(args: argparse.Namespace) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from twinkles.butler import atomic_path
+        from twinkles.files import atomic_path
         from twinkles.plotting import plot_light_curve
 
         fig, ax = plt.subplots(figsize=(8, 4))

@@ -19,12 +19,15 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from twinkles.bands import BANDS, Band
+from twinkles.butler import Butler
 from twinkles.errors import TwinklesError
+from twinkles.image.compression import ImageCompression
+from twinkles.section import Section
 
 __all__ = [
-    "BANDS",
     "RUN1_FILTER_COUNTS",
     "CadenceConfig",
     "ConfigError",
@@ -37,7 +40,6 @@ __all__ = [
     "RenderConfig",
     "Run",
     "RunConfig",
-    "Section",
     "SensorConfig",
     "StepConfig",
     "TruthConfig",
@@ -45,9 +47,6 @@ __all__ = [
     "load_run_config",
 ]
 
-#: The LSST filters, blue to red.
-BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
-Band = Literal["u", "g", "r", "i", "z", "y"]
 
 #: Visits per filter in Twinkles Run 1 (1227 visits over 10 years).
 RUN1_FILTER_COUNTS: dict[str, int] = {"u": 254, "g": 195, "r": 196, "i": 195, "z": 195, "y": 192}
@@ -63,20 +62,7 @@ class ConfigError(TwinklesError, ValueError):
         super().__init__(f"{source} is not a valid run configuration:\n{lines}")
 
 
-class Section(BaseModel):
-    """Strict, frozen configuration: unknown keys and silent type coercion are errors.
-
-    The base of the run configuration's sections and of every task's configuration: each field
-    has a default and a description (with its unit).
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-_Section = Section
-
-
-class FieldConfig(_Section):
+class FieldConfig(Section):
     """The pointing: one LSST sensor in a deep-drilling field."""
 
     ra: float = Field(
@@ -85,7 +71,7 @@ class FieldConfig(_Section):
     dec: float = Field(-27.44, ge=-90.0, le=90.0, description="Field centre declination (deg).")
 
 
-class SensorConfig(_Section):
+class SensorConfig(Section):
     """The detector: size, pixels, full well and exposure (an LSST R22_S11 eimage by default)."""
 
     width_px: int = Field(4000, ge=32, le=20000, description="Sensor width, x (pixels).")
@@ -100,7 +86,7 @@ class SensorConfig(_Section):
     exposure_time: float = Field(30.0, gt=0.0, description="Exposure time of a visit (s).")
 
 
-class CadenceConfig(_Section):
+class CadenceConfig(Section):
     """The OpSim stand-in: which nights and filters are observed, and in what conditions."""
 
     start_mjd: float = Field(
@@ -168,7 +154,7 @@ class CadenceConfig(_Section):
         return {f: float(RUN1_FILTER_COUNTS[f]) for f in self.filters}
 
 
-class TruthConfig(_Section):
+class TruthConfig(Section):
     """What is in the sky (the CatSim stand-in). Densities are per square degree."""
 
     star_density: float = Field(
@@ -231,7 +217,7 @@ class TruthConfig(_Section):
         return self
 
 
-class ReferenceCatalogConfig(_Section):
+class ReferenceCatalogConfig(Section):
     """The external reference catalog used by astrometric and photometric calibration."""
 
     mag_limit: float = Field(22.0, description="Faintest star in the catalog, r (AB mag).")
@@ -252,7 +238,7 @@ class ReferenceCatalogConfig(_Section):
     )
 
 
-class RenderConfig(_Section):
+class RenderConfig(Section):
     """How a visit is drawn into an eimage (the PhoSim stand-in)."""
 
     psf_profile: Literal[
@@ -341,7 +327,7 @@ class RenderConfig(_Section):
         return self
 
 
-class ExecutorConfig(_Section):
+class ExecutorConfig(Section):
     """Where and how the recipes are executed (``twinkles run``)."""
 
     kind: Literal["local", "slurm"] = Field(
@@ -385,7 +371,7 @@ class ExecutorConfig(_Section):
     )
 
 
-class InjectionConfig(_Section):
+class InjectionConfig(Section):
     """Source injection: point sources of known flux put into each calexp before a second
     subtraction (the ``inject_sources`` step), to measure the difference imaging's efficiency
     (LSST's source_injection; the fakes of DES, Kessler et al. 2015)."""
@@ -438,7 +424,7 @@ class InjectionConfig(_Section):
         return self
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     """How the run's images are kept on disk (twinkles.image.compression), and which
     intermediates are removed once every step that reads them is done."""
 
@@ -476,7 +462,7 @@ class StorageConfig(_Section):
         return frozenset(self.ephemeral) - ({"eimage"} if external else set())
 
 
-class StepConfig(_Section):
+class StepConfig(Section):
     """Overrides for one pipeline step: recipe parameters and resources."""
 
     parameters: dict[str, Any] = Field(
@@ -489,7 +475,7 @@ class StepConfig(_Section):
     )
 
 
-class InputsConfig(_Section):
+class InputsConfig(Section):
     """Where the run's sky comes from: the built-in simulator, or images from elsewhere.
 
     An external run brings eimages (``docs/eimage-format.md``) from any simulator, a reference
@@ -572,7 +558,7 @@ class InputsConfig(_Section):
 _DATABASE_URL = re.compile(r"^(sqlite|postgresql|mysql|mariadb)(\+[A-Za-z0-9_]+)?://")
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(Section):
     """The catalog database."""
 
     url: str | None = Field(
@@ -592,7 +578,7 @@ class DatabaseConfig(_Section):
         return self
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """One run: the simulated field and everything needed to process it."""
 
     name: str = Field(description="Run name; defaults to the file's stem.")
@@ -697,10 +683,8 @@ class Run:
     dir: Path
 
     @cached_property
-    def butler(self):
-        from twinkles.butler import Butler
-        from twinkles.image.compression import ImageCompression
-
+    def butler(self) -> Butler:
+        """The run's data repository, writing images as ``storage`` says."""
         storage = self.config.storage
         compression = ImageCompression(
             mode=storage.compression,

@@ -1,10 +1,59 @@
-"""The dataset types of the pipeline (LSST names where LSST has one).
+"""The dataset types of the pipeline (LSST names where LSST has one), and their registry.
 
-Registered here, in one place, so ``twinkles.butler`` knows every product whatever module
-made it. Paths are relative to a run's repository, ``runs/<name>/repo``.
+A *dataset type* names a kind of product (``calexp``), its data-id keys (``visit``), the path
+template under a run's repository (``runs/<name>/repo``) and the storage format the butler
+writes it in. The pipeline's types are registered below, so that ``twinkles.butler``, which
+imports this module, knows every product whatever module made it; a test or a user's step may
+register more.
 """
 
-from twinkles.butler import register_dataset_type
+from __future__ import annotations
+
+from dataclasses import dataclass
+from string import Formatter
+
+__all__ = ["DatasetType", "dataset_type", "dataset_types", "register_dataset_type"]
+
+
+@dataclass(frozen=True)
+class DatasetType:
+    """A kind of product: its data-id keys, where it lives and how it is stored."""
+
+    name: str
+    dimensions: tuple[str, ...]
+    template: str
+    storage: str
+    doc: str
+
+
+_DATASET_TYPES: dict[str, DatasetType] = {}
+
+
+def register_dataset_type(
+    name: str, dimensions: tuple[str, ...], template: str, storage: str, doc: str
+) -> DatasetType:
+    """Add a dataset type; ``template`` is a path relative to the repository root."""
+    fields = {f for _, f, _, _ in Formatter().parse(template) if f}
+    if fields != set(dimensions):
+        raise ValueError(f"dataset type {name}: template fields {fields} != {set(dimensions)}")
+    dstype = DatasetType(name, tuple(dimensions), template, storage, doc)
+    _DATASET_TYPES[name] = dstype
+    return dstype
+
+
+def dataset_types() -> dict[str, DatasetType]:
+    """Every registered dataset type, by name."""
+    return dict(_DATASET_TYPES)
+
+
+def dataset_type(name: str) -> DatasetType:
+    """The registered dataset type called ``name``; a KeyError lists the known ones."""
+    try:
+        return _DATASET_TYPES[name]
+    except KeyError:
+        known = ", ".join(sorted(_DATASET_TYPES))
+        raise KeyError(f"unknown dataset type {name!r}; known: {known}") from None
+
 
 # --- the simulated sky (twinkles.sim) -------------------------------------------------------
 register_dataset_type(

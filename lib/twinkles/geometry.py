@@ -1,5 +1,5 @@
-"""Sky geometry: gnomonic (tangent-plane) projections, unit vectors for KD-tree matching,
-pixel scales."""
+"""Sky and sensor geometry: gnomonic (tangent-plane) projections, unit vectors for KD-tree
+matching, pixel scales, and the polynomial terms of a quantity that varies over the sensor."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ __all__ = [
     "chord_length",
     "nearest_id_within",
     "pixel_scale_arcsec",
+    "polynomial_terms",
     "random_positions_in_disc",
     "sky_to_tangent",
+    "spatial_terms",
     "tangent_to_sky",
     "unit_vectors",
 ]
@@ -89,3 +91,22 @@ def nearest_id_within(
 def pixel_scale_arcsec(wcs: WCS) -> float:
     """Mean pixel scale (arcsec per pixel) of a celestial WCS at its reference point."""
     return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+
+
+def spatial_terms(X: np.ndarray, Y: np.ndarray, degree: int, radial: bool = False) -> np.ndarray:
+    """The terms of a PSF's (or another sensor map's) spatial variation: :func:`polynomial_terms`
+    up to ``degree``, and ``X^2 + Y^2`` when ``radial`` and the degree is below 2 (a focal
+    plane's PSF broadens with the distance from its centre: one term where a full degree 2
+    needs three more)."""
+    terms = polynomial_terms(X, Y, degree)
+    if radial and degree < 2:
+        X, Y = np.atleast_1d(X).astype(float), np.atleast_1d(Y).astype(float)
+        terms = np.column_stack([terms, X * X + Y * Y])
+    return terms
+
+
+def polynomial_terms(X: np.ndarray, Y: np.ndarray, degree: int) -> np.ndarray:
+    """Monomials X^i Y^j with i + j <= degree, shape (n, n_terms); order 1, X, Y, X^2, XY, ..."""
+    X, Y = np.atleast_1d(X).astype(float), np.atleast_1d(Y).astype(float)
+    cols = [X**i * Y ** (d - i) for d in range(degree + 1) for i in range(d, -1, -1)]
+    return np.stack(cols, axis=1)

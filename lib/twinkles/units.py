@@ -1,4 +1,4 @@
-"""Flux and magnitude conventions used throughout twinkles.
+"""Flux and magnitude conventions, and Gaussian PSF-width conversions, used throughout twinkles.
 
 Fluxes are in nanojansky (nJy), magnitudes are AB: ``m = -2.5 log10(f / 3631 Jy)``, so
 ``m = 31.4 - 2.5 log10(f / nJy)``.
@@ -39,3 +39,10 @@ MMAG_PER_FRACTION = 2500.0 / np.log(10.0)
 
 #: Magnitudes per unit fractional flux change, 2.5 / ln(10).
 MAG_PER_FRACTION = MMAG_PER_FRACTION / 1000.0
+
+#: FWHM of a Gaussian per unit sigma, 2 sqrt(2 ln 2).
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+#: Effective area (noise-equivalent number of pixels, sum(p)^2 / sum(p^2)) of a Gaussian per
+#: unit FWHM^2: 4 pi sigma^2 = pi / (2 ln 2) FWHM^2.
+NEFF_PER_FWHM2 = np.pi / (2.0 * np.log(2.0))

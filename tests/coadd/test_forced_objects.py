@@ -8,7 +8,8 @@ from test_warp_coadd import DEC, RA, SIGMA_PSF, make_calexp
 
 from twinkles.coadd.objects import ObjectTask
 from twinkles.measurement.forced import ForcedPhotometryTask
-from twinkles.validation.static_sky import pa1, robust_std
+from twinkles.stats import robust_std
+from twinkles.validation.static_sky import pa1
 
 
 def test_forced_fluxes_of_a_blend_are_unbiased_with_honest_errors():

@@ -10,7 +10,7 @@ from twinkles.coadd.assemble import CoaddConfig, CoaddTask, coadd_psf, noise_rat
 from twinkles.coadd.skymap import SkyMapConfig, make_skymap
 from twinkles.coadd.warp import CalexpModel, WarpTask, spline_variance_factor
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
-from twinkles.psf.pixel import PixelPSF
+from twinkles.image.psf import PixelPSF
 from twinkles.sim.wcs import make_wcs
 
 RA, DEC, SCALE = 53.01, -27.44, 0.2

@@ -7,9 +7,9 @@ import pytest
 from astropy.table import Table
 
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.psf import PixelPSF
 from twinkles.measurement.forced import ForcedPhotometryTask
 from twinkles.measurement.psf_flux import psf_flux
-from twinkles.psf.pixel import PixelPSF
 from twinkles.sim.wcs import make_wcs
 from twinkles.units import AB_MAG_OF_1_NJY
 from twinkles.validation.dia import expected_forced_flux

@@ -24,8 +24,8 @@ from twinkles.diffim.injection import (
 )
 from twinkles.diffim.realbogus import dia_source_features
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
-from twinkles.psf.pixel import PixelPSF
 from twinkles.sim.wcs import make_wcs
 
 SIZE, SCALE, SKY = 512, 0.2, 600.0

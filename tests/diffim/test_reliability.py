@@ -23,8 +23,8 @@ from twinkles.diffim.reliability import (
     feature_matrix,
 )
 from twinkles.image.exposure import Exposure, PhotoCalib
+from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
-from twinkles.psf.pixel import PixelPSF
 from twinkles.sim.wcs import make_wcs
 
 SIZE, SCALE, SKY = 1024, 0.2, 500.0

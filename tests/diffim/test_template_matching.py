@@ -11,9 +11,10 @@ import pytest
 from twinkles.coadd.warp import CalexpModel
 from twinkles.diffim.subtract import kernel_sigma
 from twinkles.diffim.template import match_warp, psf_grid, target_psf
+from twinkles.geometry import polynomial_terms
 from twinkles.image.exposure import Exposure, PhotoCalib
+from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
-from twinkles.psf.pixel import PixelPSF, polynomial_terms
 from twinkles.sim.wcs import make_wcs
 from twinkles.units import AB_MAG_OF_1_NJY
 

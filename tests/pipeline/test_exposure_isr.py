@@ -10,9 +10,9 @@ from galsim_scenes import field_exposure, saturated_stars_exposure
 from twinkles.detection.background import BackgroundModel, BackgroundTask
 from twinkles.detection.detect import DetectionTask
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.psf import PixelPSF
 from twinkles.isr.cosmic_rays import CosmicRayTask
 from twinkles.isr.eimage import EimageError, EimageIsrTask, grow_diamond, read_eimage
-from twinkles.psf.pixel import PixelPSF
 from twinkles.sim.render import eimage_hdulist, render_visit
 from twinkles.units import AB_MAG_OF_1_NJY
 

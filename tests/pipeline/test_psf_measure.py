@@ -7,13 +7,13 @@ import pytest
 
 from twinkles.detection.background import BackgroundTask
 from twinkles.detection.detect import DetectionConfig, DetectionTask
+from twinkles.image.shift import lanczos, shift_matrices, shift_stamps, shift_stamps_transpose
 from twinkles.isr.eimage import EimageIsrTask
 from twinkles.measurement.apcorr import ApertureCorrectionError, ApertureCorrectionTask
 from twinkles.psf.determine import PsfConfig, PsfError, PsfTask, cut_stamps
-from twinkles.psf.pixel import NEFF_PER_FWHM2
-from twinkles.psf.shift import lanczos, shift_matrices, shift_stamps, shift_stamps_transpose
 from twinkles.sim.psf import SimulatedPSF, make_profile, profile_fwhm_for_fwhm_eff
 from twinkles.sim.render import render_visit
+from twinkles.units import NEFF_PER_FWHM2
 
 from scenes import make_scene, process_scene, scene_exposure
 
@@ -361,7 +361,7 @@ def test_mode_sets_name_known_deformations():
 
 
 def test_a_mode_model_says_so_in_its_fits_header():
-    from twinkles.psf.pixel import PixelPSF
+    from twinkles.image.psf import PixelPSF
 
     basis = np.zeros((3, 25, 25))
     basis[0, 12, 12] = 1.0

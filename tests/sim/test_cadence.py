@@ -9,8 +9,8 @@ from scipy.optimize import brentq
 from twinkles.config import RUN1_FILTER_COUNTS, ConfigError, load_run_config
 from twinkles.sim.bands import LSST_BANDS
 from twinkles.sim.cadence import SITE_LONGITUDE, altitude, fwhm_eff, gmst_deg, make_visit_table
-from twinkles.sim.psf import NEFF_PER_FWHM2
 from twinkles.sim.sky import random_stream
+from twinkles.units import NEFF_PER_FWHM2
 
 from conftest import RUNS
 

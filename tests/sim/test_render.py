@@ -11,9 +11,9 @@ import pytest
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 
-from twinkles.sim.psf import NEFF_PER_FWHM2
 from twinkles.sim.render import eimage_hdulist, render_visit
 from twinkles.sim.wcs import make_wcs, wcs_from_header_dict
+from twinkles.units import NEFF_PER_FWHM2
 
 from scenes import SIZE, Scene, make_scene
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from twinkles.butler import dataset_types, register_dataset_type
 from twinkles.config import Run, load_run
+from twinkles.datasets import dataset_types, register_dataset_type
 from twinkles.workflow.spec import Pipeline, Resources, Step
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "recipes"

@@ -7,8 +7,8 @@ import json
 
 import yaml
 
-from twinkles.butler import dataset_types, register_dataset_type
 from twinkles.config import ConfigError, load_run
+from twinkles.datasets import dataset_types, register_dataset_type
 from twinkles.workflow.driver import run_pipeline
 from twinkles.workflow.rundb import RunDatabase
 from twinkles.workflow.spec import Pipeline, Resources, Step

@@ -34,8 +34,8 @@ from scipy.spatial import cKDTree
 
 from twinkles.calibration.matching import match_nearest
 from twinkles.calibration.wcs_fit import fit_tan_sip
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
+from twinkles.section import Section
 
 __all__ = ["AstrometryConfig", "AstrometryError", "AstrometryResult", "AstrometryTask"]
 

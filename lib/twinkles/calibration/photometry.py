@@ -23,10 +23,11 @@ from pydantic import Field
 from scipy.spatial import cKDTree
 
 from twinkles.calibration.matching import match_nearest
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.geometry import sky_to_tangent
 from twinkles.image import PhotoCalib
+from twinkles.section import Section
+from twinkles.stats import mad_std
 
 __all__ = ["PhotoCalConfig", "PhotoCalError", "PhotoCalResult", "PhotoCalTask"]
 
@@ -124,7 +125,7 @@ class PhotoCalTask:
         used = np.ones(len(zp_i), dtype=bool)
         for _ in range(10):
             zp = np.sum(weight[used] * zp_i[used]) / np.sum(weight[used])
-            scatter = 1.4826 * np.median(np.abs(zp_i[used] - np.median(zp_i[used])))
+            scatter = mad_std(zp_i[used])
             new_used = np.abs(zp_i - zp) < cfg.clip_sigma * np.maximum(scatter, sigma)
             if np.array_equal(new_used, used) or new_used.sum() < cfg.min_stars:
                 break

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.wcs import WCS, Sip
 
-from twinkles.geometry import sky_to_tangent, tangent_to_sky
-from twinkles.psf.pixel import polynomial_terms
+from twinkles.geometry import polynomial_terms, sky_to_tangent, tangent_to_sky
 
 __all__ = ["fit_tan_sip"]
 

@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, delete, select
 
+from twinkles.bands import BANDS
 from twinkles.butler import Butler
 from twinkles.catalogs.database import CatalogDatabase, bulk_insert
-from twinkles.catalogs.schema import BANDS, CATALOG_TABLES, ingest_log_table
+from twinkles.catalogs.schema import CATALOG_TABLES, ingest_log_table
+from twinkles.coadd.skymap import patch_ids
 from twinkles.config import Run
 from twinkles.sim.galaxies import galaxy_flux
 from twinkles.sim.truth import TRUTH_DATASETS, Truth
@@ -261,14 +263,12 @@ class IngestTask:
                     + [(ds, {}) for ds in TRUTH_DATASETS.values() if butler.exists(ds)],
                 )
             )
-        from twinkles.workflow.spec import PIPELINE
-
         object_files = []
         for src in OBJECT_SOURCES:
             if not _registered(butler, src.dataset):
                 continue
             per_patch = "patch" in butler.dataset_type(src.dataset).dimensions
-            for did in PIPELINE.data_ids(run, "patch") if per_patch else [{}]:
+            for did in patch_ids() if per_patch else [{}]:
                 if butler.exists(src.dataset, **did):
                     object_files.append((src.dataset, did))
         if object_files:

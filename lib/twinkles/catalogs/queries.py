@@ -12,9 +12,9 @@ from astropy.table import Table
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.types import Float
 
+from twinkles.bands import BANDS
 from twinkles.catalogs.database import CatalogDatabase
 from twinkles.catalogs.schema import (
-    BANDS,
     CATALOG_TABLES,
     ccd_visit_table,
     dia_forced_source_table,
@@ -49,7 +49,7 @@ def validate_object_id(value: str | int) -> int:
 
 def validate_filter(value: str) -> str:
     """A filter name from user input: one of ugrizy, or a ``ValueError``."""
-    if value not in tuple(BANDS):
+    if value not in BANDS:
         raise ValueError(f"filter {value!r} is not one of {', '.join(BANDS)}")
     return value
 

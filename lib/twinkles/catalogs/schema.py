@@ -31,8 +31,9 @@ from sqlalchemy import (
     Text,
 )
 
+from twinkles.bands import BANDS
+
 __all__ = [
-    "BANDS",
     "CATALOG_TABLES",
     "SCHEMA_VERSION",
     "metadata",
@@ -42,9 +43,6 @@ __all__ = [
 
 #: Bump whenever a table or column changes; older databases are then refused.
 SCHEMA_VERSION = 1
-
-#: LSST filters: Object and DiaObject have per-band columns for each.
-BANDS = "ugrizy"
 
 #: Radii (px) of the aperture fluxes in Source (the Twinkles radii) and in ForcedSource.
 SOURCE_APERTURES = ("3", "4_5", "6", "9", "12", "17", "25", "35", "50", "70")

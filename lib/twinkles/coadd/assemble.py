@@ -17,7 +17,7 @@ sources vary with the seeing (a star's core is 2x brighter in good seeing) witho
 clipped. Memory depends on the patch and the block, not on the number of visits.
 
 The coadd PSF is the weighted mean of the warped PSFs (:func:`coadd_psf`), at a grid of
-patch positions, fitted by a :class:`~twinkles.psf.pixel.PixelPSF` of degree ``psf_degree``.
+patch positions, fitted by a :class:`~twinkles.image.psf.PixelPSF` of degree ``psf_degree``.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ from scipy.special import (
 )  # the normal CDF and its inverse (scipy.stats costs 0.6 s to import)
 
 from twinkles.coadd.warp import NJY_ZERO_POINT, CalexpModel, warped_psf_kernel
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
+from twinkles.geometry import polynomial_terms
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
 from twinkles.image.compression import restore_infinities
-from twinkles.psf.pixel import PixelPSF, polynomial_terms
+from twinkles.image.psf import PixelPSF
+from twinkles.section import Section
+from twinkles.stats import IQR_TO_SIGMA
 
 __all__ = [
     "CoaddConfig",
@@ -324,7 +326,7 @@ def noise_ratio(coadd: Exposure, n_image: np.ndarray, clip_sigma: float = 3.0) -
     z = z[np.isfinite(z)]
     for _ in range(5):
         q25, med, q75 = np.percentile(z, [25, 50, 75])
-        sigma = (q75 - q25) / 1.349
+        sigma = (q75 - q25) * IQR_TO_SIGMA
         z = z[np.abs(z - med) < clip_sigma * sigma]
     q25, q75 = np.percentile(z, [25, 75])
     # the spread of a clipped Gaussian: undo the truncation at clip_sigma

@@ -28,14 +28,14 @@ from pydantic import Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from twinkles.config import Section
 from twinkles.detection.detect import DetectionConfig, DetectionTask
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane
 from twinkles.measurement.apcorr import concentration_extended
 from twinkles.measurement.forced import ForcedPhotometryConfig, ForcedPhotometryTask
 from twinkles.measurement.measure import aperture_name
-from twinkles.psf.determine import _stellar_locus
+from twinkles.section import Section
+from twinkles.stats import stellar_locus
 
 __all__ = ["ObjectConfig", "ObjectError", "ObjectResult", "ObjectTask"]
 
@@ -193,7 +193,7 @@ class ObjectTask:
                 ref_snr[is_ref] = (psf_flux / np.asarray(cat["psFluxErr"]))[is_ref]
             conc[is_ref], conc_err[is_ref] = c[is_ref], ce[is_ref]
         bright = np.isfinite(conc) & (ref_snr > 30)
-        star_conc = _stellar_locus(conc[bright], 0.02) if bright.sum() >= 3 else np.nan
+        star_conc = stellar_locus(conc[bright], 0.02) if bright.sum() >= 3 else np.nan
         if not np.isfinite(star_conc):
             star_conc = 1.0
         extended = concentration_extended(

@@ -15,11 +15,22 @@ import numpy as np
 from astropy.wcs import WCS
 from pydantic import Field
 
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
+from twinkles.section import Section
 from twinkles.sim.wcs import make_wcs
 
-__all__ = ["SkyMap", "SkyMapConfig", "SkyMapError", "make_skymap"]
+__all__ = ["SkyMap", "SkyMapConfig", "SkyMapError", "make_skymap", "patch_ids"]
+
+
+def patch_ids() -> list[dict[str, int]]:
+    """The data ids of the sky map's patches: one patch covers a run (module docstring).
+
+    Returns
+    -------
+    list of dict
+        ``[{"patch": 0}]``.
+    """
+    return [{"patch": 0}]
 
 
 class SkyMapError(TwinklesError):

@@ -37,11 +37,12 @@ from astropy.wcs import WCS
 from pydantic import Field
 from scipy import ndimage
 
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
+from twinkles.geometry import polynomial_terms
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.psf import PixelPSF
 from twinkles.image.resample import resample_rows, spline_coefficients
-from twinkles.psf.pixel import PixelPSF, polynomial_terms
+from twinkles.section import Section
 
 __all__ = [
     "CalexpModel",

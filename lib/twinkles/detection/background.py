@@ -29,9 +29,9 @@ from astropy.io import fits
 from pydantic import Field
 from scipy.interpolate import RectBivariateSpline
 
-from twinkles.config import Section
 from twinkles.image import Exposure, MaskPlane
 from twinkles.image.masks import grow_square
+from twinkles.section import Section
 
 __all__ = [
     "BackgroundConfig",

@@ -44,9 +44,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from twinkles.config import Section
 from twinkles.image import Exposure, MaskPlane
 from twinkles.image.convolve import fft_convolve_terms
+from twinkles.section import Section
+from twinkles.stats import stellar_locus
+from twinkles.units import FWHM_PER_SIGMA
 
 __all__ = [
     "DetectionConfig",
@@ -64,7 +66,7 @@ BAD_PLANES = MaskPlane.BAD | MaskPlane.NO_DATA
 
 def gaussian_kernel_1d(fwhm: float, size: int | None = None) -> np.ndarray:
     """Normalised 1-D Gaussian with the given FWHM (pixels), out to 2.5 sigma by default."""
-    sigma = fwhm / 2.3548
+    sigma = fwhm / FWHM_PER_SIGMA
     size = size or (2 * int(np.ceil(2.5 * sigma)) + 1)
     r = np.arange(size) - size // 2
     g = np.exp(-0.5 * r**2 / sigma**2)
@@ -192,8 +194,6 @@ class DetectionTask:
         Stars are the most compact sources and share one half-light radius; for a Gaussian
         the FWHM is twice it. Falls back on ``guess_fwhm`` without enough bright sources.
         """
-        from twinkles.psf.determine import _stellar_locus
-
         data = np.ascontiguousarray(exposure.image, dtype=np.float32)
         bad = exposure.masked(BAD_PLANES | MaskPlane.SAT)
         sigma = float(np.sqrt(np.median(exposure.variance[::16, ::16])))
@@ -211,7 +211,7 @@ class DetectionTask:
             mask=bad,
             subpix=5,
         )
-        locus = _stellar_locus(radius, 0.12)
+        locus = stellar_locus(radius, 0.12)
         return float(2.0 * locus) if np.isfinite(locus) and locus > 0.5 else self.config.guess_fwhm
 
     def filter_kernel(self, exposure: Exposure) -> np.ndarray:
@@ -321,7 +321,7 @@ class DetectionTask:
             data, x, y, radius_max, 0.5, normflux=np.maximum(flux, 1.0), mask=bad, subpix=5
         )
         # the window of SExtractor's XWIN, capped: a galaxy's centroid needs no wider window
-        sig = np.clip(2.0 * flux_radius / 2.3548, 0.5, 5.0)
+        sig = np.clip(2.0 * flux_radius / FWHM_PER_SIGMA, 0.5, 5.0)
         xwin, ywin, win_flag = sep.winpos(data, x, y, sig, mask=bad, subpix=1)
         moved = ~np.isfinite(xwin) | ~np.isfinite(ywin) | (np.hypot(xwin - x, ywin - y) > 2.0)
         xwin, ywin = np.where(moved, x, xwin), np.where(moved, y, ywin)

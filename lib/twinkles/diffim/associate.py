@@ -16,7 +16,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from twinkles.catalogs.schema import BANDS
+from twinkles.bands import BANDS
 from twinkles.geometry import chord_length, unit_vectors
 
 __all__ = ["associate_dia_sources"]

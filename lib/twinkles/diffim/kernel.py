@@ -32,10 +32,11 @@ import numpy as np
 from pydantic import Field
 from scipy import fft, ndimage
 
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
+from twinkles.geometry import polynomial_terms
 from twinkles.image.convolve import kernel_fft
-from twinkles.psf.pixel import polynomial_terms
+from twinkles.section import Section
+from twinkles.stats import mad_std
 
 __all__ = [
     "AlardLuptonConfig",
@@ -46,8 +47,6 @@ __all__ = [
     "fit_kernel",
     "noise_correlation",
 ]
-
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 class KernelFitError(TwinklesError):
@@ -134,7 +133,7 @@ class KernelSolution:
     ----------
     spatial_kernels : ndarray, shape (n_spatial, size, size)
         The kernel is ``sum_m P_m(X, Y) spatial_kernels[m]`` with ``P`` the monomials of
-        :func:`~twinkles.psf.pixel.polynomial_terms` at normalised positions.
+        :func:`~twinkles.geometry.polynomial_terms` at normalised positions.
     spatial_degree : int
     background : ndarray
         Coefficients of the background polynomial (image units).
@@ -302,7 +301,7 @@ def fit_kernel(
         coef = np.linalg.lstsq(ata, atb, rcond=None)[0]
         chi2 = stamp_chi2(coef)
         med = np.median(chi2[use])
-        spread = 1.4826 * np.median(np.abs(chi2[use] - med)) + 1e-3 * med
+        spread = mad_std(chi2[use], med) + 1e-3 * med
         new_use = chi2 < med + cfg.clip_sigma * spread
         if np.array_equal(new_use, use) or new_use.sum() < cfg.min_stamps:
             break

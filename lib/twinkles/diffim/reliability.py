@@ -28,8 +28,8 @@ import numpy as np
 from astropy.table import Table
 from pydantic import Field
 
-from twinkles.config import Section
 from twinkles.diffim.realbogus import REAL_BOGUS_FEATURES
+from twinkles.section import Section
 
 __all__ = [
     "TRAINING_SET",

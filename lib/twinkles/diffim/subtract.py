@@ -41,10 +41,8 @@ from scipy.interpolate import RectBivariateSpline
 from scipy.spatial import cKDTree
 
 from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
-from twinkles.config import Section
 from twinkles.detection.detect import DetectionConfig, DetectionTask
 from twinkles.diffim.kernel import (
-    FWHM_PER_SIGMA,
     AlardLuptonConfig,
     KernelFitError,
     KernelSolution,
@@ -59,10 +57,11 @@ from twinkles.geometry import chord_length, pixel_scale_arcsec, unit_vectors
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
 from twinkles.image.masks import grow_square
+from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
-from twinkles.psf.pixel import PixelPSF
-from twinkles.units import AB_MAG_OF_1_NJY
-from twinkles.validation.static_sky import robust_std
+from twinkles.section import Section
+from twinkles.stats import robust_std
+from twinkles.units import AB_MAG_OF_1_NJY, FWHM_PER_SIGMA
 
 __all__ = [
     "DIA_SOURCE_COLUMNS",

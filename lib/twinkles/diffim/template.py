@@ -45,14 +45,15 @@ from scipy import ndimage
 
 from twinkles.coadd.assemble import noise_ratio
 from twinkles.coadd.warp import CalexpModel, warped_psf_kernel
-from twinkles.config import Section
 from twinkles.diffim.kernel import AlardLuptonConfig, fit_kernel
 from twinkles.diffim.subtract import kernel_sigma
 from twinkles.errors import TwinklesError
+from twinkles.geometry import polynomial_terms
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane
 from twinkles.image.masks import grow_square
-from twinkles.psf.pixel import PixelPSF, polynomial_terms
+from twinkles.image.psf import PixelPSF
+from twinkles.section import Section
 
 __all__ = [
     "TemplateConfig",

@@ -10,7 +10,7 @@ FITS layout (``write_fits`` / ``read_fits``)::
     HDU 1  IMAGE     float32 electrons, with the WCS (TAN-SIP) keywords
     HDU 2  MASK      int16 bit mask (int32 in memory); MP_<NAME> = bit number for each plane
     HDU 3  VARIANCE  float32 electrons^2
-    HDU 4  PSF       the PSF model (see :mod:`twinkles.psf.pixel`), when there is one
+    HDU 4  PSF       the PSF model (see :mod:`twinkles.image.psf`), when there is one
 
 The image, mask and variance HDUs may be tile-compressed (:mod:`twinkles.image.compression`);
 they keep their names, and readers find them by name.
@@ -33,6 +33,7 @@ from twinkles.image.compression import (
     restore_infinities,
     sky_noise,
 )
+from twinkles.image.psf import PixelPSF
 from twinkles.units import AB_MAG_OF_1_NJY
 
 __all__ = ["Exposure", "MaskPlane", "PhotoCalib"]
@@ -195,8 +196,6 @@ class Exposure:
         wcs = WCS(image_header, relax=True) if "CTYPE1" in image_header else None
         psf = None
         if "PSF" in hdul:
-            from twinkles.psf.pixel import PixelPSF
-
             psf = PixelPSF.from_hdu(hdul["PSF"])
         return cls(
             image=restore_infinities(

@@ -32,7 +32,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 
-from twinkles.butler import file_checksum
+from twinkles.files import file_checksum
 from twinkles.isr.eimage import eimage_header_problems, eimage_pixels
 
 __all__ = [

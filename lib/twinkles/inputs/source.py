@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from twinkles.butler import atomic_path, file_checksum
 from twinkles.config import Run
 from twinkles.errors import TwinklesError
+from twinkles.files import atomic_path, file_checksum
 from twinkles.inputs.eimages import (
     find_eimages,
     ingest_eimages,
@@ -34,6 +34,8 @@ from twinkles.inputs.eimages import (
 )
 from twinkles.inputs.refcat import load_reference_catalog
 from twinkles.inputs.truth import load_external_truth
+from twinkles.sim.sky import ensure_sky
+from twinkles.sim.truth import TRUTH_DATASETS, Truth
 
 __all__ = [
     "InputsReport",
@@ -107,8 +109,6 @@ def prepare_inputs(run: Run) -> InputsReport:
     prepare_run_dir(run)
     if run.external:
         return ingest_external(run)
-    from twinkles.sim.sky import ensure_sky
-
     ensure_sky(run)
     return InputsReport()
 
@@ -216,8 +216,6 @@ def ingest_external(run: Run) -> InputsReport:
                 bands,
             ]
         )
-        from twinkles.sim.truth import Truth
-
         if old.get("truth_key") != truth_key or not Truth.exists(butler):
             loaded = load_external_truth(objects_path, curves_path, bands, cfg.truth_columns)
             loaded.truth.write(butler)
@@ -240,8 +238,6 @@ def ingest_external(run: Run) -> InputsReport:
 
 def _remove_truth(butler) -> None:
     """Truth tables left by an earlier ingest whose configuration named a truth."""
-    from twinkles.sim.truth import TRUTH_DATASETS
-
     for dataset in TRUTH_DATASETS.values():
         if butler.exists(dataset):
             butler.path(dataset).unlink()

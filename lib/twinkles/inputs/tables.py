@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from twinkles.config import BANDS
+from twinkles.bands import BANDS
 from twinkles.errors import TwinklesError
 
 __all__ = [

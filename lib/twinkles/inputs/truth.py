@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from twinkles.config import BANDS
+from twinkles.bands import BANDS
 from twinkles.inputs.tables import (
     InputCatalogError,
     check_finite,

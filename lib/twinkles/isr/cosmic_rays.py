@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from twinkles.config import Section
 from twinkles.image import Exposure, MaskPlane
+from twinkles.section import Section
 
 __all__ = ["CosmicRayConfig", "CosmicRayResult", "CosmicRayTask"]
 

@@ -27,9 +27,10 @@ from astropy.wcs import WCS
 from pydantic import Field
 from scipy import ndimage
 
-from twinkles.config import BANDS, Section
+from twinkles.bands import BANDS
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure, MaskPlane
+from twinkles.section import Section
 
 __all__ = [
     "EimageError",

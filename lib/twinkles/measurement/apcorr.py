@@ -72,13 +72,14 @@ from astropy.table import Table
 from pydantic import Field, model_validator
 from scipy.spatial import cKDTree
 
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
 from twinkles.image import Exposure
+from twinkles.image.psf import PixelPSF
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
 from twinkles.measurement.sensor_map import SensorMap, fit_sensor_map, map_terms
-from twinkles.psf.pixel import PixelPSF
+from twinkles.section import Section
+from twinkles.stats import mad_std
 
 __all__ = [
     "ApertureCorrectionConfig",
@@ -467,7 +468,7 @@ class ApertureCorrectionTask:
             if used.sum() >= cfg.min_stars_systematic
             else 0.0
         )
-        scatter = 1.4826 * float(np.median(np.abs(first.residuals[used])))
+        scatter = mad_std(first.residuals[used], center=0.0)
         correction_map = ApertureCorrectionMap(x0, y0, scale, steps, width)
         result = ApertureCorrectionResult(
             correction_map,

@@ -27,13 +27,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from twinkles.config import Section
 from twinkles.detection.detect import BAD_PLANES
 from twinkles.image import Exposure, MaskPlane
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.determine import cut_stamps
+from twinkles.section import Section
 
 __all__ = [
     "ForcedPhotometryConfig",

@@ -28,12 +28,12 @@ import numpy as np
 from astropy.table import Table
 from pydantic import Field
 
-from twinkles.config import Section
 from twinkles.detection.detect import BAD_PLANES
 from twinkles.image import Exposure, MaskPlane
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.determine import cut_stamps
+from twinkles.section import Section
 
 __all__ = [
     "TWINKLES_APERTURES",

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkles.psf.pixel import spatial_terms
+from twinkles.geometry import spatial_terms
+from twinkles.stats import mad_std
 
 __all__ = [
     "MAP_MODELS",
@@ -241,9 +242,7 @@ def fit_sensor_map(
         resid = values - top_terms @ coeffs
         floor = error_floor(resid[used], errors[used], top_terms.shape[1])
         sigma = np.hypot(errors, floor)
-        new_used = np.abs(resid) < clip_sigma * np.maximum(
-            sigma, 1.4826 * np.median(np.abs(resid[used]))
-        )
+        new_used = np.abs(resid) < clip_sigma * np.maximum(sigma, mad_std(resid[used], center=0.0))
         if new_used.sum() < top_terms.shape[1] + 1 or np.array_equal(new_used, used):
             break
         used = new_used

@@ -17,8 +17,12 @@ from typing import Any
 import nbformat
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from twinkles.butler import atomic_path
-from twinkles.note.notebooks import NOTEBOOK_CSS, executed_notebooks, render_html
+from twinkles.config import load_run
+from twinkles.files import atomic_path
+from twinkles.note.notebooks import executed_notebooks
+from twinkles.workflow.html import NOTEBOOK_CSS, render_html
+from twinkles.workflow.rundb import RunDatabase
+from twinkles.workflow.status import run_report, run_status
 
 __all__ = ["build_browser", "render_missing_html"]
 
@@ -57,10 +61,6 @@ def render_missing_html(run_dir: Path) -> int:
 
 def build_browser(run_dir: str | Path) -> Path:
     """Write ``runs/<name>/index.html``; returns its path."""
-    from twinkles.config import load_run
-    from twinkles.workflow.rundb import RunDatabase
-    from twinkles.workflow.status import run_report, run_status
-
     run = load_run(run_dir)
     run_dir = run.dir
     render_missing_html(run_dir)

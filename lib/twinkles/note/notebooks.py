@@ -1,18 +1,15 @@
-"""Executed notebooks as figure sources and as HTML pages.
+"""Executed notebooks as figure sources.
 
 A recipe labels a figure the way MyST and Quarto do, with a first line ``#| label: NAME`` in
 the cell that draws it; the executed notebook's ``image/png`` output of that cell is the
 figure. :func:`labelled_figures` finds them; :func:`executed_notebook` finds a step's
 notebook for a data id and refuses one whose execution failed; :func:`find_figure` finds a
-step's figure by label; :func:`render_html` writes the
-notebook as a standalone HTML page (nbconvert's ``basic`` template inside a small page that
-links one shared stylesheet, so hundreds of pages do not each carry nbconvert's CSS).
+step's figure by label. (Notebooks as HTML pages: :mod:`twinkles.workflow.html`.)
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +17,18 @@ from typing import Any
 
 import nbformat
 
-from twinkles.butler import atomic_path
 from twinkles.errors import TwinklesError
 
 __all__ = [
-    "NOTEBOOK_CSS",
     "Figure",
     "NoteError",
     "executed_notebook",
     "find_figure",
     "labelled_figures",
     "natural_key",
-    "render_html",
 ]
 
 _LABEL = re.compile(r"^#\|\s*label:\s*([A-Za-z0-9_.-]+)\s*$")
-#: The stylesheet every rendered notebook links (written next to the notebooks' folder).
-NOTEBOOK_CSS = Path(__file__).parent / "templates" / "notebook.css"
 
 
 class NoteError(TwinklesError):
@@ -182,28 +174,3 @@ def _require_success(path: Path, nb: nbformat.NotebookNode) -> None:
         where = f" (cell {errors[0]})" if errors else ""
         error = nb.metadata.get("twinkles", {}).get("error") or "no success recorded"
         raise NoteError(f"notebook {path} failed{where}: {error}")
-
-
-def render_html(nb: nbformat.NotebookNode, path: Path, title: str, css_href: str) -> Path:
-    """Write an executed notebook as an HTML page that links the stylesheet ``css_href``."""
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(template_name="basic")
-    body, _ = exporter.from_notebook_node(nb)
-    prov = nb.metadata.get("twinkles", {})
-    status = prov.get("status", "unknown")
-    summary = ", ".join(
-        f"{k} {html.escape(str(prov[k]))}" for k in ("status", "host", "job_id") if prov.get(k)
-    )
-    if prov.get("wall_s") is not None:
-        summary += f", wall {prov['wall_s']:.1f} s"
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title>"
-        f'<link rel="stylesheet" href="{html.escape(css_href)}"></head>\n'
-        f'<body class="notebook status-{html.escape(status)}"><header><h1>{html.escape(title)}</h1>'
-        f'<p class="provenance">{summary}</p></header>\n<main>{body}</main></body></html>\n'
-    )
-    with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return path

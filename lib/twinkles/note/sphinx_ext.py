@@ -55,7 +55,15 @@ from docutils.parsers.rst import directives
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
+from twinkles.bands import BANDS
+from twinkles.config import load_run
+from twinkles.note import run_figures
 from twinkles.note.notebooks import NoteError, find_figure
+from twinkles.sim.truth import Truth
+from twinkles.validation.metrics import read_metrics
+from twinkles.workflow.rundb import RunDatabase
+from twinkles.workflow.spec import PIPELINE
+from twinkles.workflow.status import run_report, run_status
 
 __all__ = ["setup"]
 
@@ -73,10 +81,6 @@ def _numbers(env) -> dict[str, Any]:
     """The run's report and metrics, read once per build."""
     cache = getattr(env, "twinkles_numbers", None)
     if cache is None:
-        from twinkles.config import load_run
-        from twinkles.validation.metrics import read_metrics
-        from twinkles.workflow.status import run_report
-
         run_dir = _run_dir(env)
         report = run_report(load_run(run_dir))
         report["steps"] = {s["step"]: s for s in report["steps"]}
@@ -287,13 +291,8 @@ class RunFigure(SphinxDirective):
 
 
 def _draw_run_figure(run_dir: Path, kind: str):
-    from twinkles.config import load_run
-    from twinkles.note import run_figures
-    from twinkles.workflow import spec
-    from twinkles.workflow.rundb import RunDatabase
-
     run = load_run(run_dir)
-    pipeline = spec.PIPELINE.for_run(run)
+    pipeline = PIPELINE.for_run(run)
     db = RunDatabase(run.dir / "run.db")
     try:
         nodes_, attempts, tasks, disk = db.nodes(), db.attempts(), db.tasks(), db.disk()
@@ -384,9 +383,6 @@ class FailuresTable(SphinxDirective):
     number and one example notebook; a sentence saying so when none did."""
 
     def run(self) -> list[nodes.Node]:
-        from twinkles.config import load_run
-        from twinkles.workflow.status import run_status
-
         run_dir = _run_dir(self.env)
         causes: dict[tuple[str, str, str], list[dict]] = {}
         for step in run_status(load_run(run_dir))["steps"]:
@@ -471,13 +467,10 @@ class FailingMetrics(SphinxDirective):
 
 def inputs_paragraph(run_dir: Path) -> str:
     """Where a run's images and truth came from, in a sentence or two."""
-    from twinkles.config import load_run
-    from twinkles.sim.truth import Truth
-
     run = load_run(run_dir)
     butler = run.butler
     visits = butler.get("visitTable")
-    bands = ", ".join(b for b in "ugrizy" if b in set(visits["filter"]))
+    bands = ", ".join(b for b in BANDS if b in set(visits["filter"]))
     if not run.external:
         return (
             f"The {len(visits)} images of this run ({bands}) were rendered by twinkles' own "

@@ -1,1 +1,2 @@
-"""The PSF: a pixelized, spatially varying model (pixel), its measurement (determine), shifts."""
+"""Measuring the PSF: the spatially varying model of :mod:`twinkles.image.psf` fitted to a
+visit's stars (determine), with its variation made of deformation modes (modes)."""

@@ -9,10 +9,10 @@
    least half as many candidates gather (within ``size_tolerance``) as at the densest radius.
    Galaxies lie above it.
 3. **Fit**: every pixel of the kernel is a polynomial in the sensor position
-   (:class:`~twinkles.psf.pixel.PixelPSF`). A first model stacks the stars recentred by the same
+   (:class:`~twinkles.image.psf.PixelPSF`). A first model stacks the stars recentred by the same
    interpolation; it is then refined as a *forward* model, ``d_n / F_n = S_n K(x_n, y_n)``
    with ``S_n`` the band-limited shift to star n's sub-pixel position
-   (:mod:`twinkles.psf.shift`), by iterated least-squares corrections
+   (:mod:`twinkles.image.shift`), by iterated least-squares corrections
    ``K += fit(S_n^T residual_n)`` (as PSFEx fits without resampling the data). Resampling the
    stars instead biases PSF fluxes by 0.3-0.7%; the forward fit is unbiased to 1e-5 on
    noiseless stars. With a Lanczos-3 ``S_n`` the fit could only average the kernel's error
@@ -54,12 +54,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, field_validator
 from scipy.spatial import cKDTree
 
-from twinkles.config import Section
 from twinkles.errors import TwinklesError
+from twinkles.geometry import spatial_terms
 from twinkles.image import Exposure, MaskPlane
+from twinkles.image.psf import PixelPSF
+from twinkles.image.shift import shift_stamps, shift_stamps_transpose
 from twinkles.psf.modes import MODES, ModeFit, deformation_modes
-from twinkles.psf.pixel import PixelPSF, spatial_terms
-from twinkles.psf.shift import shift_stamps, shift_stamps_transpose
+from twinkles.section import Section
+from twinkles.stats import mad_std, stellar_locus
 
 __all__ = [
     "PsfConfig",
@@ -182,22 +184,9 @@ def cut_stamps(
     return stamps, inside
 
 
-def _stellar_locus(radius: np.ndarray, tolerance: float) -> float:
-    """Centre of the smallest-radius cluster holding at least half the densest count."""
-    r = np.sort(radius[np.isfinite(radius) & (radius > 0)])
-    if len(r) == 0:
-        return float("nan")
-    lo = np.searchsorted(r, r * (1 - tolerance))
-    hi = np.searchsorted(r, r * (1 + tolerance), side="right")
-    counts = hi - lo
-    first = int(np.flatnonzero(counts >= max(3, 0.5 * counts.max()))[0]) if counts.max() >= 3 else 0
-    members = r[lo[first] : hi[first]]
-    return float(np.median(members))
-
-
 SpatialModel = tuple[int, bool] | tuple[int, bool, tuple[str, ...]]
 """A PSF's spatial model: ``(degree, radial)`` (every pixel a polynomial, see
-:func:`~twinkles.psf.pixel.spatial_terms`) or ``(degree, radial, modes)`` (the mean kernel's
+:func:`~twinkles.geometry.spatial_terms`) or ``(degree, radial, modes)`` (the mean kernel's
 deformations ``modes`` vary with those terms, :mod:`twinkles.psf.modes`)."""
 
 
@@ -245,7 +234,7 @@ def cross_validated_model(
         The stars' weights in the fit (their signal-to-noise, as the PSF fit).
     models : list of SpatialModel
         The candidate models: polynomial degree, whether a radial term follows
-        (:func:`~twinkles.psf.pixel.spatial_terms`) and, for a mode model, the deformations
+        (:func:`~twinkles.geometry.spatial_terms`) and, for a mode model, the deformations
         that vary (:mod:`twinkles.psf.modes`).
     folds : int
         Each star is held out once, in one of ``folds`` groups (assigned at random with a
@@ -322,7 +311,7 @@ class PsfTask:
             peak = np.asarray(candidates["peak"])[idx] + exposure.metadata.get("sky_level", 0.0)
             clean &= peak < cfg.max_peak_fraction * full_well
             ok[idx[~clean]] = False
-        locus = _stellar_locus(np.asarray(candidates["flux_radius"])[ok], cfg.size_tolerance)
+        locus = stellar_locus(np.asarray(candidates["flux_radius"])[ok], cfg.size_tolerance)
         r = np.asarray(candidates["flux_radius"])
         ok &= np.abs(r - locus) <= cfg.size_tolerance * locus
         idx = np.flatnonzero(ok)
@@ -417,7 +406,7 @@ class PsfTask:
             resid = data - flux[:, None, None] * model
             chi2 = np.sum(resid**2 / np.maximum(var, 1e-6), axis=(1, 2)) / cfg.kernel_size**2
             med = np.median(chi2[used])
-            spread = 1.4826 * np.median(np.abs(chi2[used] - med)) + 1e-9
+            spread = mad_std(chi2[used], med) + 1e-9
             new_used = chi2 < med + cfg.clip_sigma * spread
             if new_used.sum() < cfg.min_stars or np.array_equal(new_used, used):
                 break

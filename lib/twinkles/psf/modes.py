@@ -1,7 +1,7 @@
 """A PSF whose variation over the sensor is a few deformations of one kernel.
 
 A pixel PSF whose every pixel is its own polynomial of the position
-(:class:`~twinkles.psf.pixel.PixelPSF`) spends ``n_terms x size^2`` numbers on the variation;
+(:class:`~twinkles.image.psf.PixelPSF`) spends ``n_terms x size^2`` numbers on the variation;
 a few dozen faint stars do not constrain that, and cross-validation falls back to a constant
 kernel where the variation is real, leaving PSF fluxes to ramp with the PSF's change across
 the sensor. What changes over a real sensor is mostly the PSF's width (focus and seeing over
@@ -12,9 +12,9 @@ kernel at ``(X, Y)`` is
 
 with ``K0`` the mean kernel, ``M_j`` the first-order changes of ``K0`` under a dilation
 (``width``) and the two shears (``e1``, ``e2``), and ``t_a`` the spatial terms
-(:func:`~twinkles.psf.pixel.spatial_terms` but the constant): a gradient and a radial term
+(:func:`~twinkles.geometry.spatial_terms` but the constant): a gradient and a radial term
 cost two and one numbers per mode, which a few dozen stars constrain. The result is an
-ordinary :class:`~twinkles.psf.pixel.PixelPSF` (basis ``[K0, sum_j c_1j M_j, ...]``), so
+ordinary :class:`~twinkles.image.psf.PixelPSF` (basis ``[K0, sum_j c_1j M_j, ...]``), so
 everything that reads a PSF model reads it unchanged. The approach is that of PSF models
 built on a few principal or physical components (Jarvis & Jain 2004, arXiv:astro-ph/0412234;
 the optical terms of PIFF, Jarvis et al. 2021, MNRAS 501, 1282). The deformations are first

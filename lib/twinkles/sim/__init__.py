@@ -6,5 +6,7 @@
 * :mod:`~twinkles.sim.refcat`: the reference catalog.
 * :mod:`~twinkles.sim.sky`: all of the above for a run, written once into its repository.
 * :mod:`~twinkles.sim.render`: drawing one visit into an eimage with GalSim.
-* :mod:`~twinkles.sim.simulate`: rendering the visits of a run.
+
+Rendering the visits of a run into its repository is one of a run's inputs
+(:mod:`twinkles.inputs.simulate`).
 """

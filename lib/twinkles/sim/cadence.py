@@ -37,7 +37,8 @@ from astropy.table import Table
 
 from twinkles.config import CadenceConfig, ConfigError, FieldConfig, RenderConfig, SensorConfig
 from twinkles.sim.bands import LSST_BANDS, instrumental_zero_point, sky_counts_per_pixel
-from twinkles.sim.psf import NEFF_PER_FWHM2, profile_fwhm_for_fwhm_eff
+from twinkles.sim.psf import profile_fwhm_for_fwhm_eff
+from twinkles.units import NEFF_PER_FWHM2
 
 __all__ = [
     "CONDITION_TRUTH_COLUMNS",

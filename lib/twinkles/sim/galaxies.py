@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
-from twinkles.config import BANDS, TruthConfig
+from twinkles.bands import BANDS
+from twinkles.config import TruthConfig
 from twinkles.sim.ids import ObjectKind, make_ids
 from twinkles.sim.stars import power_law_magnitudes
 from twinkles.units import mag_to_njy

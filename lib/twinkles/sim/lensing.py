@@ -27,7 +27,9 @@ import numpy as np
 from astropy import constants, units
 from astropy.table import Table
 
-from twinkles.config import BANDS, TruthConfig
+from twinkles.bands import BANDS
+from twinkles.config import TruthConfig
+from twinkles.geometry import random_positions_in_disc
 from twinkles.sim.bands import LSST_BANDS
 from twinkles.sim.galaxies import galaxy_table
 from twinkles.sim.ids import ObjectKind, make_ids
@@ -219,8 +221,6 @@ def make_lensed_quasars(
         One row per system; per image; the DRW grid of each system (``mjd``, ``dmag_i``);
         and the lens galaxies as galaxy truth rows (``is_lens`` True).
     """
-    from twinkles.geometry import random_positions_in_disc
-
     ra, dec = random_positions_in_disc(n, ra0, dec0, placement_radius_deg, rng)
     sys_ids = make_ids(ObjectKind.LENS_SYSTEM, n)
     systems, image_rows, var_rows = [], [], []

@@ -29,17 +29,15 @@ import galsim
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from twinkles.units import NEFF_PER_FWHM2
+
 __all__ = [
-    "NEFF_PER_FWHM2",
     "PROFILES",
     "SimulatedPSF",
     "make_profile",
     "neff_pixels",
     "profile_fwhm_for_fwhm_eff",
 ]
-
-#: n_eff of a Gaussian per FWHM^2: 4 pi / (8 ln 2).
-NEFF_PER_FWHM2 = np.pi / (2.0 * np.log(2.0))
 
 #: The Moffat is truncated at this many FWHM (a beta = 4.765 Moffat has < 1e-6 of its flux
 #: beyond), so a stamp of that radius holds the whole flux. Truncation also lets GalSim

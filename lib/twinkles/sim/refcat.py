@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table, vstack
 
-from twinkles.config import BANDS, ReferenceCatalogConfig
+from twinkles.bands import BANDS
+from twinkles.config import ReferenceCatalogConfig
 from twinkles.sim.galaxies import galaxy_flux
 from twinkles.units import njy_to_mag
 

@@ -26,11 +26,17 @@ from scipy.spatial import cKDTree
 from twinkles.diffim.injection import fit_efficiency
 from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
-from twinkles.measurement.forced import ForcedPhotometryConfig, ForcedPhotometryTask
+from twinkles.measurement.forced import (
+    ForcedPhotometryConfig,
+    ForcedPhotometryTask,
+    footprint_reaches,
+)
+from twinkles.measurement.psf_flux import psf_flux
 from twinkles.sim.galaxies import galaxy_flux
 from twinkles.sim.truth import Truth
+from twinkles.stats import robust_std
 from twinkles.units import AB_MAG_OF_1_NJY, njy_to_mag
-from twinkles.validation.static_sky import robust_std
+from twinkles.validation.static_sky import match_sky
 
 __all__ = [
     "ARTIFACT_CAUSES",
@@ -417,10 +423,6 @@ def visible_transients(
     true position; objects whose PSF footprint crosses the image's edge or reaches missing
     data are left out (the forced photometry flags them ``flag_edge``).
     """
-    from twinkles.image.exposure import MaskPlane
-    from twinkles.measurement.forced import footprint_reaches
-    from twinkles.measurement.psf_flux import psf_flux
-
     x, y = diff.wcs.all_world2pix(np.asarray(variables["ra"]), np.asarray(variables["dec"]), 0)
     h, w = diff.shape
     half = diff.psf.half
@@ -456,8 +458,6 @@ def forced_dia_truth(
     its difference is not independent of the template).
     """
     from astropy.table import vstack
-
-    from twinkles.validation.static_sky import match_sky
 
     variables = variable_truth(truth)
     targets = variables[np.isin(variables["kind"], kinds)]

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from twinkles.butler import atomic_path
+from twinkles.bands import band_order
+from twinkles.files import atomic_path
 
 __all__ = [
     "SRD",
@@ -143,11 +144,6 @@ class Metric:
         return out
 
 
-def _band_order(band: str) -> int:
-    """Blue to red, as the bands are always listed."""
-    return "ugrizy".index(band) if band in "ugrizy" else len("ugrizy")
-
-
 def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
@@ -210,7 +206,7 @@ def collect_metrics(
     """
     metrics: list[Metric] = []
     forced = static_sky.get("forced", {})
-    for band in sorted(forced, key=_band_order):
+    for band in sorted(forced, key=band_order):
         f = forced[band]
         n_pa1 = int(_get(f, "n_pa1_stars", default=0))
         faro_note = (
@@ -340,7 +336,7 @@ def collect_metrics(
             ),
         ]
     source = static_sky.get("src", {})
-    for band in sorted(source, key=_band_order):
+    for band in sorted(source, key=band_order):
         f = source[band]
         metrics += [
             Metric(
@@ -399,7 +395,7 @@ def collect_metrics(
             f"astrometric repeatability of star pairs 5' +- 1' apart ({am1_pairs} pairs)",
         )
     )
-    for band, c in sorted(static_sky.get("coadds", {}).items(), key=lambda b: _band_order(b[0])):
+    for band, c in sorted(static_sky.get("coadds", {}).items(), key=lambda b: band_order(b[0])):
         metrics.append(
             Metric(
                 f"coadd_noise_ratio_{band}",
@@ -552,7 +548,7 @@ def collect_metrics(
             'DIAObjects of two or more reliable DIASources within 1" of a variable object',
         ),
     ]
-    for entry in sorted(dia.get("sn_pulls", []), key=lambda e: _band_order(e["band"])):
+    for entry in sorted(dia.get("sn_pulls", []), key=lambda e: band_order(e["band"])):
         band = entry["band"]
         bright = f"r < {entry['bright_host_mag']:g}" if "bright_host_mag" in entry else "bright"
         metrics += [
@@ -628,7 +624,7 @@ def collect_metrics(
         ),
     ]
     if not truth:
-        bands = sorted(forced, key=_band_order)
+        bands = sorted(forced, key=band_order)
         metrics += [
             Metric(name, math.nan, "", comparison, threshold, ISSUE, description)
             for band in bands

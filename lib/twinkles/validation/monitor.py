@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 
 from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
 from twinkles.sim.truth import Truth
+from twinkles.units import FWHM_PER_SIGMA
 from twinkles.validation.dia import brightest_dia_sources, expected_difference_flux
 
 __all__ = [
@@ -169,7 +170,7 @@ def psf_overlap(separation_arcsec: np.ndarray, fwhm_arcsec: np.ndarray | float) 
     For a Gaussian PSF of width ``sigma`` the fit's template overlaps the source's image by
     ``exp(-d^2 / (4 sigma^2))``: 1 on the source, 0.71 at half a FWHM, 0.5 at 0.71 FWHM.
     """
-    sigma = np.asarray(fwhm_arcsec, float) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    sigma = np.asarray(fwhm_arcsec, float) / FWHM_PER_SIGMA
     return np.exp(-(np.asarray(separation_arcsec, float) ** 2) / (4.0 * sigma**2))
 
 

@@ -36,7 +36,9 @@ from astropy.table import Table, vstack
 from twinkles.calibration.matching import match_nearest
 from twinkles.geometry import chord_length, sky_to_tangent, unit_vectors
 from twinkles.measurement.sensor_map import weighted_fit
+from twinkles.sim.psf import SimulatedPSF
 from twinkles.sim.truth import Truth
+from twinkles.stats import mad_std, robust_std
 from twinkles.units import MAG_PER_FRACTION, MMAG_PER_FRACTION
 
 __all__ = [
@@ -59,7 +61,6 @@ __all__ = [
     "ramp_excess",
     "reference_stars",
     "repeatability_floor",
-    "robust_std",
     "source_star_rows",
     "star_light_curves",
     "star_positions",
@@ -67,18 +68,6 @@ __all__ = [
     "visit_bootstrap_median_error",
     "zero_point_residuals",
 ]
-
-IQR_TO_SIGMA = 1.0 / 1.349
-
-
-def robust_std(values: np.ndarray) -> float:
-    """Gaussian-equivalent sigma from the interquartile range."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return float("nan")
-    q25, q75 = np.percentile(v, [25, 75])
-    return float((q75 - q25) * IQR_TO_SIGMA)
 
 
 def match_sky(
@@ -679,9 +668,7 @@ def flux_ramps(
         sigma = error[sel] / true[sel]
         # one clipping pass: a blended or variable star would set the ramp alone
         med = np.median(ratio)
-        keep = np.abs(ratio - med) < 5.0 * np.maximum(
-            sigma, 1.4826 * np.median(np.abs(ratio - med))
-        )
+        keep = np.abs(ratio - med) < 5.0 * np.maximum(sigma, mad_std(ratio, med))
         if keep.sum() < min_stars:
             continue
         ratio, sigma = ratio[keep], sigma[keep]
@@ -741,8 +728,6 @@ def enclosed_light_mmag(psf_truth: dict, radius_px: float, pixel_scale: float) -
 
     ``psf_truth`` is the ``psf`` record of an ``eimageTruth``.
     """
-    from twinkles.sim.psf import SimulatedPSF  # GalSim, imported only where a truth is drawn
-
     half = int(np.ceil(3 * radius_px))
     image = SimulatedPSF.from_dict(psf_truth).at(0.0, 0.0)
     pixels = image.drawImage(nx=2 * half + 1, ny=2 * half + 1, scale=pixel_scale).array

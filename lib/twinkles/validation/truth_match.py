@@ -16,9 +16,9 @@ from astropy.table import Table
 from twinkles.calibration.matching import match_nearest
 from twinkles.geometry import sky_to_tangent
 from twinkles.sim.ids import ObjectKind, kind_of
-from twinkles.sim.psf import NEFF_PER_FWHM2
 from twinkles.sim.truth import Truth
 from twinkles.sim.wcs import wcs_from_header_dict
+from twinkles.units import NEFF_PER_FWHM2
 
 __all__ = ["match_to_truth", "truth_point_sources"]
 

@@ -47,9 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twinkles.butler import atomic_path, cached_checksum, dataset_types
+from astropy.io import fits
+
 from twinkles.config import ConfigError, Run
+from twinkles.datasets import dataset_types
 from twinkles.errors import TwinklesError
+from twinkles.files import atomic_path, cached_checksum
+from twinkles.inputs.eimages import find_eimages
+from twinkles.sim.cadence import make_visit_table
+from twinkles.sim.sky import random_stream, sky_size_problems
 from twinkles.workflow.contract import ParameterError, read_contract
 from twinkles.workflow.execute import code_versions
 from twinkles.workflow.executors import (
@@ -926,10 +932,6 @@ def planned_visits(run: Run) -> set[int]:
     if butler.exists("visitTable"):
         return {int(v) for v in butler.get("visitTable")["obsHistID"]}
     if run.external:
-        from astropy.io import fits
-
-        from twinkles.inputs.eimages import find_eimages
-
         files, _ = find_eimages(run.config.inputs.eimages, run.config_path.parent)
         visits = set()
         for path in files:
@@ -938,9 +940,6 @@ def planned_visits(run: Run) -> set[int]:
             except (OSError, KeyError, ValueError, TypeError):
                 continue  # ingest will name it
         return visits
-    from twinkles.sim.cadence import make_visit_table
-    from twinkles.sim.sky import random_stream
-
     c = run.config
     table = make_visit_table(
         c.cadence, c.field, c.sensor, c.render, random_stream(c.seed, "cadence")
@@ -997,8 +996,6 @@ def preflight(
                 f"{mem_gb:.1f} GB"
             )
     if not run.external and not run.butler.exists("skyFingerprint"):
-        from twinkles.sim.sky import sky_size_problems
-
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         problems += sky_size_problems(run.config, 0.5 * pages)
     if where and where.get("visit") and not problems and not parameter_problems:

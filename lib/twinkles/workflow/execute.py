@@ -37,8 +37,8 @@ import papermill
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
-from twinkles.butler import IO_LOG_ENV, cached_checksum, file_checksum
-from twinkles.note.notebooks import render_html
+from twinkles.files import IO_LOG_ENV, cached_checksum, file_checksum
+from twinkles.workflow.html import render_html
 from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
 
 log = logging.getLogger(__name__)

@@ -24,31 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from twinkles.errors import TwinklesError
+from twinkles.workflow.environment import task_environment
+from twinkles.workflow.task import run_task
 
 __all__ = [
     "EXECUTORS",
-    "MALLOC_ENV",
     "Ended",
     "Executor",
     "LocalExecutor",
     "SlurmExecutor",
     "Submission",
-    "task_environment",
 ]
-
-#: glibc malloc settings for the processes that run recipes: large arrays come from the heap,
-#: and memory freed stays in the process for the next array instead of going back to the
-#: system. On the Firecracker VMs this runs on a page fault costs ~17 us: image_difference on
-#: a run1-size visit took 252k of them, 4.4 s of system time against 5.4 s of user time, with
-#: glibc's default of one mmap per large array, and 87k (1.2 s) with these, for 5% more peak
-#: memory (benchmarks/run.py runs its benchmarks under the same settings).
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 * 2**30)}
-
-
-def task_environment(cpus: int) -> dict[str, str]:
-    """The environment of a task's process: ``cpus`` OpenMP/BLAS threads, and MALLOC_ENV."""
-    threads = str(cpus)
-    return {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, **MALLOC_ENV}
 
 
 @dataclass
@@ -179,8 +165,6 @@ class LocalExecutor(Executor):
 
 def _run_task_entry(spec_path: str) -> dict[str, Any]:
     """What a Slurm array element runs (pickled by reference by submitit)."""
-    from twinkles.workflow.task import run_task
-
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     return run_task(spec_path)
 

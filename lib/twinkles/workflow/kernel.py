@@ -33,7 +33,7 @@ from nbclient import NotebookClient
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 
-from twinkles.workflow.executors import MALLOC_ENV
+from twinkles.workflow.environment import MALLOC_ENV
 
 __all__ = ["ENGINE_NAME", "KernelUsage", "WarmKernel", "WarmKernelEngine"]
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from twinkles.coadd.skymap import patch_ids
 from twinkles.config import Run
+from twinkles.inputs.source import prepare_inputs, verify_inputs
 from twinkles.workflow.kernel import SCIENCE_IMPORTS
 
 __all__ = [
@@ -217,20 +219,6 @@ class Pipeline:
 # --- the Twinkles cookbook --------------------------------------------------------------------
 
 
-def _prepare_inputs(run: Run):
-    # imported when a run starts: the sky's and the ingest's science stack costs ~2 s, which
-    # `twinkles status` and `report` (which import this module) need not pay
-    from twinkles.inputs.source import prepare_inputs
-
-    return prepare_inputs(run)
-
-
-def _verify_inputs(run: Run) -> list[str]:
-    from twinkles.inputs.source import verify_inputs
-
-    return verify_inputs(run)
-
-
 PIPELINE = Pipeline(
     steps=[
         Step(
@@ -412,7 +400,7 @@ PIPELINE = Pipeline(
             partial=True,
         ),
     ],
-    dimensions={"visit": _visit_ids, "filter": _filter_ids, "patch": lambda run: [{"patch": 0}]},
-    prepare=_prepare_inputs,
-    finish=_verify_inputs,
+    dimensions={"visit": _visit_ids, "filter": _filter_ids, "patch": lambda run: patch_ids()},
+    prepare=prepare_inputs,
+    finish=verify_inputs,
 )

@@ -17,12 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twinkles.files import INVALID_ENV, atomic_path
+from twinkles.workflow.environment import task_environment
+from twinkles.workflow.execute import execute_item, job_id
+from twinkles.workflow.kernel import WarmKernel
+
 __all__ = ["run_task"]
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    from twinkles.butler import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, default=str))
 
@@ -38,11 +41,6 @@ def run_task(spec_path: str) -> dict[str, Any]:
     """Run every data id of the task described in ``spec_path``; returns the task record."""
     start, cpu0 = time.time(), _cpu_self_and_children()[0]
     spec = json.loads(Path(spec_path).read_text())
-    from twinkles.butler import INVALID_ENV
-    from twinkles.workflow.execute import execute_item, job_id
-    from twinkles.workflow.executors import task_environment
-    from twinkles.workflow.kernel import WarmKernel
-
     # the same threads and malloc settings on every executor (a Slurm job inherits the
     # submitting shell's environment), so products are bit-identical between them; and the
     # driver's list of datasets the run does not vouch for

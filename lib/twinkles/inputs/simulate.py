@@ -16,7 +16,6 @@ from twinkles.sim.sky import Sky, ensure_sky
 
 __all__ = [
     "SimulationSummary",
-    "prepare_run_dir",
     "simulate_run",
     "simulate_visit",
     "write_visit",

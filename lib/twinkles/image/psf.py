@@ -1,4 +1,7 @@
-"""A pixelized PSF model varying smoothly over the sensor (after PSFEx).
+"""The PSF model an exposure carries: pixelized, varying smoothly over the sensor (after PSFEx).
+
+It lives beside the :class:`~twinkles.image.exposure.Exposure` that stores it (as LSST's
+``afw`` holds the ``Psf``); :mod:`twinkles.psf` measures it.
 
 The model is a ``size x size`` kernel (25 pixels, as Twinkles, so it can be PSF-matched later)
 whose every pixel is a polynomial of degree ``degree`` in the normalised sensor position
@@ -6,7 +9,7 @@ whose every pixel is a polynomial of degree ``degree`` in the normalised sensor 
 images ``B_k`` (Bertin 2011, ASP Conf. Ser. 442, 435). The kernel is the PSF as sampled by the
 pixels (pixel response included) for a source centred on a pixel centre; for a source at a
 fractional position it is shifted by band-limited interpolation
-(:func:`~twinkles.psf.shift.shift_stamps`). Every evaluated kernel is
+(:func:`~twinkles.image.shift.shift_stamps`). Every evaluated kernel is
 normalised to unit sum, so PSF fluxes are fluxes inside the kernel (aperture correction brings
 them to total).
 """
@@ -19,30 +22,11 @@ from functools import cached_property
 import numpy as np
 from astropy.io import fits
 
-from twinkles.psf.shift import shift_stamps
+from twinkles.geometry import spatial_terms
+from twinkles.image.shift import shift_stamps
+from twinkles.units import NEFF_PER_FWHM2
 
-__all__ = ["PixelPSF", "polynomial_terms", "spatial_terms"]
-
-#: n_eff of a Gaussian per FWHM^2 (pixels).
-NEFF_PER_FWHM2 = np.pi / (2.0 * np.log(2.0))
-
-
-def spatial_terms(X: np.ndarray, Y: np.ndarray, degree: int, radial: bool = False) -> np.ndarray:
-    """The terms of a PSF's spatial variation: :func:`polynomial_terms` up to ``degree``, and
-    ``X^2 + Y^2`` when ``radial`` and the degree is below 2 (a focal plane's PSF broadens
-    with the distance from its centre: one term where a full degree 2 needs three more)."""
-    terms = polynomial_terms(X, Y, degree)
-    if radial and degree < 2:
-        X, Y = np.atleast_1d(X).astype(float), np.atleast_1d(Y).astype(float)
-        terms = np.column_stack([terms, X * X + Y * Y])
-    return terms
-
-
-def polynomial_terms(X: np.ndarray, Y: np.ndarray, degree: int) -> np.ndarray:
-    """Monomials X^i Y^j with i + j <= degree, shape (n, n_terms); order 1, X, Y, X^2, XY, ..."""
-    X, Y = np.atleast_1d(X).astype(float), np.atleast_1d(Y).astype(float)
-    cols = [X**i * Y ** (d - i) for d in range(degree + 1) for i in range(d, -1, -1)]
-    return np.stack(cols, axis=1)
+__all__ = ["PixelPSF"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""Executed notebooks as HTML pages: the provenance record a person reads in a browser.
+
+Each page carries the notebook's provenance (status, host, job, wall time) in its header and
+links one shared stylesheet, :data:`NOTEBOOK_CSS` (nbconvert's ``basic`` template inside a small
+page, so hundreds of pages do not each carry nbconvert's CSS).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import nbformat
+
+from twinkles.files import atomic_path
+
+__all__ = ["NOTEBOOK_CSS", "render_html"]
+
+#: The stylesheet every rendered notebook links.
+NOTEBOOK_CSS = Path(__file__).parent / "templates" / "notebook.css"
+
+
+def render_html(nb: nbformat.NotebookNode, path: Path, title: str, css_href: str) -> Path:
+    """Write an executed notebook as an HTML page that links the stylesheet ``css_href``."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="basic")
+    body, _ = exporter.from_notebook_node(nb)
+    prov = nb.metadata.get("twinkles", {})
+    status = prov.get("status", "unknown")
+    summary = ", ".join(
+        f"{k} {html.escape(str(prov[k]))}" for k in ("status", "host", "job_id") if prov.get(k)
+    )
+    if prov.get("wall_s") is not None:
+        summary += f", wall {prov['wall_s']:.1f} s"
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel="stylesheet" href="{html.escape(css_href)}"></head>\n'
+        f'<body class="notebook status-{html.escape(status)}"><header><h1>{html.escape(title)}</h1>'
+        f'<p class="provenance">{summary}</p></header>\n<main>{body}</main></body></html>\n'
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path
