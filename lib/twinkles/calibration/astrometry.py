@@ -78,6 +78,7 @@ class AstrometryResult:
 
     @property
     def n_matches(self) -> int:
+        """Number of matches used in the final fit."""
         return int(np.sum(self.matches["used"]))
 
 
@@ -151,6 +152,35 @@ class AstrometryTask:
         shape: tuple[int, int],
         visit: int | None = None,
     ) -> AstrometryResult:
+        """Fit the WCS of one exposure to the reference stars.
+
+        Parameters
+        ----------
+        catalog : `~astropy.table.Table`
+            The exposure's sources, with ``x``, ``y`` (pixels) and ``psfInstFlux``.
+        refcat : `~astropy.table.Table`
+            Reference objects with ``ra``, ``dec`` (deg) and ``resolved``; only point sources
+            are matched.
+        wcs : `~astropy.wcs.WCS`
+            The pointing's nominal WCS, the starting guess.
+        shape : tuple of int
+            Image shape (height, width) in pixels.
+        visit : int, optional
+            Named in error messages.
+
+        Returns
+        -------
+        AstrometryResult
+            The fitted WCS, the matches (``used`` marks those kept after clipping), the rms of
+            the used matches in mas, the coarse offset (arcsec) and rotation (deg) found.
+
+        Raises
+        ------
+        AstrometryError
+            Too few sources or references on the sensor, no significant coarse solution within
+            ``max_offset_arcsec`` and ``max_rotation_deg``, or fewer than ``min_matches``
+            matches.
+        """
         cfg = self.config
         h, w = shape
         good = _good_sources(catalog, cfg.source_snr_min)

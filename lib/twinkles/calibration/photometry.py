@@ -59,6 +59,7 @@ class PhotoCalResult:
 
     @property
     def n_stars(self) -> int:
+        """Number of calibration stars kept after clipping."""
         return int(np.sum(self.matches["used"]))
 
 
@@ -71,6 +72,32 @@ class PhotoCalTask:
     def run(
         self, catalog: Table, refcat: Table, band: str, visit: int | None = None
     ) -> PhotoCalResult:
+        """Zero point of one exposure from its isolated, unflagged reference stars.
+
+        Parameters
+        ----------
+        catalog : `~astropy.table.Table`
+            Sources with aperture-corrected PSF fluxes ``psfInstFluxCorr`` and errors
+            (electrons), ``extendedness``, the ``flag_*`` columns and ``ra``, ``dec`` (deg).
+        refcat : `~astropy.table.Table`
+            Reference catalog with ``ra``, ``dec`` (deg), ``resolved``, ``variable`` and
+            ``{band}_mag`` (AB) with ``{band}_magErr``.
+        band : str
+            The exposure's filter.
+        visit : int, optional
+            Named in error messages.
+
+        Returns
+        -------
+        PhotoCalResult
+            The zero point (AB mag of one electron) with its error, the matched stars (``used``
+            marks those kept after ``clip_sigma`` clipping) and their robust scatter (mag).
+
+        Raises
+        ------
+        PhotoCalError
+            Fewer than ``min_stars`` usable stars.
+        """
         cfg = self.config
         flux = np.asarray(catalog["psfInstFluxCorr"])
         err = np.asarray(catalog["psfInstFluxCorrErr"])

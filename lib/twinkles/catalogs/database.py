@@ -129,6 +129,7 @@ class CatalogDatabase:
 
     @property
     def dialect(self) -> str:
+        """The SQLAlchemy dialect's name (``sqlite`` or ``postgresql``)."""
         return self.engine.dialect.name
 
     def _check_schema(self, conn: Connection, create: bool) -> None:
@@ -199,6 +200,7 @@ class CatalogDatabase:
             return int(result.inserted_primary_key[0])
 
     def dispose(self) -> None:
+        """Close every pooled connection of the engine."""
         self.engine.dispose()
 
 

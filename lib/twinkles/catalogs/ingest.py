@@ -169,6 +169,13 @@ class IngestConfig:
     workers: int = 2
 
     def validate(self) -> None:
+        """Check the settings together.
+
+        Raises
+        ------
+        ValueError
+            ``chunk_rows`` or ``workers`` below 1.
+        """
         if self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.workers < 1:
@@ -207,9 +214,13 @@ class IngestResult:
 
     @property
     def ok(self) -> bool:
+        """True when no file failed to ingest."""
         return not self.failures
 
     def summary(self) -> dict[str, Any]:
+        """Rows per table, counts of ingested and skipped files, missing inputs, failures and
+        seconds, as plain JSON-able values.
+        """
         return {
             "rows": dict(self.rows),
             "n_ingested": len(self.ingested),

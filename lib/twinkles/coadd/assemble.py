@@ -178,6 +178,12 @@ class CoaddTask:
             The coadd PSF (from :func:`coadd_psf`), attached to the result.
         band : str
             Filter, for the metadata.
+
+        Returns
+        -------
+        CoaddResult
+            The coadd (nJy), the number of warps behind each pixel, each visit's weight and
+            the number of warp pixels clipped as outliers.
         """
         cfg = self.config
         if not warp_paths:

@@ -102,6 +102,12 @@ class ObjectTask:
         ap_corr : dict, optional
             Band -> aperture correction of coadd PSF fluxes (the coadd weights' mean of the
             visits').
+
+        Returns
+        -------
+        ObjectResult
+            The Object table (one row per merged detection, every band's measurements) and
+            each band's detections (patch pixels).
         """
         cfg = self.config
         if not coadds:

@@ -68,6 +68,7 @@ class SkyMap:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Coadd image shape (height, width) in pixels."""
         return (self.height, self.width)
 
     @property
@@ -76,6 +77,9 @@ class SkyMap:
         return make_wcs(self.ra, self.dec, 0.0, self.pixel_scale, self.width, self.height)
 
     def to_dict(self) -> dict[str, Any]:
+        """The sky map's definition (centre in deg, pixel scale in arcsec, size in pixels) as a
+        dict.
+        """
         return {
             "ra": self.ra,
             "dec": self.dec,
@@ -86,6 +90,7 @@ class SkyMap:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SkyMap:
+        """The sky map written by `to_dict`."""
         return cls(**{k: data[k] for k in ("ra", "dec", "pixel_scale", "width", "height")})
 
 

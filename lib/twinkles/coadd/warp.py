@@ -241,10 +241,28 @@ class WarpTask:
         self.config = config or WarpConfig()
 
     def run(self, calexp: Exposure, patch_wcs: WCS, patch_shape: tuple[int, int]) -> Exposure:
-        """The warp: an Exposure on the patch's bounding box of the calexp (nJy).
+        """Resample a calexp onto the patch's pixel grid.
 
-        Its metadata carry ``x0``, ``y0`` (the box's offset on the patch) besides the
-        calexp's; its WCS is the patch's, shifted to the box.
+        Parameters
+        ----------
+        calexp : Exposure
+            Calibrated exposure (electrons) with WCS, PSF and zero point.
+        patch_wcs : `~astropy.wcs.WCS`
+            The patch's WCS.
+        patch_shape : tuple of int
+            The patch's (height, width) in pixels.
+
+        Returns
+        -------
+        Exposure
+            The warp on the patch's bounding box of the calexp, in nJy. Its metadata carry
+            ``x0``, ``y0`` (the box's offset on the patch) besides the calexp's; its WCS is the
+            patch's, shifted to the box.
+
+        Raises
+        ------
+        WarpError
+            The calexp has no WCS or zero point, or does not overlap the patch.
         """
         if calexp.wcs is None or calexp.photo_calib is None:
             raise WarpError(f"visit {calexp.visit}: the calexp has no WCS or zero point")

@@ -82,9 +82,13 @@ class BackgroundModel:
 
     @property
     def median_level(self) -> float:
+        """Median of the background mesh (electrons per pixel)."""
         return float(np.median(self.level))
 
     def to_hdulist(self) -> fits.HDUList:
+        """The model as FITS: the mesh levels and their grid positions, the image size and the noise
+        in the header.
+        """
         header = fits.Header()
         header["IMWIDTH"], header["IMHEIGHT"] = self.shape[1], self.shape[0]
         header["SKYRMS"] = (self.rms, "global background noise (electrons)")
@@ -99,6 +103,7 @@ class BackgroundModel:
 
     @classmethod
     def from_hdulist(cls, hdul: fits.HDUList) -> BackgroundModel:
+        """The model written by `to_hdulist`."""
         h = hdul[0].header
         return cls(
             x=np.asarray(hdul["XGRID"].data),
@@ -158,6 +163,13 @@ class BackgroundTask:
 
     def run(self, exposure: Exposure, subtract: bool = True) -> BackgroundResult:
         """Estimate the sky of ``exposure`` (its image in electrons, sky included).
+
+        Parameters
+        ----------
+        exposure : Exposure
+            The image (electrons, sky included) with its mask; masked pixels are left out.
+        subtract : bool
+            Subtract the model from the image, in place.
 
         Returns
         -------

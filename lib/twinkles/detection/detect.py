@@ -278,8 +278,22 @@ class DetectionTask:
     ) -> DetectionResult:
         """Detect, deblend and measure sources above ``threshold`` (default: the config's).
 
-        ``significance`` may be given when it is already known (the negative polarity of a
-        difference image is minus the positive one's); otherwise it is computed.
+        Parameters
+        ----------
+        exposure : Exposure
+            Background-subtracted image (electrons or nJy) with variance and mask.
+        threshold : float, optional
+            Detection threshold in sigma of the matched-filtered image.
+        significance : array, optional
+            The matched-filtered significance image, when it is already known (the negative
+            polarity of a difference image is minus the positive one's); otherwise computed.
+
+        Returns
+        -------
+        DetectionResult
+            The sources (positions in pixels, fluxes in the image's unit, second moments,
+            ``flux_radius``, blend and centroid flags), the segmentation image and the FWHM
+            (pixels) the filter was matched to.
         """
         cfg = self.config
         data = np.ascontiguousarray(exposure.image, dtype=np.float32)

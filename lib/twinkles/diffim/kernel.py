@@ -161,6 +161,9 @@ class KernelSolution:
     match_sigma: float
 
     def terms(self, x: np.ndarray, y: np.ndarray, degree: int) -> np.ndarray:
+        """Polynomial terms of the given degree at pixel positions (x, y), in the solution's
+        normalised coordinates.
+        """
         return polynomial_terms((x - self.x0) / self.scale, (y - self.y0) / self.scale, degree)
 
     def kernel(self, x: float, y: float) -> np.ndarray:
@@ -169,6 +172,7 @@ class KernelSolution:
         return np.tensordot(p, self.spatial_kernels, axes=1)
 
     def background_image(self, shape: tuple[int, int]) -> np.ndarray:
+        """The fitted differential background (electrons per pixel) over an image of ``shape``."""
         h, w = shape
         if self.background_degree == 0:
             return np.full(shape, self.background[0], dtype=np.float32)

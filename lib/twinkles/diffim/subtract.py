@@ -305,6 +305,13 @@ class ImageDifferenceTask:
             Reference catalog: kernel stars are chosen from it.
         visit_mjd : float
             Mid-exposure MJD (DIASources' ``midPointTai``).
+
+        Returns
+        -------
+        ImageDifferenceResult
+            The decorrelated difference image (nJy), its DIASources, the kernel solution,
+            which image was convolved, the template on the visit's pixels and the difference's
+            noise ratio.
         """
         cfg = self.config
         visit = int(calexp.visit or 0)

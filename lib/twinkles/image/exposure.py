@@ -54,6 +54,9 @@ class MaskPlane(IntFlag):
 
     @classmethod
     def header_cards(cls) -> dict[str, int]:
+        """FITS header cards naming each mask plane's bit (``MP_SAT`` = 1, ...), as LSST's mask
+        planes are written.
+        """
         return {f"MP_{p.name}": int(p).bit_length() - 1 for p in cls}
 
 
@@ -113,10 +116,12 @@ class Exposure:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Image shape (height, width) in pixels."""
         return self.image.shape
 
     @property
     def visit(self) -> int | None:
+        """The visit number from the metadata, or None."""
         return self.metadata.get("visit")
 
     def masked(self, planes: MaskPlane) -> np.ndarray:
@@ -124,6 +129,7 @@ class Exposure:
         return (self.mask & int(planes)) != 0
 
     def copy(self) -> Exposure:
+        """A deep copy: new pixel planes and metadata (the WCS, PSF and calibration are shared)."""
         return replace(
             self,
             image=self.image.copy(),
@@ -185,6 +191,9 @@ class Exposure:
 
     @classmethod
     def from_hdulist(cls, hdul: fits.HDUList) -> Exposure:
+        """The exposure written by `to_hdulist` (plain or tile-compressed planes; stored infinities
+        restored).
+        """
         primary = hdul[0].header
         metadata = {
             _meta_name(k): primary[k]
@@ -213,6 +222,7 @@ class Exposure:
 
     @classmethod
     def read_fits(cls, path: str | Path) -> Exposure:
+        """Read an exposure written by `write_fits`."""
         with fits.open(path, memmap=False) as hdul:
             return cls.from_hdulist(hdul)
 

@@ -58,10 +58,12 @@ class PixelPSF:
 
     @property
     def size(self) -> int:
+        """Side of the kernel image in pixels (odd)."""
         return self.basis.shape[-1]
 
     @property
     def half(self) -> int:
+        """Pixels from the kernel's centre to its edge."""
         return self.size // 2
 
     def _normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +164,9 @@ class PixelPSF:
     # --- FITS -------------------------------------------------------------------------------
 
     def to_hdu(self) -> fits.ImageHDU:
+        """The model as a FITS image HDU named PSF: the basis images and, in the header, the spatial
+        model.
+        """
         hdu = fits.ImageHDU(self.basis.astype(np.float64), name="PSF")
         hdu.header["PSFTYPE"] = ("pixel", "pixelized, polynomial spatial variation")
         hdu.header["PSFDEG"] = (self.degree, "polynomial degree")
@@ -173,6 +178,7 @@ class PixelPSF:
 
     @classmethod
     def from_hdu(cls, hdu: fits.ImageHDU) -> PixelPSF:
+        """The model written by `to_hdu`."""
         h = hdu.header
         return cls(
             basis=np.asarray(hdu.data, dtype=np.float64),

@@ -89,6 +89,7 @@ class ImageIngest:
     removed: list[int]
 
     def lines(self) -> list[str]:
+        """What the ingest did, as terminal lines: counts, then each refused file and why."""
         out = [
             f"eimages: {len(self.records)} visits ({len(self.ingested)} ingested, "
             f"{len(self.unchanged)} unchanged), {len(self.refused)} refused"

@@ -76,6 +76,20 @@ class CosmicRayTask:
         self.config = config or CosmicRayConfig()
 
     def run(self, exposure: Exposure) -> CosmicRayResult:
+        """Find cosmic-ray pixels in a background-subtracted exposure and repair them in place.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Background-subtracted image (electrons) with its variance; SAT and BAD pixels are
+            left alone.
+
+        Returns
+        -------
+        CosmicRayResult
+            Number of pixels and of connected events, and the pixels' positions; the exposure's
+            pixels are replaced and masked CR and INTRP.
+        """
         cfg = self.config
         image, variance, mask = exposure.image, exposure.variance, exposure.mask
         h, w = image.shape

@@ -287,6 +287,21 @@ class EimageIsrTask:
         self.config = config or EimageIsrConfig()
 
     def run(self, exposure: Exposure) -> IsrResult:
+        """Turn an eimage into a science exposure, in place.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            The eimage's pixels (electrons), with ``gain`` (e-/ADU) and ``rdnoise`` (electrons)
+            and optionally ``saturate`` in its metadata.
+
+        Returns
+        -------
+        IsrResult
+            The exposure with its variance plane set (Poisson plus read noise, electrons^2),
+            saturated pixels (grown by ``saturation_grow``) masked SAT and, if ``interpolate``,
+            interpolated along rows and masked INTRP; the counts of both.
+        """
         meta = exposure.metadata
         gain, rdnoise = meta.get("gain", 1.0), meta.get("rdnoise", 0.0)
         image = exposure.image

@@ -218,6 +218,7 @@ class ApertureCorrectionMap:
 
     @classmethod
     def from_dict(cls, data: dict) -> ApertureCorrectionMap:
+        """The map written by `to_dict` (also reads the single-growth maps of older versions)."""
         width = SensorMap.from_dict(data["width"]) if "width" in data else None
         if "steps" in data:
             steps: list[SensorMap] = []
@@ -266,6 +267,7 @@ class ApertureCorrectionResult:
 
     @property
     def median(self) -> float:
+        """Median correction at the stars used."""
         return float(np.median(self(self.stars["x"], self.stars["y"])))
 
     @property
@@ -374,7 +376,32 @@ class ApertureCorrectionTask:
         star_x: np.ndarray,
         star_y: np.ndarray,
     ) -> ApertureCorrectionResult:
-        """Measure the correction on the stars at (star_x, star_y); apply it to ``catalog``."""
+        """Measure the aperture correction on the stars and apply it to ``catalog``.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Background-subtracted image (electrons) with PSF, variance and mask.
+        catalog : `~astropy.table.Table`
+            The measured sources (``x``, ``y``, ``psfInstFlux``, ``psfInstFluxErr``, flags);
+            ``psfApCorr``, ``psfInstFluxCorr``, ``psfInstFluxCorrErr``, ``concentration``
+            and ``extendedness`` are added in place.
+        segmentation : array
+            Detection segmentation image: neighbours' pixels are kept out of the apertures.
+        star_x, star_y : array
+            Positions (pixels) of the stars to measure it on (the PSF stars).
+
+        Returns
+        -------
+        ApertureCorrectionResult
+            The correction map over the sensor, the stars used, their scatter, the
+            correction's fractional uncertainty and the PSF fluxes' fractional systematic.
+
+        Raises
+        ------
+        ApertureCorrectionError
+            Too few usable stars.
+        """
         cfg = self.config
         visit = exposure.metadata.get("visit")
         x, y = np.asarray(catalog["x"]), np.asarray(catalog["y"])

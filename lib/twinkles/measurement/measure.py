@@ -83,7 +83,24 @@ class MeasurementTask:
     def run(
         self, exposure: Exposure, detections: Table, segmentation: np.ndarray | None = None
     ) -> MeasurementResult:
-        """Measure ``detections``; ``segmentation`` (from detection) keeps neighbours out."""
+        """Measure every detection with the exposure's PSF.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Background-subtracted image (electrons) with PSF, variance and mask.
+        detections : `~astropy.table.Table`
+            From :class:`~twinkles.detection.DetectionTask`: positions (pixels), second
+            moments, ``flux_radius`` and the blend and centroid flags.
+        segmentation : array, optional
+            Detection segmentation image: neighbours' pixels are kept out of each fit.
+
+        Returns
+        -------
+        MeasurementResult
+            The catalog: positions and moments (pixels), PSF fluxes and errors (electrons),
+            the masked fraction of each PSF and the ``flag_*`` columns.
+        """
         cfg = self.config
         x = np.asarray(detections["x"], dtype=float)
         y = np.asarray(detections["y"], dtype=float)

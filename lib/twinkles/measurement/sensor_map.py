@@ -73,6 +73,9 @@ def map_terms(
 
 
 def n_terms(model: str) -> int:
+    """Number of coefficients of a sensor-map model (one of ``MAP_MODELS``, ``template`` or
+    ``scaled``).
+    """
     if model == "scaled":
         return 1
     if model == "template":
@@ -151,6 +154,9 @@ class SensorMap:
 
     @classmethod
     def from_dict(cls, data: dict, template: SensorMap | None = None) -> SensorMap:
+        """The map written by `to_dict`; ``template`` is the map a ``template`` or ``scaled`` model
+        follows.
+        """
         coefficients = np.asarray(data["coefficients"], dtype=float)
         return cls(
             data["model"],

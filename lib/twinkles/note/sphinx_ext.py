@@ -119,6 +119,9 @@ def _number(source: str, key: str, value: Any, shown: str, extra_class: str = ""
 
 
 def report_role(name, rawtext, text, lineno, inliner, options=None, content=()):
+    """A number from the run's report (``twinkles report --json``) by dotted key, with an optional
+    format (``:report:`total.cpu_hours:.2f```).
+    """
     env = inliner.document.settings.env
     key, _, spec = text.partition(":")
     value = _lookup(_numbers(env)["report"], key.strip())
@@ -219,6 +222,9 @@ class NotebookFigure(SphinxDirective):
     }
 
     def run(self) -> list[nodes.Node]:
+        """The figure labelled LABEL in STEP's executed notebook (``STEP:LABEL``), copied into the
+        Note with its caption.
+        """
         step, sep, label = self.arguments[0].partition(":")
         if not sep or not step or not label:
             raise NoteError(
@@ -270,6 +276,9 @@ class RunFigure(SphinxDirective):
     }
 
     def run(self) -> list[nodes.Node]:
+        """A figure of the run's records (one of `RUN_FIGURES`), drawn now and placed with its
+        caption.
+        """
         import matplotlib.pyplot as plt
 
         kind = self.arguments[0]
@@ -330,6 +339,9 @@ class MetricsTable(SphinxDirective):
     """Every validation metric: value, requirement, verdict, reference."""
 
     def run(self) -> list[nodes.Node]:
+        """Every validation metric: value, requirement, verdict and description, each number tagged
+        with its source.
+        """
         metrics = _numbers(self.env)["metrics"]["metrics"]
         rows, classes = [], []
         for m in metrics:
@@ -364,6 +376,9 @@ class ReportTable(SphinxDirective):
     )
 
     def run(self) -> list[nodes.Node]:
+        """The run report's per-step and total rows: data ids processed and failed, CPU and wall
+        hours, CPU efficiency, success rate and peak memory.
+        """
         report = _numbers(self.env)["report"]
         entries = [(f"steps.{name}", name, s) for name, s in report["steps"].items()]
         entries.append(("total", "total", report["total"]))
@@ -383,6 +398,9 @@ class FailuresTable(SphinxDirective):
     number and one example notebook; a sentence saying so when none did."""
 
     def run(self) -> list[nodes.Node]:
+        """Failed and blocked data ids grouped by step and cause, most frequent first, each with an
+        example notebook.
+        """
         run_dir = _run_dir(self.env)
         causes: dict[tuple[str, str, str], list[dict]] = {}
         for step in run_status(load_run(run_dir))["steps"]:
@@ -445,6 +463,9 @@ class FailingMetrics(SphinxDirective):
     figure) that shows why; a sentence saying so when none does."""
 
     def run(self) -> list[nodes.Node]:
+        """The failing metrics as a list, each with its value, requirement and the notebook and
+        figure that show why.
+        """
         metrics = [m for m in _numbers(self.env)["metrics"]["metrics"] if m["status"] == "fail"]
         if not metrics:
             text = '<p class="twinkles-failing">No metric fails.</p>'
@@ -497,11 +518,15 @@ class RunInputs(SphinxDirective):
     """A paragraph saying where the run's images and truth came from."""
 
     def run(self) -> list[nodes.Node]:
+        """A paragraph saying where the run's images and truth came from."""
         text = inputs_paragraph(_run_dir(self.env))
         return [nodes.paragraph("", text)]
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
+    """Register the Note's directives (figures and tables from the run) and roles (numbers from the
+    report and metrics) with Sphinx.
+    """
     app.add_config_value("twinkles_run_dir", "", "env", str)
     app.add_directive("notebook-figure", NotebookFigure)
     app.add_directive("metrics-table", MetricsTable)

@@ -151,6 +151,7 @@ class PsfResult:
 
     @property
     def n_stars(self) -> int:
+        """Number of stars used in the final fit."""
         return int(np.sum(self.stars["used"]))
 
 
@@ -320,6 +321,29 @@ class PsfTask:
         return idx, locus
 
     def run(self, exposure: Exposure, candidates: Table) -> PsfResult:
+        """Determine the PSF model of one exposure from its stars.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Background-subtracted image (electrons) with variance and mask.
+        candidates : `~astropy.table.Table`
+            Detections with ``x``, ``y`` (pixels), ``flux`` and ``flux_err`` (electrons),
+            ``peak``, ``flux_radius`` (pixels; the stellar locus is found in it) and
+            ``flag_blended``.
+
+        Returns
+        -------
+        PsfResult
+            The PSF model, the stars selected (``used`` marks those kept after clipping), their
+            normalised residuals and stamps, and the model's FWHM and effective FWHM (pixels) at
+            the sensor's centre.
+
+        Raises
+        ------
+        PsfError
+            No candidate above ``snr_min``, or fewer than ``min_stars`` usable stars.
+        """
         cfg = self.config
         half = cfg.kernel_size // 2
         visit = exposure.metadata.get("visit", "?")

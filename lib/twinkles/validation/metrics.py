@@ -135,6 +135,9 @@ class Metric:
         return text
 
     def to_dict(self) -> dict[str, Any]:
+        """The metric as JSON-able values: non-finite values and uncertainties become None; status,
+        verdict and requirement are added.
+        """
         out = asdict(self)
         out["value"] = None if not _finite(self.value) else float(self.value)
         out["uncertainty"] = float(self.uncertainty) if _finite(self.uncertainty) else None

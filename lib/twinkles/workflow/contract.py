@@ -57,10 +57,12 @@ class Parameter:
 
     @property
     def required(self) -> bool:
+        """True when the recipe's parameters cell gives no default."""
         return self.default is _NO_DEFAULT
 
     @property
     def default_repr(self) -> str:
+        """The default as the recipe writes it, or ``(required)``."""
         return "(required)" if self.required else repr(self.default)
 
 
@@ -86,6 +88,7 @@ class RecipeContract:
     parameters: tuple[Parameter, ...]
 
     def names(self) -> list[str]:
+        """The parameters' names, in the order of the parameters cell."""
         return [p.name for p in self.parameters]
 
     def problems(self, values: dict[str, Any], context: str = "") -> list[str]:

@@ -99,6 +99,7 @@ class Node:
 
     @property
     def key(self) -> Key:
+        """(step, data id string): the node's key in the run database."""
         return (self.step.name, data_id_str(self.data_id))
 
 
@@ -116,9 +117,13 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
+        """True when nothing failed, nothing was interrupted and preflight found no problem."""
         return not self.failures and not self.interrupted and not self.problems
 
     def lines(self) -> list[str]:
+        """What the run did, as lines for the terminal: counts per step, then each failure with its
+        cell and notebook, then problems.
+        """
         out = list(self.notes)
         for step, c in self.counts.items():
             out.append(

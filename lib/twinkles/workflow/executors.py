@@ -69,12 +69,15 @@ class Executor:
         raise NotImplementedError
 
     def submit(self, submissions: list[Submission]) -> None:
+        """Start the tasks; each submission's ``job_id`` is set."""
         raise NotImplementedError
 
     def poll(self) -> list[Ended]:
+        """The tasks that ended since the last poll, with what the executor knows of how."""
         raise NotImplementedError
 
     def running(self) -> int:
+        """Number of tasks started and not yet seen to end."""
         raise NotImplementedError
 
     def cancel(self) -> None:
@@ -229,6 +232,9 @@ class SlurmExecutor(Executor):
 
     @staticmethod
     def final_state(job_id: str) -> str:
+        """Slurm's state of a job (``COMPLETED``, ``FAILED``, ``OUT_OF_MEMORY``, ...), or
+        ``UNKNOWN``.
+        """
         proc = subprocess.run(
             ["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False
         )

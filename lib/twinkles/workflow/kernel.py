@@ -143,10 +143,12 @@ class WarmKernel:
 
     @property
     def km(self):
+        """The kernel manager (the kernel is started if it is not running)."""
         return self._ensure().km
 
     @property
     def kc(self):
+        """The kernel client (the kernel is started if it is not running)."""
         return self._ensure().kc
 
     def _ensure(self) -> NotebookClient:
@@ -247,6 +249,9 @@ class WarmKernelEngine(NBClientEngine):
         warm_kernel: WarmKernel | None = None,
         **kwargs,
     ):
+        """Execute a papermill-managed notebook in ``warm_kernel`` instead of a new kernel
+        (papermill's engine interface; other arguments as papermill's).
+        """
         if warm_kernel is None:
             raise ValueError(f"the {ENGINE_NAME} engine needs warm_kernel=")
         client = PapermillNotebookClient(

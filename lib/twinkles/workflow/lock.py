@@ -74,6 +74,7 @@ class RunLock:
             return None
 
     def describe(self, info: dict | None) -> str:
+        """Who holds the lock, from its recorded info: pid, host, start time and command."""
         if not info:
             return "another process"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("start", 0)))

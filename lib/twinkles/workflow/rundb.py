@@ -170,10 +170,14 @@ class RunDatabase:
             )
 
     def close(self) -> None:
+        """Close the database connection."""
         self._conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on any
+        exception.
+        """
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
@@ -185,12 +189,14 @@ class RunDatabase:
     # --- nodes ----------------------------------------------------------------------------
 
     def node(self, step: str, data_id: str) -> NodeRow | None:
+        """The node's row, or None."""
         row = self._conn.execute(
             "SELECT * FROM nodes WHERE step = ? AND data_id = ?", (step, data_id)
         ).fetchone()
         return NodeRow(**dict(row)) if row else None
 
     def nodes(self, step: str | None = None) -> list[NodeRow]:
+        """Every node's row (of one step if given), ordered by step and data id."""
         if step is None:
             rows = self._conn.execute("SELECT * FROM nodes ORDER BY step, data_id")
         else:
@@ -200,6 +206,7 @@ class RunDatabase:
         return [NodeRow(**dict(r)) for r in rows]
 
     def upsert(self, rows: Iterable[NodeRow]) -> None:
+        """Insert or replace node rows, in one transaction."""
         columns = ", ".join(_NODE_COLUMNS)
         placeholders = ", ".join("?" for _ in _NODE_COLUMNS)
         with self.transaction() as conn:
@@ -209,6 +216,9 @@ class RunDatabase:
             )
 
     def set_state(self, keys: Iterable[tuple[str, str]], state: str, **values: Any) -> None:
+        """Set the state (one of `STATES`) and other columns of the nodes with these (step, data id)
+        keys.
+        """
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         assignments = ", ".join(["state = ?"] + [f"{k} = ?" for k in values])
@@ -239,12 +249,14 @@ class RunDatabase:
         self._insert("tasks", values, replace=True)
 
     def attempts(self, step: str | None = None) -> list[dict[str, Any]]:
+        """Every execution attempt (of one step if given), oldest first."""
         query, args = "SELECT * FROM attempts", ()
         if step is not None:
             query, args = query + " WHERE step = ?", (step,)
         return [dict(r) for r in self._conn.execute(query + " ORDER BY start", args)]
 
     def tasks(self, step: str | None = None) -> list[dict[str, Any]]:
+        """Every submitted task (of one step if given), in the order submitted."""
         query, args = "SELECT * FROM tasks", ()
         if step is not None:
             query, args = query + " WHERE step = ?", (step,)

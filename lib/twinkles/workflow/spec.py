@@ -113,6 +113,7 @@ class Step:
     enabled: Callable[[Run], bool] = field(default=lambda run: True, repr=False)
 
     def recipe_path(self, cookbook: Path = COOKBOOK) -> Path:
+        """The recipe notebook's path (relative recipes are found in ``cookbook``)."""
         path = Path(self.recipe)
         return path if path.is_absolute() else cookbook / path
 
@@ -181,6 +182,7 @@ class Pipeline:
         return replace(self, steps=steps)
 
     def step(self, name: str) -> Step:
+        """The step called ``name``; KeyError naming the known steps otherwise."""
         for step in self.steps:
             if step.name == name:
                 return step
@@ -188,6 +190,7 @@ class Pipeline:
         raise KeyError(f"unknown step {name!r}; the pipeline has: {known}")
 
     def data_ids(self, run: Run, dimension: str) -> list[DataId]:
+        """The data ids of a dimension in this run (``run``: the one empty id)."""
         if dimension == "run":
             return [{}]
         if dimension not in self.dimensions:

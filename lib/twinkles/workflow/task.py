@@ -82,6 +82,7 @@ def run_task(spec_path: str) -> dict[str, Any]:
 
 
 def main() -> int:
+    """Entry point of a worker process: run the task spec given on the command line."""
     if len(sys.argv) != 2:
         print("usage: python -m twinkles.workflow.task TASK_SPEC.json", file=sys.stderr)
         return 2
