@@ -5,7 +5,8 @@ robust estimator (sigma-clipped; mode ~ 2.5 median - 1.5 mean where the histogra
 sources), the box values median-filtered over ``filter_size`` boxes and interpolated by a
 bicubic spline (Bertin & Arnouts 1996, A&A 117, 393). The estimate is ``sep.Background``: the
 same algorithm as photutils' Background2D at 1/17 of its time on a 4k x 4k sensor
-(0.19 s against 3.3 s, ../shared/reference/PERFORMANCE.md).
+(0.19 s against 3.3 s, ../shared/reference/PERFORMANCE.md); the tests hold the two together
+(``tests/pipeline/test_photutils_reference.py``).
 
 Masked pixels (saturated, bad, cosmic rays) are left out of the estimate. The first estimate,
 made before anything is detected, sees the sources' outskirts: the wings of stars and galaxies

@@ -13,7 +13,8 @@ variance, ``sqrt(K^2 * var)``. Blends are split by ``sep.extract`` on the
 significance image, by multi-threshold deblending: a branch of the detection tree becomes its
 own source when it holds at least ``deblend_cont`` of the total (Bertin & Arnouts 1996). (sep
 detects ~3200 sources on a sensor in 0.6 s where photutils' detect + deblend + catalog takes
-4.1 s: ../shared/reference/PERFORMANCE.md.)
+4.1 s: ../shared/reference/PERFORMANCE.md; the tests check that both find the same sources,
+``tests/pipeline/test_photutils_reference.py``.)
 
 Before a PSF exists the filter is a Gaussian whose FWHM is measured on the image
 (:meth:`DetectionTask.estimate_fwhm`: the half-light radius of the stellar locus among bright

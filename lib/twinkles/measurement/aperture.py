@@ -9,8 +9,8 @@ circle's sums and, through a cumulative sum at the end, to every larger circle's
 pixels crossing a circle's edge are sub-sampled.
 
 The result is the same as ``sep.sum_circle(data, x, y, r, var=variance, mask=bad,
-segmap=segmentation, seg_id=seg_ids, subpix=subpix)``, which the tests check to float
-round-off:
+segmap=segmentation, seg_id=seg_ids, subpix=subpix)`` and as photutils' ``aperture_photometry``
+with ``method="subpixel"``, which the tests check to float round-off:
 
 * a pixel's overlap with the circle is the fraction of its ``subpix x subpix`` sub-pixel
   centres that lie within the radius (pixel centres at integer coordinates, 0-based);

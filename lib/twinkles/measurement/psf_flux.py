@@ -10,7 +10,8 @@ the variance plane. Unweighted by the variance, the estimate stays unbiased what
 source's own Poisson noise (weighting by the total variance biases bright sources low); for
 faint, background-dominated sources it is the optimal estimate. Vectorised over sources: 5000
 positions on a 4k x 4k sensor in ~0.1 s, where photutils' PSFPhotometry with fixed positions
-takes 6-9 s (../shared/reference/PERFORMANCE.md).
+takes 6-9 s (../shared/reference/PERFORMANCE.md); the tests hold the two together
+(``tests/pipeline/test_photutils_reference.py``).
 
 Positions given a common group label are fitted jointly, so overlapping PSFs share their
 light out instead of each counting it:
