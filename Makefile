@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo demo-external test bench lint clean services-stop
+.PHONY: setup lab-setup lab demo demo-external test bench lint clean services-stop
 
 setup: $(STAMP)
 
@@ -17,6 +17,31 @@ $(STAMP): pyproject.toml
 
 # The Note's PDF is printed by headless Chromium (Debian's package, installed as root); without
 # it the Note is HTML only.
+# JupyterLab for the people who edit recipes, in an environment of its own (.venv-lab) with
+# the `twinkles` kernel (.venv's Python) registered in it: Lab's jsonschema format extras make
+# `import papermill` about a second slower, which every pipeline task would pay in .venv.
+LAB_VENV := .venv-lab
+LAB_STAMP := $(LAB_VENV)/.installed-stamp
+LAB_ARGS ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lab-setup: $(LAB_STAMP)
+
+$(LAB_STAMP): pyproject.toml $(STAMP)
+	$(PYTHON) -m venv $(LAB_VENV)
+	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["lab"]))' \
+		| xargs -d '\n' $(LAB_VENV)/bin/python -m pip install --quiet
+	$(BIN)/python -m ipykernel install --prefix $(LAB_VENV) --name twinkles --display-name twinkles
+	# the recipes name the kernel python3 (as papermill runs them): there too, .venv's Python
+	$(BIN)/python -m ipykernel install --prefix $(LAB_VENV) --name python3 \
+		--display-name "Python 3 (twinkles)"
+	touch $@
+
+# Opens the cookbook; LAB_ARGS="--no-browser --port 8890" for a remote or headless machine.
+lab: lab-setup
+	$(LAB_VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) \
+		--LabApp.default_url=/lab/tree/cookbook $(ROOT_FLAG) $(LAB_ARGS)
+
 demo: setup
 	scripts/services.sh start chromium || echo "make demo: no Chromium, so the Note will have no PDF"
 	$(BIN)/twinkles run runs/demo.yaml
@@ -32,7 +57,7 @@ demo-external: setup
 
 # Service tests (real Slurm) must run, not skip: `make test` starts the services (root, Debian)
 # and requires them. `make test SERVICES=none` leaves them out explicitly.
-test: setup
+test: setup lab-setup
 ifeq ($(SERVICES),none)
 	$(BIN)/python -m pytest -m "not slurm and not postgres and not browser"
 else
@@ -53,4 +78,4 @@ lint: setup
 	$(BIN)/ruff format --check lib tests benchmarks cookbook examples
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LAB_VENV) .pytest_cache .ruff_cache

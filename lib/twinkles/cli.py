@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -184,6 +185,46 @@ def _cmd_recipe_show(args: argparse.Namespace) -> int:
         print(doc)
     print(read_contract(path).describe())
     return 0
+
+
+def _parameter_value(text: str) -> Any:
+    """A parameter's value as YAML reads it (``3`` an int, ``true`` a bool, ``r`` a string)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _cmd_recipe_run(args: argparse.Namespace) -> int:
+    from twinkles.workflow.manual import run_recipe
+    from twinkles.workflow.spec import parse_data_id
+
+    data_id = parse_data_id(args.data_id) if args.data_id else {}
+    if args.visit is not None:
+        data_id["visit"] = args.visit
+    result = run_recipe(
+        load_run(args.config),
+        args.step,
+        data_id,
+        parameters={name: _parameter_value(value) for name, value in args.parameter or []},
+        recipe=args.recipe,
+        notebook=args.output,
+        kernel_name=args.kernel,
+    )
+    record = result.record
+    cpu = f", {record['cpu_s']:.1f} CPU s" if record.get("cpu_s") is not None else ""
+    print(f"{args.step} {record['data_id']}: {record['status']} in {record['wall_s']:.1f} s{cpu}")
+    for w in record.get("writes", []):
+        print(f"  wrote {w['path']}")
+    if record["status"] != "done":
+        cell = f" (cell {record['failed_cell']})" if record["failed_cell"] is not None else ""
+        print(f"  FAILED{cell}: {record['error']}", file=sys.stderr)
+    if result.missing:
+        print(f"  the recipe did not write {', '.join(result.missing)}", file=sys.stderr)
+    print(f"executed notebook: {result.notebook}")
+    return 0 if result.ok else 1
 
 
 def _describe_model(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -371,6 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = recipe_sub.add_parser("show", help="a recipe's parameter contract")
     p.add_argument("name", help="step or recipe name (e.g. simulate_visit)")
     p.set_defaults(func=_cmd_recipe_show)
+    p = recipe_sub.add_parser(
+        "run",
+        help="execute one step's recipe on one data id, outside the workflow, with provenance",
+    )
+    p.add_argument("config", help="run configuration (runs/<name>.yaml) or run directory")
+    p.add_argument("step", help="pipeline step (e.g. process_eimage)")
+    p.add_argument("--visit", type=int, help="the visit (obsHistID) of a per-visit step")
+    p.add_argument("--data-id", help="any other data id, as the status shows it (filter=r)")
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (VALUE read as YAML); repeatable",
+    )
+    p.add_argument("--recipe", help="an edited copy of the recipe to execute instead")
+    p.add_argument("--output", help="executed notebook (default <run>/manual/<step>/<id>.ipynb)")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel (make lab's: twinkles)")
+    p.set_defaults(func=_cmd_recipe_run)
 
     p = sub.add_parser("config", help="run configuration")
     config_sub = p.add_subparsers(dest="config_command", required=True)
