@@ -16,6 +16,7 @@ import pytest
 
 from twinkles.diffim.subtract import ImageDifferenceError, ImageDifferenceTask
 from twinkles.image import Exposure
+from twinkles.note.notebooks import labelled_figures
 from twinkles.sim.truth import Truth
 from twinkles.validation.dia import forced_dia_truth, light_curve_pulls
 from twinkles.workflow.status import run_status
@@ -38,8 +39,24 @@ def test_every_step_ran_with_its_figures(tiny_dia):
     ]:
         assert (status[step]["done"], status[step]["failed"]) == (n, 0), step
     notebooks = tiny_dia.dir / "notebooks"
-    # cutouts, kernel, difference / sigma histogram, detections
-    assert all(figures_in(p) >= 4 for p in (notebooks / "image_difference").glob("*.ipynb"))
+    # every stage of the subtraction shows its output in its own cell
+    stages = {
+        "template-on-visit",
+        "kernel",
+        "decorrelation",
+        "dia-sources",
+        "difference-histogram",
+        "difference-cutouts",
+    }
+    for path in (notebooks / "image_difference").glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        assert set(labelled_figures(nb)) == stages, path.name
+        printed = [
+            "".join(o.get("text", "") for o in c.get("outputs", []))
+            for c in nb.cells
+            if c.cell_type == "code" and "= task." in c.source
+        ]
+        assert len(printed) == 6 and all(printed), path.name  # each stage says what it did
     (validation,) = (notebooks / "validate_dia").glob("*.ipynb")
     assert figures_in(validation) >= 4  # noise, spurious and recovery, SN light curve, quasar
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
 
-__all__ = ["BAND_COLORS", "cutout", "image_norm", "plot_light_curve", "show_image"]
+__all__ = [
+    "BAND_COLORS",
+    "cutout",
+    "image_norm",
+    "plot_light_curve",
+    "plot_pull_histogram",
+    "show_image",
+]
 
 
 def image_norm(image: np.ndarray, contrast: float = 0.15) -> ImageNormalize:
@@ -111,4 +118,47 @@ def plot_light_curve(
     ax.legend(ncol=6, fontsize="small")
     if title:
         ax.set_title(title)
+    return ax
+
+
+def plot_pull_histogram(
+    ax,
+    pulls: dict[str, np.ndarray],
+    xlabel: str = "pull",
+    limit: float = 6.0,
+    bins: int = 60,
+    ymin: float = 1e-4,
+    title: str = "",
+):
+    """Histograms of pulls (deviation / its predicted sigma) against N(0, 1), log density.
+
+    What a right error model looks like: every histogram on the dashed Gaussian, in the core
+    and in the tails. Values beyond ``limit`` (in sigma) and non-finite ones are left out.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+        Where to draw.
+    pulls : dict of str to array
+        Label (a band, a kind of pixel) -> pulls; one histogram each.
+    xlabel, title : str
+        Axis label and title.
+    limit : float
+        Range drawn, -limit to +limit (sigma).
+    bins : int
+        Number of bins over that range.
+    ymin : float
+        Lower limit of the density axis.
+    """
+    grid = np.linspace(-limit, limit, bins + 1)
+    for label, values in pulls.items():
+        values = np.asarray(values, dtype=float)
+        shown = values[np.isfinite(values) & (np.abs(values) < limit)]
+        ax.hist(shown, bins=grid, density=True, histtype="step", label=label)
+    fine = np.linspace(-limit, limit, 241)
+    ax.plot(fine, np.exp(-0.5 * fine**2) / np.sqrt(2 * np.pi), "k--", label="N(0, 1)")
+    ax.set(yscale="log", ylim=(ymin, 1), xlabel=xlabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
     return ax

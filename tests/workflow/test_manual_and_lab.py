@@ -87,6 +87,16 @@ def test_recipe_run_executes_one_visit_with_its_provenance(run_copy: Run):
     assert not (run_copy.dir / "notebooks" / "process_eimage").exists()
 
 
+def test_what_it_writes_is_the_workflows_bit_for_bit(run_copy: Run, tiny_processed: Run):
+    """The workflow's thread and malloc settings, and its parameters for that data id."""
+    visit = VISIT + 2
+    result = run_recipe(run_copy, "process_eimage", {"visit": visit})
+    assert result.ok, result.record["error"]
+    for dataset in ("calexp", "src"):
+        ours = run_copy.butler.path(dataset, visit=visit)
+        assert ours.read_bytes() == tiny_processed.butler.path(dataset, visit=visit).read_bytes()
+
+
 def test_a_failed_edit_keeps_the_last_good_outputs(run_copy: Run, tmp_path: Path):
     calexp = _calexp(run_copy, VISIT)
     if not calexp.exists():

@@ -65,10 +65,14 @@ from twinkles.units import AB_MAG_OF_1_NJY, FWHM_PER_SIGMA
 
 __all__ = [
     "DIA_SOURCE_COLUMNS",
+    "DiaSourceDetection",
     "ImageDifferenceConfig",
     "ImageDifferenceError",
     "ImageDifferenceResult",
     "ImageDifferenceTask",
+    "KernelMatch",
+    "Subtraction",
+    "TemplateOnVisit",
     "kernel_sigma",
 ]
 
@@ -259,6 +263,68 @@ def _pull_spread(pulls: np.ndarray | None) -> float:
     return float(max(robust_std(pulls), 1.0))
 
 
+@dataclass
+class TemplateOnVisit:
+    """Stage 1: the template resampled onto the visit's pixels."""
+
+    exposure: Exposure
+    """nJy on the calexp's pixels; NO_DATA (image 0, variance +inf) where the template has none;
+    its variance plane scaled by ``variance_scale**2``."""
+    variance_scale: float
+    """Measured pixel noise of the template on blank sky over its variance plane's prediction
+    (1 when not scaled)."""
+    psf_kernel: np.ndarray
+    """The template's PSF, resampled onto the visit, at the sensor's centre."""
+    unusable: np.ndarray
+    """Pixels BAD, SAT or NO_DATA in either image."""
+    blank: np.ndarray
+    """Blank sky: usable, not near a source detected on the calexp, covered by the template."""
+
+
+@dataclass
+class KernelMatch:
+    """Stage 2: which image is convolved, and the kernel that matches it to the other."""
+
+    convolved: Literal["template", "science"]
+    solution: KernelSolution
+    narrow: np.ndarray
+    """The image convolved (nJy; non-finite pixels set to 0)."""
+    wide: np.ndarray
+    """The other image (nJy)."""
+    var_narrow: np.ndarray
+    var_wide: np.ndarray
+
+
+@dataclass
+class Subtraction:
+    """Stage 3: the difference before decorrelation."""
+
+    image: np.ndarray
+    """``wide - K * narrow`` (or ``K * narrow - wide``): brighter at the visit is positive (nJy)."""
+    mask: np.ndarray
+    """The union of the inputs' BAD, SAT, NO_DATA, CR and INTRP planes; NO_DATA also within
+    the kernel's half-width of the sensor's edge or of either image's missing data."""
+    edge: np.ndarray
+    """Where the convolution is incomplete (the NO_DATA the subtraction added)."""
+    blank: np.ndarray
+    """Blank sky (:attr:`TemplateOnVisit.blank`) away from ``edge``."""
+
+
+@dataclass
+class DiaSourceDetection:
+    """Stage 5: the DIASources and how their errors were scaled."""
+
+    sources: Table
+    """:data:`DIA_SOURCE_COLUMNS`; negative detections have negative ``psFlux``."""
+    psf_flux_err_scale: float
+    """Robust spread of PSF flux / error at blank positions away from detections; the errors
+    are multiplied by it."""
+    detection_scale: float
+    """The same spread before detection, by which the threshold was raised."""
+    usable: np.ndarray
+    """Pixels neither masked, near the edge nor detected: where the noise is measured."""
+
+
 class ImageDifferenceTask:
     """Subtract a PSF-matched template from a calexp and detect DIASources."""
 
@@ -295,6 +361,10 @@ class ImageDifferenceTask:
     ) -> ImageDifferenceResult:
         """Difference a calexp (electrons) against a template on the patch (nJy).
 
+        The stages, each a method a recipe may call in turn: :meth:`warp_template`,
+        :meth:`match_kernel`, :meth:`subtract`, :meth:`decorrelate`,
+        :meth:`detect_dia_sources`, :meth:`noise_ratio`.
+
         Parameters
         ----------
         calexp : Exposure
@@ -313,17 +383,48 @@ class ImageDifferenceTask:
             which image was convolved, the template on the visit's pixels and the difference's
             noise ratio.
         """
-        cfg = self.config
+        on_visit = self.warp_template(calexp, template)
+        match = self.match_kernel(calexp, on_visit, refcat)
+        subtraction = self.subtract(calexp, on_visit, match)
+        difference = self.decorrelate(calexp, on_visit, match, subtraction)
+        found = self.detect_dia_sources(difference, calexp, on_visit, subtraction, visit_mjd)
+        return ImageDifferenceResult(
+            difference,
+            found.sources,
+            match.solution,
+            match.convolved,
+            on_visit.exposure,
+            self.noise_ratio(difference, found.usable),
+            found.psf_flux_err_scale,
+            on_visit.variance_scale,
+        )
+
+    def warp_template(self, calexp: Exposure, template: Exposure) -> TemplateOnVisit:
+        """Stage 1: resample the template onto the calexp's pixels (only the part under the
+        visit), and scale its variance plane to its measured noise on blank sky.
+
+        Parameters
+        ----------
+        calexp : Exposure
+            With WCS, PSF and zero point (electrons).
+        template : Exposure
+            The template on the patch (nJy) with its PSF.
+
+        Returns
+        -------
+        TemplateOnVisit
+            The template on the visit (nJy), its variance scale, its PSF at the sensor's
+            centre, and the unusable and blank-sky pixels of both images.
+
+        Raises
+        ------
+        ImageDifferenceError
+            The calexp has no PSF, WCS or zero point, or does not overlap the template.
+        """
         visit = int(calexp.visit or 0)
-        band = str(calexp.metadata.get("filter", ""))
         if calexp.psf is None or calexp.wcs is None or calexp.photo_calib is None:
             raise ImageDifferenceError(f"visit {visit}: the calexp has no PSF, WCS or zero point")
         h, w = calexp.shape
-        scale = calexp.photo_calib.njy_per_electron
-        science = calexp.image.astype(np.float32) * np.float32(scale)
-        sci_var = calexp.variance.astype(np.float32) * np.float32(scale**2)
-
-        # 1. the template on the visit's pixels (only the part under the visit is resampled)
         try:
             warped = WarpTask().run(_crop_under(template, calexp), calexp.wcs, (h, w))
         except TwinklesError as exc:
@@ -338,16 +439,62 @@ class ImageDifferenceTask:
         tmpl_mask[y0 : y0 + wh, x0 : x0 + ww] = warped.mask
         no_data_t = (tmpl_mask & int(MaskPlane.NO_DATA)) != 0
         tmpl[no_data_t] = 0.0
-        template_on_visit = Exposure(
+        exposure = Exposure(
             tmpl, tmpl_mask, tmpl_var, calexp.wcs, None, PhotoCalib(AB_MAG_OF_1_NJY), {}
         )
-
-        # 2. which image is narrower: the PSFs at the sensor's centre
         xc, yc = 0.5 * (w - 1), 0.5 * (h - 1)
-        sci_kernel = calexp.psf.kernel(xc, yc)
         template_model = CalexpModel(0, template.wcs, template.psf, template.shape)
-        tmpl_kernel = warped_psf_kernel(template_model, calexp.wcs, xc, yc)
-        sigma_sci, sigma_tmpl = kernel_sigma(sci_kernel), kernel_sigma(tmpl_kernel)
+        psf_kernel = warped_psf_kernel(template_model, calexp.wcs, xc, yc)
+        unusable = ((calexp.mask | tmpl_mask) & int(_UNUSABLE)) != 0
+        # blank sky: neither masked nor near a source detected on the calexp
+        detected = (calexp.mask & int(MaskPlane.DETECTED)) != 0
+        blank = ~unusable & ~grow_square(detected, 3) & ~no_data_t & np.isfinite(tmpl_var)
+        scale = 1.0
+        if self.config.scale_template_variance:
+            # every fourth row and column is plenty (~1 M pixels on a run1 sensor: 0.1%)
+            sub = blank[::4, ::4]
+            z_t = tmpl[::4, ::4][sub] / np.sqrt(tmpl_var[::4, ::4][sub])
+            if z_t.size > 1000:
+                scale = robust_std(z_t)
+                tmpl_var *= np.float32(scale**2)
+        return TemplateOnVisit(exposure, scale, psf_kernel, unusable, blank)
+
+    def match_kernel(
+        self, calexp: Exposure, on_visit: TemplateOnVisit, refcat: Table
+    ) -> KernelMatch:
+        """Stage 2: fit the kernel that turns the image of narrower PSF (at the sensor's
+        centre) into the other, on stamps around isolated reference stars.
+
+        Parameters
+        ----------
+        calexp : Exposure
+            With WCS, PSF and zero point (electrons).
+        on_visit : TemplateOnVisit
+            From :meth:`warp_template`.
+        refcat : Table
+            Reference catalog (``ra``, ``dec`` in deg, ``{band}_mag``, ``resolved``,
+            ``variable``).
+
+        Returns
+        -------
+        KernelMatch
+            Which image is convolved, the kernel solution, and both images with their
+            variances in nJy.
+
+        Raises
+        ------
+        ImageDifferenceError
+            The kernel cannot be fitted (too few usable stamps).
+        """
+        visit = int(calexp.visit or 0)
+        band = str(calexp.metadata.get("filter", ""))
+        h, w = calexp.shape
+        scale = calexp.photo_calib.njy_per_electron
+        science = calexp.image.astype(np.float32) * np.float32(scale)
+        sci_var = calexp.variance.astype(np.float32) * np.float32(scale**2)
+        tmpl, tmpl_var = on_visit.exposure.image, on_visit.exposure.variance
+        sci_kernel = calexp.psf.kernel(0.5 * (w - 1), 0.5 * (h - 1))
+        sigma_sci, sigma_tmpl = kernel_sigma(sci_kernel), kernel_sigma(on_visit.psf_kernel)
         convolved: Literal["template", "science"] = (
             "template" if sigma_tmpl <= sigma_sci else "science"
         )
@@ -357,22 +504,7 @@ class ImageDifferenceTask:
         else:
             narrow, wide, var_n, var_w = science, tmpl, sci_var, tmpl_var
             sigma_n, sigma_w = sigma_sci, sigma_tmpl
-        unusable = ((calexp.mask | tmpl_mask) & int(_UNUSABLE)) != 0
         narrow = np.where(np.isfinite(narrow), narrow, 0.0).astype(np.float32)
-        # blank sky: neither masked nor near a source detected on the calexp
-        detected = (calexp.mask & int(MaskPlane.DETECTED)) != 0
-        blank = ~unusable & ~grow_square(detected, 3) & ~no_data_t & np.isfinite(tmpl_var)
-        tmpl_scale = 1.0
-        if cfg.scale_template_variance:
-            # every fourth row and column is plenty (~1 M pixels on a run1 sensor: 0.1%)
-            sub = blank[::4, ::4]
-            z_t = tmpl[::4, ::4][sub] / np.sqrt(tmpl_var[::4, ::4][sub])
-            if z_t.size > 1000:
-                tmpl_scale = robust_std(z_t)
-                # tmpl_var is var_n or var_w: scale it in place
-                tmpl_var *= np.float32(tmpl_scale**2)
-
-        # 3. the kernel, on reference-star stamps
         sx, sy = self.kernel_stars(calexp, refcat, band)
         try:
             solution = fit_kernel(
@@ -383,31 +515,88 @@ class ImageDifferenceTask:
                 sy,
                 sigma_n,
                 sigma_w,
-                cfg.kernel,
-                bad=grow_square(unusable, 1),
+                self.config.kernel,
+                bad=grow_square(on_visit.unusable, 1),
             )
         except KernelFitError as exc:
             raise ImageDifferenceError(f"visit {visit}: {exc}") from None
+        return KernelMatch(convolved, solution, narrow, wide, var_n, var_w)
 
-        # 4. convolve and subtract
+    def subtract(
+        self, calexp: Exposure, on_visit: TemplateOnVisit, match: KernelMatch
+    ) -> Subtraction:
+        """Stage 3: convolve the narrower image with the kernel (and add its differential
+        background) and subtract, so that brighter at the visit is positive.
+
+        Parameters
+        ----------
+        calexp : Exposure
+            The calexp (its mask is carried).
+        on_visit : TemplateOnVisit
+            From :meth:`warp_template`.
+        match : KernelMatch
+            From :meth:`match_kernel`.
+
+        Returns
+        -------
+        Subtraction
+            The difference (nJy), its mask, the incomplete edge, and the blank sky left.
+        """
+        h, w = calexp.shape
+        solution = match.solution
         conv = fft_convolve_terms(
-            narrow, solution.spatial_kernels, self._spatial_terms(solution, h, w)
+            match.narrow, solution.spatial_kernels, self._spatial_terms(solution, h, w)
         )
         conv += solution.background_image((h, w))
-        difference = wide - conv if convolved == "template" else conv - wide
-        k_centre = solution.kernel(xc, yc)
-        k_sum = float(k_centre.sum())
+        difference = match.wide - conv if match.convolved == "template" else conv - match.wide
+        tmpl_mask = on_visit.exposure.mask
         half = solution.spatial_kernels.shape[-1] // 2
         edge = grow_square(((calexp.mask | tmpl_mask) & int(MaskPlane.NO_DATA)) != 0, half)
         edge[:half, :] = edge[-half:, :] = True
         edge[:, :half] = edge[:, -half:] = True
         mask = (calexp.mask | tmpl_mask) & int(_CARRIED)
         mask[edge] |= int(MaskPlane.NO_DATA)
-        blank &= ~edge
+        return Subtraction(difference, mask, edge, on_visit.blank & ~edge)
+
+    def decorrelate(
+        self,
+        calexp: Exposure,
+        on_visit: TemplateOnVisit,
+        match: KernelMatch,
+        subtraction: Subtraction,
+    ) -> Exposure:
+        """Stage 4: whiten the noise the convolution correlated (with ``decorrelate``), and
+        give the difference its variance plane and PSF.
+
+        Parameters
+        ----------
+        calexp : Exposure
+            The calexp (its PSF, WCS and visit metadata).
+        on_visit : TemplateOnVisit
+            From :meth:`warp_template`.
+        match : KernelMatch
+            From :meth:`match_kernel`.
+        subtraction : Subtraction
+            From :meth:`subtract`.
+
+        Returns
+        -------
+        Exposure
+            The difference image (nJy): variance +inf and image 0 at the edge; PSF the wider
+            image's (convolved with the decorrelation kernel); zero point of nJy; metadata
+            with the kernel's and template's figures.
+        """
+        cfg = self.config
+        h, w = calexp.shape
+        xc, yc = 0.5 * (w - 1), 0.5 * (h - 1)
+        solution, convolved, edge = match.solution, match.convolved, subtraction.edge
+        var_w, var_n = match.var_wide, match.var_narrow
+        k_centre = solution.kernel(xc, yc)
+        k_sum = float(k_centre.sum())
         wide_psf = (
             calexp.psf
             if convolved == "template"
-            else PixelPSF(tmpl_kernel[None], 0, xc, yc, max(h, w) / 2.0)
+            else PixelPSF(on_visit.psf_kernel[None], 0, xc, yc, max(h, w) / 2.0)
         )
         if cfg.decorrelate:
             # the typical variances: a sparse sample of the planes is as good as every pixel
@@ -416,7 +605,9 @@ class ImageDifferenceTask:
             var_n_med = float(np.median(var_n[::2, ::2][inner])) if inner.any() else 1.0
             # the template's noise is correlated by its resampling and PSF homogenisation
             # (the calexp's is white): its measured spectrum
-            corr_t = noise_correlation(tmpl, tmpl_var, blank)
+            corr_t = noise_correlation(
+                on_visit.exposure.image, on_visit.exposure.variance, subtraction.blank
+            )
             if convolved == "template":
                 # psi whitens with the template's spectrum
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med, corr_narrow=corr_t)
@@ -431,7 +622,7 @@ class ImageDifferenceTask:
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)
                 corr_wide, corr_narrow = corr_t, None
             gain_w, _ = decorrelated_variance_factors(psi, k_centre, corr_wide, corr_narrow)
-            difference = fft_convolve_terms(np.where(edge, 0.0, difference), psi)
+            difference = fft_convolve_terms(np.where(edge, 0.0, subtraction.image), psi)
             # one decorrelation for the sensor (DMTN-021's, from the kernel at its centre), but
             # the kernel's shape follows the PSFs, and with it the noise that the convolved
             # image carries: its gain is mapped over the sensor
@@ -446,39 +637,79 @@ class ImageDifferenceTask:
             variance = var_w * np.float32(gain_w) + var_n * gain_n
             diff_psf = _convolve_psf(wide_psf, psi)
         else:
+            difference = subtraction.image
             variance = var_w + var_n * _kernel_map(solution, (h, w), lambda k: float(np.sum(k**2)))
             diff_psf = wide_psf
         difference = difference.astype(np.float32)
         difference[edge] = 0.0
         variance = np.where(edge | ~np.isfinite(variance), np.inf, variance).astype(np.float32)
-        diff = Exposure(
+        return Exposure(
             difference,
-            mask.astype(np.int32),
+            subtraction.mask.astype(np.int32),
             variance,
             calexp.wcs,
             diff_psf,
             PhotoCalib(AB_MAG_OF_1_NJY, 0.0),
             {
-                "visit": visit,
-                "filter": band,
-                "mjd": visit_mjd,
+                "visit": int(calexp.visit or 0),
+                "filter": str(calexp.metadata.get("filter", "")),
+                "mjd": calexp.metadata.get("mjd"),  # detect_dia_sources sets the visit's
                 "convolved": convolved,
                 "kernel_n_stamps": solution.n_stamps,
                 "kernel_chi2": round(solution.chi2_per_pixel, 4),
                 "kernel_sum": round(k_sum, 6),
-                "template_variance_scale": round(tmpl_scale, 4),
+                "template_variance_scale": round(on_visit.variance_scale, 4),
             },
         )
 
-        # 5. DIASources, both polarities, at the threshold in units of the PSF-flux spread
-        # measured at blank positions; the errors' scale is measured again without the
-        # difference's own detections (the template's faint sources widened it by <= 6%)
+    def detect_dia_sources(
+        self,
+        difference: Exposure,
+        calexp: Exposure,
+        on_visit: TemplateOnVisit,
+        subtraction: Subtraction,
+        visit_mjd: float,
+    ) -> DiaSourceDetection:
+        """Stage 5: detect DIASources in both polarities, measure them, and score their
+        real/bogus features.
+
+        The threshold is in units of the PSF-flux spread measured at blank positions; the
+        errors' scale is measured again without the difference's own detections (the
+        template's faint sources widen it). The difference's mask gets DETECTED and
+        DETECTED_NEGATIVE, and its metadata the MJD and both scales.
+
+        Parameters
+        ----------
+        difference : Exposure
+            From :meth:`decorrelate`.
+        calexp : Exposure
+            The calexp (its WCS gives the pixel scale).
+        on_visit : TemplateOnVisit
+            From :meth:`warp_template` (the template's contrast is a feature).
+        subtraction : Subtraction
+            From :meth:`subtract` (its edge and blank sky).
+        visit_mjd : float
+            Mid-exposure MJD (``midPointTai``).
+
+        Returns
+        -------
+        DiaSourceDetection
+            The DIASources (fluxes in nJy), the error and detection scales, and the pixels
+            where the noise is measured.
+        """
+        cfg = self.config
+        diff, edge = difference, subtraction.edge
+        visit = int(calexp.visit or 0)
+        h, w = calexp.shape
+        xc, yc = 0.5 * (w - 1), 0.5 * (h - 1)
+        diff.metadata["mjd"] = visit_mjd
+        blank = subtraction.blank
         grid_pulls = self._blank_grid_pulls(diff, blank) if cfg.empirical_errors else None
         detect_scale = _pull_spread(grid_pulls)
         sources = self._detect(diff, visit, visit_mjd, detect_scale)
         usable = (
             ~edge
-            & ~unusable
+            & ~on_visit.unusable
             & ((diff.mask & int(MaskPlane.DETECTED | MaskPlane.DETECTED_NEGATIVE)) == 0)
         )
         # the same grid's points, less those whose footprint the detections reach
@@ -490,11 +721,11 @@ class ImageDifferenceTask:
         sources["psFluxErr"] *= scale
         sources["snr"] /= scale
         # what a real/bogus score reads (twinkles.diffim.realbogus)
-        fwhm = FWHM_PER_SIGMA * kernel_sigma(diff_psf.kernel(xc, yc))
+        fwhm = FWHM_PER_SIGMA * kernel_sigma(diff.psf.kernel(xc, yc))
         flux = np.asarray(sources["psFlux"], float)
         features = dia_source_features(
             diff,
-            template_on_visit,
+            on_visit.exposure,
             np.asarray(sources["x"], float),
             np.asarray(sources["y"], float),
             np.where(flux < 0, -1, 1),
@@ -506,14 +737,16 @@ class ImageDifferenceTask:
             sources[name] = values
         diff.metadata["psf_flux_err_scale"] = round(scale, 4)
         diff.metadata["detection_scale"] = round(detect_scale, 4)
-        # the noise ratio from every other row and column: 4 M pixels on a run1 sensor set it
-        # to ~0.05%
+        return DiaSourceDetection(sources, scale, detect_scale, usable)
+
+    @staticmethod
+    def noise_ratio(difference: Exposure, usable: np.ndarray) -> float:
+        """Stage 6: robust spread of difference / sigma over ``usable`` pixels (1 for a right
+        variance plane; NaN with fewer than 100 pixels)."""
+        # every other row and column: 4 M pixels on a run1 sensor set it to ~0.05%
         sub = usable[::2, ::2]
-        z = difference[::2, ::2][sub] / np.sqrt(variance[::2, ::2][sub])
-        ratio = robust_std(z) if z.size > 100 else float("nan")
-        return ImageDifferenceResult(
-            diff, sources, solution, convolved, template_on_visit, ratio, scale, tmpl_scale
-        )
+        z = difference.image[::2, ::2][sub] / np.sqrt(difference.variance[::2, ::2][sub])
+        return robust_std(z) if z.size > 100 else float("nan")
 
     @staticmethod
     def _blank_grid_pulls(diff: Exposure, usable: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ For the person editing a recipe. The step gets the parameters ``twinkles run`` w
 for that data id (the run directory, the data id, the run configuration's overrides), changed
 by any given here, and is checked against the recipe's contract before anything runs. The
 recipe runs in a fresh kernel (``python3``, the environment of the ``twinkles`` command, or a
-named one such as the ``twinkles`` kernel ``make lab`` registers), and the executed notebook
+named one such as the ``twinkles`` kernel ``make lab`` registers) with the workflow's thread and
+malloc settings, so that what it writes is the workflow's bit for bit; the executed notebook
 keeps the same provenance as a workflow's: parameters, the recipe's checksum, the git state,
 the versions, and every dataset read and written with its checksum.
 
@@ -26,6 +27,7 @@ from twinkles.errors import TwinklesError
 from twinkles.files import INVALID_ENV
 from twinkles.workflow.contract import ParameterError, read_contract
 from twinkles.workflow.driver import git_state, make_plan
+from twinkles.workflow.environment import task_environment
 from twinkles.workflow.execute import code_versions, execute_item
 from twinkles.workflow.spec import PIPELINE, DataId, Pipeline, data_id_str
 
@@ -123,9 +125,12 @@ def run_recipe(
     if problems:
         raise ParameterError(problems)
     out = Path(notebook) if notebook is not None else run.dir / "manual" / step / f"{key[1]}.ipynb"
+    # the kernel inherits this process's environment: the workflow's threads and malloc
+    # settings, so that the products are bit for bit the workflow's
+    environment = task_environment(node.resources.cpus)
     invalid = run.dir / "work" / "invalid.json"
     if invalid.exists():  # the datasets the workflow holds invalid stay refused
-        os.environ[INVALID_ENV] = str(invalid)
+        environment[INVALID_ENV] = str(invalid)
     item = {
         "step": step,
         "data_id": key[1],
@@ -145,7 +150,13 @@ def run_recipe(
         "versions": code_versions(),
         "kernel_name": kernel_name,
     }
-    record = execute_item(item, common, kernel=None)
+    saved = dict(os.environ)
+    os.environ.update(environment)
+    try:
+        record = execute_item(item, common, kernel=None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     base = run.dir.resolve()
     written = {(base / w["path"]).resolve() for w in record.get("writes", [])}
     missing = []
