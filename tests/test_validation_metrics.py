@@ -12,7 +12,10 @@ from astropy.table import Table
 from twinkles.validation.dia import (
     dia_object_completeness_purity,
     lensed_image_recovery,
+    lensed_systems,
     light_curve_pulls,
+    supernova_pulls,
+    usable_forced_points,
 )
 from twinkles.validation.metrics import Metric, collect_metrics, read_metrics, write_metrics
 from twinkles.validation.monitor import neighbours, psf_overlap, stamp_epochs
@@ -144,6 +147,68 @@ def test_lensed_image_recovery():
     assert out["diaObjectId"].tolist() == [100, 101, 200, 200]
     assert out["separate"].tolist() == [True, True, False, False]
     assert out["peak_snr"].tolist() == [30.0, 4.0, 50.0, 50.0]
+
+
+def _forced_points(rng, kind, truth_ids, band, n_per, shift=0.0):
+    """Forced points of light curves whose pulls are N(shift, 1)."""
+    ids = np.repeat(truth_ids, n_per)
+    expected = rng.uniform(100, 1000, len(ids))
+    err = np.full(len(ids), 50.0)
+    return Table(
+        {
+            "truth_id": ids,
+            "kind": [kind] * len(ids),
+            "band": [band] * len(ids),
+            "psFlux": expected + err * (shift + rng.normal(size=len(ids))),
+            "psFluxErr": err,
+            "expected_flux": expected,
+            "in_template": np.zeros(len(ids), bool),
+            "flag_off_image": np.zeros(len(ids), bool),
+            "flag_bad": np.zeros(len(ids), bool),
+            "flag_edge": np.zeros(len(ids), bool),
+        }
+    )
+
+
+def test_supernova_pulls_by_band_and_host():
+    from astropy.table import vstack
+
+    rng = np.random.default_rng(5)
+    # supernovae 1-20 on faint hosts, 21-40 on bright ones whose subtraction leaves +1 sigma
+    faint = _forced_points(rng, "supernova", np.arange(1, 21), "r", 30)
+    bright = _forced_points(rng, "supernova", np.arange(21, 41), "r", 30, shift=1.0)
+    quasars = _forced_points(rng, "lensed_image", [90, 91], "r", 30, shift=5.0)
+    points = vstack([faint, bright, quasars])
+    points["in_template"][:5] = True  # not independent of the template: left out
+    usable = usable_forced_points(points)
+    assert len(usable) == len(points) - 5
+    host_mag = {t: (23.0 if t <= 20 else 20.0) for t in range(1, 41)}
+    (row,) = supernova_pulls(usable, host_mag, bright_host_mag=21.5)
+    assert row["band"] == "r" and row["n"] == 1195  # the quasars are not supernovae
+    assert row["bright_host_n"] == 600
+    assert row["bright_host_pull_median"] == pytest.approx(
+        1.0, abs=4 * row["bright_host_pull_median_err"]
+    )
+    assert 0.3 < row["pull_median"] < 0.7  # half of them shifted by one sigma
+    assert len(supernova_pulls(usable[:0], host_mag)) == 0
+
+
+def test_lensed_systems_from_the_recovery_of_their_images():
+    rng = np.random.default_rng(6)
+    recovery = Table(
+        {
+            "truth_id": [1, 2, 3, 4, 5],
+            "system_id": [10, 10, 20, 20, 30],
+            "resolved": [True, True, True, True, False],
+            "separate": [True, True, True, False, False],
+        }
+    )
+    points = _forced_points(rng, "lensed_image", [1, 2, 3], "i", 40)
+    table = lensed_systems(recovery, points)
+    assert table["system"].tolist() == [10, 20]  # a single image is not a system
+    assert table["n_resolved_separate"].tolist() == [2, 1]
+    assert table["n_points"].tolist() == [80, 40]
+    assert abs(table["pull_median"][0]) < 0.3 and 0.8 < table["pull_std"][0] < 1.2
 
 
 def test_monitor_helpers():

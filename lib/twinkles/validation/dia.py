@@ -41,6 +41,7 @@ from twinkles.validation.static_sky import match_sky
 __all__ = [
     "ARTIFACT_CAUSES",
     "ArtifactCriteria",
+    "DifferenceScores",
     "artifact_rates",
     "brightest_dia_sources",
     "classify_artifacts",
@@ -48,13 +49,18 @@ __all__ = [
     "expected_difference_flux",
     "expected_forced_flux",
     "forced_dia_truth",
+    "host_magnitudes",
     "injection_efficiency",
     "injection_results",
     "lensed_image_recovery",
+    "lensed_systems",
     "light_curve_pulls",
     "real_bogus_examples",
     "score_dia_sources",
+    "score_difference_images",
+    "supernova_pulls",
     "transient_peaks",
+    "usable_forced_points",
     "variable_truth",
     "visible_transients",
 ]
@@ -857,3 +863,216 @@ def injection_efficiency(injections: Table, min_snr: float = 10.0) -> Table:
             }
         )
     return Table(rows=rows)
+
+
+@dataclass
+class DifferenceScores:
+    """Every difference image of a run scored against the truth (see
+    :func:`score_difference_images`)."""
+
+    scores: Table
+    """Per visit: ``visit``, ``in_template``, ``n_dia_sources`` and, with a truth,
+    ``n_expected``, ``n_recovered``, ``n_spurious`` (as :func:`score_dia_sources`), the same
+    counted with the DIASources that pass the real/bogus cut (``n_recovered_reliable``,
+    ``n_spurious_reliable``) and ``missed`` (truth ids, as text)."""
+    visible: Table
+    """The visible transients of every visit (:func:`visible_transients`) with ``visit`` and
+    ``found``; empty without a truth."""
+    causes: np.ndarray
+    """The cause of each spurious DIASource (:func:`classify_artifacts`), over all visits."""
+    causes_reliable: np.ndarray
+    """The same for the DIASources that pass the cut."""
+    area_deg2: float
+    """The sensor's area (deg2), for rates per deg2."""
+
+    def recovery(self, reliable: bool = False) -> tuple[int, int, float]:
+        """(recovered, expected, fraction) of the transients of S/N >= the scoring's
+        ``min_snr``; with ``reliable``, recovered by a DIASource that passes the cut."""
+        if "n_expected" not in self.scores.colnames:
+            return 0, 0, float("nan")
+        expected = int(np.sum(self.scores["n_expected"]))
+        column = "n_recovered_reliable" if reliable else "n_recovered"
+        recovered = int(np.sum(self.scores[column]))
+        return recovered, expected, recovered / expected if expected else float("nan")
+
+
+def score_difference_images(
+    butler,
+    truth: Truth | None,
+    visits: Table,
+    templates: dict[str, dict],
+    reliability: dict[int, float],
+    pixel_scale: float,
+    match_arcsec: float = 1.0,
+    min_snr: float = 10.0,
+    min_reliability: float = 0.5,
+) -> DifferenceScores:
+    """Score every difference image of a run: recovery of the visible transients, DIASources
+    near no variable object, and those classified by cause, before and after the real/bogus
+    cut.
+
+    Parameters
+    ----------
+    butler : Butler
+        The run's repository (``deepDiff_summary``, ``diaSrc``, ``deepDiff_differenceExp``).
+    truth : Truth or None
+        The simulation's truth; without it only the DIASources are counted.
+    visits : Table
+        The visit table (``obsHistID``, ``filter``, ``expMJD``); visits with no difference
+        image are skipped.
+    templates : dict
+        ``goodSeeingCoadd_summary`` per band.
+    reliability : dict
+        ``diaSourceId`` -> real/bogus score (as association gave it).
+    pixel_scale : float
+        Arcsec per pixel.
+    match_arcsec : float
+        A DIASource within this of a variable object is on it.
+    min_snr : float
+        Transients of expected S/N at least this count in the recovery.
+    min_reliability : float
+        The real/bogus cut.
+
+    Returns
+    -------
+    DifferenceScores
+    """
+    variables = variable_truth(truth) if truth is not None else None
+    rows, visible_all, causes, causes_reliable = [], [], [], []
+    area_deg2 = float("nan")
+    for vrow in visits:
+        visit, band = int(vrow["obsHistID"]), str(vrow["filter"])
+        if not butler.exists("deepDiff_differenceExp", visit=visit):
+            continue
+        dia_sources = butler.get("diaSrc", visit=visit)
+        row = {
+            "visit": visit,
+            "in_template": butler.get("deepDiff_summary", visit=visit)["in_template"],
+        }
+        if truth is None:
+            rows.append({**row, "n_dia_sources": len(dia_sources)})
+            continue
+        diff = butler.get("deepDiff_differenceExp", visit=visit)
+        area_deg2 = diff.shape[0] * diff.shape[1] * (pixel_scale / 3600.0) ** 2
+        visible = visible_transients(
+            diff, truth, variables, band, float(vrow["expMJD"]), templates[band]
+        )
+        visible["visit"] = np.full(len(visible), visit)
+        reliable = np.array(
+            [reliability.get(i, np.nan) >= min_reliability for i in dia_sources["diaSourceId"]],
+            dtype=bool,
+        )
+        # the difference carries the calexp's SAT and CR masks and its WCS
+        visit_causes = classify_artifacts(dia_sources, diff, truth, band, pixel_scale)
+        causes.append(visit_causes)
+        causes_reliable.append(visit_causes[reliable])
+        kept = score_dia_sources(dia_sources[reliable], visible, match_arcsec, min_snr)
+        row["n_recovered_reliable"] = kept["n_recovered"]
+        row["n_spurious_reliable"] = kept["n_spurious"]
+        score = score_dia_sources(dia_sources, visible, match_arcsec, min_snr)
+        visible["found"] = score.pop("found")
+        visible_all.append(visible)
+        missed = score.pop("missed")
+        rows.append({**row, **score, "missed": str(missed)})
+    return DifferenceScores(
+        Table(rows=rows) if rows else Table(),
+        vstack(visible_all) if visible_all else Table(),
+        np.concatenate(causes) if causes else np.zeros(0, dtype=str),
+        np.concatenate(causes_reliable) if causes_reliable else np.zeros(0, dtype=str),
+        area_deg2,
+    )
+
+
+def usable_forced_points(forced: Table) -> Table:
+    """The forced points a light curve is scored on: independent of the template (the visit
+    is not one of its), on the image, not flagged bad or at the edge."""
+    if len(forced) == 0:
+        return forced
+    keep = (
+        ~np.asarray(forced["in_template"])
+        & ~np.asarray(forced["flag_off_image"])
+        & ~np.asarray(forced["flag_bad"])
+        & ~np.asarray(forced["flag_edge"])
+    )
+    return forced[keep]
+
+
+def host_magnitudes(truth: Truth, band: str = "r") -> dict[int, float]:
+    """Each supernova's host galaxy magnitude (AB; inf for a host-less one)."""
+    gal_ids = np.asarray(truth.galaxies["id"])
+    mags = njy_to_mag(galaxy_flux(truth.galaxies, band))
+    out = {}
+    for sn_id, host in zip(
+        np.asarray(truth.supernovae["id"]).tolist(),
+        np.asarray(truth.supernovae["host_id"]).tolist(),
+        strict=True,
+    ):
+        k = np.flatnonzero(gal_ids == host)
+        out[int(sn_id)] = float(mags[k[0]]) if len(k) else np.inf
+    return out
+
+
+def supernova_pulls(
+    points: Table, host_mag: dict[int, float], bright_host_mag: float = 21.5
+) -> Table:
+    """Per band, the pulls of supernovae's forced difference photometry against the truth
+    (:func:`light_curve_pulls`), for all of them and for those on hosts brighter than
+    ``bright_host_mag`` (``bright_host_*`` columns).
+
+    ``points`` are :func:`usable_forced_points` of :func:`forced_dia_truth` (any kind; the
+    supernovae are taken); ``host_mag`` is :func:`host_magnitudes`.
+    """
+    if len(points) == 0:
+        return Table()
+    sne = points[points["kind"] == "supernova"]
+    bright = np.array(
+        [host_mag.get(t, np.inf) < bright_host_mag for t in sne["truth_id"].tolist()], dtype=bool
+    )
+    rows = []
+    for band in sorted(set(sne["band"])):
+        sel = np.asarray(sne["band"] == band)
+        bright_stats = light_curve_pulls(sne[sel & bright])
+        rows.append(
+            {
+                "band": band,
+                **light_curve_pulls(sne[sel]),
+                "bright_host_mag": bright_host_mag,
+                "bright_host_n": bright_stats["n"],
+                "bright_host_pull_std": bright_stats["pull_std"],
+                "bright_host_pull_median": bright_stats["pull_median"],
+                "bright_host_pull_median_err": bright_stats["pull_median_err"],
+            }
+        )
+    return Table(rows=rows) if rows else Table()
+
+
+def lensed_systems(recovery: Table, points: Table) -> Table:
+    """Per lensed-quasar system: its images, how many are resolved, how many of those are
+    DIAObjects of their own, and the pulls of its images' forced photometry.
+
+    ``recovery`` is :func:`lensed_image_recovery`; ``points`` the usable forced points of
+    :func:`forced_dia_truth`.
+    """
+    rows = []
+    for system in np.unique(np.asarray(recovery["system_id"])):
+        images = recovery[recovery["system_id"] == system]
+        if len(images) < 2:
+            continue
+        mine = points
+        if len(points):
+            lensed = np.asarray(points["kind"] == "lensed_image")
+            mine = points[lensed & np.isin(points["truth_id"], images["truth_id"])]
+        stats = light_curve_pulls(mine) if len(mine) else {"n": 0, "pull_std": np.nan}
+        resolved = np.asarray(images["resolved"])
+        rows.append(
+            {
+                "system": int(system),
+                "n_images": len(images),
+                "n_resolved": int(resolved.sum()),
+                "n_resolved_separate": int(np.sum(resolved & np.asarray(images["separate"]))),
+                "n_points": stats["n"],
+                "pull_std": stats["pull_std"],
+                "pull_median": stats.get("pull_median", np.nan),
+            }
+        )
+    return Table(rows=rows) if rows else Table()
