@@ -46,6 +46,7 @@ __all__ = [
     "brightest_dia_sources",
     "classify_artifacts",
     "dia_object_completeness_purity",
+    "differenced_visits",
     "expected_difference_flux",
     "expected_forced_flux",
     "forced_dia_truth",
@@ -59,6 +60,7 @@ __all__ = [
     "score_dia_sources",
     "score_difference_images",
     "supernova_pulls",
+    "template_summaries",
     "transient_peaks",
     "usable_forced_points",
     "variable_truth",
@@ -1076,3 +1078,25 @@ def lensed_systems(recovery: Table, points: Table) -> Table:
             }
         )
     return Table(rows=rows) if rows else Table()
+
+
+def differenced_visits(butler, visits: Table) -> Table:
+    """The rows of ``visits`` that have a difference image, with their calexps' measured
+    ``five_sigma_depth`` (AB mag, what :func:`transient_peaks` reads)."""
+    differenced = [
+        int(v) for v in visits["obsHistID"] if butler.exists("deepDiff_differenceExp", visit=int(v))
+    ]
+    out = visits[np.isin(visits["obsHistID"], differenced)]
+    out["five_sigma_depth"] = [
+        butler.get("visitSummary", visit=int(v))["five_sigma_depth"] for v in out["obsHistID"]
+    ]
+    return out
+
+
+def template_summaries(butler, bands) -> dict[str, dict]:
+    """``goodSeeingCoadd_summary`` of each of ``bands`` that has a template, by band."""
+    return {
+        band: butler.get("goodSeeingCoadd_summary", filter=band)
+        for band in sorted(set(bands))
+        if butler.exists("goodSeeingCoadd_summary", filter=band)
+    }
