@@ -11,6 +11,11 @@ annotations, defaults, help from the comments). :meth:`RecipeContract.check` ref
 anything is submitted, an unknown name (with the nearest known one), a value of the wrong type
 or a missing value, listing every problem in one message. Papermill itself only warns about
 unknown names and never checks types.
+
+A recipe also declares, in its notebook metadata, the datasets a successful execution leaves
+(``"twinkles": {"outputs": ["calexp", "src", ...]}``): the pipeline reads them from there, so
+what a step must leave lives with the recipe that writes it, and a test holds the declaration
+to the recipe's own ``butler.put`` calls.
 """
 
 from __future__ import annotations
@@ -81,11 +86,14 @@ def _adapter(annotation: str) -> TypeAdapter:
 
 @dataclass(frozen=True)
 class RecipeContract:
-    """The parameters a recipe accepts."""
+    """The parameters a recipe accepts and the datasets it leaves."""
 
     recipe: str
     path: Path
     parameters: tuple[Parameter, ...]
+    outputs: tuple[str, ...] = ()
+    """Dataset types a successful execution leaves (for its data id), from the notebook's
+    metadata (``twinkles.outputs``)."""
 
     def names(self) -> list[str]:
         """The parameters' names, in the order of the parameters cell."""
@@ -135,6 +143,7 @@ class RecipeContract:
         lines = [f"{self.recipe} ({self.path})", "parameters:"]
         for p in self.parameters:
             lines.append(f"  {p.name:<{width}}  {p.annotation:<8} = {p.default_repr:<20}  {p.help}")
+        lines.append(f"outputs: {', '.join(self.outputs) or '(none declared)'}")
         return "\n".join(lines)
 
 
@@ -176,7 +185,12 @@ def _read_contract_cached(path: Path, mtime_ns: int) -> RecipeContract:
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{path.name}: expected one cell tagged 'parameters', found {len(cells)}")
-    return RecipeContract(path.name, path, parse_parameters_cell(cells[0].source, path.name))
+    outputs = nb.metadata.get("twinkles", {}).get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise ValueError(f"{path.name}: metadata twinkles.outputs must be a list of dataset types")
+    return RecipeContract(
+        path.name, path, parse_parameters_cell(cells[0].source, path.name), tuple(outputs)
+    )
 
 
 def read_contract(path: str | Path) -> RecipeContract:

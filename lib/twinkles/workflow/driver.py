@@ -285,7 +285,10 @@ def make_plan(run: Run, pipeline: Pipeline) -> dict[Key, Node]:
                 data_id=data_id,
                 deps=deps,
                 parameters={"run_dir": str(run.dir.resolve()), **data_id, **extra},
-                outputs=[butler.path(ds, **d) for ds, d in step.outputs(run, data_id)],
+                outputs=[
+                    butler.path(ds, **d)
+                    for ds, d in step.output_datasets(run, data_id, pipeline.cookbook)
+                ],
                 notebook=run.dir / "notebooks" / step.name / f"{did}.ipynb",
                 resources=resources,
             )

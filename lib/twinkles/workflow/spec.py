@@ -19,7 +19,9 @@ from typing import Any
 
 from twinkles.coadd.skymap import patch_ids
 from twinkles.config import Run
+from twinkles.datasets import dataset_type
 from twinkles.inputs.source import prepare_inputs, verify_inputs
+from twinkles.workflow.contract import read_contract
 from twinkles.workflow.kernel import SCIENCE_IMPORTS
 
 __all__ = [
@@ -78,11 +80,13 @@ class Step:
         ``visit``, ``filter``, ``patch``, ``run`` or a dimension the pipeline defines.
     depends : tuple of str
         Steps whose outputs this one reads.
-    outputs : callable
+    outputs : callable, optional
         ``outputs(run, data_id) -> [(dataset_type, data_id), ...]``: files a successful
         execution must leave (removed before each new attempt, so a failed attempt leaves
-        none for downstream steps to read). What a step *reads* is not declared: the butler
-        records it as the recipe runs (provenance, and the incremental check).
+        none for downstream steps to read). By default the dataset types the recipe declares
+        (:attr:`~twinkles.workflow.contract.RecipeContract.outputs`), each for the part of the
+        data id its dimensions name. What a step *reads* is not declared: the butler records it
+        as the recipe runs (provenance, and the incremental check).
     resources : Resources
         Default resources per data id.
     doc : str
@@ -103,8 +107,8 @@ class Step:
     recipe: str
     dimension: str
     depends: tuple[str, ...] = ()
-    outputs: Callable[[Run, DataId], list[tuple[str, DataId]]] = field(
-        default=lambda run, did: [], repr=False
+    outputs: Callable[[Run, DataId], list[tuple[str, DataId]]] | None = field(
+        default=None, repr=False
     )
     resources: Resources = Resources()
     doc: str = ""
@@ -116,6 +120,25 @@ class Step:
         """The recipe notebook's path (relative recipes are found in ``cookbook``)."""
         path = Path(self.recipe)
         return path if path.is_absolute() else cookbook / path
+
+    def output_datasets(
+        self, run: Run, data_id: DataId, cookbook: Path = COOKBOOK
+    ) -> list[tuple[str, DataId]]:
+        """``[(dataset type, data id), ...]`` a successful execution for ``data_id`` leaves:
+        ``outputs`` if the step gives it, else the recipe's declared outputs."""
+        if self.outputs is not None:
+            return self.outputs(run, data_id)
+        out = []
+        for name in read_contract(self.recipe_path(cookbook)).outputs:
+            dimensions = dataset_type(name).dimensions
+            missing = [d for d in dimensions if d not in data_id]
+            if missing:
+                raise ValueError(
+                    f"{self.recipe}: output {name} needs {', '.join(missing)}, which a "
+                    f"{self.dimension} data id does not have"
+                )
+            out.append((name, {d: data_id[d] for d in dimensions}))
+        return out
 
 
 def _visit_ids(run: Run) -> list[DataId]:
@@ -228,7 +251,6 @@ PIPELINE = Pipeline(
             name="simulate_visit",
             recipe="simulate_visit.ipynb",
             dimension="visit",
-            outputs=lambda run, did: [("eimage", did), ("eimageTruth", did)],
             resources=Resources(cpus=1, mem_gb=2.0, timeout_min=20.0),
             doc="render one visit into an eimage (the PhoSim stand-in)",
             sources=("simulate",),
@@ -238,12 +260,6 @@ PIPELINE = Pipeline(
             recipe="process_eimage.ipynb",
             dimension="visit",
             depends=("simulate_visit",),
-            outputs=lambda run, did: [
-                ("calexp", did),
-                ("calexpBackground", did),
-                ("src", did),
-                ("visitSummary", did),
-            ],
             resources=Resources(cpus=1, mem_gb=3.0, timeout_min=20.0),
             doc="single-visit calibration and measurement: calexp, src (processEimage)",
         ),
@@ -252,7 +268,6 @@ PIPELINE = Pipeline(
             recipe="make_skymap.ipynb",
             dimension="run",
             depends=("process_eimage",),
-            outputs=lambda run, did: [("skyMap", {})],
             resources=Resources(cpus=1, mem_gb=1.0, timeout_min=10.0),
             doc="the tract/patch covering every calexp (makeSkyMap)",
             partial=True,
@@ -262,11 +277,6 @@ PIPELINE = Pipeline(
             recipe="make_coadd.ipynb",
             dimension="filter",
             depends=("make_skymap", "process_eimage"),
-            outputs=lambda run, did: [
-                ("deepCoadd", did),
-                ("deepCoadd_nImage", did),
-                ("deepCoadd_summary", did),
-            ],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=120.0),
             doc="warp a filter's calexps onto the patch and coadd them (makeCoaddTempExp, "
             "assembleCoadd)",
@@ -277,7 +287,6 @@ PIPELINE = Pipeline(
             recipe="coadd_sources.ipynb",
             dimension="patch",
             depends=("make_coadd",),
-            outputs=lambda run, did: [("deepCoadd_ref", did)],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=60.0),
             doc="detect on each coadd, merge across filters, measure: the Object table",
             partial=True,
@@ -287,7 +296,6 @@ PIPELINE = Pipeline(
             recipe="forced_photometry.ipynb",
             dimension="visit",
             depends=("coadd_sources", "process_eimage"),
-            outputs=lambda run, did: [("forced_src", did)],
             resources=Resources(cpus=1, mem_gb=3.0, timeout_min=20.0),
             doc="PSF and aperture photometry of every Object on a calexp: ForcedSource",
         ),
@@ -296,7 +304,6 @@ PIPELINE = Pipeline(
             recipe="validate_static_sky.ipynb",
             dimension="run",
             depends=("forced_photometry", "coadd_sources"),
-            outputs=lambda run, did: [("staticSkyMetrics", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="static-sky checks against the truth: Objects, PA1, light curves, pulls",
             partial=True,
@@ -306,10 +313,6 @@ PIPELINE = Pipeline(
             recipe="make_template.ipynb",
             dimension="filter",
             depends=("make_coadd", "process_eimage"),
-            outputs=lambda run, did: [
-                ("goodSeeingCoadd", did),
-                ("goodSeeingCoadd_summary", did),
-            ],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=60.0),
             doc="good-seeing template: best-seeing warps, PSF-homogenised, coadded",
             partial=True,
@@ -319,11 +322,6 @@ PIPELINE = Pipeline(
             recipe="image_difference.ipynb",
             dimension="visit",
             depends=("make_template", "process_eimage"),
-            outputs=lambda run, did: [
-                ("deepDiff_differenceExp", did),
-                ("diaSrc", did),
-                ("deepDiff_summary", did),
-            ],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=20.0),
             doc="Alard-Lupton PSF-matched subtraction of the template, DIASources",
         ),
@@ -332,7 +330,6 @@ PIPELINE = Pipeline(
             recipe="inject_sources.ipynb",
             dimension="visit",
             depends=("coadd_sources", "image_difference"),
-            outputs=lambda run, did: [("injectedSources", did), ("injectedDiaSrc", did)],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=20.0),
             doc="point sources injected into the calexp, subtracted again: efficiency",
             enabled=lambda run: run.config.injection.enabled,
@@ -342,7 +339,6 @@ PIPELINE = Pipeline(
             recipe="associate_dia.ipynb",
             dimension="run",
             depends=("image_difference",),
-            outputs=lambda run, did: [("diaSourceTable", {}), ("diaObject", {})],
             resources=Resources(cpus=1, mem_gb=2.0, timeout_min=30.0),
             doc="DIASources of every visit into DIAObjects (order-independent)",
             partial=True,
@@ -352,7 +348,6 @@ PIPELINE = Pipeline(
             recipe="forced_dia_photometry.ipynb",
             dimension="visit",
             depends=("associate_dia", "image_difference"),
-            outputs=lambda run, did: [("forced_diaSrc", did)],
             resources=Resources(cpus=1, mem_gb=3.0, timeout_min=20.0),
             doc="PSF flux of every DIAObject on a difference image: DiaForcedSource",
         ),
@@ -361,7 +356,6 @@ PIPELINE = Pipeline(
             recipe="validate_dia.ipynb",
             dimension="run",
             depends=("forced_dia_photometry", "associate_dia", "inject_sources"),
-            outputs=lambda run, did: [("diaMetrics", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="difference imaging against the truth: noise, recovery, spurious, SN pulls",
             partial=True,
@@ -377,7 +371,6 @@ PIPELINE = Pipeline(
                 "associate_dia",
                 "forced_dia_photometry",
             ),
-            outputs=lambda run, did: [("catalogIngest", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=120.0),
             doc="every catalog and the truth into the SQL database, one transaction per visit",
             partial=True,
@@ -387,7 +380,6 @@ PIPELINE = Pipeline(
             recipe="validate_run.ipynb",
             dimension="run",
             depends=("validate_static_sky", "validate_dia"),
-            outputs=lambda run, did: [("validationMetrics", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="every metric against the truth with its requirement: validation/metrics.json",
             partial=True,
@@ -397,7 +389,6 @@ PIPELINE = Pipeline(
             recipe="monitor_lightcurves.ipynb",
             dimension="run",
             depends=("validate_dia", "ingest_catalogs"),
-            outputs=lambda run, did: [("lightcurveMonitor", {})],
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="the SN/SL monitor: light curves against the truth, postage stamps, depth",
             partial=True,
