@@ -214,13 +214,13 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
         kernel_name=args.kernel,
     )
     record = result.record
-    cpu = f", {record['cpu_s']:.1f} CPU s" if record.get("cpu_s") is not None else ""
-    print(f"{args.step} {record['data_id']}: {record['status']} in {record['wall_s']:.1f} s{cpu}")
-    for w in record.get("writes", []):
+    cpu = f", {record.cpu_s:.1f} CPU s" if record.cpu_s is not None else ""
+    print(f"{args.step} {record.data_id}: {record.status} in {record.wall_s:.1f} s{cpu}")
+    for w in record.writes:
         print(f"  wrote {w['path']}")
-    if record["status"] != "done":
-        cell = f" (cell {record['failed_cell']})" if record["failed_cell"] is not None else ""
-        print(f"  FAILED{cell}: {record['error']}", file=sys.stderr)
+    if not record.ok:
+        cell = f" (cell {record.failed_cell})" if record.failed_cell is not None else ""
+        print(f"  FAILED{cell}: {record.error}", file=sys.stderr)
     if result.missing:
         print(f"  the recipe did not write {', '.join(result.missing)}", file=sys.stderr)
     print(f"executed notebook: {result.notebook}")

@@ -48,7 +48,21 @@ def _calexp(run: Run, visit: int) -> Path:
     return run.butler.path("calexp", visit=visit)
 
 
+def _workflow_record(run: Run, visit: int) -> tuple:
+    """The workflow's notebook of a visit (its bytes, if any) and its run-database row."""
+    from twinkles.workflow.rundb import RunDatabase
+
+    notebook = run.dir / "notebooks" / "process_eimage" / f"visit={visit}.ipynb"
+    db = RunDatabase(run.dir / "run.db")
+    try:
+        row = db.node("process_eimage", f"visit={visit}")
+    finally:
+        db.close()
+    return (notebook.read_bytes() if notebook.exists() else None), row
+
+
 def test_recipe_run_executes_one_visit_with_its_provenance(run_copy: Run):
+    workflow_before = _workflow_record(run_copy, VISIT)
     result = subprocess.run(
         [
             sys.executable,
@@ -83,15 +97,15 @@ def test_recipe_run_executes_one_visit_with_its_provenance(run_copy: Run):
     calexp = str(_calexp(run_copy, VISIT).relative_to(run_copy.dir))
     assert calexp in meta["writes"] and meta["writes"][calexp]
     assert any(path.startswith("repo/eimage") for path in meta["reads"])
-    # outside the workflow: the run database knows nothing of it
-    assert not (run_copy.dir / "notebooks" / "process_eimage").exists()
+    # outside the workflow: neither its notebooks nor its database know of it
+    assert _workflow_record(run_copy, VISIT) == workflow_before
 
 
 def test_what_it_writes_is_the_workflows_bit_for_bit(run_copy: Run, tiny_processed: Run):
     """The workflow's thread and malloc settings, and its parameters for that data id."""
     visit = VISIT + 2
     result = run_recipe(run_copy, "process_eimage", {"visit": visit})
-    assert result.ok, result.record["error"]
+    assert result.ok, result.record.error
     for dataset in ("calexp", "src"):
         ours = run_copy.butler.path(dataset, visit=visit)
         assert ours.read_bytes() == tiny_processed.butler.path(dataset, visit=visit).read_bytes()
@@ -116,8 +130,8 @@ def test_a_failed_edit_keeps_the_last_good_outputs(run_copy: Run, tmp_path: Path
         notebook=tmp_path / "out.ipynb",
     )
     assert not result.ok
-    assert result.record["failure_class"] == "science"
-    assert "an edit that breaks" in result.record["error"]
+    assert result.record.failure_class == "science"
+    assert "an edit that breaks" in result.record.error
     assert calexp.read_bytes() == before
 
 

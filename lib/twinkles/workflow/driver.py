@@ -66,6 +66,14 @@ from twinkles.workflow.executors import (
     Submission,
 )
 from twinkles.workflow.lock import RunLock
+from twinkles.workflow.records import (
+    ItemResult,
+    TaskCommon,
+    TaskRecord,
+    TaskSpec,
+    WorkItem,
+    read_record,
+)
 from twinkles.workflow.rundb import NodeRow, RunDatabase, now
 from twinkles.workflow.spec import PIPELINE, DataId, Pipeline, Resources, Step, data_id_str
 from twinkles.workflow.storage import DiskMonitor, EphemeralFiles
@@ -330,13 +338,13 @@ class _Driver:
         self.work = run.dir / "work"
         self.library = library_fingerprint()
         self.recipe_sums: dict[Path, str] = {}
-        self.common = {
-            "token": self.token,
-            "git": git_state(),
-            "versions": code_versions(),
-            "kernel_name": "python3",
-            "invalid_datasets": str(self.work / "invalid.json"),
-        }
+        self.common = TaskCommon(
+            token=self.token,
+            git=git_state(),
+            versions=code_versions(),
+            kernel_name="python3",
+            invalid_datasets=str(self.work / "invalid.json"),
+        )
         self.workers = workers or self.cfg.workers or len(os.sched_getaffinity(0))
         self.progress = progress
         self._task_counter = itertools.count(1)
@@ -377,19 +385,19 @@ class _Driver:
         kept = []
         for row in stale:
             key = (row.step, row.data_id)
-            result = _read_json(self.work / "results" / row.step / f"{row.data_id}.json")
+            result = read_record(
+                ItemResult, self.work / "results" / row.step / f"{row.data_id}.json"
+            )
             node = plan.get(key)
             if (
                 node is not None
                 and result is not None
-                and result.get("status") == "done"
+                and result.ok
                 and row.token is not None
-                and result.get("token") == row.token
-                and result.get("attempt") == row.attempts
+                and result.token == row.token
+                and result.attempt == row.attempts
                 and node.notebook.exists()
-                and not any(
-                    _file_changed(w, self.run.dir, self.ephemeral) for w in result.get("writes", [])
-                )
+                and not any(_file_changed(w, self.run.dir, self.ephemeral) for w in result.writes)
             ):
                 self._record_done(node, row.attempts, result, row.job_id)
                 kept.append(key)
@@ -401,16 +409,22 @@ class _Driver:
                 leftover.unlink(missing_ok=True)
         return kept
 
-    def _record_done(self, node: Node, attempt: int, result: dict, job_id: str | None) -> None:
+    def _record_done(
+        self,
+        node: Node,
+        attempt: int,
+        result: ItemResult,
+        job_id: str | None,
+        task_id: str | None = None,
+    ) -> None:
         """A node's success in the run database: measurements, fingerprint, what it read and
         wrote."""
-        measured = {key: result.get(key) for key in _MEASURED}
-        measured["job_id"] = result.get("job_id") or job_id
+        measured = _measured(result, job_id)
         self.db.record_attempt(
             step=node.step.name,
             data_id=data_id_str(node.data_id),
             attempt=attempt,
-            task_id=result.get("task_id"),
+            task_id=task_id,
             outcome="done",
             **measured,
         )
@@ -420,9 +434,9 @@ class _Driver:
             fingerprint=self.fingerprint(node),
             attempts=attempt,
             failed_cell=None,
-            notebook=result.get("notebook") or str(node.notebook),
-            reads=json.dumps(result.get("reads", [])),
-            writes=json.dumps(result.get("writes", [])),
+            notebook=result.notebook or str(node.notebook),
+            reads=json.dumps(result.reads),
+            writes=json.dumps(result.writes),
             **measured,
         )
 
@@ -762,33 +776,33 @@ class _Driver:
             attempts[n.key] += 1
             _remove_outputs(n)
             items.append(
-                {
-                    "step": n.step.name,
-                    "data_id": data_id_str(n.data_id),
-                    "recipe": str(n.step.recipe_path(self.pipeline.cookbook)),
-                    "parameters": n.parameters,
-                    "notebook": str(n.notebook),
-                    "outputs": [str(p) for p in n.outputs],
-                    "attempt": attempts[n.key],
-                    "timeout_s": n.resources.timeout_min * 60.0,
-                    "cwd": str(self.run.dir.resolve()),
-                    "result": str(
+                WorkItem(
+                    step=n.step.name,
+                    data_id=data_id_str(n.data_id),
+                    recipe=str(n.step.recipe_path(self.pipeline.cookbook)),
+                    parameters=n.parameters,
+                    notebook=str(n.notebook),
+                    outputs=[str(p) for p in n.outputs],
+                    attempt=attempts[n.key],
+                    timeout_s=n.resources.timeout_min * 60.0,
+                    cwd=str(self.run.dir.resolve()),
+                    result=str(
                         self.work / "results" / n.step.name / f"{data_id_str(n.data_id)}.json"
                     ),
-                }
+                )
             )
-        spec = {
-            "task_id": task_id,
-            "cpus": nodes[0].resources.cpus,
-            "kernel": self.cfg.kernel,
-            "kernel_imports": list(self.pipeline.kernel_imports),
-            "common": self.common,
-            "items": items,
-            "task_result": str(self.work / "tasks" / f"{task_id}.result.json"),
-        }
+        spec = TaskSpec(
+            task_id=task_id,
+            cpus=nodes[0].resources.cpus,
+            kernel=self.cfg.kernel,
+            kernel_imports=list(self.pipeline.kernel_imports),
+            common=self.common,
+            items=items,
+            task_result=str(self.work / "tasks" / f"{task_id}.result.json"),
+        )
         spec_path = self.work / "tasks" / f"{task_id}.json"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
-        spec_path.write_text(json.dumps(spec, indent=1))
+        spec.write(spec_path)
         res = nodes[0].resources
         worst_attempt = max(attempts[n.key] for n in nodes)
         mem = res.mem_gb * self.cfg.memory_growth_on_retry ** (worst_attempt - 1)
@@ -808,75 +822,75 @@ class _Driver:
         self,
         sub: Submission,
         nodes: list[Node],
-        spec: dict,
+        spec: TaskSpec,
         note: str,
         state: dict[Key, str],
         attempts: dict[Key, int],
     ) -> None:
-        task_record = _read_json(Path(spec["task_result"]))
-        ok_task = task_record is not None and task_record.get("token") == self.token
+        record = read_record(TaskRecord, spec.task_result)
+        if record is not None and record.token != self.token:
+            record = None  # a dead driver's
         self.db.record_task(
             task_id=sub.task_id,
             step=nodes[0].step.name,
             executor=self.kind,
-            job_id=(task_record or {}).get("job_id") or sub.job_id,
-            host=(task_record or {}).get("host"),
+            job_id=(record.job_id if record else None) or sub.job_id,
+            host=record.host if record else None,
             n_items=len(nodes),
             cpus=sub.cpus,
             submitted=sub.submitted,
-            start=task_record["start"] if ok_task else None,
-            end=task_record["end"] if ok_task else now(),
-            wall_s=task_record["wall_s"] if ok_task else None,
-            cpu_s=task_record["cpu_s"] if ok_task else None,
-            peak_rss_mb=task_record["peak_rss_mb"] if ok_task else None,
-            kernel_starts=task_record["kernel_starts"] if ok_task else None,
-            outcome="complete" if ok_task else note,
+            start=record.start if record else None,
+            end=record.end if record else now(),
+            wall_s=record.wall_s if record else None,
+            cpu_s=record.cpu_s if record else None,
+            peak_rss_mb=record.peak_rss_mb if record else None,
+            kernel_starts=record.kernel_starts if record else None,
+            outcome="complete" if record else note,
         )
-        for node, item in zip(nodes, spec["items"], strict=True):
-            result = _read_json(Path(item["result"]))
-            if (
-                result is None
-                or result.get("token") != self.token
-                or result.get("attempt") != item["attempt"]
-            ):
-                result = {
-                    "status": "failed",
-                    "failure_class": "infrastructure",
-                    "error": f"no result ({note})",
-                    "job_id": sub.job_id,
-                }
-            self._record(node, item["attempt"], result, sub, state, attempts)
+        for node, item in zip(nodes, spec.items, strict=True):
+            result = read_record(ItemResult, item.result)
+            if result is None or result.token != self.token or result.attempt != item.attempt:
+                result = ItemResult(
+                    token=self.token,
+                    step=item.step,
+                    data_id=item.data_id,
+                    attempt=item.attempt,
+                    status="failed",
+                    failure_class="infrastructure",
+                    error=f"no result ({note})",
+                    job_id=sub.job_id,
+                )
+            self._record(node, item.attempt, result, sub, state, attempts)
 
     def _record(
         self,
         node: Node,
         attempt: int,
-        result: dict,
+        result: ItemResult,
         sub: Submission,
         state: dict[Key, str],
         attempts: dict[Key, int],
     ) -> None:
-        if result["status"] == "done":
+        if result.ok:
             state[node.key] = "done"
-            self._record_done(node, attempt, {**result, "task_id": sub.task_id}, sub.job_id)
+            self._record_done(node, attempt, result, sub.job_id, sub.task_id)
             return
-        measured = {key: result.get(key) for key in _MEASURED}
-        measured["job_id"] = result.get("job_id") or sub.job_id
+        measured = _measured(result, sub.job_id)
         self.db.record_attempt(
             step=node.step.name,
             data_id=data_id_str(node.data_id),
             attempt=attempt,
             task_id=sub.task_id,
-            outcome=result["status"],
+            outcome=result.status,
             **measured,
         )
         values = dict(
             attempts=attempt,
-            failed_cell=result.get("failed_cell"),
-            notebook=result.get("notebook") or str(node.notebook),
+            failed_cell=result.failed_cell,
+            notebook=result.notebook or str(node.notebook),
             **measured,
         )
-        retry = result.get("failure_class") == "infrastructure" or self.cfg.retry_science_failures
+        retry = result.failure_class == "infrastructure" or self.cfg.retry_science_failures
         if retry and attempt <= self.cfg.max_retries:
             state[node.key] = "pending"
             self.db.set_state([node.key], "pending", **values)
@@ -889,19 +903,17 @@ class _Driver:
 _MEASURED = ("host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "failure_class", "error")
 
 
+def _measured(result: ItemResult, job_id: str | None) -> dict[str, Any]:
+    """The run database's columns of a result: :data:`_MEASURED` and the job id."""
+    return {**{key: getattr(result, key) for key in _MEASURED}, "job_id": result.job_id or job_id}
+
+
 def _remove_outputs(node: Node) -> None:
     """Remove a node's outputs before its new attempt, so nothing downstream reads the old
     ones if it fails (and their cached checksums with them)."""
     for path in node.outputs:
         for p in (path, path.with_name(f".{path.name}.sha256")):
             p.unlink(missing_ok=True)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def executor_limits(kind: str, cfg: Any) -> tuple[int, float, str]:

@@ -28,6 +28,7 @@ import resource
 import socket
 import time
 import traceback
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from papermill.exceptions import PapermillExecutionError
 from twinkles.files import IO_LOG_ENV, cached_checksum, file_checksum
 from twinkles.workflow.html import render_html
 from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+from twinkles.workflow.records import ItemResult, TaskCommon, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +151,26 @@ def collect_io(
     return records(reads), records(writes)
 
 
-def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKernel | None) -> dict:
+def execute_item(item: WorkItem, common: TaskCommon, kernel: WarmKernel | None) -> ItemResult:
     """Execute one data id of a step; returns its result record (also the provenance).
 
     Parameters
     ----------
-    item : dict
-        ``step``, ``data_id`` (string), ``recipe`` (path), ``parameters``, ``notebook`` (final
-        path), ``inputs`` (paths read), ``outputs`` (paths that must exist after success),
-        ``attempt``, ``timeout_s``, ``cwd``.
-    common : dict
-        Shared by the items of a run: ``token``, ``git``, ``versions``, ``kernel_name``.
+    item : WorkItem
+        The data id: its recipe, parameters, notebook, outputs, attempt, timeout and working
+        directory.
+    common : TaskCommon
+        Shared by the items of a run: the driver's token, git state, versions, kernel name.
     kernel : WarmKernel or None
         The task's warm kernel; None for a fresh kernel per notebook.
+
+    Returns
+    -------
+    ItemResult
+        How it ended, what it measured, read and wrote; the executed notebook carries the
+        same in its metadata under ``twinkles``.
     """
-    notebook = Path(item["notebook"])
+    notebook = Path(item.notebook)
     notebook.parent.mkdir(parents=True, exist_ok=True)
     tmp = notebook.with_name(f".{notebook.stem}.{os.getpid()}.tmp.ipynb")
     io_log = notebook.with_name(f".{notebook.stem}.{os.getpid()}.io.jsonl")
@@ -175,126 +182,108 @@ def execute_item(item: dict[str, Any], common: dict[str, Any], kernel: WarmKerne
 
 
 def _execute(
-    item: dict[str, Any],
-    common: dict[str, Any],
+    item: WorkItem,
+    common: TaskCommon,
     kernel: WarmKernel | None,
     notebook: Path,
     tmp: Path,
     io_log: Path,
-) -> dict:
+) -> ItemResult:
     start = time.time()
     start_ns = time.time_ns()
     io_log.unlink(missing_ok=True)
     env = {IO_LOG_ENV: str(io_log)}
-    record: dict[str, Any] = {
-        "token": common["token"],
-        "step": item["step"],
-        "data_id": item["data_id"],
-        "attempt": item["attempt"],
-        "host": socket.gethostname(),
-        "job_id": job_id(),
-        "start": start,
-        "status": "done",
-        "failure_class": None,
-        "failed_cell": None,
-        "error": None,
-        "notebook": str(notebook),
-    }
+    record = ItemResult(
+        token=common.token,
+        step=item.step,
+        data_id=item.data_id,
+        attempt=item.attempt,
+        status="done",
+        notebook=str(notebook),
+        host=socket.gethostname(),
+        job_id=job_id(),
+        start=start,
+    )
     cpu_s = peak = None
     base = None
     kwargs = dict(
-        parameters=item["parameters"],
-        kernel_name=common.get("kernel_name", "python3"),
+        parameters=item.parameters,
+        kernel_name=common.kernel_name,
         progress_bar=False,
-        execution_timeout=item["timeout_s"],
+        execution_timeout=item.timeout_s,
         request_save_on_cell_execute=True,
     )
     try:
         if kernel is not None:
-            base = kernel.reset(item["cwd"], env)
+            base = kernel.reset(item.cwd, env)
             papermill.execute_notebook(
-                item["recipe"], str(tmp), engine_name=ENGINE_NAME, warm_kernel=kernel, **kwargs
+                item.recipe, str(tmp), engine_name=ENGINE_NAME, warm_kernel=kernel, **kwargs
             )
         else:
             os.environ.update(env)  # the fresh kernel inherits it
             cpu0 = _children_cpu()
             try:
-                papermill.execute_notebook(item["recipe"], str(tmp), cwd=item["cwd"], **kwargs)
+                papermill.execute_notebook(item.recipe, str(tmp), cwd=item.cwd, **kwargs)
             finally:
                 cpu_s = _children_cpu() - cpu0
                 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     except PapermillExecutionError as exc:
-        record.update(
-            status="failed",
-            failure_class="science",
-            failed_cell=exc.cell_index,
-            error=_first_line(f"{exc.ename}: {exc.evalue}"),
-        )
+        record.status, record.failure_class = "failed", "science"
+        record.failed_cell = exc.cell_index
+        record.error = _first_line(f"{exc.ename}: {exc.evalue}")
     except (DeadKernelError, CellTimeoutError, TimeoutError) as exc:
         kind = "timeout" if not isinstance(exc, DeadKernelError) else "kernel died"
-        record.update(
-            status="failed", failure_class="infrastructure", error=f"{kind}: {_first_line(exc)}"
-        )
+        record.status, record.failure_class = "failed", "infrastructure"
+        record.error = f"{kind}: {_first_line(exc)}"
         if kernel is not None:
             kernel.shutdown()  # may still be busy: the next data id gets a new kernel
     except Exception as exc:
-        record.update(
-            status="failed",
-            failure_class="infrastructure",
-            error=_first_line(f"{type(exc).__name__}: {exc}"),
-            traceback=traceback.format_exc(limit=5),
-        )
+        record.status, record.failure_class = "failed", "infrastructure"
+        record.error = _first_line(f"{type(exc).__name__}: {exc}")
+        record.traceback = traceback.format_exc(limit=5)
     # the kernel answers only when idle: not after a timeout or a death (it was restarted)
-    if base is not None and record["failure_class"] != "infrastructure" and kernel.alive():
+    if base is not None and record.failure_class != "infrastructure" and kernel.alive():
         usage = kernel.usage()
         cpu_s, peak = usage.cpu_s - base.cpu_s, usage.peak_rss_mb
-    if record["status"] == "done":
-        missing = [p for p in item["outputs"] if not Path(p).exists()]
+    if record.ok:
+        missing = [p for p in item.outputs if not Path(p).exists()]
         if missing:
-            record.update(
-                status="failed",
-                failure_class="science",
-                error=f"the recipe finished without writing {', '.join(missing)}",
-            )
+            record.status, record.failure_class = "failed", "science"
+            record.error = f"the recipe finished without writing {', '.join(missing)}"
     # checksums only of a success's files: a failure's are not kept
-    reads, writes = collect_io(
-        io_log, item["outputs"], start_ns, Path(item["cwd"]), record["status"] == "done"
+    record.reads, record.writes = collect_io(
+        io_log, item.outputs, start_ns, Path(item.cwd), record.ok
     )
-    record.update(reads=reads, writes=writes)
     end = time.time()
-    record.update(
-        end=end,
-        wall_s=end - start,
-        cpu_s=cpu_s,
-        peak_rss_mb=peak,
-        kernel="warm" if kernel is not None else "fresh",
-    )
+    record.end, record.wall_s = end, end - start
+    record.cpu_s, record.peak_rss_mb = cpu_s, peak
+    record.kernel = "warm" if kernel is not None else "fresh"
     if tmp.exists():
         nb = nbformat.read(tmp, as_version=4)
-        if record["failure_class"] == "science" and record["failed_cell"] is not None:
+        if record.failure_class == "science" and record.failed_cell is not None:
             # papermill put its error marker on top and an anchor before the failing cell:
             # point at the cell that holds the error, as the saved notebook numbers it
-            record["failed_cell"] = next(
+            record.failed_cell = next(
                 (
                     i
                     for i, c in enumerate(nb.cells)
                     if any(o.get("output_type") == "error" for o in c.get("outputs", []))
                 ),
-                record["failed_cell"],
+                record.failed_cell,
             )
         nb.metadata["twinkles"] = {
             **{
                 k: v
-                for k, v in record.items()
+                for k, v in asdict(record).items()
                 if k not in ("token", "traceback", "reads", "writes")
             },
-            "parameters": item["parameters"],
-            "recipe": str(item["recipe"]),
-            "recipe_checksum": file_checksum(item["recipe"]),
-            "git": common["git"],
-            "versions": common["versions"],
-            "reads": {r["path"]: r["checksum"] for r in reads},
-            "writes": {w["path"]: w["checksum"] for w in writes},
+            "parameters": item.parameters,
+            "recipe": str(item.recipe),
+            "recipe_checksum": file_checksum(item.recipe),
+            "git": common.git,
+            "versions": common.versions,
+            "reads": {r["path"]: r["checksum"] for r in record.reads},
+            "writes": {w["path"]: w["checksum"] for w in record.writes},
         }
         nbformat.write(nb, tmp)
         os.replace(tmp, notebook)
@@ -305,11 +294,11 @@ def _execute(
             render_html(
                 nb,
                 notebook.with_suffix(".html"),
-                f"{item['step']} {item['data_id']}",
+                f"{item.step} {item.data_id}",
                 "../notebook.css",
             )
         except Exception as exc:  # any nbconvert failure
             log.warning("could not render %s to HTML: %s", notebook, exc)
     else:
-        record["notebook"] = None
+        record.notebook = None
     return record

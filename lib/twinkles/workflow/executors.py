@@ -25,6 +25,7 @@ from typing import Any
 
 from twinkles.errors import TwinklesError
 from twinkles.workflow.environment import task_environment
+from twinkles.workflow.records import TaskRecord
 from twinkles.workflow.task import run_task
 
 __all__ = [
@@ -166,7 +167,7 @@ class LocalExecutor(Executor):
             pass
 
 
-def _run_task_entry(spec_path: str) -> dict[str, Any]:
+def _run_task_entry(spec_path: str) -> TaskRecord:
     """What a Slurm array element runs (pickled by reference by submitit)."""
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     return run_task(spec_path)

@@ -29,6 +29,7 @@ from twinkles.workflow.contract import ParameterError, read_contract
 from twinkles.workflow.driver import git_state, make_plan
 from twinkles.workflow.environment import task_environment
 from twinkles.workflow.execute import code_versions, execute_item
+from twinkles.workflow.records import ItemResult, TaskCommon, WorkItem
 from twinkles.workflow.spec import PIPELINE, DataId, Pipeline, data_id_str
 
 __all__ = ["ManualRun", "run_recipe"]
@@ -38,7 +39,7 @@ __all__ = ["ManualRun", "run_recipe"]
 class ManualRun:
     """What one recipe execution did."""
 
-    record: dict[str, Any]
+    record: ItemResult
     """The execution's record (also in the notebook's metadata under ``twinkles``): status,
     failure class, failed cell, error, wall and CPU seconds, peak memory, reads, writes."""
     notebook: Path
@@ -49,7 +50,7 @@ class ManualRun:
     @property
     def ok(self) -> bool:
         """True when the recipe ran to its end and wrote every declared output."""
-        return self.record["status"] == "done" and not self.missing
+        return self.record.ok and not self.missing
 
 
 def run_recipe(
@@ -131,25 +132,22 @@ def run_recipe(
     invalid = run.dir / "work" / "invalid.json"
     if invalid.exists():  # the datasets the workflow holds invalid stay refused
         environment[INVALID_ENV] = str(invalid)
-    item = {
-        "step": step,
-        "data_id": key[1],
-        "recipe": str(recipe_path.resolve()),
-        "parameters": values,
-        "notebook": str(out.resolve()),
+    item = WorkItem(
+        step=step,
+        data_id=key[1],
+        recipe=str(recipe_path.resolve()),
+        parameters=values,
+        notebook=str(out.resolve()),
         # not removed first, as the workflow does: a failed edit must not cost the run its
         # last good outputs (the butler replaces each only once it is written whole)
-        "outputs": [str(p) for p in node.outputs],
-        "attempt": 1,
-        "timeout_s": node.resources.timeout_min * 60.0,
-        "cwd": str(run.dir.resolve()),
-    }
-    common = {
-        "token": "manual",
-        "git": git_state(),
-        "versions": code_versions(),
-        "kernel_name": kernel_name,
-    }
+        outputs=[str(p) for p in node.outputs],
+        attempt=1,
+        timeout_s=node.resources.timeout_min * 60.0,
+        cwd=str(run.dir.resolve()),
+    )
+    common = TaskCommon(
+        token="manual", git=git_state(), versions=code_versions(), kernel_name=kernel_name
+    )
     saved = dict(os.environ)
     os.environ.update(environment)
     try:
@@ -158,8 +156,8 @@ def run_recipe(
         os.environ.clear()
         os.environ.update(saved)
     base = run.dir.resolve()
-    written = {(base / w["path"]).resolve() for w in record.get("writes", [])}
+    written = {(base / w["path"]).resolve() for w in record.writes}
     missing = []
-    if record["status"] == "done":
+    if record.ok:
         missing = [str(p) for p in node.outputs if Path(p).resolve() not in written]
     return ManualRun(record, out, missing)

@@ -8,26 +8,19 @@ files, so a task that is killed part-way loses only the data ids it had not fini
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import socket
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
-from twinkles.files import INVALID_ENV, atomic_path
+from twinkles.files import INVALID_ENV
 from twinkles.workflow.environment import task_environment
 from twinkles.workflow.execute import execute_item, job_id
 from twinkles.workflow.kernel import WarmKernel
+from twinkles.workflow.records import TaskRecord, TaskSpec, write_record
 
 __all__ = ["run_task"]
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, default=str))
 
 
 def _cpu_self_and_children() -> tuple[float, float]:
@@ -37,26 +30,24 @@ def _cpu_self_and_children() -> tuple[float, float]:
     return cpu, max(own.ru_maxrss, children.ru_maxrss) / 1024.0
 
 
-def run_task(spec_path: str) -> dict[str, Any]:
+def run_task(spec_path: str) -> TaskRecord:
     """Run every data id of the task described in ``spec_path``; returns the task record."""
     start, cpu0 = time.time(), _cpu_self_and_children()[0]
-    spec = json.loads(Path(spec_path).read_text())
+    spec = TaskSpec.read(spec_path)
     # the same threads and malloc settings on every executor (a Slurm job inherits the
     # submitting shell's environment), so products are bit-identical between them; and the
     # driver's list of datasets the run does not vouch for
-    os.environ.update(task_environment(int(spec.get("cpus", 1))))
-    if spec["common"].get("invalid_datasets"):
-        os.environ[INVALID_ENV] = spec["common"]["invalid_datasets"]
+    os.environ.update(task_environment(spec.cpus))
+    if spec.common.invalid_datasets:
+        os.environ[INVALID_ENV] = spec.common.invalid_datasets
 
-    common = spec["common"]
     kernel = None
-    if spec["kernel"] == "warm":
-        kernel = WarmKernel(common.get("kernel_name", "python3"), tuple(spec["kernel_imports"]))
+    if spec.kernel == "warm":
+        kernel = WarmKernel(spec.common.kernel_name, tuple(spec.kernel_imports))
     done = 0
     try:
-        for item in spec["items"]:
-            result = execute_item(item, common, kernel)
-            _write_json(result, Path(item["result"]))
+        for item in spec.items:
+            write_record(execute_item(item, spec.common, kernel), item.result)
             done += 1
     finally:
         starts = kernel.starts if kernel is not None else done
@@ -64,20 +55,20 @@ def run_task(spec_path: str) -> dict[str, Any]:
             kernel.shutdown()
     cpu, peak = _cpu_self_and_children()
     end = time.time()
-    record = {
-        "token": common["token"],
-        "task_id": spec["task_id"],
-        "job_id": job_id(),
-        "host": socket.gethostname(),
-        "start": start,
-        "end": end,
-        "wall_s": end - start,
-        "cpu_s": cpu - cpu0,
-        "peak_rss_mb": peak,
-        "kernel_starts": starts,
-        "n_items": done,
-    }
-    _write_json(record, Path(spec["task_result"]))
+    record = TaskRecord(
+        token=spec.common.token,
+        task_id=spec.task_id,
+        job_id=job_id(),
+        host=socket.gethostname(),
+        start=start,
+        end=end,
+        wall_s=end - start,
+        cpu_s=cpu - cpu0,
+        peak_rss_mb=peak,
+        kernel_starts=starts,
+        n_items=done,
+    )
+    write_record(record, spec.task_result)
     return record
 
 
