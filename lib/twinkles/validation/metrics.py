@@ -207,8 +207,24 @@ def collect_metrics(
         ``dia_object_purity`` of the DIAObjects with two or more DIASources above the
         real/bogus cut.
     """
-    metrics: list[Metric] = []
     forced = static_sky.get("forced", {})
+    metrics = [
+        *_forced_metrics(forced),
+        *_single_visit_metrics(static_sky.get("src", {})),
+        *_calibration_and_coadd_metrics(static_sky, am1_mas, am1_pairs),
+        *_object_metrics(static_sky.get("objects", {})),
+        *_dia_metrics(dia, dia_object_completeness, dia_object_purity, dia_object_purity_reliable),
+        *_supernova_metrics(dia),
+        *_lensed_and_count_metrics(dia, lensed_resolved, lensed_detectable, lensed_separate),
+    ]
+    if not truth:
+        metrics += _unmeasured_supernova_metrics(sorted(forced, key=band_order))
+    return [_with_note(m, truth, lensed_in_truth, am1_pairs) for m in metrics]
+
+
+def _forced_metrics(forced: dict) -> list[Metric]:
+    """PA1, PF1 and the ForcedSource pulls and ramps of each band."""
+    metrics: list[Metric] = []
     for band in sorted(forced, key=band_order):
         f = forced[band]
         n_pa1 = int(_get(f, "n_pa1_stars", default=0))
@@ -338,7 +354,12 @@ def collect_metrics(
                 f"median ForcedSource flux / true flux - 1 of bright stars, {band}",
             ),
         ]
-    source = static_sky.get("src", {})
+    return metrics
+
+
+def _single_visit_metrics(source: dict) -> list[Metric]:
+    """Single-visit (src) PSF-flux pulls of each band."""
+    metrics: list[Metric] = []
     for band in sorted(source, key=band_order):
         f = source[band]
         metrics += [
@@ -366,6 +387,14 @@ def collect_metrics(
                 uncertainty=_get(f, "pull_median_worst_err"),
             ),
         ]
+    return metrics
+
+
+def _calibration_and_coadd_metrics(
+    static_sky: dict, am1_mas: float, am1_pairs: int
+) -> list[Metric]:
+    """Zero points against the truth, AM1 and the coadds' noise."""
+    metrics: list[Metric] = []
     zero_points = static_sky.get("zero_points") or {}
     metrics += [
         Metric(
@@ -410,10 +439,12 @@ def collect_metrics(
                 f"measured coadd pixel noise over the inputs' predicted noise, {band}",
             )
         )
-    objects = static_sky.get("objects", {})
-    # the injections' efficiency over all bands (validate_dia's "all" row; none if no injection)
-    injection_all = next((r for r in dia.get("injection") or [] if r.get("band") == "all"), {})
-    metrics += [
+    return metrics
+
+
+def _object_metrics(objects: dict) -> list[Metric]:
+    """Objects against the truth: completeness, purity and point-source positions."""
+    return [
         Metric(
             "object_completeness",
             _get(objects, "completeness_1mag_above_depth"),
@@ -441,6 +472,21 @@ def collect_metrics(
             ISSUE,
             "median offset of point-source Objects from their true positions",
         ),
+    ]
+
+
+def _dia_metrics(
+    dia: dict,
+    dia_object_completeness: float,
+    dia_object_purity: float,
+    dia_object_purity_reliable: float,
+) -> list[Metric]:
+    """The difference images' noise, DIASources against the truth (recovery, artifacts,
+    injections) and DIAObjects."""
+    metrics: list[Metric] = []
+    # the injections' efficiency over all bands (validate_dia's "all" row; none if no injection)
+    injection_all = next((r for r in dia.get("injection") or [] if r.get("band") == "all"), {})
+    metrics += [
         Metric(
             "difference_noise_ratio_min",
             _get(dia, "noise_ratio_min"),
@@ -551,6 +597,12 @@ def collect_metrics(
             'DIAObjects of two or more reliable DIASources within 1" of a variable object',
         ),
     ]
+    return metrics
+
+
+def _supernova_metrics(dia: dict) -> list[Metric]:
+    """Supernova light-curve pulls of each band, all hosts and bright ones."""
+    metrics: list[Metric] = []
     for entry in sorted(dia.get("sn_pulls", []), key=lambda e: band_order(e["band"])):
         band = entry["band"]
         bright = f"r < {entry['bright_host_mag']:g}" if "bright_host_mag" in entry else "bright"
@@ -596,6 +648,14 @@ def collect_metrics(
                 _get(entry, "bright_host_pull_median_err"),
             ),
         ]
+    return metrics
+
+
+def _lensed_and_count_metrics(
+    dia: dict, lensed_resolved: int, lensed_detectable: int, lensed_separate: int
+) -> list[Metric]:
+    """Lensed-quasar images as DIAObjects of their own, and DIASources per visit."""
+    metrics: list[Metric] = []
     metrics += [
         Metric(
             "lensed_image_recovery",
@@ -626,17 +686,21 @@ def collect_metrics(
             "mean number of DIASources per difference image",
         ),
     ]
-    if not truth:
-        bands = sorted(forced, key=band_order)
-        metrics += [
-            Metric(name, math.nan, "", comparison, threshold, ISSUE, description)
-            for band in bands
-            for name, comparison, threshold, description in (
-                (f"sn_pull_std_{band}", "within", 0.15, f"robust std of SN pulls, {band}"),
-                (f"sn_pull_median_{band}", "abs<=", 0.1, f"median SN pull, {band}"),
-            )
-        ]
-    return [_with_note(m, truth, lensed_in_truth, am1_pairs) for m in metrics]
+    return metrics
+
+
+def _unmeasured_supernova_metrics(bands: list[str]) -> list[Metric]:
+    """The SN pull metrics of each band, not measured (a run without a truth)."""
+    metrics: list[Metric] = []
+    metrics += [
+        Metric(name, math.nan, "", comparison, threshold, ISSUE, description)
+        for band in bands
+        for name, comparison, threshold, description in (
+            (f"sn_pull_std_{band}", "within", 0.15, f"robust std of SN pulls, {band}"),
+            (f"sn_pull_median_{band}", "abs<=", 0.1, f"median SN pull, {band}"),
+        )
+    ]
+    return metrics
 
 
 #: Metrics scored against the truth (by name prefix).
