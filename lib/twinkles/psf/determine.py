@@ -139,6 +139,63 @@ class PsfConfig(Section):
 
 
 @dataclass
+class StarStamps:
+    """The PSF stars' stamps (:meth:`PsfTask.star_stamps`)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    """Positions (pixels)."""
+    ix: np.ndarray
+    iy: np.ndarray
+    """The pixels the stamps are centred on."""
+    data: np.ndarray
+    """Stamps (electrons), each less its own sky."""
+    var: np.ndarray
+    """Their variance."""
+    centred: np.ndarray
+    """``data`` shifted to put each star at its stamp's centre."""
+    flux: np.ndarray
+    """First fluxes: the sums of ``centred``."""
+    snr: np.ndarray
+    """Weights: signal-to-noise, capped at ``snr_weight_cap``."""
+    x0: float
+    y0: float
+    scale: float
+    """Normalisation of positions: the sensor's centre and half diagonal."""
+
+    def normalised_position(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stars' positions in the model's normalised coordinates."""
+        return (self.x - self.x0) / self.scale, (self.y - self.y0) / self.scale
+
+
+@dataclass
+class ModelChoice:
+    """The spatial model cross-validation chose (:meth:`PsfTask.choose_model`)."""
+
+    degree: int
+    radial: bool
+    modes: tuple[str, ...]
+    """Deformations of a mode model; empty for a per-pixel polynomial."""
+    cv_chi2: dict
+    """Held-out chi^2 of each model tried."""
+    candidates: list
+    """The models tried last."""
+
+
+@dataclass
+class StarFit:
+    """The stars under the fitted model (:meth:`PsfTask.fit`)."""
+
+    flux: np.ndarray
+    chi2: np.ndarray
+    """Residual chi^2 per pixel."""
+    used: np.ndarray
+    """Kept after clipping."""
+    residuals: np.ndarray
+    """Stamp minus flux times model (electrons)."""
+
+
+@dataclass
 class PsfResult:
     """The PSF model and the stars it came from."""
 
@@ -345,7 +402,6 @@ class PsfTask:
             No candidate above ``snr_min``, or fewer than ``min_stars`` usable stars.
         """
         cfg = self.config
-        half = cfg.kernel_size // 2
         visit = exposure.metadata.get("visit", "?")
         snr = np.asarray(candidates["flux"]) / np.asarray(candidates["flux_err"])
         if not np.any(snr > cfg.snr_min):  # a blank or empty sky: nothing to select from
@@ -359,16 +415,63 @@ class PsfTask:
                 f"visit {visit}: only {len(idx)} stars usable for the PSF (need "
                 f"{cfg.min_stars}: bright, isolated, unsaturated, on the stellar locus)"
             )
+        stars = self.star_stamps(exposure, candidates, idx)
+        choice = self.choose_model(stars)
+        psf, fit = self.fit(stars, choice)
+        table = Table(
+            {
+                "x": stars.x,
+                "y": stars.y,
+                "flux": fit.flux,
+                "chi2": fit.chi2,
+                "used": fit.used,
+                "flux_radius": np.asarray(candidates["flux_radius"])[idx],
+            }
+        )
+        table.meta["stellar_locus_radius"] = locus
+        table.meta["degree"] = choice.degree
+        table.meta["radial"] = choice.radial
+        table.meta["modes"] = list(choice.modes)
+        table.meta["degree_cv_chi2"] = choice.cv_chi2
+        table.meta["cv_models"] = choice.candidates
+        return PsfResult(
+            psf=psf,
+            stars=table,
+            residuals=fit.residuals / fit.flux[:, None, None],
+            stamps=stars.data / fit.flux[:, None, None],
+            fwhm=psf.fwhm(stars.x0, stars.y0),
+            fwhm_eff=psf.fwhm_eff(stars.x0, stars.y0),
+        )
+
+    def star_stamps(self, exposure: Exposure, candidates: Table, idx: np.ndarray) -> StarStamps:
+        """Sub-step 2: the selected stars' stamps, each less its own sky, and their first
+        fluxes and weights.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Background-subtracted image (electrons) with its variance.
+        candidates : `~astropy.table.Table`
+            The detections (``x``, ``y``, ``flux``, ``flux_err``).
+        idx : array of int
+            Rows of ``candidates`` that are PSF stars (:meth:`select`).
+
+        Returns
+        -------
+        StarStamps
+        """
+        cfg = self.config
+        half = cfg.kernel_size // 2
         x = np.asarray(candidates["x"], dtype=float)[idx]
         y = np.asarray(candidates["y"], dtype=float)[idx]
         ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
         data, _ = cut_stamps(exposure.image, ix, iy, half)
         var, _ = cut_stamps(exposure.variance, ix, iy, half)
-        # each star's own sky: the median of an annulus just outside the kernel (at 15-20
-        # pixels a star's Moffat wing is ~2e-7 of its flux per pixel). A global background off
-        # by 1 e-/pixel puts a pedestal of 2% of its flux under a 3e4 e- star's normalised
-        # stamp, which the unit-sum kernel turns into too sharp a core (0.3-1% PSF-flux
-        # bias); a sky taken inside the kernel would subtract the star's own wings instead.
+        # each star's own sky: the median of an annulus just outside the kernel (a Moffat
+        # wing there holds a negligible part of the flux per pixel). A global background
+        # off by a fraction of an electron puts a pedestal under a star's normalised stamp,
+        # which the unit-sum kernel turns into too sharp a core; a sky taken inside the
+        # kernel would subtract the star's own wings instead.
         outer = half + 8
         around, inside = cut_stamps(exposure.image, ix, iy, outer)
         radius = np.hypot(*np.mgrid[-outer : outer + 1, -outer : outer + 1])
@@ -381,49 +484,93 @@ class PsfTask:
         )
         data = data - local_sky[:, None, None]
         centred = shift_stamps(data, -(x - ix), -(y - iy))
-        flux = centred.sum(axis=(1, 2))
         snr = np.minimum(
             np.asarray(candidates["flux"])[idx] / np.asarray(candidates["flux_err"])[idx],
             cfg.snr_weight_cap,
         )
         h, w = exposure.shape
         x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
-        used = np.ones(len(idx), dtype=bool)
-        # candidate spatial models, simplest first, each with at least 4 stars per term
+        return StarStamps(
+            x, y, ix, iy, data, var, centred, centred.sum(axis=(1, 2)), snr, x0, y0, scale
+        )
+
+    def choose_model(self, stars: StarStamps) -> ModelChoice:
+        """Sub-step 3: the spatial model the stars support, by cross-validation.
+
+        Per-pixel polynomials up to ``degree`` (and radial terms with ``radial``), each with
+        at least four stars per coefficient; where they fall back to a constant kernel, mode
+        models (the mean kernel's deformations) too.
+
+        Parameters
+        ----------
+        stars : StarStamps
+            From :meth:`star_stamps`.
+
+        Returns
+        -------
+        ModelChoice
+        """
+        cfg = self.config
+        n = len(stars.x)
         models = [(d, False) for d in range(cfg.degree + 1)]
         if cfg.radial:
             models = sorted(models + [(d, True) for d in range(min(cfg.degree, 1) + 1)])
-        models = [
-            (d, r) for d, r in models if len(idx) >= 4 * spatial_terms(0.0, 0.0, d, r).shape[1]
-        ]
-        u, v = (x - x0) / scale, (y - y0) / scale
-        stamps = centred / flux[:, None, None]
-        normalised_var = np.maximum(var, 1e-6) / flux[:, None, None] ** 2
+        models = [(d, r) for d, r in models if n >= 4 * spatial_terms(0.0, 0.0, d, r).shape[1]]
+        u, v = stars.normalised_position()
+        stamps = stars.centred / stars.flux[:, None, None]
+        normalised_var = np.maximum(stars.var, 1e-6) / stars.flux[:, None, None] ** 2
         model_choice, cv_chi2 = cross_validated_model(
-            stamps, normalised_var, u, v, snr, models, cfg.cv_folds
+            stamps, normalised_var, u, v, stars.snr, models, cfg.cv_folds
         )
         if model_choice == (0, False):
             # the stars cannot follow a per-pixel variation: may a few deformations do?
             modes = [(d, r, m) for m in cfg.mode_sets for d, r in models if d or r]
             models = [model_choice, *modes]
             model_choice, cv_chi2 = cross_validated_model(
-                stamps, normalised_var, u, v, snr, models, cfg.cv_folds
+                stamps, normalised_var, u, v, stars.snr, models, cfg.cv_folds
             )
         degree, radial, modes = (*model_choice, ())[:3]
-        terms = spatial_terms(u, v, degree, radial)
-        dx, dy = x - ix, y - iy
+        return ModelChoice(degree, radial, tuple(modes), cv_chi2, models)
+
+    def fit(self, stars: StarStamps, choice: ModelChoice) -> tuple[PixelPSF, StarFit]:
+        """Sub-step 4: fit the model as a forward model of the stars, clipping the stars
+        whose residual stands out.
+
+        Parameters
+        ----------
+        stars : StarStamps
+            From :meth:`star_stamps`.
+        choice : ModelChoice
+            From :meth:`choose_model`.
+
+        Returns
+        -------
+        psf : PixelPSF
+            The model.
+        fit : StarFit
+            Each star's flux, residual chi^2 per pixel, whether it was used, and residual.
+        """
+        cfg = self.config
+        u, v = stars.normalised_position()
+        terms = spatial_terms(u, v, choice.degree, choice.radial)
+        x, y, data, var, snr = stars.x, stars.y, stars.data, stars.var, stars.snr
+        flux = stars.flux
+        stamps = stars.centred / flux[:, None, None]
+        dx, dy = x - stars.ix, y - stars.iy
+        modes, shape = choice.modes, (stars.x0, stars.y0, stars.scale)
+        used = np.ones(len(x), dtype=bool)
         basis = basis_fitter(stamps, terms, snr, modes)(stamps)
         for _ in range(cfg.iterations):
             # the used stars' weighted fit (a mode model's deformations those of their mean)
             fit_basis = basis_fitter(stamps, terms, snr * used, modes)
             for _refine in range(cfg.refinements):
-                psf = PixelPSF(basis, degree, x0, y0, scale, radial, tuple(modes))
+                psf = PixelPSF(basis, choice.degree, *shape, choice.radial, modes)
                 model, _, _ = psf.images(x, y)
                 fit_flux = np.sum(model * data, axis=(1, 2)) / np.sum(model**2, axis=(1, 2))
                 flux = np.where(fit_flux > 0, fit_flux, flux)
                 resid = data / flux[:, None, None] - model
                 basis = basis + fit_basis(shift_stamps_transpose(resid, dx, dy))
-            psf = PixelPSF(basis, degree, x0, y0, scale, radial, tuple(modes))
+            psf = PixelPSF(basis, choice.degree, *shape, choice.radial, modes)
             model, _, _ = psf.images(x, y)
             fit_flux = np.sum(model * data, axis=(1, 2)) / np.sum(model**2, axis=(1, 2))
             flux = np.where(fit_flux > 0, fit_flux, flux)
@@ -435,28 +582,4 @@ class PsfTask:
             if new_used.sum() < cfg.min_stars or np.array_equal(new_used, used):
                 break
             used = new_used
-        stars = Table(
-            {
-                "x": x,
-                "y": y,
-                "flux": flux,
-                "chi2": chi2,
-                "used": used,
-                "flux_radius": np.asarray(candidates["flux_radius"])[idx],
-            }
-        )
-        stars.meta["stellar_locus_radius"] = locus
-        stars.meta["degree"] = degree
-        stars.meta["radial"] = radial
-        stars.meta["modes"] = list(modes)
-        stars.meta["degree_cv_chi2"] = cv_chi2
-        stars.meta["cv_models"] = models
-        norm_resid = resid / flux[:, None, None]
-        return PsfResult(
-            psf=psf,
-            stars=stars,
-            residuals=norm_resid,
-            stamps=data / flux[:, None, None],
-            fwhm=psf.fwhm(x0, y0),
-            fwhm_eff=psf.fwhm_eff(x0, y0),
-        )
+        return psf, StarFit(flux, chi2, used, resid)
