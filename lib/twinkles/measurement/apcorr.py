@@ -77,7 +77,7 @@ from twinkles.image import Exposure
 from twinkles.image.psf import PixelPSF
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
-from twinkles.measurement.sensor_map import SensorMap, fit_sensor_map, map_terms
+from twinkles.measurement.sensor_map import SensorMap, SensorMapFit, fit_sensor_map, map_terms
 from twinkles.section import Section
 from twinkles.stats import mad_std
 
@@ -87,6 +87,7 @@ __all__ = [
     "ApertureCorrectionMap",
     "ApertureCorrectionResult",
     "ApertureCorrectionTask",
+    "StarApertures",
     "local_aperture_flux",
 ]
 
@@ -248,6 +249,29 @@ class ApertureCorrectionMap:
 
 
 @dataclass
+class StarApertures:
+    """The stars' apertures (:meth:`ApertureCorrectionTask.star_apertures`)."""
+
+    idx: np.ndarray
+    """Rows of the catalog."""
+    x: np.ndarray
+    y: np.ndarray
+    """Positions (pixels)."""
+    frame: tuple[float, float, float]
+    """Normalisation of positions: the sensor's centre (x0, y0) and half diagonal."""
+    apertures: dict[float, tuple[np.ndarray, np.ndarray]]
+    """Radius (pixels) -> (flux, error) in electrons, each less the star's local sky."""
+    ratio: np.ndarray
+    ratio_err: np.ndarray
+    """Inner-aperture flux over PSF flux, and its error."""
+
+    def normalised_position(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stars' positions in the maps' normalised coordinates."""
+        x0, y0, scale = self.frame
+        return (self.x - x0) / scale, (self.y - y0) / scale
+
+
+@dataclass
 class ApertureCorrectionResult:
     """The correction over the sensor, the stars it came from and its uncertainty."""
 
@@ -402,6 +426,37 @@ class ApertureCorrectionTask:
         ApertureCorrectionError
             Too few usable stars.
         """
+        stars = self.star_apertures(exposure, catalog, segmentation, star_x, star_y)
+        steps, width, first = self.fit_steps(exposure, stars)
+        result = self.summarise(stars, steps, width, first)
+        self.apply(catalog, result, stars.idx[first.used], stars.frame)
+        return result
+
+    def star_apertures(
+        self,
+        exposure: Exposure,
+        catalog: Table,
+        segmentation: np.ndarray,
+        star_x: np.ndarray,
+        star_y: np.ndarray,
+    ) -> StarApertures:
+        """Sub-step 1: every aperture the correction uses, on the clean stars (each star's
+        sky found once), and their inner-aperture over PSF flux.
+
+        Parameters
+        ----------
+        exposure, catalog, segmentation, star_x, star_y
+            As :meth:`run`.
+
+        Returns
+        -------
+        StarApertures
+
+        Raises
+        ------
+        ApertureCorrectionError
+            Fewer than ``min_stars`` stars with a finite ratio.
+        """
         cfg = self.config
         visit = exposure.metadata.get("visit")
         x, y = np.asarray(catalog["x"]), np.asarray(catalog["y"])
@@ -415,8 +470,6 @@ class ApertureCorrectionTask:
         )
         idx = idx[clean[idx]]
         seg = np.ascontiguousarray(segmentation, dtype=np.int32)
-        # every aperture the correction uses, at once: each star's sky is found once
-        radii = cfg.radii[1:]  # inner, (middle,) total: the steps
         every = sorted(set(cfg.radii) | {r * f for r in cfg.radii for f in _WIDEN})
         all_flux, all_err = local_aperture_flux(
             exposure, seg, idx, x[idx], y[idx], every, cfg.annulus
@@ -437,22 +490,60 @@ class ApertureCorrectionTask:
             )
         h, w = exposure.shape
         x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
-        idx, inner, inner_err = idx[ok], inner[ok], inner_err[ok]
-        apertures = {r: (f[ok], e[ok]) for r, (f, e) in apertures.items()}
-        ratio, ratio_err = ratio[ok], ratio_err[ok]
-        X, Y = (x[idx] - x0) / scale, (y[idx] - y0) / scale
-        width = self._psf_width_map(exposure.psf, (x0, y0, scale), exposure.shape)
+        idx = idx[ok]
+        return StarApertures(
+            idx,
+            x[idx],
+            y[idx],
+            (x0, y0, scale),
+            {r: (f[ok], e[ok]) for r, (f, e) in apertures.items()},
+            ratio[ok],
+            ratio_err[ok],
+        )
+
+    def fit_steps(
+        self, exposure: Exposure, stars: StarApertures
+    ) -> tuple[list[SensorMap], SensorMap | None, SensorMapFit]:
+        """Sub-step 2: the correction as maps over the sensor, step by step: the inner
+        aperture over the PSF flux, then each growth to the next aperture out to the total.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Its PSF model gives the width map where it is a mode model.
+        stars : StarApertures
+            From :meth:`star_apertures`.
+
+        Returns
+        -------
+        steps : list of SensorMap
+            One map per step; their product is the correction.
+        width : SensorMap or None
+            The PSF-width map the steps may follow.
+        first : SensorMapFit
+            The first step's fit (its stars used, residuals and scatter floor).
+
+        Raises
+        ------
+        ApertureCorrectionError
+            Fewer than ``min_stars`` stars with a finite growth at some step.
+        """
+        cfg = self.config
+        visit = exposure.metadata.get("visit")
+        X, Y = stars.normalised_position()
+        apertures = stars.apertures
+        width = self._psf_width_map(exposure.psf, stars.frame, exposure.shape)
         if width is None:
             width = self._width_map(apertures, X, Y)
         slopes = self._growth_slopes(apertures) if width is not None else {}
         # step 1: inner aperture over PSF flux
         first = fit_sensor_map(
-            X, Y, ratio, ratio_err, cfg.map_model, cfg.clip_sigma, template=width
+            X, Y, stars.ratio, stars.ratio_err, cfg.map_model, cfg.clip_sigma, template=width
         )
         steps = [first.map]
         # the growth, step by step to the total aperture
-        flux, flux_err = inner, inner_err
-        for previous, radius in pairwise(radii):
+        flux, flux_err = apertures[cfg.inner]
+        for previous, radius in pairwise(cfg.radii[1:]):  # inner, (middle,) total
             outer, outer_err = apertures[radius]
             with np.errstate(invalid="ignore", divide="ignore"):
                 step = outer / flux
@@ -477,9 +568,41 @@ class ApertureCorrectionTask:
             )
             steps.append(fit.map)
             flux, flux_err = outer, outer_err
+        return steps, width, first
+
+    def summarise(
+        self,
+        stars: StarApertures,
+        steps: list[SensorMap],
+        width: SensorMap | None,
+        first: SensorMapFit,
+    ) -> ApertureCorrectionResult:
+        """Sub-step 3: the correction's map and its uncertainties: each step's error at the
+        stars in quadrature, the part of it that varies over the sensor, and the PSF model's
+        per-source systematic (the first step's scatter beyond the errors).
+
+        Parameters
+        ----------
+        stars : StarApertures
+            From :meth:`star_apertures`.
+        steps, width, first
+            From :meth:`fit_steps`.
+
+        Returns
+        -------
+        ApertureCorrectionResult
+        """
+        cfg = self.config
+        X, Y = stars.normalised_position()
         used = first.used
-        stars = Table(
-            {"x": x[idx], "y": y[idx], "ratio": ratio, "ratio_err": ratio_err, "used": used}
+        table = Table(
+            {
+                "x": stars.x,
+                "y": stars.y,
+                "ratio": stars.ratio,
+                "ratio_err": stars.ratio_err,
+                "used": used,
+            }
         )
         # each step's error at the stars, relative, in quadrature: the correction's; and
         # the part of it that varies over the sensor (the zero point absorbs the rest)
@@ -491,32 +614,43 @@ class ApertureCorrectionTask:
         # where enough stars measure it (from a few, the floor is mostly their own noise and
         # their apertures' neighbours)
         systematic = (
-            float(first.floor / np.median(ratio[used]))
+            float(first.floor / np.median(stars.ratio[used]))
             if used.sum() >= cfg.min_stars_systematic
             else 0.0
         )
         scatter = mad_std(first.residuals[used], center=0.0)
-        correction_map = ApertureCorrectionMap(x0, y0, scale, steps, width)
-        result = ApertureCorrectionResult(
-            correction_map,
-            stars,
+        x0, y0, scale = stars.frame
+        return ApertureCorrectionResult(
+            ApertureCorrectionMap(x0, y0, scale, steps, width),
+            table,
             scatter,
             uncertainty,
             systematic,
             shape_uncertainty,
         )
+
+    def apply(
+        self,
+        catalog: Table,
+        result: ApertureCorrectionResult,
+        star_rows: np.ndarray,
+        frame: tuple[float, float, float],
+    ) -> None:
+        """Sub-step 4: the corrected PSF fluxes of every source, with the systematic in their
+        errors, and each source's concentration and extendedness (against the stars at
+        ``star_rows`` of ``catalog``), added to ``catalog`` in place."""
+        x, y = np.asarray(catalog["x"]), np.asarray(catalog["y"])
         corr = result(x, y)  # includes the growth to the total aperture
         catalog["psfApCorr"] = corr
         catalog["psfInstFluxCorr"] = catalog["psfInstFlux"] * corr
         catalog["psfInstFluxCorrErr"] = (
             np.hypot(
                 np.asarray(catalog["psfInstFluxErr"]),
-                systematic * np.asarray(catalog["psfInstFlux"]),
+                result.systematic * np.asarray(catalog["psfInstFlux"]),
             )
             * corr
         )
-        self._extendedness(catalog, idx[used], (x0, y0, scale))
-        return result
+        self._extendedness(catalog, star_rows, frame)
 
     def _psf_width_map(
         self, psf: object, frame: tuple[float, float, float], shape: tuple[int, int]
