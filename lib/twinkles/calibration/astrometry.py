@@ -37,7 +37,13 @@ from twinkles.calibration.wcs_fit import fit_tan_sip
 from twinkles.errors import TwinklesError
 from twinkles.section import Section
 
-__all__ = ["AstrometryConfig", "AstrometryError", "AstrometryResult", "AstrometryTask"]
+__all__ = [
+    "AstrometryConfig",
+    "AstrometryError",
+    "AstrometryPairs",
+    "AstrometryResult",
+    "AstrometryTask",
+]
 
 
 class AstrometryError(TwinklesError):
@@ -60,6 +66,24 @@ class AstrometryConfig(Section):
     max_sources: int = Field(600, ge=10, description="Brightest sources used for the search.")
     clip_sigma: float = Field(3.0, gt=0, description="Matches clipped beyond this many rms.")
     iterations: int = Field(3, ge=1, le=10, description="Match-fit-clip passes.")
+
+
+@dataclass
+class AstrometryPairs:
+    """What the astrometry matches (:meth:`AstrometryTask.pairs`)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    """Every source's position (pixels)."""
+    bright: np.ndarray
+    """Rows of the brightest clean sources, the coarse solution's."""
+    references: Table
+    """Reference stars (unresolved) near the sensor."""
+    ref_x: np.ndarray
+    ref_y: np.ndarray
+    """Their positions under the nominal WCS (pixels)."""
+    pixel_scale: float
+    """Arcsec per pixel of the nominal WCS."""
 
 
 @dataclass
@@ -181,6 +205,55 @@ class AstrometryTask:
             ``max_offset_arcsec`` and ``max_rotation_deg``, or fewer than ``min_matches``
             matches.
         """
+        visit = visit if visit is not None else "?"
+        pairs = self.pairs(catalog, refcat, wcs, shape, visit)
+        first, rotation, dx, dy = self.coarse_fit(pairs, wcs, shape, visit)
+        fit, src, ref, used, degree = self.refine(catalog, pairs, first, wcs, shape, visit)
+        sx, sy, stars = pairs.x, pairs.y, pairs.references
+        flux = np.asarray(catalog["psfInstFlux"])
+        dra, ddec = self._residuals_mas(fit, sx[src], sy[src], stars[ref])
+        sep = np.hypot(dra, ddec)
+        pixel_scale = pairs.pixel_scale
+        snr = flux[src] / np.asarray(catalog["psfInstFluxErr"])[src]
+        matches = Table(
+            {
+                "src_index": src,
+                "ref_index": np.asarray(stars["id"])[ref],
+                "x": sx[src],
+                "y": sy[src],
+                "dra_mas": dra,
+                "ddec_mas": ddec,
+                "snr": snr,
+                "used": used,
+            }
+        )
+        catalog["coord_ra"], catalog["coord_dec"] = fit.all_pix2world(sx, sy, 0)
+        catalog["coord_ra"] = np.asarray(catalog["coord_ra"]) % 360.0
+        bright_ok = used & (snr > 50)
+        bright_rms = (
+            float(np.sqrt(np.mean(sep[bright_ok] ** 2))) if bright_ok.any() else float("nan")
+        )
+        return AstrometryResult(
+            wcs=fit,
+            matches=matches,
+            rms_mas=float(np.sqrt(np.mean(sep[used] ** 2))),
+            bright_rms_mas=bright_rms,
+            offset_arcsec=(dx * pixel_scale, dy * pixel_scale),
+            rotation_deg=rotation,
+            sip_degree=degree,
+        )
+
+    def pairs(
+        self, catalog: Table, refcat: Table, wcs: WCS, shape: tuple[int, int], visit: object
+    ) -> AstrometryPairs:
+        """Sub-step 1: the bright, clean sources and the reference stars the nominal WCS puts
+        on the sensor (or within the largest pointing error of it).
+
+        Raises
+        ------
+        AstrometryError
+            Fewer than ``min_matches`` of either.
+        """
         cfg = self.config
         h, w = shape
         good = _good_sources(catalog, cfg.source_snr_min)
@@ -198,10 +271,32 @@ class AstrometryTask:
                 f"visit {visit}: {len(bright)} usable sources and {len(stars)} reference stars "
                 f"on the sensor; need {cfg.min_matches} of each"
             )
+        return AstrometryPairs(sx, sy, bright, stars, rx, ry, pixel_scale)
+
+    def coarse_fit(
+        self, pairs: AstrometryPairs, wcs: WCS, shape: tuple[int, int], visit: object
+    ) -> tuple[WCS, float, float, float]:
+        """Sub-step 2: the coarse solution (:meth:`coarse`), and a first TAN fit to the
+        sources and references it matches within 3 pixels.
+
+        Returns
+        -------
+        fit : WCS
+            The first fit.
+        rotation, dx, dy : float
+            The coarse rotation (deg) and offset (pixels).
+
+        Raises
+        ------
+        AstrometryError
+            No significant coarse solution, or too few matches under it.
+        """
+        cfg = self.config
+        h, w = shape
+        bright, rx, ry = pairs.bright, pairs.ref_x, pairs.ref_y
+        sx, sy = pairs.x[bright], pairs.y[bright]
         centre = (0.5 * (w - 1), 0.5 * (h - 1))
-        rotation, dx, dy, significance = self.coarse(
-            sx[bright], sy[bright], rx, ry, centre, pixel_scale
-        )
+        rotation, dx, dy, significance = self.coarse(sx, sy, rx, ry, centre, pairs.pixel_scale)
         if significance < cfg.min_significance:
             raise AstrometryError(
                 f'visit {visit}: no offset within {cfg.max_offset_arcsec}" and rotation within '
@@ -211,7 +306,7 @@ class AstrometryTask:
         angle = np.deg2rad(rotation)
         qx = centre[0] + np.cos(angle) * (rx - centre[0]) - np.sin(angle) * (ry - centre[1]) + dx
         qy = centre[1] + np.sin(angle) * (rx - centre[0]) + np.cos(angle) * (ry - centre[1]) + dy
-        i_src, i_ref, _ = match_nearest(sx[bright], sy[bright], qx, qy, 3.0)
+        i_src, i_ref, _ = match_nearest(sx, sy, qx, qy, 3.0)
         if len(i_src) < cfg.min_matches:
             raise AstrometryError(
                 f"visit {visit}: only {len(i_src)} sources match the reference catalog (need "
@@ -219,16 +314,60 @@ class AstrometryTask:
             )
         crpix = tuple(float(c) for c in wcs.wcs.crpix)
         crval = tuple(float(c) for c in wcs.wcs.crval)
-        src, ref = bright[i_src], i_ref
+        src, stars = bright[i_src], pairs.references
         fit = fit_tan_sip(
-            sx[src], sy[src], stars["ra"][ref], stars["dec"][ref], crpix, crval, 1, shape
+            pairs.x[src],
+            pairs.y[src],
+            stars["ra"][i_ref],
+            stars["dec"][i_ref],
+            crpix,
+            crval,
+            1,
+            shape,
         )
+        return fit, rotation, dx, dy
+
+    def refine(
+        self,
+        catalog: Table,
+        pairs: AstrometryPairs,
+        fit: WCS,
+        wcs: WCS,
+        shape: tuple[int, int],
+        visit: object,
+    ) -> tuple[WCS, np.ndarray, np.ndarray, np.ndarray, int]:
+        """Sub-step 3: ``iterations`` times, every reference matched to the sources within
+        ``match_radius_arcsec`` and a TAN-SIP WCS fitted, clipping matches beyond
+        ``clip_sigma`` times the rms; the degree lowered while matches are scarce.
+
+        Returns
+        -------
+        fit : WCS
+            The final WCS.
+        src, ref : array of int
+            The matches: rows of the catalog and of the on-sensor references.
+        used : array of bool
+            The matches kept after clipping.
+        degree : int
+            The SIP degree fitted.
+
+        Raises
+        ------
+        AstrometryError
+            Fewer than ``min_matches`` matches.
+        """
+        cfg = self.config
+        sx, sy, stars = pairs.x, pairs.y, pairs.references
+        crpix = tuple(float(c) for c in wcs.wcs.crpix)
+        crval = tuple(float(c) for c in wcs.wcs.crval)
         all_good = _good_sources(catalog, min(cfg.source_snr_min, 5.0))
         used = np.ones(0, dtype=bool)
+        src = ref = np.zeros(0, dtype=int)
+        degree = cfg.sip_degree
         for _ in range(cfg.iterations):
             px, py = fit.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
             i_src, i_ref, _ = match_nearest(
-                sx[all_good], sy[all_good], px, py, cfg.match_radius_arcsec / pixel_scale
+                sx[all_good], sy[all_good], px, py, cfg.match_radius_arcsec / pairs.pixel_scale
             )
             src, ref = all_good[i_src], i_ref
             if len(src) < cfg.min_matches:
@@ -259,34 +398,7 @@ class AstrometryTask:
                     break
                 used = new_used
             crval = tuple(float(c) for c in fit.wcs.crval)
-        snr = flux[src] / np.asarray(catalog["psfInstFluxErr"])[src]
-        matches = Table(
-            {
-                "src_index": src,
-                "ref_index": np.asarray(stars["id"])[ref],
-                "x": sx[src],
-                "y": sy[src],
-                "dra_mas": dra,
-                "ddec_mas": ddec,
-                "snr": snr,
-                "used": used,
-            }
-        )
-        catalog["coord_ra"], catalog["coord_dec"] = fit.all_pix2world(sx, sy, 0)
-        catalog["coord_ra"] = np.asarray(catalog["coord_ra"]) % 360.0
-        bright_ok = used & (snr > 50)
-        bright_rms = (
-            float(np.sqrt(np.mean(sep[bright_ok] ** 2))) if bright_ok.any() else float("nan")
-        )
-        return AstrometryResult(
-            wcs=fit,
-            matches=matches,
-            rms_mas=float(np.sqrt(np.mean(sep[used] ** 2))),
-            bright_rms_mas=bright_rms,
-            offset_arcsec=(dx * pixel_scale, dy * pixel_scale),
-            rotation_deg=rotation,
-            sip_degree=degree,
-        )
+        return fit, src, ref, used, degree
 
     @staticmethod
     def _residuals_mas(
