@@ -2,8 +2,8 @@
 
 Clean, isolated point sources (no saturated, edge, cosmic-ray, interpolated or blended flag;
 extendedness 0; photon-noise S/N above ``snr_min``; no other detection within
-``isolation_arcsec``: a star sharing its light with a neighbour reads bright, and in the demo
-run such stars moved zero points by 3-7 mmag) are matched within ``match_radius_arcsec`` to
+``isolation_arcsec``: a star sharing its light with a neighbour reads bright and pulls the
+zero point) are matched within ``match_radius_arcsec`` to
 reference stars that are neither resolved nor variable, with magnitude errors below
 ``max_ref_mag_err``. For each pair ``zp_i = m_ref - m_inst`` with ``m_inst = -2.5 log10(F)``
 and ``F`` the aperture-corrected PSF flux (electrons). The zero point is the weighted mean

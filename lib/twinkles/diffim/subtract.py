@@ -4,8 +4,8 @@
    calexp with the warper (:class:`~twinkles.coadd.warp.WarpTask`, patch -> calexp). Its
    variance plane is scaled to its measured pixel noise on blank sky (LSST's
    ``doScaleTemplateVariance``): the resampling propagates variance as if its input's noise
-   were white, and the template's is not (on the demo the plane then predicted 1/1.14-1/1.09
-   of the pixel noise; 1/1.30-1/1.24 before make_template scaled the template's own plane).
+   were white, and the template's is not, so the plane predicts too little pixel noise
+   (the recipe quotes by how much).
 2. An Alard-Lupton kernel (:mod:`~twinkles.diffim.kernel`) is fitted on stamps around
    reference-catalog stars, convolving whichever image has the narrower PSF, so the kernel
    only ever broadens.
@@ -253,8 +253,7 @@ def _pull_spread(pulls: np.ndarray | None) -> float:
     independent-pixel error understates the PSF-flux error because the noise the
     decorrelation leaves is not white (a convolved calexp's difference lacks the template's
     high frequencies, so its per-pixel variance understates its noise on the PSF's scale;
-    1.33-1.48 on the demo, 1.00-1.06 with a convolved template). 1 with fewer than 30
-    points."""
+    close to 1 with a convolved template). 1 with fewer than 30 points."""
     if pulls is None:
         return 1.0
     pulls = pulls[np.isfinite(pulls)]
@@ -615,8 +614,8 @@ class ImageDifferenceTask:
             else:
                 # a convolved calexp: both inputs are poor in high frequencies, so the exact
                 # whitening would deconvolve the calexp and amplify the template's measured
-                # spectrum where it is least known (on the demo it biased PSF fluxes by up
-                # to 10%); DMTN-021's kernel for white inputs. The noise it leaves lacks the
+                # spectrum where it is least known (it biased PSF fluxes: the recipe says by
+                # how much); DMTN-021's kernel for white inputs. The noise it leaves lacks the
                 # template's high frequencies: the variance plane is what it leaves, and the
                 # PSF-flux errors and detection are scaled by the measured spread
                 psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)

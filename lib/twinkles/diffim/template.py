@@ -21,13 +21,12 @@ handful of visits, per-pixel clipping takes the core of a supernova that was bri
 them and leaves its wings, a residual of the PSF's shape minus a ring, different at every
 epoch's seeing. Unclipped, the transient is in the template at its weighted mean flux, and
 every difference measures ``flux(t) - flux(template)``, as a light-curve fit with a constant
-offset expects. On the demo, clipping took 53-191 template pixels per filter, most of g's and
-r's at supernova cores; the light curves through those pixels were offset by 1-2 sigma at
-every epoch.
+offset expects; a clipped template offsets the light curves through those pixels at every
+epoch (make_template's recipe quotes by how much).
 
 Matching a warp's PSF convolves noise that the warp's resampling had already correlated, and
 the convolved variance plane (``K^2 * var``) assumes it had not: the coadded template's plane
-predicts too little pixel noise (by 1.14-1.15 on the demo).
+predicts too little pixel noise.
 :func:`scale_variance_to_noise` scales it to the noise measured on the template, as LSST's
 ``ScaleVarianceTask`` does.
 

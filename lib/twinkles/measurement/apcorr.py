@@ -31,9 +31,9 @@ predicts for a profile that keeps its shape as its width changes
 (:meth:`ApertureCorrectionTask._growth_slopes`; the ``scaled`` model, one number as a
 constant); a richer map (``growth_map_model``) replaces it where the stars demand one, but
 not in the last step (``outer_map_model``): there a slope of its own, fitted to crowded
-25-pixel apertures whose neighbours' light the stars' errors do not carry, put ramps of
-10-35 mmag into single visits of crowded external scenes, while inside 12 pixels the
-stars' second-order change of growth under a strong change of width is real.
+25-pixel apertures whose neighbours' light the stars' errors do not carry, puts ramps into
+single visits of crowded scenes, while inside 12 pixels the stars' second-order change of
+growth under a strong change of width is real.
 
 Apertures leave out the footprints of other detections, and each star's sky comes from an
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the

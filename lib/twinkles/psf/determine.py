@@ -14,10 +14,10 @@
    with ``S_n`` the band-limited shift to star n's sub-pixel position
    (:mod:`twinkles.image.shift`), by iterated least-squares corrections
    ``K += fit(S_n^T residual_n)`` (as PSFEx fits without resampling the data). Resampling the
-   stars instead biases PSF fluxes by 0.3-0.7%; the forward fit is unbiased to 1e-5 on
-   noiseless stars. With a Lanczos-3 ``S_n`` the fit could only average the kernel's error
-   over the stars' sub-pixel positions: in the demo run's 0.56-0.7" visits, stars centred on
-   a pixel read 1-3 mmag bright and stars on a pixel corner up to 6 mmag faint. Each star's
+   stars instead biases PSF fluxes by a fraction of a percent; the forward fit is unbiased
+   on noiseless stars (the tests hold it to 1e-5). A Lanczos-3 ``S_n`` could only average the
+   kernel's error over the stars' sub-pixel positions: in good seeing, stars centred on a
+   pixel then read bright and stars on a pixel corner faint, by mmag. Each star's
    sky is its own, the median of an annulus around its stamp (a
    global background 1 e-/pixel off would otherwise sharpen the core). Stars are weighted by
    signal-to-noise (capped, so a few bright stars do not decide alone); fluxes are

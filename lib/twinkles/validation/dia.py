@@ -385,9 +385,8 @@ def light_curve_pulls(rows: Table, n_boot: int = 2000, seed: int = 0) -> dict:
 
     The points of one light curve are not independent: every difference image of a band
     subtracts the same template, whose noise at the object's position (and any residual of
-    its host) is common to all of them. On the demo that shared part is 0.09-0.19 of the pull
-    variance, so the median of a few light curves' points scatters by several times
-    ``1.25 / sqrt(n)``. With a ``truth_id`` column the standard error is therefore a
+    its host) is common to all of them, so the median of a few light curves' points scatters
+    by more than ``1.25 / sqrt(n)``. With a ``truth_id`` column the standard error is therefore a
     bootstrap over whole light curves (a cluster bootstrap; Efron & Tibshirani 1993, ch. 8);
     without one, over points.
     """
