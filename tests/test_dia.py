@@ -163,3 +163,41 @@ def test_a_visit_without_kernel_stars_fails_with_its_name(tiny_dia):
     refcat = butler.get("refcat")[:0]
     with pytest.raises(ImageDifferenceError, match="visit 1: only 0 usable star stamps"):
         ImageDifferenceTask().run(calexp, template, refcat, 60000.0)
+
+
+def test_the_recipes_stages_are_what_run_does(tiny_dia):
+    """image_difference calls the task's stages cell by cell; every other caller calls ``run``:
+    both give the same difference and DIASources, and the recipe wrote the same, to float
+    round-off (numpy's sums round differently with the arrays' memory alignment, and the
+    workflow's kernel runs one BLAS thread)."""
+    from twinkles.diffim.subtract import DIA_SOURCE_COLUMNS
+
+    butler = tiny_dia.butler
+    visits = butler.get("visitTable")
+    row = visits[visits["obsHistID"] == 2][0]
+    calexp = butler.get("calexp", visit=2)
+    template = butler.get("goodSeeingCoadd", filter=str(row["filter"]))
+    refcat = butler.get("refcat")
+    task = ImageDifferenceTask()
+    whole = task.run(calexp.copy(), template, refcat, float(row["expMJD"]))
+
+    on_visit = task.warp_template(calexp, template)
+    match = task.match_kernel(calexp, on_visit, refcat)
+    subtraction = task.subtract(calexp, on_visit, match)
+    diff = task.decorrelate(calexp, on_visit, match, subtraction)
+    found = task.detect_dia_sources(diff, calexp, on_visit, subtraction, float(row["expMJD"]))
+    np.testing.assert_array_equal(diff.mask, whole.difference.mask)
+    for plane in ("image", "variance"):
+        ours, theirs = getattr(diff, plane), getattr(whole.difference, plane)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * np.nanstd(theirs))
+    assert diff.metadata.keys() == whole.difference.metadata.keys()
+    assert task.noise_ratio(diff, found.usable) == pytest.approx(whole.noise_ratio, rel=1e-9)
+    written = butler.get("diaSrc", visit=2)
+    assert len(written) == len(whole.dia_sources) == len(found.sources) > 0
+    for name in DIA_SOURCE_COLUMNS:
+        expected = np.asarray(whole.dia_sources[name])
+        for got in (found.sources[name], written[name]):
+            if expected.dtype.kind == "f":
+                np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+            else:
+                np.testing.assert_array_equal(got, expected, err_msg=name)
