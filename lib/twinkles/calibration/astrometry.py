@@ -40,6 +40,7 @@ from twinkles.section import Section
 __all__ = [
     "AstrometryConfig",
     "AstrometryError",
+    "AstrometryFit",
     "AstrometryPairs",
     "AstrometryResult",
     "AstrometryTask",
@@ -84,6 +85,23 @@ class AstrometryPairs:
     """Their positions under the nominal WCS (pixels)."""
     pixel_scale: float
     """Arcsec per pixel of the nominal WCS."""
+
+
+@dataclass
+class AstrometryFit:
+    """The refined solution and its matches (:meth:`AstrometryTask.refine`)."""
+
+    wcs: WCS
+    src: np.ndarray
+    ref: np.ndarray
+    """The matches: rows of the catalog and of the on-sensor references."""
+    used: np.ndarray
+    """The matches kept after clipping."""
+    degree: int
+    """The SIP degree fitted."""
+    dra_mas: np.ndarray
+    ddec_mas: np.ndarray
+    """Each match's residual under ``wcs`` (mas)."""
 
 
 @dataclass
@@ -208,10 +226,11 @@ class AstrometryTask:
         visit = visit if visit is not None else "?"
         pairs = self.pairs(catalog, refcat, wcs, shape, visit)
         first, rotation, dx, dy = self.coarse_fit(pairs, wcs, shape, visit)
-        fit, src, ref, used, degree = self.refine(catalog, pairs, first, wcs, shape, visit)
+        refined = self.refine(catalog, pairs, first, wcs, shape, visit)
+        fit, src, ref, used = refined.wcs, refined.src, refined.ref, refined.used
+        dra, ddec = refined.dra_mas, refined.ddec_mas
         sx, sy, stars = pairs.x, pairs.y, pairs.references
         flux = np.asarray(catalog["psfInstFlux"])
-        dra, ddec = self._residuals_mas(fit, sx[src], sy[src], stars[ref])
         sep = np.hypot(dra, ddec)
         pixel_scale = pairs.pixel_scale
         snr = flux[src] / np.asarray(catalog["psfInstFluxErr"])[src]
@@ -240,7 +259,7 @@ class AstrometryTask:
             bright_rms_mas=bright_rms,
             offset_arcsec=(dx * pixel_scale, dy * pixel_scale),
             rotation_deg=rotation,
-            sip_degree=degree,
+            sip_degree=refined.degree,
         )
 
     def pairs(
@@ -335,21 +354,14 @@ class AstrometryTask:
         wcs: WCS,
         shape: tuple[int, int],
         visit: object,
-    ) -> tuple[WCS, np.ndarray, np.ndarray, np.ndarray, int]:
+    ) -> AstrometryFit:
         """Sub-step 3: ``iterations`` times, every reference matched to the sources within
         ``match_radius_arcsec`` and a TAN-SIP WCS fitted, clipping matches beyond
         ``clip_sigma`` times the rms; the degree lowered while matches are scarce.
 
         Returns
         -------
-        fit : WCS
-            The final WCS.
-        src, ref : array of int
-            The matches: rows of the catalog and of the on-sensor references.
-        used : array of bool
-            The matches kept after clipping.
-        degree : int
-            The SIP degree fitted.
+        AstrometryFit
 
         Raises
         ------
@@ -363,6 +375,7 @@ class AstrometryTask:
         all_good = _good_sources(catalog, min(cfg.source_snr_min, 5.0))
         used = np.ones(0, dtype=bool)
         src = ref = np.zeros(0, dtype=int)
+        dra = ddec = np.zeros(0)
         degree = cfg.sip_degree
         for _ in range(cfg.iterations):
             px, py = fit.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
@@ -398,7 +411,7 @@ class AstrometryTask:
                     break
                 used = new_used
             crval = tuple(float(c) for c in fit.wcs.crval)
-        return fit, src, ref, used, degree
+        return AstrometryFit(fit, src, ref, used, degree, dra, ddec)
 
     @staticmethod
     def _residuals_mas(

@@ -1081,14 +1081,15 @@ def lensed_systems(recovery: Table, points: Table) -> Table:
 
 def differenced_visits(butler, visits: Table) -> Table:
     """The rows of ``visits`` that have a difference image, with their calexps' measured
-    ``five_sigma_depth`` (AB mag, what :func:`transient_peaks` reads)."""
+    ``five_sigma_depth`` (AB mag, what :func:`transient_peaks` reads) and ``psf_fwhm``
+    (arcsec), from one read of each visit summary."""
     differenced = [
         int(v) for v in visits["obsHistID"] if butler.exists("deepDiff_differenceExp", visit=int(v))
     ]
     out = visits[np.isin(visits["obsHistID"], differenced)]
-    out["five_sigma_depth"] = [
-        butler.get("visitSummary", visit=int(v))["five_sigma_depth"] for v in out["obsHistID"]
-    ]
+    summaries = [butler.get("visitSummary", visit=int(v)) for v in out["obsHistID"]]
+    out["five_sigma_depth"] = [s["five_sigma_depth"] for s in summaries]
+    out["psf_fwhm"] = [s["psf_fwhm"] for s in summaries]
     return out
 
 

@@ -483,10 +483,9 @@ def _dia_metrics(
 ) -> list[Metric]:
     """The difference images' noise, DIASources against the truth (recovery, artifacts,
     injections) and DIAObjects."""
-    metrics: list[Metric] = []
     # the injections' efficiency over all bands (validate_dia's "all" row; none if no injection)
     injection_all = next((r for r in dia.get("injection") or [] if r.get("band") == "all"), {})
-    metrics += [
+    return [
         Metric(
             "difference_noise_ratio_min",
             _get(dia, "noise_ratio_min"),
@@ -597,7 +596,6 @@ def _dia_metrics(
             'DIAObjects of two or more reliable DIASources within 1" of a variable object',
         ),
     ]
-    return metrics
 
 
 def _supernova_metrics(dia: dict) -> list[Metric]:
@@ -655,8 +653,7 @@ def _lensed_and_count_metrics(
     dia: dict, lensed_resolved: int, lensed_detectable: int, lensed_separate: int
 ) -> list[Metric]:
     """Lensed-quasar images as DIAObjects of their own, and DIASources per visit."""
-    metrics: list[Metric] = []
-    metrics += [
+    return [
         Metric(
             "lensed_image_recovery",
             lensed_separate / lensed_detectable if lensed_detectable else math.nan,
@@ -686,13 +683,11 @@ def _lensed_and_count_metrics(
             "mean number of DIASources per difference image",
         ),
     ]
-    return metrics
 
 
 def _unmeasured_supernova_metrics(bands: list[str]) -> list[Metric]:
     """The SN pull metrics of each band, not measured (a run without a truth)."""
-    metrics: list[Metric] = []
-    metrics += [
+    return [
         Metric(name, math.nan, "", comparison, threshold, ISSUE, description)
         for band in bands
         for name, comparison, threshold, description in (
@@ -700,7 +695,6 @@ def _unmeasured_supernova_metrics(bands: list[str]) -> list[Metric]:
             (f"sn_pull_median_{band}", "abs<=", 0.1, f"median SN pull, {band}"),
         )
     ]
-    return metrics
 
 
 #: Metrics scored against the truth (by name prefix).
