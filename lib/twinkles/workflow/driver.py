@@ -560,6 +560,7 @@ class _Driver:
             self.db.set_state(running, "pending")
             summary.interrupted = True
         finally:
+            executor.close()
             if bar is not None:
                 bar.close()
         for n in todo:

@@ -38,7 +38,7 @@ import papermill
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
-from twinkles.files import IO_LOG_ENV, cached_checksum, file_checksum
+from twinkles.files import INVALID_ENV, IO_LOG_ENV, cached_checksum, file_checksum
 from twinkles.workflow.html import render_html
 from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
 from twinkles.workflow.records import ItemResult, TaskCommon, WorkItem
@@ -192,7 +192,8 @@ def _execute(
     start = time.time()
     start_ns = time.time_ns()
     io_log.unlink(missing_ok=True)
-    env = {IO_LOG_ENV: str(io_log)}
+    # per notebook, not per kernel: a worker's kernel outlives the task that started it
+    env = {IO_LOG_ENV: str(io_log), INVALID_ENV: common.invalid_datasets}
     record = ItemResult(
         token=common.token,
         step=item.step,

@@ -1,8 +1,9 @@
 """Executors: where tasks run. One interface, so the driver has one code path.
 
-* :class:`LocalExecutor`: each task is a process (``python -m twinkles.workflow.task``) in its
-  own process group, at most ``workers`` CPUs' worth at once; a task past its time limit is
-  killed.
+* :class:`LocalExecutor`: tasks are run by long-lived worker processes (``python -m
+  twinkles.workflow.task --serve``), each in its own process group and keeping its warm kernel
+  from task to task, at most ``workers`` CPUs' worth at once; a task past its time limit is
+  killed with its worker.
 * :class:`SlurmExecutor`: each submission is a job array (submitit ``map_array``), one array
   element per task, with the step's CPUs, memory and time limit. Without slurmdbd ``sacct``
   does not answer, so job states come from ``squeue`` (and ``scontrol`` for the final state).
@@ -26,7 +27,7 @@ from typing import Any
 from twinkles.errors import TwinklesError
 from twinkles.workflow.environment import task_environment
 from twinkles.workflow.records import TaskRecord
-from twinkles.workflow.task import run_task
+from twinkles.workflow.task import WORKER_ENDED, run_task
 
 __all__ = [
     "EXECUTORS",
@@ -85,60 +86,139 @@ class Executor:
         """Stop every task this executor started."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """The run is over: release what the executor keeps between tasks."""
+
     @staticmethod
     def kill_stale(job_id: str) -> None:
         """Stop a task left running by a previous driver (``job_id`` as recorded)."""
 
 
+@dataclass
+class _Worker:
+    """A long-lived local worker process and the task it runs (None: idle)."""
+
+    proc: subprocess.Popen
+    cpus: int
+    task: Submission | None = None
+    answers: str = ""
+
+
 class LocalExecutor(Executor):
-    """Tasks as processes on this machine."""
+    """Tasks run by long-lived worker processes on this machine.
+
+    A worker (``python -m twinkles.workflow.task --serve``, in its own process group so that
+    its kernel goes with it) runs one task at a time and keeps its warm kernel from task to
+    task, so the kernel's start and the science imports are paid once per worker rather than
+    once per task. Workers are kept per CPU count (their kernels' thread settings), at most
+    ``workers`` CPUs' worth busy at once. A task past its time limit is killed with its worker;
+    a worker that dies is not reused.
+    """
 
     name = "local"
 
     def __init__(self, workers: int, log_dir: Path):
         self.workers = workers
         self.log_dir = log_dir
-        self._procs: dict[str, tuple[subprocess.Popen, Submission]] = {}
+        self._pool: list[_Worker] = []
 
     def free_cpus(self) -> int:
-        return self.workers - sum(s.cpus for _, s in self._procs.values())
+        return self.workers - sum(w.cpus for w in self._pool if w.task is not None)
 
     def running(self) -> int:
-        return len(self._procs)
+        return sum(w.task is not None for w in self._pool)
+
+    def _start_worker(self, cpus: int) -> _Worker:
+        # idle workers of another CPU count give way, so the processes stay as many as the CPUs
+        for idle in [w for w in self._pool if w.task is None and w.cpus != cpus]:
+            self._retire(idle)
+        log = open(self.log_dir / f"worker-{len(self._pool)}-{time.time_ns()}.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "twinkles.workflow.task", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,  # its own process group: the kernel goes with it
+            env=task_environment(cpus),
+        )
+        log.close()
+        os.set_blocking(proc.stdout.fileno(), False)
+        worker = _Worker(proc, cpus)
+        self._pool.append(worker)
+        return worker
 
     def submit(self, submissions: list[Submission]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for sub in submissions:
-            log = open(self.log_dir / f"{sub.task_id}.log", "wb")
-            env = task_environment(sub.cpus)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "twinkles.workflow.task", str(sub.spec_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: the kernel goes with it
-                env=env,
-            )
-            log.close()
-            sub.job_id = f"local-{proc.pid}"
-            self._procs[sub.task_id] = (proc, sub)
+            worker = next(
+                (w for w in self._pool if w.task is None and w.cpus == sub.cpus), None
+            ) or self._start_worker(sub.cpus)
+            sub.submitted = time.time()
+            sub.job_id = f"local-{worker.proc.pid}"
+            worker.task = sub
+            try:
+                request = f"{sub.spec_path}\t{self.log_dir / sub.task_id}.log\n"
+                worker.proc.stdin.write(request.encode())
+                worker.proc.stdin.flush()
+            except BrokenPipeError:  # it died while idle: poll reports the task as ended
+                pass
+
+    def _finished(self, worker: _Worker) -> bool:
+        """Whether the worker has answered that its task ended."""
+        try:
+            worker.answers += os.read(worker.proc.stdout.fileno(), 65536).decode()
+        except (BlockingIOError, ValueError, OSError):
+            pass
+        lines = worker.answers.split("\n")
+        for line in lines[:-1]:
+            if worker.task is not None and line.strip() == f"{WORKER_ENDED} {worker.task.task_id}":
+                worker.answers = lines[-1]
+                return True
+        worker.answers = lines[-1]
+        return False
 
     def poll(self) -> list[Ended]:
         ended = []
-        for task_id, (proc, sub) in list(self._procs.items()):
-            code = proc.poll()
+        for worker in list(self._pool):
+            sub = worker.task
+            if sub is None:
+                if worker.proc.poll() is not None:  # an idle worker that died
+                    self._retire(worker)
+                continue
+            if self._finished(worker):
+                worker.task = None
+                ended.append(Ended(sub, "worker finished the task"))
+                continue
+            code = worker.proc.poll()
             if code is None and time.time() - sub.submitted > sub.timeout_s:
-                self._kill(proc)
-                code = proc.wait()
+                self._kill(worker.proc)
+                code = worker.proc.wait()
                 note = f"timeout: killed after {sub.timeout_s:.0f} s"
             elif code is None:
+                continue
+            elif self._finished(worker):  # it answered, then ended
+                worker.task = None
+                ended.append(Ended(sub, "worker finished the task"))
+                self._retire(worker)
                 continue
             elif code < 0:
                 note = f"worker killed by signal {-code} ({signal.Signals(-code).name})"
             else:
                 note = f"worker exited with status {code}"
-            del self._procs[task_id]
+            self._retire(worker)
             ended.append(Ended(sub, note))
         return ended
+
+    def _retire(self, worker: _Worker) -> None:
+        """Stop a worker and whatever it started (its kernel), and forget it."""
+        self._kill(worker.proc)
+        worker.proc.wait()
+        for stream in (worker.proc.stdin, worker.proc.stdout):
+            try:
+                stream.close()
+            except (BrokenPipeError, OSError):
+                pass
+        self._pool.remove(worker)
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
@@ -148,11 +228,24 @@ class LocalExecutor(Executor):
             pass
 
     def cancel(self) -> None:
-        for proc, _ in self._procs.values():
-            self._kill(proc)
-        for proc, _ in self._procs.values():
-            proc.wait()
-        self._procs.clear()
+        for worker in list(self._pool):
+            self._retire(worker)
+
+    def close(self, timeout_s: float = 20.0) -> None:
+        """Let idle workers stop their kernels and exit; stop any that do not in time."""
+        for worker in self._pool:
+            try:
+                worker.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.time() + timeout_s
+        for worker in list(self._pool):
+            if worker.task is None:
+                try:
+                    worker.proc.wait(max(0.0, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    pass
+            self._retire(worker)
 
     @staticmethod
     def kill_stale(job_id: str) -> None:
@@ -160,7 +253,7 @@ class LocalExecutor(Executor):
             return
         pid = int(job_id.removeprefix("local-"))
         try:
-            # the task ran in its own process group, led by itself
+            # the worker ran in its own process group, led by itself
             if os.getpgid(pid) == pid:
                 os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
