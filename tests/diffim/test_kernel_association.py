@@ -107,6 +107,26 @@ def test_kernel_fit_recovers_broadening_scaling_and_background(star_field):
     assert kernel_sigma(ndimage.convolve(gaussian(1.5), kernel)) == pytest.approx(2.5, rel=0.01)
 
 
+def test_kernel_fit_recovers_a_sloped_background(star_field):
+    """A background that is a plane (degree 1): its three coefficients, in the solution's
+    normalised coordinates, and the kernel's sum, to what ~50 noisy stamps allow."""
+    narrow, x, y = star_field
+    rng = np.random.default_rng(8)
+    true_kernel = gaussian(np.sqrt(2.2**2 - 1.5**2), half=10)
+    yy, xx = np.mgrid[0:300, 0:300]
+    plane = 2.0 + 0.01 * (xx - 149.5) - 0.006 * (yy - 149.5)
+    wide = 0.97 * ndimage.convolve(narrow, true_kernel, mode="constant") + plane
+    wide = wide + rng.normal(0, 4.0, wide.shape)
+    config = AlardLuptonConfig(background_degree=1)
+    solution = fit_kernel(narrow, wide, np.full(wide.shape, 16.0), x, y, 1.5, 2.2, config)
+    assert solution.kernel(150, 150).sum() == pytest.approx(0.97, abs=0.002)
+    # terms 1, X, Y with X = (x - x0) / scale
+    expected = [2.0, 0.01 * solution.scale, -0.006 * solution.scale]
+    assert solution.background == pytest.approx(expected, abs=0.15)
+    fitted = solution.background_image((300, 300))
+    assert np.abs(fitted - plane).max() < 0.3
+
+
 def test_kernel_fit_needs_stars(star_field):
     narrow, x, y = star_field
     with pytest.raises(KernelFitError, match="only 2 usable star stamps"):

@@ -269,29 +269,35 @@ def fit_kernel(
         spatial_degree -= 1
     n_spatial = (spatial_degree + 1) * (spatial_degree + 2) // 2
     n_par = 1 + (n_basis - 1) * n_spatial + n_bg
-    designs, targets, weights = [], [], []
+    # Every column of a stamp's design matrix is one of its n_basis + 1 "rows" (the basis
+    # convolutions and a constant) times a number fixed for the stamp (a spatial or background
+    # monomial): column q is row[source[q]] * factor[q]. So the normal equations follow from
+    # each stamp's small Gram matrix of its rows, and the full design (pixels x n_par) is never
+    # built: ~(n_par / (n_basis + 1))^2 fewer operations than design.T @ W @ design.
+    source = np.array(
+        [0] + [k for k in range(1, n_basis) for _ in range(n_spatial)] + [n_basis] * n_bg
+    )
+    rows, grams, projections, targets, weights, factors = [], [], [], [], [], []
     for conv, tgt, weight, X, Y in stamps:
         p = polynomial_terms(np.array([X]), np.array([Y]), spatial_degree)[0]
         pb = polynomial_terms(np.array([X]), np.array([Y]), cfg.background_degree)[0]
-        cols = [conv[0].ravel()]
-        for k in range(1, n_basis):
-            for m in range(n_spatial):
-                cols.append(p[m] * conv[k].ravel())
-        for m in range(n_bg):
-            cols.append(np.full(tgt.size, pb[m]))
-        designs.append(np.stack(cols, axis=1))
+        row = np.vstack([conv.reshape(n_basis, -1), np.ones((1, tgt.size))])
+        weighted = row * weight
+        rows.append(row)
+        grams.append(weighted @ row.T)
+        projections.append(weighted @ tgt)
         targets.append(tgt)
         weights.append(weight)
+        factors.append(np.concatenate([[1.0], np.tile(p, n_basis - 1), pb]))
 
     def stamp_chi2(coef: np.ndarray) -> np.ndarray:
         """Each stamp's chi^2 per usable pixel."""
-        return np.array(
-            [
-                np.sum(weights[k] * (targets[k] - designs[k] @ coef) ** 2)
-                / max(np.count_nonzero(weights[k]), 1)
-                for k in range(n_total)
-            ]
-        )
+        out = np.empty(n_total)
+        for k in range(n_total):
+            row_coef = np.bincount(source, weights=factors[k] * coef, minlength=n_basis + 1)
+            residual = targets[k] - row_coef @ rows[k]
+            out[k] = np.sum(weights[k] * residual**2) / max(np.count_nonzero(weights[k]), 1)
+        return out
 
     use = np.ones(n_total, dtype=bool)
     for _ in range(3):
@@ -299,9 +305,9 @@ def fit_kernel(
         ata = np.zeros((n_par, n_par))
         atb = np.zeros(n_par)
         for k in np.flatnonzero(fitted):
-            aw = designs[k] * weights[k][:, None]
-            ata += designs[k].T @ aw
-            atb += aw.T @ targets[k]
+            f = factors[k]
+            ata += np.outer(f, f) * grams[k][np.ix_(source, source)]
+            atb += f * projections[k][source]
         coef = np.linalg.lstsq(ata, atb, rcond=None)[0]
         chi2 = stamp_chi2(coef)
         med = np.median(chi2[use])

@@ -10,8 +10,10 @@ it:
 * open figures are closed, the working directory and the notebook's environment variables
   (where the butler records its I/O) are set, the execution counter restarts at 1
   (so each executed notebook numbers its cells 1, 2, ... as a fresh kernel would);
-* the kernel's peak-RSS counter is reset (Linux ``/proc/self/clear_refs``), so the CPU time and
-  peak memory measured around each notebook are that notebook's own.
+* the memory the last notebook freed is handed back to the system (glibc ``malloc_trim``: the
+  tasks' malloc settings otherwise keep it in the process) and the kernel's peak-RSS counter is
+  reset (Linux ``/proc/self/clear_refs``), so the CPU time and peak memory measured around each
+  notebook are that notebook's own.
 
 Each data id still gets its own executed notebook, with papermill's parameter injection and
 error marker: the kernel is lent to papermill through an engine registered in papermill's
@@ -99,6 +101,13 @@ try:
     import matplotlib.pyplot as _plt
     _plt.close("all")
 except ImportError:
+    pass
+import gc as _gc
+_gc.collect()
+try:  # hand the heap the last notebook freed back to the system, so the peak below is its own
+    import ctypes as _ctypes
+    _ctypes.CDLL("libc.so.6").malloc_trim(0)
+except (OSError, AttributeError):
     pass
 try:
     with open("/proc/self/clear_refs", "w") as _refs:
