@@ -8,6 +8,7 @@ page, so hundreds of pages do not each carry nbconvert's CSS).
 from __future__ import annotations
 
 import html
+from functools import cache
 from pathlib import Path
 
 import nbformat
@@ -20,12 +21,18 @@ __all__ = ["NOTEBOOK_CSS", "render_html"]
 NOTEBOOK_CSS = Path(__file__).parent / "templates" / "notebook.css"
 
 
-def render_html(nb: nbformat.NotebookNode, path: Path, title: str, css_href: str) -> Path:
-    """Write an executed notebook as an HTML page that links the stylesheet ``css_href``."""
+@cache
+def _exporter():
+    """One exporter per process: a new one compiles its Jinja templates again (about half of
+    the cost of a page)."""
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="basic")
-    body, _ = exporter.from_notebook_node(nb)
+    return HTMLExporter(template_name="basic")
+
+
+def render_html(nb: nbformat.NotebookNode, path: Path, title: str, css_href: str) -> Path:
+    """Write an executed notebook as an HTML page that links the stylesheet ``css_href``."""
+    body, _ = _exporter().from_notebook_node(nb)
     prov = nb.metadata.get("twinkles", {})
     status = prov.get("status", "unknown")
     summary = ", ".join(
