@@ -216,6 +216,29 @@ def test_unknown_step_in_config_is_named(tmp_path):
         run_pipeline(load_run(run.config_path), sweep_pipeline(), progress=False)
 
 
+def test_a_local_worker_outlives_a_notebook_that_times_out(tmp_path):
+    """One worker runs every task; the notebook past its time limit fails alone (an
+    infrastructure failure), its kernel is replaced, and the worker goes on with the rest."""
+    run = make_run(
+        tmp_path,
+        sweep={"hang_item": 1},
+        step_resources={"timeout_min": 0.1},
+        ids_per_task=1,
+        workers=1,
+        max_retries=0,
+    )
+    summary = run_pipeline(run, sweep_pipeline(n=3), progress=False)
+    assert not summary.ok
+    rows, _, tasks = _rows(run)
+    states = {k[1]: r.state for k, r in rows.items() if k[0] == "sweep"}
+    assert states == {"item=0": "done", "item=1": "failed", "item=2": "done"}
+    failure = _step(run_status(run, sweep_pipeline(n=3)), "sweep")["failures"][0]
+    assert failure["failure_class"] == "infrastructure" and failure["error"].startswith("timeout")
+    sweep_tasks = [t for t in tasks if t["step"] == "sweep"]
+    assert len(sweep_tasks) == 3 and len({t["job_id"] for t in sweep_tasks}) == 1
+    assert sum(t["kernel_starts"] for t in sweep_tasks) == 2  # the first, and its replacement
+
+
 def test_notebook_timeout_is_an_infrastructure_failure(tmp_path):
     run = make_run(
         tmp_path, sweep={"sleep_s": 30.0}, step_resources={"timeout_min": 0.05}, max_retries=0

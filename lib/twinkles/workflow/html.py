@@ -8,7 +8,7 @@ page, so hundreds of pages do not each carry nbconvert's CSS).
 from __future__ import annotations
 
 import html
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import nbformat
@@ -24,10 +24,14 @@ NOTEBOOK_CSS = Path(__file__).parent / "templates" / "notebook.css"
 @cache
 def _exporter():
     """One exporter per process: a new one compiles its Jinja templates again (about half of
-    the cost of a page)."""
+    the cost of a page). Its HTML sanitiser (bleach) is given a memory: the recipe's own
+    markdown and code, the same in every notebook of a step, are then sanitised once."""
     from nbconvert import HTMLExporter
+    from nbconvert.filters import clean_html
 
-    return HTMLExporter(template_name="basic")
+    exporter = HTMLExporter(template_name="basic")
+    exporter.register_filter("clean_html", lru_cache(maxsize=2048)(clean_html))
+    return exporter
 
 
 def render_html(nb: nbformat.NotebookNode, path: Path, title: str, css_href: str) -> Path:
