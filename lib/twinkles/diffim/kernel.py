@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field
-from scipy import fft, ndimage
+from scipy import fft
 
 from twinkles.errors import TwinklesError
 from twinkles.geometry import polynomial_terms
@@ -115,6 +115,37 @@ class _Basis:
                     factors.append((_basis_1d(sigma, i, half), _basis_1d(sigma, d - i, half)))
         sums = np.array([gx.sum() * gy.sum() for gx, gy in factors])
         return cls(factors, sums)
+
+    def convolve_stamps(self, cut_outs: np.ndarray, stamp_half: int) -> np.ndarray:
+        """Each basis function convolved with each cut-out (n, P, P), on the central
+        (2 ``stamp_half`` + 1)^2 pixels, where the kernel lies wholly inside the cut-out
+        (``P = 2 (kernel_half + stamp_half) + 1``): shape (n, n_basis, S, S).
+
+        The separable convolutions are matrix products (a Toeplitz matrix per distinct 1-D
+        factor), along x once per distinct factor and along y once per basis function.
+        """
+        k = len(self.factors[0][0])
+        size = 2 * stamp_half + 1
+        # toeplitz[a, j] = g[j + k - 1 - a]: output pixel j of the central part from input a
+        a = np.arange(size + k - 1)[:, None]
+        u = np.arange(size)[None, :] + k - 1 - a
+        inside = (u >= 0) & (u < k)
+
+        def toeplitz(g: np.ndarray) -> np.ndarray:
+            return np.where(inside, g[np.clip(u, 0, k - 1)], 0.0)
+
+        x_index: dict[bytes, int] = {}
+        x_mats = []
+        for gx, _ in self.factors:
+            if gx.tobytes() not in x_index:
+                x_index[gx.tobytes()] = len(x_mats)
+                x_mats.append(toeplitz(gx))
+        along_x = cut_outs @ np.concatenate(x_mats, axis=1)  # (n, P, size * n_x)
+        along_x = along_x.reshape(len(cut_outs), size + k - 1, len(x_mats), size)
+        out = np.empty((len(cut_outs), len(self.factors), size, size))
+        for b, (gx, gy) in enumerate(self.factors):
+            out[:, b] = toeplitz(gy).T @ along_x[:, :, x_index[gx.tobytes()], :]
+        return out
 
     def images(self) -> np.ndarray:
         """Basis images (n, size, size): the first unit-sum, the others sum-free."""
@@ -235,9 +266,9 @@ def fit_kernel(
     n_bg = (cfg.background_degree + 1) * (cfg.background_degree + 2) // 2
 
     stamps = []  # (basis convolutions, target, weights, normalised position)
+    cut_outs = []
     for cx, cy in zip(ix, iy, strict=True):
         big = narrow[cy - pad : cy + pad + 1, cx - pad : cx + pad + 1].astype(float)
-        inner = (slice(kh, kh + 2 * sh + 1), slice(kh, kh + 2 * sh + 1))
         tgt = wide[cy - sh : cy + sh + 1, cx - sh : cx + sh + 1].astype(float)
         var = variance[cy - sh : cy + sh + 1, cx - sh : cx + sh + 1].astype(float)
         ok = np.isfinite(tgt) & np.isfinite(var) & (var > 0) & np.all(np.isfinite(big))
@@ -245,18 +276,17 @@ def fit_kernel(
             ok &= ~bad[cy - sh : cy + sh + 1, cx - sh : cx + sh + 1]
         if ok.mean() < 0.9:
             continue
-        conv = np.empty((n_basis, *tgt.shape))
-        for k, (gx, gy) in enumerate(basis.factors):
-            # correlate with the flipped 1-D factors = convolve with the basis function
-            c = ndimage.correlate1d(big, gx[::-1], axis=1, mode="constant")
-            c = ndimage.correlate1d(c, gy[::-1], axis=0, mode="constant")
-            conv[k] = c[inner]
-        conv[0] /= basis.sums[0]
-        conv[1:] -= basis.sums[1:, None, None] * conv[0]
+        cut_outs.append(big)
         weight = np.where(ok, 1.0 / np.where(ok, var, 1.0), 0.0).ravel()
         stamps.append(
-            (conv, np.where(ok, tgt, 0.0).ravel(), weight, (cx - x0) / scale, (cy - y0) / scale)
+            [None, np.where(ok, tgt, 0.0).ravel(), weight, (cx - x0) / scale, (cy - y0) / scale]
         )
+    if stamps:
+        convolved = basis.convolve_stamps(np.array(cut_outs), sh)
+        convolved[:, 0] /= basis.sums[0]
+        convolved[:, 1:] -= basis.sums[1:, None, None] * convolved[:, :1]
+        for stamp, conv in zip(stamps, convolved, strict=True):
+            stamp[0] = conv
     n_total = len(stamps)
     if n_total < max(cfg.min_stamps, 1):
         raise KernelFitError(
@@ -274,21 +304,36 @@ def fit_kernel(
     # monomial): column q is row[source[q]] * factor[q]. So the normal equations follow from
     # each stamp's small Gram matrix of its rows, and the full design (pixels x n_par) is never
     # built: ~(n_par / (n_basis + 1))^2 fewer operations than design.T @ W @ design.
-    source = np.array(
-        [0] + [k for k in range(1, n_basis) for _ in range(n_spatial)] + [n_basis] * n_bg
+    # factor[s, row, m]: stamp s's number for row `row` and term m; the parameters are
+    # (row 0, m 0), (rows 1 .. n_basis - 1, every spatial m), (the constant row, every
+    # background m), in the order of the coefficient vector
+    n_terms = max(n_spatial, n_bg)
+    param = np.array(
+        [0]
+        + [k * n_terms + m for k in range(1, n_basis) for m in range(n_spatial)]
+        + [n_basis * n_terms + m for m in range(n_bg)]
     )
-    rows, grams, projections, targets, weights, factors = [], [], [], [], [], []
-    for conv, tgt, weight, X, Y in stamps:
-        p = polynomial_terms(np.array([X]), np.array([Y]), spatial_degree)[0]
-        pb = polynomial_terms(np.array([X]), np.array([Y]), cfg.background_degree)[0]
+    source = param // n_terms
+    rows, targets, weights = [], [], []
+    grams = np.empty((n_total, n_basis + 1, n_basis + 1))
+    projections = np.empty((n_total, n_basis + 1))
+    factor = np.zeros((n_total, n_basis + 1, n_terms))
+    for k, (conv, tgt, weight, X, Y) in enumerate(stamps):
+        factor[k, 0, 0] = 1.0
+        factor[k, 1:n_basis, :n_spatial] = polynomial_terms(
+            np.array([X]), np.array([Y]), spatial_degree
+        )[0]
+        factor[k, n_basis, :n_bg] = polynomial_terms(
+            np.array([X]), np.array([Y]), cfg.background_degree
+        )[0]
         row = np.vstack([conv.reshape(n_basis, -1), np.ones((1, tgt.size))])
         weighted = row * weight
         rows.append(row)
-        grams.append(weighted @ row.T)
-        projections.append(weighted @ tgt)
+        grams[k] = weighted @ row.T
+        projections[k] = weighted @ tgt
         targets.append(tgt)
         weights.append(weight)
-        factors.append(np.concatenate([[1.0], np.tile(p, n_basis - 1), pb]))
+    factors = factor.reshape(n_total, -1)[:, param]
 
     def stamp_chi2(coef: np.ndarray) -> np.ndarray:
         """Each stamp's chi^2 per usable pixel."""
@@ -302,12 +347,11 @@ def fit_kernel(
     use = np.ones(n_total, dtype=bool)
     for _ in range(3):
         fitted = use  # the stamps of these normal equations
-        ata = np.zeros((n_par, n_par))
-        atb = np.zeros(n_par)
-        for k in np.flatnonzero(fitted):
-            f = factors[k]
-            ata += np.outer(f, f) * grams[k][np.ix_(source, source)]
-            atb += f * projections[k][source]
+        f, g = factor[fitted], grams[fitted]
+        full = np.einsum("sam,sbn,sab->ambn", f, f, g, optimize=True)
+        full = full.reshape((n_basis + 1) * n_terms, (n_basis + 1) * n_terms)
+        ata = full[np.ix_(param, param)]
+        atb = np.einsum("sam,sa->am", f, projections[fitted]).ravel()[param]
         coef = np.linalg.lstsq(ata, atb, rcond=None)[0]
         chi2 = stamp_chi2(coef)
         med = np.median(chi2[use])
