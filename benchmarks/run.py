@@ -216,6 +216,47 @@ def slurm_array_cpu_efficiency() -> dict:
     }
 
 
+@benchmark
+def local_executor_task_overhead() -> dict:
+    """What a task costs beyond its notebooks on the local executor: 40 one-data-id tasks of
+    ~0.5 s of CPU each (and a gathering task) on two workers whose kernels import the science
+    stack, as a pipeline's are."""
+    import json as _json
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests" / "workflow"))
+    from twinkles.workflow.driver import run_pipeline
+    from twinkles.workflow.kernel import SCIENCE_IMPORTS
+
+    from sweep_pipeline import make_run, sweep_pipeline
+
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        run = make_run(Path(tmp), sweep={"sleep_s": 0.5}, ids_per_task=1, workers=2, max_retries=0)
+        pipeline = sweep_pipeline(n=40)
+        pipeline.kernel_imports = SCIENCE_IMPORTS
+        start = time.perf_counter()
+        summary = run_pipeline(run, pipeline, progress=False)
+        makespan = time.perf_counter() - start
+        work = run.dir / "work"
+        tasks = [_json.loads(p.read_text()) for p in work.glob("tasks/*.result.json")]
+        items = [_json.loads(p.read_text()) for p in work.glob("results/*/*.json")]
+    task_cpu = sum(t["cpu_s"] for t in tasks)
+    item_cpu = sum(i["cpu_s"] or 0.0 for i in items)
+    per_task = (task_cpu - item_cpu) / len(tasks)
+    return {
+        "ok": summary.ok,
+        "tasks": len(tasks),
+        "kernel_starts": sum(t["kernel_starts"] for t in tasks),
+        "cpu_s_in_notebooks": round(item_cpu, 1),
+        "cpu_s_tasks": round(task_cpu, 1),
+        "overhead_cpu_s_per_task": round(per_task, 3),
+        "makespan_s": round(makespan, 1),
+        "cpu_efficiency": round(task_cpu / (2 * makespan), 3),
+        "target": "<= 0.5 s of CPU per task beyond its notebooks",
+        "pass": per_task <= 0.5,
+    }
+
+
 # --- issue 4: process_eimage ----------------------------------------------------------------
 
 
