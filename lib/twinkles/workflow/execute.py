@@ -216,7 +216,7 @@ def _execute(
     )
     try:
         if kernel is not None:
-            base = kernel.reset(item.cwd, env)
+            base = kernel.reset(item.cwd, env, item.recipe)
             papermill.execute_notebook(
                 item.recipe, str(tmp), engine_name=ENGINE_NAME, warm_kernel=kernel, **kwargs
             )

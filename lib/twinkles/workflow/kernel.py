@@ -10,10 +10,13 @@ it:
 * open figures are closed, the working directory and the notebook's environment variables
   (where the butler records its I/O) are set, the execution counter restarts at 1
   (so each executed notebook numbers its cells 1, 2, ... as a fresh kernel would);
-* the memory the last notebook freed is handed back to the system (glibc ``malloc_trim``: the
-  tasks' malloc settings otherwise keep it in the process) and the kernel's peak-RSS counter is
-  reset (Linux ``/proc/self/clear_refs``), so the CPU time and peak memory measured around each
-  notebook are that notebook's own.
+* the kernel's peak-RSS counter is reset (Linux ``/proc/self/clear_refs``), so the CPU time and
+  peak memory measured around each notebook are that notebook's own; and when the recipe
+  changes, the memory the last one freed is handed back to the system (glibc ``malloc_trim``),
+  so that one step's peak is not another's heap kept by the tasks' malloc settings. Between
+  notebooks of one recipe the heap is kept: their working sets are alike, and reusing it
+  spares the page faults of fresh memory (on the VMs this runs on, 1-2 s of system time for a
+  run1-size image_difference).
 
 Each data id still gets its own executed notebook, with papermill's parameter injection and
 error marker: the kernel is lent to papermill through an engine registered in papermill's
@@ -102,13 +105,14 @@ try:
     _plt.close("all")
 except ImportError:
     pass
-import gc as _gc
-_gc.collect()
-try:  # hand the heap the last notebook freed back to the system, so the peak below is its own
-    import ctypes as _ctypes
-    _ctypes.CDLL("libc.so.6").malloc_trim(0)
-except (OSError, AttributeError):
-    pass
+if {release!r}:
+    import gc as _gc
+    _gc.collect()
+    try:  # hand the heap the last recipe freed back to the system
+        import ctypes as _ctypes
+        _ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 try:
     with open("/proc/self/clear_refs", "w") as _refs:
         _refs.write("5")  # reset the peak RSS (VmHWM) of this process
@@ -148,6 +152,7 @@ class WarmKernel:
         self.imports = imports
         self.startup_timeout = startup_timeout
         self._client: NotebookClient | None = None
+        self._last_recipe: str | None = None
         self.starts = 0
 
     @property
@@ -201,13 +206,18 @@ class WarmKernel:
             raise RuntimeError(f"kernel control code failed: {errors[0].ename}: {errors[0].evalue}")
         return "".join(o.text for o in outputs if o.output_type == "stream").splitlines()
 
-    def reset(self, cwd: str | Path, env: dict[str, str] | None = None) -> KernelUsage:
+    def reset(
+        self, cwd: str | Path, env: dict[str, str] | None = None, recipe: str | None = None
+    ) -> KernelUsage:
         """Empty the namespace and counters before the next notebook, set its working
-        directory and environment variables (``env``); the usage baseline."""
+        directory and environment variables (``env``); the usage baseline. The freed heap is
+        handed back when ``recipe`` is not the previous notebook's (or is None)."""
+        release = recipe is None or recipe != self._last_recipe
+        self._last_recipe = recipe
         # the probe runs in the same control cell, and the cell counter is set last, so the
         # notebook's first cell is In [1]
         code = (
-            _RESET.format(cwd=str(cwd), env=dict(env or {}))
+            _RESET.format(cwd=str(cwd), env=dict(env or {}), release=release)
             + _PROBE
             + "get_ipython().execution_count = 1\n"
         )
