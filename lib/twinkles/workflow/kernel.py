@@ -140,6 +140,9 @@ class WarmKernel:
         Modules to import once when the kernel starts.
     startup_timeout : float
         Seconds to wait for the kernel to start.
+    output : int, optional
+        File descriptor that the kernel process's standard output and error go to (a
+        long-lived worker's own log); by default they are inherited.
     """
 
     def __init__(
@@ -147,8 +150,10 @@ class WarmKernel:
         kernel_name: str = "python3",
         imports: tuple[str, ...] = SCIENCE_IMPORTS,
         startup_timeout: float = 60.0,
+        output: int | None = None,
     ):
         self.kernel_name = kernel_name
+        self.output = output
         self.imports = imports
         self.startup_timeout = startup_timeout
         self._client: NotebookClient | None = None
@@ -178,7 +183,8 @@ class WarmKernel:
         client.km = client.create_kernel_manager()
         # the kernel does the recipes' work: it gets the tasks' malloc settings (a Slurm task
         # inherits the submitting shell's environment, so they are set here)
-        client.start_new_kernel(env={**os.environ, **MALLOC_ENV})
+        streams = {} if self.output is None else {"stdout": self.output, "stderr": self.output}
+        client.start_new_kernel(env={**os.environ, **MALLOC_ENV}, **streams)
         client.start_new_kernel_client()
         self._client = client
         self.starts += 1

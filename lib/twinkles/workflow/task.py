@@ -123,6 +123,8 @@ def serve(requests=sys.stdin, answers=None) -> int:
     """
     if answers is None:
         answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    # the kernel outlives the task that starts it: its output goes to the worker's own log
+    kernel_output = os.dup(sys.stderr.fileno())
     kernel: WarmKernel | None = None
     try:
         for line in requests:
@@ -136,7 +138,9 @@ def serve(requests=sys.stdin, answers=None) -> int:
             ):
                 if kernel is not None:
                     kernel.shutdown()
-                kernel = WarmKernel(spec.common.kernel_name, tuple(spec.kernel_imports))
+                kernel = WarmKernel(
+                    spec.common.kernel_name, tuple(spec.kernel_imports), output=kernel_output
+                )
             if log_path:
                 _redirect_output(log_path)
             try:
