@@ -10,10 +10,14 @@ from __future__ import annotations
 import html
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
 
 from twinkles.files import atomic_path
+
+if TYPE_CHECKING:
+    import nbconvert
 
 __all__ = ["NOTEBOOK_CSS", "render_html"]
 
@@ -22,10 +26,11 @@ NOTEBOOK_CSS = Path(__file__).parent / "templates" / "notebook.css"
 
 
 @cache
-def _exporter():
+def _exporter() -> nbconvert.HTMLExporter:
     """One exporter per process: a new one compiles its Jinja templates again (about half of
     the cost of a page). Its HTML sanitiser (bleach) is given a memory: the recipe's own
     markdown and code, the same in every notebook of a step, are then sanitised once."""
+    # imported here: nbconvert costs every command that imports the workflow ~0.35 s
     from nbconvert import HTMLExporter
     from nbconvert.filters import clean_html
 

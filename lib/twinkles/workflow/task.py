@@ -19,6 +19,9 @@ import resource
 import socket
 import sys
 import time
+import traceback
+from collections.abc import Iterable
+from typing import TextIO
 
 from twinkles.workflow.environment import task_environment
 from twinkles.workflow.execute import execute_item, job_id
@@ -113,7 +116,7 @@ def run_task(spec_path: str, kernel: WarmKernel | None = None) -> TaskRecord:
     return record
 
 
-def serve(requests=sys.stdin, answers=None) -> int:
+def serve(requests: Iterable[str] = sys.stdin, answers: TextIO | None = None) -> int:
     """Run tasks as they come, in one warm kernel, until ``requests`` ends.
 
     Each request line is ``SPEC_PATH`` or ``SPEC_PATH<TAB>LOG_PATH``: the task's output goes to
@@ -145,6 +148,9 @@ def serve(requests=sys.stdin, answers=None) -> int:
                 _redirect_output(log_path)
             try:
                 run_task(spec_path, kernel)
+            except Exception:  # a bug outside the notebooks: this task's data ids come to
+                # nothing (the driver retries them), and the worker goes on
+                traceback.print_exc()
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
