@@ -299,14 +299,13 @@ def fit_kernel(
         spatial_degree -= 1
     n_spatial = (spatial_degree + 1) * (spatial_degree + 2) // 2
     n_par = 1 + (n_basis - 1) * n_spatial + n_bg
-    # Every column of a stamp's design matrix is one of its n_basis + 1 "rows" (the basis
-    # convolutions and a constant) times a number fixed for the stamp (a spatial or background
-    # monomial): column q is row[source[q]] * factor[q]. So the normal equations follow from
-    # each stamp's small Gram matrix of its rows, and the full design (pixels x n_par) is never
-    # built: ~(n_par / (n_basis + 1))^2 fewer operations than design.T @ W @ design.
-    # factor[s, row, m]: stamp s's number for row `row` and term m; the parameters are
-    # (row 0, m 0), (rows 1 .. n_basis - 1, every spatial m), (the constant row, every
-    # background m), in the order of the coefficient vector
+    # Every column of a stamp's design matrix is one of the stamp's n_basis + 1 rows (its basis
+    # convolutions and a constant) times a number fixed for the stamp, factor[s, row, m] (the
+    # spatial or background monomial m at the stamp). So the normal equations follow from each
+    # stamp's small Gram matrix of its rows, and the full design (pixels x n_par) is never
+    # built: ~(n_par / (n_basis + 1))^2 fewer operations than design.T @ W @ design. The
+    # coefficients are (row 0, m 0), (rows 1 .. n_basis - 1, every spatial m), (the constant
+    # row, every background m): `param` indexes them in the flattened (row, m) grid.
     n_terms = max(n_spatial, n_bg)
     param = np.array(
         [0]
