@@ -221,12 +221,12 @@ def local_executor_task_overhead() -> dict:
     """What a task costs beyond its notebooks on the local executor: 40 one-data-id tasks of
     ~0.5 s of CPU each (and a gathering task) on two workers whose kernels import the science
     stack, as a pipeline's are."""
-    import json as _json
     import tempfile
 
     sys.path.insert(0, str(ROOT / "tests" / "workflow"))
     from twinkles.workflow.driver import run_pipeline
     from twinkles.workflow.kernel import SCIENCE_IMPORTS
+    from twinkles.workflow.records import ItemResult, TaskRecord, read_record
 
     from sweep_pipeline import make_run, sweep_pipeline
 
@@ -238,15 +238,15 @@ def local_executor_task_overhead() -> dict:
         summary = run_pipeline(run, pipeline, progress=False)
         makespan = time.perf_counter() - start
         work = run.dir / "work"
-        tasks = [_json.loads(p.read_text()) for p in work.glob("tasks/*.result.json")]
-        items = [_json.loads(p.read_text()) for p in work.glob("results/*/*.json")]
-    task_cpu = sum(t["cpu_s"] for t in tasks)
-    item_cpu = sum(i["cpu_s"] or 0.0 for i in items)
+        tasks = [read_record(TaskRecord, p) for p in work.glob("tasks/*.result.json")]
+        items = [read_record(ItemResult, p) for p in work.glob("results/*/*.json")]
+    task_cpu = sum(t.cpu_s for t in tasks)
+    item_cpu = sum(i.cpu_s or 0.0 for i in items)
     per_task = (task_cpu - item_cpu) / len(tasks)
     return {
         "ok": summary.ok,
         "tasks": len(tasks),
-        "kernel_starts": sum(t["kernel_starts"] for t in tasks),
+        "kernel_starts": sum(t.kernel_starts for t in tasks),
         "cpu_s_in_notebooks": round(item_cpu, 1),
         "cpu_s_tasks": round(task_cpu, 1),
         "overhead_cpu_s_per_task": round(per_task, 3),

@@ -265,8 +265,8 @@ def fit_kernel(
     n_basis = len(basis.factors)
     n_bg = (cfg.background_degree + 1) * (cfg.background_degree + 2) // 2
 
-    stamps = []  # (basis convolutions, target, weights, normalised position)
-    cut_outs = []
+    stamps = []  # (target, weights, normalised position) of each usable stamp
+    cut_outs = []  # the narrow image around it, for the basis convolutions
     for cx, cy in zip(ix, iy, strict=True):
         big = narrow[cy - pad : cy + pad + 1, cx - pad : cx + pad + 1].astype(float)
         tgt = wide[cy - sh : cy + sh + 1, cx - sh : cx + sh + 1].astype(float)
@@ -279,20 +279,17 @@ def fit_kernel(
         cut_outs.append(big)
         weight = np.where(ok, 1.0 / np.where(ok, var, 1.0), 0.0).ravel()
         stamps.append(
-            [None, np.where(ok, tgt, 0.0).ravel(), weight, (cx - x0) / scale, (cy - y0) / scale]
+            (np.where(ok, tgt, 0.0).ravel(), weight, (cx - x0) / scale, (cy - y0) / scale)
         )
-    if stamps:
-        convolved = basis.convolve_stamps(np.array(cut_outs), sh)
-        convolved[:, 0] /= basis.sums[0]
-        convolved[:, 1:] -= basis.sums[1:, None, None] * convolved[:, :1]
-        for stamp, conv in zip(stamps, convolved, strict=True):
-            stamp[0] = conv
     n_total = len(stamps)
     if n_total < max(cfg.min_stamps, 1):
         raise KernelFitError(
             f"only {n_total} usable star stamps for the matching kernel "
             f"(need {cfg.min_stamps}); too few reference stars on the image"
         )
+    convolved = basis.convolve_stamps(np.array(cut_outs), sh)
+    convolved[:, 0] /= basis.sums[0]
+    convolved[:, 1:] -= basis.sums[1:, None, None] * convolved[:, :1]
     # a spatial variation needs stars spread over the sensor: a few per spatial term
     spatial_degree = cfg.spatial_degree
     while spatial_degree > 0 and n_total < 3 * (spatial_degree + 1) * (spatial_degree + 2) // 2:
@@ -317,7 +314,7 @@ def fit_kernel(
     grams = np.empty((n_total, n_basis + 1, n_basis + 1))
     projections = np.empty((n_total, n_basis + 1))
     factor = np.zeros((n_total, n_basis + 1, n_terms))
-    for k, (conv, tgt, weight, X, Y) in enumerate(stamps):
+    for k, (conv, (tgt, weight, X, Y)) in enumerate(zip(convolved, stamps, strict=True)):
         factor[k, 0, 0] = 1.0
         factor[k, 1:n_basis, :n_spatial] = polynomial_terms(
             np.array([X]), np.array([Y]), spatial_degree

@@ -185,21 +185,19 @@ class LocalExecutor(Executor):
                 if worker.proc.poll() is not None:  # an idle worker that died
                     self._retire(worker)
                 continue
+            # the exit status first: an answer written before the worker ended is then read
+            code = worker.proc.poll()
             if self._finished(worker):
                 worker.task = None
                 ended.append(Ended(sub, "worker finished the task"))
+                if code is not None:
+                    self._retire(worker)
                 continue
-            code = worker.proc.poll()
             if code is None and time.time() - sub.submitted > sub.timeout_s:
                 self._kill(worker.proc)
                 code = worker.proc.wait()
                 note = f"timeout: killed after {sub.timeout_s:.0f} s"
             elif code is None:
-                continue
-            elif self._finished(worker):  # it answered, then ended
-                worker.task = None
-                ended.append(Ended(sub, "worker finished the task"))
-                self._retire(worker)
                 continue
             elif code < 0:
                 note = f"worker killed by signal {-code} ({signal.Signals(-code).name})"
