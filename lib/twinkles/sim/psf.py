@@ -37,6 +37,7 @@ __all__ = [
     "make_profile",
     "neff_pixels",
     "profile_fwhm_for_fwhm_eff",
+    "unit_profile",
 ]
 
 #: The Moffat is truncated at this many FWHM (a beta = 4.765 Moffat has < 1e-6 of its flux
@@ -60,7 +61,8 @@ OPTICS_FWHM_RATIO = 0.4
 
 
 @lru_cache(maxsize=32)
-def _unit_profile(profile: str, beta: float) -> galsim.GSObject:
+def unit_profile(profile: str, beta: float = 4.765) -> galsim.GSObject:
+    """Unit-flux ``profile`` of unit half-maximum width, built once per (profile, beta)."""
     if profile == "moffat":
         return galsim.Moffat(beta=beta, fwhm=1.0, trunc=MOFFAT_TRUNCATION_FWHM, gsparams=GSPARAMS)
     if profile == "kolmogorov":
@@ -89,7 +91,7 @@ def make_profile(profile: str, fwhm: float, beta: float = 4.765) -> galsim.GSObj
     Built by dilating one unit-width profile, so GalSim computes the profile's tables
     (Fourier transform, maxk) once, not once per object.
     """
-    return _unit_profile(profile, float(beta)).dilate(fwhm)
+    return unit_profile(profile, float(beta)).dilate(fwhm)
 
 
 def neff_pixels(obj: galsim.GSObject, radius: float, oversampling: int = 4) -> float:

@@ -8,7 +8,9 @@ For visit ``v`` the renderer:
    (extinction and clouds included);
 3. draws each point source (stars, supernovae, lensed-quasar images) as the PSF at its
    position, and each galaxy (bulge + disk Sersic) convolved with the PSF, on stamps of the
-   local pixel grid, by GalSim (FFT drawing includes the pixel response);
+   local pixel grid, by discrete Fourier transform with the pixel response
+   (:mod:`twinkles.sim.fourier`, objects in batches; the few stamps wider than its largest
+   FFT by GalSim's ``drawImage``, the same drawing one object at a time);
 4. adds the sky (``filtSkyBrightness`` through the zenith zero point, with a weak gradient);
 5. draws Poisson noise on the total expectation (gain 1, no read noise, as eimages);
 6. adds cosmic-ray tracks; 7. saturates at the full well, bleeding the excess charge up and
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -35,8 +38,17 @@ from astropy.wcs import WCS
 from twinkles import __version__
 from twinkles.config import RunConfig
 from twinkles.image.compression import ImageCompression, compressed_plane
+from twinkles.sim.fourier import (
+    StampBatch,
+    draw_stamps,
+    fft_size,
+    quadratic_forms,
+    reduced_shear_from_axis_ratio,
+    reduced_shear_from_distortion,
+    tabulated,
+)
 from twinkles.sim.galaxies import BULGE_TRUNCATION, DISK_TRUNCATION, component_fluxes
-from twinkles.sim.psf import GSPARAMS, SimulatedPSF
+from twinkles.sim.psf import GSPARAMS, SimulatedPSF, unit_profile
 from twinkles.sim.sky import Sky, random_stream
 from twinkles.sim.wcs import make_wcs, wcs_to_header_dict
 from twinkles.units import electrons_per_njy
@@ -220,6 +232,7 @@ class _Stamper:
     canvas: galsim.Image
     true_wcs: WCS
     local_wcs: galsim.JacobianWCS
+    jacobian: np.ndarray
     psf: SimulatedPSF
     pixel_scale: float
     psf_cache: dict[tuple[float, float], galsim.GSObject] = field(default_factory=dict)
@@ -230,7 +243,7 @@ class _Stamper:
         # GalSim world coordinates: u towards East (xi), v towards North (eta), in arcsec
         local = galsim.JacobianWCS(cd[0, 0], cd[0, 1], cd[1, 0], cd[1, 1])
         scale = float(np.sqrt(abs(np.linalg.det(cd))))
-        return cls(galsim.ImageF(width, height, init_value=0.0), true_wcs, local, psf, scale)
+        return cls(galsim.ImageF(width, height, init_value=0.0), true_wcs, local, cd, psf, scale)
 
     def pixels(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """0-based pixel positions through the true WCS."""
@@ -270,20 +283,49 @@ class _Stamper:
             self.canvas[overlap] += stamp[overlap]
 
 
+def _psf_forms(stamper: _Stamper, X: np.ndarray, Y: np.ndarray) -> tuple:
+    """The PSF's FWHM (arcsec) at normalised positions, and its Fourier quadratic forms."""
+    fwhm, e1, e2 = stamper.psf.parameters_at(X, Y)
+    fwhm = np.broadcast_to(fwhm, np.shape(X))
+    g1, g2 = reduced_shear_from_distortion(e1, e2)
+    return fwhm, quadratic_forms(fwhm, g1, g2, stamper.jacobian)
+
+
+def _draw(stamper: _Stamper, batch: StampBatch, galsim_profile: Callable[[int], Any]) -> None:
+    """Draw the objects of ``batch``: in Fourier space where the stamp fits a batch FFT,
+    by GalSim otherwise (a few of the largest galaxies and brightest stars)."""
+    batched = np.array([fft_size(int(s)) > 0 for s in batch.stamp], dtype=bool)
+    psf = stamper.psf
+    draw_stamps(
+        stamper.canvas.array,
+        batch.subset(np.flatnonzero(batched)),
+        tabulated(unit_profile(psf.profile, psf.beta)),
+        tabulated(_unit_sersic(1.0, DISK_TRUNCATION)),
+        tabulated(_unit_sersic(4.0, BULGE_TRUNCATION)),
+    )
+    for k in np.flatnonzero(~batched):
+        stamper.add(galsim_profile(k), batch.x[k], batch.y[k], 0.5 * (batch.stamp[k] - 1))
+
+
 def _draw_point_sources(stamper: _Stamper, points: Table, gain: float) -> tuple:
     """Stars, supernovae and lensed-quasar images: the PSF at each position."""
     px, py = stamper.pixels(points["ra"], points["dec"])
     flux_e = np.asarray(points["flux"]) * gain
     psf, scale = stamper.psf, stamper.pixel_scale
     brightest = float(flux_e.max()) if len(flux_e) else 0.0
-    on = (flux_e > MIN_ELECTRONS) & stamper.on_canvas(
-        px, py, psf.stamp_radius(psf.fwhm * 1.1, brightest) / scale
+    on = np.flatnonzero(
+        (flux_e > MIN_ELECTRONS)
+        & stamper.on_canvas(px, py, psf.stamp_radius(psf.fwhm * 1.1, brightest) / scale)
     )
-    X, Y = stamper.normalised(px, py)
-    for k in np.flatnonzero(on):
-        fwhm, _, _ = psf.parameters_at(X[k], Y[k])
-        radius = psf.stamp_radius(fwhm, flux_e[k]) / scale
-        stamper.add(stamper.psf_at(X[k], Y[k]) * flux_e[k], px[k], py[k], radius)
+    X, Y = stamper.normalised(px[on], py[on])
+    fwhm, psf_form = _psf_forms(stamper, X, Y)
+    radius = [psf.stamp_radius(f, e) / scale for f, e in zip(fwhm, flux_e[on], strict=True)]
+    stamp = np.array([_stamp_size(r) for r in radius], dtype=int)
+    nothing = np.zeros(len(on))
+    batch = StampBatch(
+        px[on], py[on], stamp, flux_e[on], nothing, psf_form, nothing, psf_form, psf_form
+    )
+    _draw(stamper, batch, lambda k: stamper.psf_at(X[k], Y[k]) * batch.point_flux[k])
     return np.asarray(points["id"])[on], px[on], py[on], np.asarray(points["flux"])[on]
 
 
@@ -299,27 +341,50 @@ def _draw_galaxies(stamper: _Stamper, galaxies: Table, band: str, gain: float) -
     )
     psf = stamper.psf
     radius_px = (extent + psf.stamp_radius(psf.fwhm * 1.1)) / stamper.pixel_scale
-    on = ((bulge_njy + disk_njy) * gain > MIN_ELECTRONS) & stamper.on_canvas(gx, gy, radius_px)
-    GX, GY = stamper.normalised(gx, gy)
-    beta = (90.0 - np.asarray(galaxies["position_angle"])) * galsim.degrees  # PA: N through E
-    for k in np.flatnonzero(on):
+    on = np.flatnonzero(
+        ((bulge_njy + disk_njy) * gain > MIN_ELECTRONS) & stamper.on_canvas(gx, gy, radius_px)
+    )
+    GX, GY = stamper.normalised(gx[on], gy[on])
+    _, psf_form = _psf_forms(stamper, GX, GY)
+    beta_rad = np.radians(90.0 - np.asarray(galaxies["position_angle"])[on])  # PA: N through E
+    disk_flux = np.where(disk_njy[on] > 0, disk_njy[on] * gain, 0.0)
+    bulge_flux = np.where(bulge_njy[on] > 0, bulge_njy[on] * gain, 0.0)
+    batch = StampBatch(
+        gx[on],
+        gy[on],
+        np.array([_stamp_size(r) for r in radius_px[on]], dtype=int),
+        np.zeros(len(on)),
+        disk_flux,
+        quadratic_forms(
+            disk_hlr[on], *reduced_shear_from_axis_ratio(disk_q[on], beta_rad), stamper.jacobian
+        ),
+        bulge_flux,
+        quadratic_forms(
+            bulge_hlr[on], *reduced_shear_from_axis_ratio(bulge_q[on], beta_rad), stamper.jacobian
+        ),
+        psf_form,
+    )
+
+    def galaxy(k: int) -> galsim.GSObject:
+        i, beta = on[k], beta_rad[k] * galsim.radians
         parts = []
-        if disk_njy[k] > 0:
+        if disk_flux[k] > 0:
             parts.append(
                 _unit_sersic(1.0, DISK_TRUNCATION)
-                .dilate(disk_hlr[k])
-                .shear(q=disk_q[k], beta=beta[k])
-                .withFlux(disk_njy[k] * gain)
+                .dilate(disk_hlr[i])
+                .shear(q=disk_q[i], beta=beta)
+                .withFlux(disk_flux[k])
             )
-        if bulge_njy[k] > 0:
+        if bulge_flux[k] > 0:
             parts.append(
                 _unit_sersic(4.0, BULGE_TRUNCATION)
-                .dilate(bulge_hlr[k])
-                .shear(q=bulge_q[k], beta=beta[k])
-                .withFlux(bulge_njy[k] * gain)
+                .dilate(bulge_hlr[i])
+                .shear(q=bulge_q[i], beta=beta)
+                .withFlux(bulge_flux[k])
             )
-        galaxy = galsim.Convolve([galsim.Add(parts), stamper.psf_at(GX[k], GY[k])])
-        stamper.add(galaxy, gx[k], gy[k], radius_px[k])
+        return galsim.Convolve([galsim.Add(parts), stamper.psf_at(GX[k], GY[k])])
+
+    _draw(stamper, batch, galaxy)
     return np.asarray(galaxies["id"])[on], gx[on], gy[on], (bulge_njy + disk_njy)[on]
 
 
