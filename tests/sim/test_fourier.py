@@ -24,6 +24,7 @@ from twinkles.sim.fourier import (
 )
 from twinkles.sim.galaxies import BULGE_TRUNCATION, DISK_TRUNCATION
 from twinkles.sim.psf import SimulatedPSF, unit_profile
+from twinkles.sim.render import _unit_sersic
 from twinkles.sim.wcs import make_wcs
 
 TIGHT = galsim.GSParams(maxk_threshold=1e-7, folding_threshold=1e-4, maximum_fft_size=16384)
@@ -55,6 +56,12 @@ def reference_psf(profile: str, fwhm: float, beta: float) -> galsim.GSObject:
         )
     unit_scale = unit_profile(profile, beta).jac[0, 0]  # 1 / the parts' FWHM
     return parts.dilate(unit_scale * fwhm)
+
+
+def sersic(index: float, hlr: float, truncation: float, q: float, beta) -> galsim.GSObject:
+    """A truncated Sersic component (truncation in half-light radii), tight settings."""
+    profile = galsim.Sersic(n=index, half_light_radius=hlr, trunc=truncation * hlr, gsparams=TIGHT)
+    return profile.shear(q=q, beta=beta)
 
 
 def draw_reference(obj: galsim.GSObject, x: float, y: float, stamp: int) -> np.ndarray:
@@ -134,31 +141,20 @@ def test_galaxies_match_galsim_across_sizes_shapes_and_bulge_fractions():
     psf = reference_psf("moffat", fwhm, 3.5).shear(e1=e1, e2=e2)
     expected = np.zeros((CANVAS, CANVAS))
     for k in range(n):
+        beta_k = beta[k] * galsim.radians
         parts = [
-            galsim.Sersic(
-                n=1.0,
-                half_light_radius=disk_hlr[k],
-                trunc=DISK_TRUNCATION * disk_hlr[k],
-                gsparams=TIGHT,
+            sersic(1.0, disk_hlr[k], DISK_TRUNCATION, disk_q[k], beta_k).withFlux(
+                total[k] * (1.0 - bulge_fraction[k])
             )
-            .shear(q=disk_q[k], beta=beta[k] * galsim.radians)
-            .withFlux(total[k] * (1.0 - bulge_fraction[k]))
         ]
         if bulge_fraction[k] > 0:
             parts.append(
-                galsim.Sersic(
-                    n=4.0,
-                    half_light_radius=bulge_hlr[k],
-                    trunc=BULGE_TRUNCATION * bulge_hlr[k],
-                    gsparams=TIGHT,
+                sersic(4.0, bulge_hlr[k], BULGE_TRUNCATION, bulge_q[k], beta_k).withFlux(
+                    total[k] * bulge_fraction[k]
                 )
-                .shear(q=bulge_q[k], beta=beta[k] * galsim.radians)
-                .withFlux(total[k] * bulge_fraction[k])
             )
         galaxy = galsim.Convolve([galsim.Add(parts), psf], gsparams=TIGHT)
         expected += draw_reference(galaxy, x[k], y[k], stamp[k])
-
-    from twinkles.sim.render import _unit_sersic
 
     batch = StampBatch(
         x,

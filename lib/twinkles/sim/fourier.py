@@ -12,9 +12,9 @@ with ``D``, ``B``, ``P`` tabulated once per unit profile, the pixel's top-hat re
 ``sinc(k_x / 2) sinc(k_y / 2)`` and the phase that puts the centre at its sub-pixel position.
 An inverse FFT gives the pixel values. This is what GalSim's ``drawImage(method="fft")`` does
 (the pixel response included; folding k-space beyond the pixel grid's Nyquist frequency where
-the PSF reaches past it; the profiles' transforms cut where they fall below GalSim's
-``maxk_threshold``), without building GalSim objects: stamps of one size are filled by one
-compiled loop and transformed by one batched FFT.
+the PSF reaches past it), with the transforms kept down to 1e-5 of the flux (GalSim's
+default stops at 1e-3), and without building GalSim objects: stamps of one size are filled by
+one compiled loop and transformed by one batched FFT.
 
 References: Rowe et al. 2015, Astronomy & Computing 10, 121 (GalSim; sec. 6.2, drawing by
 discrete Fourier transform).
@@ -105,10 +105,6 @@ class RadialTransform:
     def k_max(self) -> float:
         """Largest ``|k|`` at which the table is not zero."""
         return self.dk * (len(self.values) - 1)
-
-    def __call__(self, k: np.ndarray) -> np.ndarray:
-        """Linear interpolation of the table at ``|k|`` (zero beyond it)."""
-        return np.interp(np.abs(k) / self.dk, np.arange(len(self.values)), self.values, right=0.0)
 
 
 @lru_cache(maxsize=32)
