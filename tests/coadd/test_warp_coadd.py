@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from twinkles.coadd.assemble import CoaddConfig, CoaddTask, coadd_psf, noise_ratio
+from twinkles.coadd.assemble import (
+    CoaddConfig,
+    CoaddTask,
+    _WarpReader,
+    coadd_psf,
+    noise_ratio,
+)
 from twinkles.coadd.skymap import SkyMapConfig, make_skymap
 from twinkles.coadd.warp import CalexpModel, WarpTask, spline_variance_factor
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
@@ -141,6 +147,16 @@ def test_coadd_clips_an_artefact_predicts_its_noise_and_streams(tmp_path):
     # streaming: block size does not change the answer
     whole = CoaddTask(CoaddConfig(block_rows=4096)).run(paths, skymap.wcs, skymap.shape)
     np.testing.assert_allclose(whole.coadd.image, coadd.image, rtol=1e-5, atol=1e-3)
+    # nor does a memory budget that holds 16 rows of the six warps at a time
+    readers = [_WarpReader(p) for p in paths]
+    row_mb = 9 * sum(r.width for r in readers) / 2**20
+    tight = CoaddTask(CoaddConfig(block_rows=4096, block_memory_mb=20 * row_mb))
+    assert tight.block_rows(readers) == 16
+    for r in readers:
+        r.close()
+    squeezed = tight.run(paths, skymap.wcs, skymap.shape)
+    np.testing.assert_array_equal(squeezed.coadd.image, coadd.image)
+    assert squeezed.n_clipped == result.n_clipped
     # unclipped (templates): the plain weighted mean, the trail at its weight's share
     plain = CoaddTask(CoaddConfig(clip=False)).run(paths, skymap.wcs, skymap.shape)
     assert plain.n_clipped == 0

@@ -2,8 +2,9 @@
 
 Each warp ``v`` gets one weight, ``w_v = 1 / median(variance_v)`` (a per-visit weight, as
 LSST's assembleCoadd uses, so a source's own Poisson noise does not bias its coadded flux).
-The patch is assembled in blocks of ``block_rows`` rows; for each block every warp is read
-(memory-mapped) twice:
+The patch is assembled in blocks of rows; for each block every warp's rows are read once
+(decompressed, the costly part) and held for two passes (the block has fewer rows when many
+warps would not fit ``block_memory_mb``):
 
 1. the weighted mean ``m`` and its variance ``var_m`` of the unmasked pixels;
 2. pixels deviating from it by more than ``clip_sigma * sqrt(var_v + var_m) +
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
@@ -78,6 +80,12 @@ class CoaddConfig(Section):
         description="Deviation allowed as a fraction of the mean itself (seeing changes).",
     )
     block_rows: int = Field(256, ge=16, description="Rows of the patch assembled at once.")
+    block_memory_mb: float = Field(
+        512.0,
+        gt=0,
+        description="Memory for the block's warp rows, held so that both passes read each "
+        "warp once (MB): with many warps the block has fewer rows, down to 16.",
+    )
     psf_grid: int = Field(4, ge=1, le=10, description="Coadd PSF samples per patch axis.")
     psf_degree: int = Field(2, ge=0, le=3, description="Spatial degree of the coadd PSF.")
 
@@ -158,6 +166,14 @@ class CoaddTask:
     def __init__(self, config: CoaddConfig | None = None):
         self.config = config or CoaddConfig()
 
+    def block_rows(self, readers: Sequence[_WarpReader]) -> int:
+        """Rows per block: ``block_rows``, fewer where the warps' rows for the block (image,
+        variance and usable flag: 9 bytes a pixel) would exceed ``block_memory_mb``; a
+        multiple of 16 (the rows of a compressed tile), at least 16."""
+        per_row = 9 * sum(r.width for r in readers)
+        fit = int(self.config.block_memory_mb * 2**20 // max(per_row, 1))
+        return max(16, min(self.config.block_rows, fit // 16 * 16))
+
     def run(
         self,
         warp_paths: Sequence[Path],
@@ -194,52 +210,33 @@ class CoaddTask:
         variance = np.full(patch_shape, np.inf, dtype=np.float32)
         n_image = np.zeros(patch_shape, dtype=np.int16)
         n_clipped = 0
+        rows_per_block = self.block_rows(readers)
         try:
-            for start in range(0, height, cfg.block_rows):
-                stop = min(start + cfg.block_rows, height)
+            for start in range(0, height, rows_per_block):
+                stop = min(start + rows_per_block, height)
                 block = (stop - start, width)
-                # pass 1: weighted mean of usable pixels
-                sw = np.zeros(block)
-                swx = np.zeros(block)
-                sw2v = np.zeros(block)
+                # sum of weights, of weight x image, of weight^2 x variance
+                sums = np.zeros((3, *block))
                 count = np.zeros(block, dtype=np.int16)
-                for r in readers:
-                    part = r.rows(start, stop, width)
-                    if part is None:
-                        continue
-                    ys, xs, x, v, ok = part
-                    w = np.where(ok, r.weight, 0.0)
-                    sw[ys, xs] += w
-                    swx[ys, xs] += w * np.where(ok, x, 0.0)
-                    sw2v[ys, xs] += w * w * np.where(ok, v, 0.0)
-                    count[ys, xs] += ok
+                # each warp's rows are decompressed once and serve both passes
+                parts = [(r.weight, r.rows(start, stop, width)) for r in readers]
+                parts = [(weight, part) for weight, part in parts if part is not None]
+                # pass 1: weighted mean of usable pixels
+                for weight, (ys, xs, x, v, ok) in parts:
+                    _accumulate(sums, count, ys.start, xs.start, x, v, ok, weight, _NO_MEAN, 0.0, 0.0)
                 # pass 2 (optional): clip and recompute
                 if cfg.clip:
                     with np.errstate(invalid="ignore", divide="ignore"):
-                        mean = swx / sw
-                        var_mean = sw2v / sw**2
-                    sw[:] = 0.0
-                    swx[:] = 0.0
-                    sw2v[:] = 0.0
+                        mean = np.stack([sums[1] / sums[0], sums[2] / sums[0] ** 2])
+                    sums[:] = 0.0
                     count[:] = 0
-                    for r in readers:
-                        part = r.rows(start, stop, width)
-                        if part is None:
-                            continue
-                        ys, xs, x, v, ok = part
-                        m, vm = mean[ys, xs], var_mean[ys, xs]
-                        with np.errstate(invalid="ignore"):
-                            limit = cfg.clip_sigma * np.sqrt(
-                                v + vm
-                            ) + cfg.clip_model_fraction * np.abs(m)
-                            outlier = ok & (np.abs(x - m) > limit)
-                        n_clipped += int(outlier.sum())
-                        keep = ok & ~outlier
-                        w = np.where(keep, r.weight, 0.0)
-                        sw[ys, xs] += w
-                        swx[ys, xs] += w * np.where(keep, x, 0.0)
-                        sw2v[ys, xs] += w * w * np.where(keep, v, 0.0)
-                        count[ys, xs] += keep
+                    limits = (cfg.clip_sigma, cfg.clip_model_fraction)
+                    for weight, (ys, xs, x, v, ok) in parts:
+                        n_clipped += _accumulate(
+                            sums, count, ys.start, xs.start, x, v, ok, weight, mean, *limits
+                        )
+                del parts
+                sw, swx, sw2v = sums
                 covered = sw > 0
                 with np.errstate(invalid="ignore", divide="ignore"):
                     image[start:stop] = np.where(covered, swx / sw, np.nan)
@@ -263,6 +260,40 @@ class CoaddTask:
             metadata={"filter": band, "n_visits": len(readers)},
         )
         return CoaddResult(coadd, n_image, weights, n_clipped)
+
+
+#: The first pass has no mean yet, so it clips nothing.
+_NO_MEAN = np.zeros((2, 0, 0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(
+    sums, count, row0, col0, x, v, ok, weight, mean, clip_sigma, clip_fraction
+):  # pragma: no cover - compiled
+    """Add one warp's usable pixels ``x`` (variance ``v``), placed at ``row0``, ``col0`` of the
+    block, to the block's ``sums`` (of w, w x, w^2 v; float64) and ``count``. Given the
+    block's ``mean`` (its value and its variance), pixels deviating by more than
+    ``clip_sigma sqrt(v + var_mean) + clip_fraction |mean|`` are left out; returns how many."""
+    clip = mean.shape[1] > 0
+    n_clipped = 0
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            if not ok[i, j]:
+                continue
+            yi, xj = row0 + i, col0 + j
+            xv = np.float64(x[i, j])
+            vv = np.float64(v[i, j])
+            if clip:
+                m = mean[0, yi, xj]
+                limit = clip_sigma * np.sqrt(vv + mean[1, yi, xj]) + clip_fraction * abs(m)
+                if abs(xv - m) > limit:
+                    n_clipped += 1
+                    continue
+            sums[0, yi, xj] += weight
+            sums[1, yi, xj] += weight * xv
+            sums[2, yi, xj] += weight * weight * vv
+            count[yi, xj] += 1
+    return n_clipped
 
 
 def coadd_psf(
