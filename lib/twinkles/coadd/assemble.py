@@ -221,9 +221,10 @@ class CoaddTask:
                 # each warp's rows are decompressed once and serve both passes
                 parts = [(r.weight, r.rows(start, stop, width)) for r in readers]
                 parts = [(weight, part) for weight, part in parts if part is not None]
-                # pass 1: weighted mean of usable pixels
+                # pass 1: weighted mean of usable pixels (no mean yet: nothing clipped)
+                unclipped = (_NO_MEAN, 0.0, 0.0)
                 for weight, (ys, xs, x, v, ok) in parts:
-                    _accumulate(sums, count, ys.start, xs.start, x, v, ok, weight, _NO_MEAN, 0.0, 0.0)
+                    _accumulate(sums, count, ys.start, xs.start, x, v, ok, weight, *unclipped)
                 # pass 2 (optional): clip and recompute
                 if cfg.clip:
                     with np.errstate(invalid="ignore", divide="ignore"):

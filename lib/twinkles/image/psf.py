@@ -88,7 +88,12 @@ class PixelPSF:
         """
         x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
         ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-        stamps = shift_stamps(self.kernels(x, y), x - ix, y - iy)
+        dx, dy = x - ix, y - iy
+        stamps = self.kernels(x, y)
+        # a stamp centred on a pixel is the kernel itself (a grid of blank-sky positions)
+        moved = (dx != 0) | (dy != 0)
+        if moved.any():
+            stamps[moved] = shift_stamps(stamps[moved], dx[moved], dy[moved])
         stamps /= stamps.sum(axis=(1, 2), keepdims=True)
         return stamps, ix, iy
 

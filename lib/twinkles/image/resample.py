@@ -121,13 +121,26 @@ def resample_rows(
             _bspline_weights(ty, wy)
             ix = int(floor_x) - 1
             iy = int(floor_y) - 1
-            value = 0.0
-            for j in range(4):
-                yy = _mirror(iy + j, h)
-                acc = 0.0
-                for i in range(4):
-                    acc += wx[i] * coeffs[yy, _mirror(ix + i, w)]
-                value += wy[j] * acc
+            if ix >= 0 and iy >= 0 and ix + 3 < w and iy + 3 < h:
+                # all 16 coefficients inside the input (every pixel but the border's): unrolled
+                value = 0.0
+                for j in range(4):
+                    row = iy + j
+                    acc = (
+                        wx[0] * coeffs[row, ix]
+                        + wx[1] * coeffs[row, ix + 1]
+                        + wx[2] * coeffs[row, ix + 2]
+                        + wx[3] * coeffs[row, ix + 3]
+                    )
+                    value += wy[j] * acc
+            else:
+                value = 0.0
+                for j in range(4):
+                    yy = _mirror(iy + j, h)
+                    acc = 0.0
+                    for i in range(4):
+                        acc += wx[i] * coeffs[yy, _mirror(ix + i, w)]
+                    value += wy[j] * acc
             nx = min(max(int(sx + 0.5), 0), w - 1)
             ny = min(max(int(sy + 0.5), 0), h - 1)
             factor = (
