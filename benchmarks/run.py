@@ -681,6 +681,7 @@ def pipeline_run1_visit() -> dict:
 
     import papermill
 
+    from twinkles import jit
     from twinkles.coadd.assemble import CoaddTask
     from twinkles.coadd.skymap import SkyMap
     from twinkles.coadd.warp import WarpTask
@@ -710,6 +711,7 @@ def pipeline_run1_visit() -> dict:
                 shares[recipe] = kernel.usage().cpu_s - base.cpu_s
     # make_coadd's per-visit work, as its recipe does it
     skymap = SkyMap.from_dict(run.butler.get("skyMap"))
+    jit.initialize()  # numba's one-time start, which a worker pays when it starts
     start = time.process_time()
     calexp = Exposure.read_fits(run.butler.input_path("calexp", visit=visit))
     warp = WarpTask().run(calexp, skymap.wcs, skymap.shape)
