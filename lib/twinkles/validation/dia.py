@@ -797,28 +797,28 @@ def injection_results(butler, classifier, min_reliability: float) -> Table:
         not inject.
     """
     visits = butler.get("visitTable")
-    parts = []
+    parts, found_by = [], []
     for row in visits:
         visit = int(row["obsHistID"])
         if not butler.exists("injectedSources", visit=visit):
             continue
         injections = butler.get("injectedSources", visit=visit)
-        dia = butler.get("injectedDiaSrc", visit=visit)
-        score = dict(zip(dia["diaSourceId"].tolist(), classifier.score(dia).tolist(), strict=True))
         injections["band"] = np.full(len(injections), str(row["filter"]), dtype="U1")
-        injections["reliability"] = np.array(
-            [
-                score.get(i, np.nan) if f else np.nan
-                for i, f in zip(
-                    injections["diaSourceId"].tolist(), injections["found"].tolist(), strict=True
-                )
-            ],
-            dtype=float,
-        )
         parts.append(injections)
+        found_by.append(butler.get("injectedDiaSrc", visit=visit))
     if not parts:
         return Table()
     table = vstack(parts, metadata_conflicts="silent")
+    # every visit's DIASources scored in one call (a forest's per-call overhead is ~35 ms)
+    dia = vstack(found_by, metadata_conflicts="silent")
+    score = dict(zip(dia["diaSourceId"].tolist(), classifier.score(dia).tolist(), strict=True))
+    table["reliability"] = np.array(
+        [
+            score.get(i, np.nan) if f else np.nan
+            for i, f in zip(table["diaSourceId"].tolist(), table["found"].tolist(), strict=True)
+        ],
+        dtype=float,
+    )
     table["found_reliable"] = np.asarray(table["found"], bool) & (
         np.nan_to_num(np.asarray(table["reliability"], float), nan=-1.0) >= min_reliability
     )
