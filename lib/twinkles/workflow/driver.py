@@ -737,7 +737,10 @@ class _Driver:
         for n in ready:
             by_step[n.step.name].append(n)
         submissions = []
-        for step_name, nodes in by_step.items():
+        # gathering steps (a filter's, a patch's, the run's) first: their dependants wait on
+        # them alone, while per-visit work can fill the other CPUs meanwhile
+        ordered = sorted(by_step.items(), key=lambda item: item[1][0].step.dimension == "visit")
+        for step_name, nodes in ordered:
             res = nodes[0].resources
             if free is None:  # a scheduler queues the tasks: fill them to share start-up
                 per_task = self.cfg.ids_per_task
