@@ -737,9 +737,10 @@ class _Driver:
         for n in ready:
             by_step[n.step.name].append(n)
         submissions = []
-        # gathering steps (a filter's, a patch's, the run's) first: their dependants wait on
-        # them alone, while per-visit work can fill the other CPUs meanwhile
-        ordered = sorted(by_step.items(), key=lambda item: item[1][0].step.dimension == "visit")
+        # the steps with the fewest ready data ids first (gathering steps: a filter's, the
+        # run's): their dependants wait on them alone, while the many per-visit items can fill
+        # the other CPUs meanwhile
+        ordered = sorted(by_step.items(), key=lambda item: len(item[1]))
         for step_name, nodes in ordered:
             res = nodes[0].resources
             if free is None:  # a scheduler queues the tasks: fill them to share start-up
