@@ -12,37 +12,7 @@ __all__ = [
     "plot_light_curve",
     "plot_pull_histogram",
     "show_image",
-    "use_quick_png",
 ]
-
-
-#: zlib level of the PNG figures a notebook keeps: PIL's default, 6, spends a third of a
-#: recipe figure's time encoding noisy images, which level 3 writes as small, in less time.
-PNG_COMPRESS_LEVEL = 3
-
-
-def use_quick_png(shell=None) -> bool:
-    """Have the IPython kernel ``shell`` (this process's, by default) keep its inline figures
-    as PNG of :data:`PNG_COMPRESS_LEVEL`; whether there was a kernel to set. Called when this
-    module is imported, so every recipe that draws gets it (in Lab as in a pipeline task)."""
-    try:
-        from IPython import get_ipython
-        from matplotlib_inline.config import InlineBackend
-    except ImportError:
-        return False
-    shell = shell or get_ipython()
-    if shell is None or not hasattr(shell, "kernel"):
-        return False
-    config = InlineBackend.instance(parent=shell)
-    # the trait's observer updates the formatters the kernel already has
-    config.print_figure_kwargs = {
-        **config.print_figure_kwargs,
-        "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL},
-    }
-    return True
-
-
-use_quick_png()
 
 
 def image_norm(image: np.ndarray, contrast: float = 0.15) -> ImageNormalize:
