@@ -738,9 +738,9 @@ class _Driver:
             by_step[n.step.name].append(n)
         submissions = []
         # gathering steps (a filter's, a patch's, the run's) first: their dependants wait on
-        # them alone, while per-visit work fills the other CPUs meanwhile. (Ordering by fewest
-        # ready items instead split per-visit steps into tasks of one or two visits, each
-        # paying a kernel's start: the demo's CPU went up by 30 s.)
+        # them alone, while per-visit work fills the other CPUs meanwhile (ordering by fewest
+        # ready items instead splits per-visit steps into tasks of a visit or two, each paying
+        # a kernel's start)
         ordered = sorted(by_step.items(), key=lambda item: item[1][0].step.dimension == "visit")
         for step_name, nodes in ordered:
             res = nodes[0].resources
