@@ -809,7 +809,7 @@ def injection_results(butler, classifier, min_reliability: float) -> Table:
     if not parts:
         return Table()
     table = vstack(parts, metadata_conflicts="silent")
-    # every visit's DIASources scored in one call (a forest's per-call overhead is ~35 ms)
+    # every visit's DIASources scored in one call: a forest has a fixed cost per call
     dia = vstack(found_by, metadata_conflicts="silent")
     score = dict(zip(dia["diaSourceId"].tolist(), classifier.score(dia).tolist(), strict=True))
     table["reliability"] = np.array(

@@ -388,7 +388,8 @@ PIPELINE = Pipeline(
             name="monitor_lightcurves",
             recipe="monitor_lightcurves.ipynb",
             dimension="run",
-            # it reads the catalogs, images and truth, not the validation: it runs beside it
+            # it reads catalogs, images and the truth, no validation product: so it runs beside
+            # validate_dia
             depends=("ingest_catalogs",),
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=30.0),
             doc="the SN/SL monitor: light curves against the truth, postage stamps, depth",
