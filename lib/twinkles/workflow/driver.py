@@ -739,8 +739,7 @@ class _Driver:
         submissions = []
         # gathering steps (a filter's, a patch's, the run's) first: their dependants wait on
         # them alone, while per-visit work fills the other CPUs meanwhile (ordering by fewest
-        # ready items instead splits per-visit steps into tasks of a visit or two, each paying
-        # a kernel's start)
+        # ready items instead splits per-visit steps into more, smaller tasks)
         ordered = sorted(by_step.items(), key=lambda item: item[1][0].step.dimension == "visit")
         for step_name, nodes in ordered:
             res = nodes[0].resources
