@@ -412,23 +412,30 @@ def calexp_storage_run1_visit() -> dict:
     return out
 
 
+def _warp_paths(run, visits, skymap) -> list[Path]:
+    """The visits' warps on disk, made from their calexps where missing."""
+    from twinkles.coadd.warp import WarpTask
+    from twinkles.image import Exposure
+
+    paths = []
+    for v in visits:
+        path = run.butler.path("deepCoadd_directWarp", visit=v)
+        if not path.exists():
+            calexp = Exposure.read_fits(run.butler.input_path("calexp", visit=v))
+            run.butler.put(
+                WarpTask().run(calexp, skymap.wcs, skymap.shape), "deepCoadd_directWarp", visit=v
+            )
+        paths.append(path)
+    return paths
+
+
 def _coadd_bench(n_visits: int) -> dict:
     import tempfile
 
     from twinkles.coadd.assemble import CoaddTask
-    from twinkles.coadd.warp import WarpTask
-    from twinkles.image import Exposure
 
     run, visits, skymap = _run1_calexps()
-    warps = []
-    for v in visits:
-        path = run.butler.path("deepCoadd_directWarp", visit=v)
-        if not path.exists():
-            calexp = Exposure.read_fits(run.butler.path("calexp", visit=v))
-            run.butler.put(
-                WarpTask().run(calexp, skymap.wcs, skymap.shape), "deepCoadd_directWarp", visit=v
-            )
-        warps.append(path)
+    warps = _warp_paths(run, visits, skymap)
     base = peak_rss_mb()
     with tempfile.TemporaryDirectory(dir=BENCH_RUN.parent) as tmp:
         paths = []
@@ -717,15 +724,7 @@ def pipeline_run1_visit() -> dict:
     warp = WarpTask().run(calexp, skymap.wcs, skymap.shape)
     run.butler.put(warp, "deepCoadd_directWarp", visit=visit)
     shares["make_coadd: warp"] = time.process_time() - start
-    paths = []
-    for v in visits:
-        path = run.butler.path("deepCoadd_directWarp", visit=v)
-        if not path.exists():
-            calexp = Exposure.read_fits(run.butler.input_path("calexp", visit=v))
-            run.butler.put(
-                WarpTask().run(calexp, skymap.wcs, skymap.shape), "deepCoadd_directWarp", visit=v
-            )
-        paths.append(path)
+    paths = _warp_paths(run, visits, skymap)
     _, cpu, _ = timed(CoaddTask().run, paths, skymap.wcs, skymap.shape)
     shares["make_coadd: assembly"] = cpu / len(paths)
     total = sum(shares.values())
