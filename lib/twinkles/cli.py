@@ -143,6 +143,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
             _fmt(entry["peak_rss_mb"], 0),
         )
         print(f"{entry['step']:<24}" + "".join(f"{c!s:>11}" for c in cells))
+    total = report["total"]
+    if total["run_cpu_efficiency"] is not None:
+        print(
+            f"machine: CPU efficiency {total['run_cpu_efficiency']:.3f} of "
+            f"{total['local_workers']} cores over {total['busy_hours']:.3f} h while tasks ran"
+        )
     disk = report["disk"]
     print(
         f"disk: peak {_fmt(disk['peak_gb'], 2)} GB, now {_fmt(disk['last_gb'], 2)} GB "

@@ -93,6 +93,11 @@ def test_sweep_of_eight(tmp_path, executor_kind):
     report = run_report(run, sweep_pipeline())
     assert report["total"]["data_ids_processed"] == 9
     assert 0 < report["total"]["cpu_efficiency"] <= 1.05
+    if executor_kind == "local":  # the driver records the cores it ran on
+        assert report["total"]["local_workers"] == len(os.sched_getaffinity(0))
+        assert 0 < report["total"]["run_cpu_efficiency"] <= 1.05
+    else:
+        assert report["total"]["run_cpu_efficiency"] is None
 
 
 @pytest.mark.parametrize("executor_kind", EXECUTORS, indirect=True)

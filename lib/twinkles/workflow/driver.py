@@ -513,6 +513,8 @@ class _Driver:
 
     def run_nodes(self, todo: list[Node], plan: dict[Key, Node]) -> RunSummary:
         executor = EXECUTORS[self.kind](self.run.dir, self.cfg, self.workers)
+        if self.kind == "local":  # the cores the whole run's CPU efficiency is counted against
+            self.db.set_meta("local_workers", str(self.workers))
         plan_keys = {n.key: n for n in todo}
         rows = {(r.step, r.data_id): r for r in self.db.nodes()}
         self._watch_io(plan, rows, plan_keys)

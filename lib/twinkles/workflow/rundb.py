@@ -278,6 +278,15 @@ class RunDatabase:
         rows = self._conn.execute("SELECT * FROM removed")
         return {r["path"]: dict(r) for r in rows}
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a fact about the run (``key`` -> ``value``), replacing an earlier one."""
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        """A fact recorded with :meth:`set_meta`, or None."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row["value"]
+
     def record_disk(self, t: float, size: int) -> None:
         """One sample of the run directory's size on disk (bytes)."""
         self._insert("disk", {"t": t, "bytes": int(size)})

@@ -7,11 +7,15 @@ Report: per step and for the whole run, data ids processed, CPU and wall hours, 
 efficiency, success rate and peak memory; and the run directory's peak disk. CPU efficiency
 is ``CPU / (wall x cores)`` of the *tasks* (processes or Slurm array elements), so start-up,
 kernel warm-up and idle time count against it, as they did in Twinkles' own 2-4% figure at
-NERSC.
+NERSC. A run on the local executor also gets the efficiency of the machine: the tasks' CPU
+over the time any task ran (``busy_hours``) times the local workers, so a core left idle
+(one gathering step running alone, a step waiting on another) counts against it too. Time
+while no driver ran (a run stopped and resumed the next day) is not counted.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twinkles.config import ConfigError, Run
@@ -19,7 +23,7 @@ from twinkles.workflow import spec
 from twinkles.workflow.rundb import RunDatabase
 from twinkles.workflow.spec import Pipeline
 
-__all__ = ["run_report", "run_status"]
+__all__ = ["busy_seconds", "run_report", "run_status"]
 
 
 def _planned(run: Run, pipeline: Pipeline) -> dict[str, list[str]]:
@@ -86,6 +90,27 @@ def _sum(values: list[float | None]) -> float:
     return float(sum(v for v in values if v is not None))
 
 
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: the time at least one of them covers."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _local_workers(run: Run, db: RunDatabase, tasks: list[dict[str, Any]]) -> int | None:
+    """The cores a local run had: as its driver recorded them, else as configured (runs
+    recorded before the driver kept them); None for runs that used another executor."""
+    if not tasks or any(t["executor"] != "local" for t in tasks):
+        return None
+    recorded = db.meta("local_workers")
+    if recorded is not None:
+        return int(recorded)
+    return run.config.executor.workers or len(os.sched_getaffinity(0))
+
+
 def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
     """Throughput, cost, efficiency, success rate and memory of a run, per step and in total."""
     pipeline = (pipeline or spec.PIPELINE).for_run(run)
@@ -93,6 +118,7 @@ def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
     try:
         nodes, attempts, tasks = db.nodes(), db.attempts(), db.tasks()
         disk, removed = db.disk(), db.removed()
+        workers = _local_workers(run, db, tasks)
     finally:
         db.close()
     steps = [s.name for s in pipeline.steps]
@@ -126,10 +152,19 @@ def run_report(run: Run, pipeline: Pipeline | None = None) -> dict[str, Any]:
             "tasks": len(task_rows),
         }
 
+    total = summarise(nodes, attempts, tasks)
+    busy = busy_seconds(
+        [(t["start"], t["end"]) for t in tasks if t["start"] is not None and t["end"] is not None]
+    )
+    total["busy_hours"] = busy / 3600.0
+    total["local_workers"] = workers
+    total["run_cpu_efficiency"] = (
+        total["task_cpu_hours"] * 3600.0 / (busy * workers) if workers and busy > 0 else None
+    )
     out = {
         "run": run.config.name,
         "steps": [],
-        "total": summarise(nodes, attempts, tasks),
+        "total": total,
         "disk": {
             # sampled while the driver ran (twinkles.workflow.storage.DiskMonitor)
             "peak_gb": max(b for _, b in disk) / 1e9 if disk else None,
