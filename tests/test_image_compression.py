@@ -149,6 +149,10 @@ def test_infinite_variance_is_kept_without_losing_the_compression(field, tmp_pat
     back = Exposure.read_fits(tmp_path / "inf.fits")
     assert np.array_equal(np.isposinf(back.variance), np.isposinf(exp.variance))
     assert not np.isnan(back.variance).any()
+    with fits.open(tmp_path / "inf.fits") as hdul:  # a caller's HDUList is left as it was
+        again = Exposure.from_hdulist(hdul)
+        assert np.isposinf(again.variance[:, :5]).all()
+        assert np.isnan(hdul["VARIANCE"].data[:, :5]).all()
     reader = _WarpReader(tmp_path / "inf.fits")
     try:
         _, _, _, variance, usable = reader.rows(0, 50, exp.image.shape[1])

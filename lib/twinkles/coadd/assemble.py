@@ -140,11 +140,12 @@ class _WarpReader:
         if hi <= lo:
             return None
         sl = slice(lo - self.y0, hi - self.y0)
+        # a section read is a new array: infinities go back in place
         image = restore_infinities(
-            np.asarray(self.image[sl], dtype=np.float32), self.headers["IMAGE"]
+            np.asarray(self.image[sl], dtype=np.float32), self.headers["IMAGE"], copy=False
         )
         variance = restore_infinities(
-            np.asarray(self.variance[sl], dtype=np.float32), self.headers["VARIANCE"]
+            np.asarray(self.variance[sl], dtype=np.float32), self.headers["VARIANCE"], copy=False
         )
         usable = (np.asarray(self.mask[sl]) & int(REJECTED_PLANES)) == 0
         usable &= np.isfinite(image) & np.isfinite(variance)

@@ -82,13 +82,21 @@ class ImageCompression:
 NAN_IS_INF = "NANISINF"
 
 
-def restore_infinities(data: np.ndarray, header: fits.Header) -> np.ndarray:
+def restore_infinities(data: np.ndarray, header: fits.Header, copy: bool = True) -> np.ndarray:
     """A plane as it was written: NaN pixels back to +inf where the writer stored +inf as NaN
-    (header card ``NANISINF``); other planes unchanged (not copied)."""
+    (header card ``NANISINF``); other planes unchanged (not copied).
+
+    ``copy=False`` changes ``data`` in place when it can be written: for a reader that owns
+    the array it just decompressed, which saves allocating (and faulting in) a second one.
+    """
     if not header.get(NAN_IS_INF, False):
         return data
-    data = np.array(data, copy=True)
-    data[np.isnan(data)] = np.inf
+    nan = np.isnan(data)
+    if not nan.any():
+        return data
+    if copy or not data.flags.writeable:
+        data = np.array(data, copy=True)
+    data[nan] = np.inf
     return data
 
 

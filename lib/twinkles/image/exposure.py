@@ -190,9 +190,10 @@ class Exposure:
         self.to_hdulist(compression).writeto(path, overwrite=True)
 
     @classmethod
-    def from_hdulist(cls, hdul: fits.HDUList) -> Exposure:
+    def from_hdulist(cls, hdul: fits.HDUList, copy: bool = True) -> Exposure:
         """The exposure written by `to_hdulist` (plain or tile-compressed planes; stored infinities
-        restored).
+        restored). ``copy=False`` lets the planes be restored in place, for a caller that
+        discards ``hdul`` afterwards.
         """
         primary = hdul[0].header
         metadata = {
@@ -208,11 +209,11 @@ class Exposure:
             psf = PixelPSF.from_hdu(hdul["PSF"])
         return cls(
             image=restore_infinities(
-                np.asarray(hdul["IMAGE"].data, dtype=np.float32), hdul["IMAGE"].header
+                np.asarray(hdul["IMAGE"].data, dtype=np.float32), hdul["IMAGE"].header, copy
             ),
             mask=np.asarray(hdul["MASK"].data, dtype=np.int32),
             variance=restore_infinities(
-                np.asarray(hdul["VARIANCE"].data, dtype=np.float32), hdul["VARIANCE"].header
+                np.asarray(hdul["VARIANCE"].data, dtype=np.float32), hdul["VARIANCE"].header, copy
             ),
             wcs=wcs,
             psf=psf,
@@ -224,7 +225,7 @@ class Exposure:
     def read_fits(cls, path: str | Path) -> Exposure:
         """Read an exposure written by `write_fits`."""
         with fits.open(path, memmap=False) as hdul:
-            return cls.from_hdulist(hdul)
+            return cls.from_hdulist(hdul, copy=False)
 
 
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "COMMENT", "HISTORY", ""}
