@@ -18,7 +18,11 @@ from twinkles.diffim.subtract import ImageDifferenceError, ImageDifferenceTask
 from twinkles.image import Exposure
 from twinkles.note.notebooks import labelled_figures
 from twinkles.sim.truth import Truth
-from twinkles.validation.dia import forced_dia_truth, light_curve_pulls
+from twinkles.validation.dia import (
+    forced_dia_truth,
+    light_curve_pulls,
+    score_difference_images,
+)
 from twinkles.workflow.status import run_status
 
 
@@ -115,6 +119,23 @@ def test_supernova_light_curves_follow_the_truth(tiny_dia):
     stats = light_curve_pulls(sne)
     n = stats["n"]
     assert n >= 8
+    # validate_dia gets the same rows from its one pass over the difference images
+    dia_table = butler.get("diaSourceTable")
+    reliability = dict(
+        zip(dia_table["diaSourceId"].tolist(), dia_table["reliability"].tolist(), strict=True)
+    )
+    scored = score_difference_images(
+        butler,
+        Truth.read(butler),
+        visits,
+        templates,
+        reliability,
+        tiny_dia.pixel_scale,
+        dia_objects=butler.get("diaObject"),
+    )
+    assert scored.forced.colnames == rows.colnames and len(scored.forced) == len(rows)
+    for name in ("diaObjectId", "truth_id", "psFlux", "expected_flux", "own_flux"):
+        assert np.array_equal(scored.forced[name], rows[name], equal_nan=True)
     assert abs(stats["pull_std"] - 1.0) < 3 * 1.17 / np.sqrt(n) + 0.15
     assert abs(stats["pull_median"]) < 3 * 1.25 / np.sqrt(n) + 0.1
 

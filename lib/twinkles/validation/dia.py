@@ -17,7 +17,7 @@ by the same forced photometry.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -445,6 +445,73 @@ def visible_transients(
     return out
 
 
+class _ForcedTruth:
+    """DIAObjects matched to true transients, and the truth of their forced photometry on one
+    visit at a time (:func:`forced_dia_truth`)."""
+
+    def __init__(
+        self,
+        truth: Truth,
+        dia_objects: Table,
+        kinds: tuple[str, ...] = ("supernova", "lensed_image"),
+        radius_arcsec: float = 0.5,
+    ):
+        self.truth = truth
+        self.dia_objects = dia_objects
+        self.variables = variable_truth(truth)
+        targets = self.variables[np.isin(self.variables["kind"], kinds)]
+        self.truth_of: dict[int, int] = {}
+        if len(targets) and len(dia_objects):
+            i_truth, i_obj, _ = match_sky(
+                targets["ra"], targets["dec"], dia_objects["ra"], dia_objects["decl"], radius_arcsec
+            )
+            object_ids = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)
+            self.truth_of = dict(
+                zip(
+                    object_ids[i_obj].tolist(),
+                    np.asarray(targets["truth_id"])[i_truth].tolist(),
+                    strict=True,
+                )
+            )
+            self.row_of = {int(o): k for k, o in enumerate(object_ids)}
+        self.kind_of = dict(
+            zip(targets["truth_id"].tolist(), targets["kind"].tolist(), strict=True)
+        )
+
+    def matched_forced(self, butler, visit: int) -> Table:
+        """The visit's DiaForcedSource rows of matched DIAObjects (empty if none)."""
+        if not self.truth_of or not butler.exists("forced_diaSrc", visit=visit):
+            return Table()
+        forced = butler.get("forced_diaSrc", visit=visit)
+        return forced[np.isin(forced["diaObjectId"], list(self.truth_of))]
+
+    def of_visit(
+        self, forced: Table, diff: Exposure, visit: int, band: str, mjd: float, template: dict
+    ) -> Table:
+        """``forced`` (from :meth:`matched_forced`) with the truth columns of
+        :func:`forced_dia_truth`, measured on the visit's difference image ``diff``."""
+        forced["truth_id"] = np.array([self.truth_of[o] for o in forced["diaObjectId"].tolist()])
+        forced["kind"] = np.array([self.kind_of[t] for t in forced["truth_id"].tolist()])
+        forced["band"] = np.full(len(forced), band)
+        forced["mjd"] = np.full(len(forced), mjd)
+        forced["own_flux"] = expected_difference_flux(
+            self.truth, forced["truth_id"], band, mjd, template
+        )
+        expected = expected_forced_flux(
+            diff,
+            self.truth,
+            self.variables,
+            band,
+            mjd,
+            template,
+            np.asarray(self.dia_objects["ra"], float),
+            np.asarray(self.dia_objects["decl"], float),
+        )
+        forced["expected_flux"] = expected[[self.row_of[int(o)] for o in forced["diaObjectId"]]]
+        forced["in_template"] = np.full(len(forced), visit in template["visits"])
+        return forced
+
+
 def forced_dia_truth(
     butler,
     truth: Truth,
@@ -462,58 +529,22 @@ def forced_dia_truth(
     :func:`expected_difference_flux` against that band's template), ``expected_flux`` (what the
     forced photometry should measure there, every variable source under the PSF included:
     :func:`expected_forced_flux`) and ``in_template`` (the visit is one of the template's:
-    its difference is not independent of the template).
+    its difference is not independent of the template). :func:`score_difference_images`
+    gives the same rows from its own reading of each difference image.
     """
-    from astropy.table import vstack
-
-    variables = variable_truth(truth)
-    targets = variables[np.isin(variables["kind"], kinds)]
-    if len(targets) == 0 or len(dia_objects) == 0:
-        return Table()
-    i_truth, i_obj, _ = match_sky(
-        targets["ra"], targets["dec"], dia_objects["ra"], dia_objects["decl"], radius_arcsec
-    )
-    object_ids = np.asarray(dia_objects["diaObjectId"], dtype=np.int64)
-    truth_of = dict(
-        zip(
-            object_ids[i_obj].tolist(),
-            np.asarray(targets["truth_id"])[i_truth].tolist(),
-            strict=True,
-        )
-    )
-    kind_of = dict(zip(targets["truth_id"].tolist(), targets["kind"].tolist(), strict=True))
-    row_of = {int(o): k for k, o in enumerate(object_ids)}
+    matched = _ForcedTruth(truth, dia_objects, kinds, radius_arcsec)
     parts = []
     for row in visits:
         visit, band = int(row["obsHistID"]), str(row["filter"])
-        if not butler.exists("forced_diaSrc", visit=visit) or band not in templates:
+        if band not in templates:
             continue
-        forced = butler.get("forced_diaSrc", visit=visit)
-        forced = forced[np.isin(forced["diaObjectId"], list(truth_of))]
+        forced = matched.matched_forced(butler, visit)
         if len(forced) == 0:
             continue
-        mjd = float(row["expMJD"])
-        forced["truth_id"] = np.array([truth_of[o] for o in forced["diaObjectId"].tolist()])
-        forced["kind"] = np.array([kind_of[t] for t in forced["truth_id"].tolist()])
-        forced["band"] = np.full(len(forced), band)
-        forced["mjd"] = np.full(len(forced), mjd)
-        forced["own_flux"] = expected_difference_flux(
-            truth, forced["truth_id"], band, mjd, templates[band]
-        )
         diff = butler.get("deepDiff_differenceExp", visit=visit)
-        expected = expected_forced_flux(
-            diff,
-            truth,
-            variables,
-            band,
-            mjd,
-            templates[band],
-            np.asarray(dia_objects["ra"], float),
-            np.asarray(dia_objects["decl"], float),
+        parts.append(
+            matched.of_visit(forced, diff, visit, band, float(row["expMJD"]), templates[band])
         )
-        forced["expected_flux"] = expected[[row_of[int(o)] for o in forced["diaObjectId"]]]
-        forced["in_template"] = np.full(len(forced), visit in templates[band]["visits"])
-        parts.append(forced)
     return vstack(parts, metadata_conflicts="silent") if parts else Table()
 
 
@@ -885,6 +916,9 @@ class DifferenceScores:
     """The same for the DIASources that pass the cut."""
     area_deg2: float
     """The sensor's area (deg2), for rates per deg2."""
+    forced: Table = field(default_factory=Table)
+    """With ``dia_objects``: the forced photometry of DIAObjects matched to true transients,
+    with the truth (as :func:`forced_dia_truth`); else empty."""
 
     def recovery(self, reliable: bool = False) -> tuple[int, int, float]:
         """(recovered, expected, fraction) of the transients of S/N >= the scoring's
@@ -907,10 +941,13 @@ def score_difference_images(
     match_arcsec: float = 1.0,
     min_snr: float = 10.0,
     min_reliability: float = 0.5,
+    dia_objects: Table | None = None,
 ) -> DifferenceScores:
     """Score every difference image of a run: recovery of the visible transients, DIASources
     near no variable object, and those classified by cause, before and after the real/bogus
-    cut.
+    cut; with ``dia_objects``, also the truth of their forced photometry
+    (:func:`forced_dia_truth`), from the same reading of each image (a run1-size difference
+    image takes a third of a second to decompress).
 
     Parameters
     ----------
@@ -933,12 +970,18 @@ def score_difference_images(
         Transients of expected S/N at least this count in the recovery.
     min_reliability : float
         The real/bogus cut.
+    dia_objects : Table, optional
+        The run's DIAObjects (``diaObject``), to score their forced photometry.
 
     Returns
     -------
     DifferenceScores
     """
     variables = variable_truth(truth) if truth is not None else None
+    forced_truth = (
+        _ForcedTruth(truth, dia_objects) if truth is not None and dia_objects is not None else None
+    )
+    forced_parts = []
     rows, visible_all, causes, causes_reliable = [], [], [], []
     area_deg2 = float("nan")
     for vrow in visits:
@@ -975,12 +1018,21 @@ def score_difference_images(
         visible_all.append(visible)
         missed = score.pop("missed")
         rows.append({**row, **score, "missed": str(missed)})
+        if forced_truth is not None:
+            forced = forced_truth.matched_forced(butler, visit)
+            if len(forced):
+                forced_parts.append(
+                    forced_truth.of_visit(
+                        forced, diff, visit, band, float(vrow["expMJD"]), templates[band]
+                    )
+                )
     return DifferenceScores(
         Table(rows=rows) if rows else Table(),
         vstack(visible_all) if visible_all else Table(),
         np.concatenate(causes) if causes else np.zeros(0, dtype=str),
         np.concatenate(causes_reliable) if causes_reliable else np.zeros(0, dtype=str),
         area_deg2,
+        vstack(forced_parts, metadata_conflicts="silent") if forced_parts else Table(),
     )
 
 
