@@ -358,3 +358,30 @@ def test_an_optional_step_belongs_to_the_runs_that_enable_it(tmp_path):
     assert "inject_sources" in on.step("validate_dia").depends
     assert "inject_sources" not in [s.name for s in off.steps]
     assert "inject_sources" not in off.step("validate_dia").depends
+
+
+def test_ready_steps_go_gathering_first_then_furthest_down_the_pipeline_first():
+    from twinkles.workflow.driver import submission_order
+    from twinkles.workflow.spec import PIPELINE
+
+    by_name = {s.name: s for s in PIPELINE.steps}
+    ready = [
+        by_name[n]
+        for n in (
+            "simulate_visit",
+            "make_coadd",
+            "process_eimage",
+            "make_template",
+            "associate_dia",
+        )
+    ]
+    ordered = [s.name for s in submission_order(ready, PIPELINE)]
+    # a filter's template (which frees its warps) before another filter's coadd; calibrating
+    # a simulated eimage (which frees it) before simulating more
+    assert ordered == [
+        "associate_dia",
+        "make_template",
+        "make_coadd",
+        "process_eimage",
+        "simulate_visit",
+    ]
