@@ -24,6 +24,8 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 from twinkles.cli import main
 from twinkles.note.build import NOTE_SOURCE, build_note
 from twinkles.note.notebooks import NoteError, executed_notebook, find_figure, labelled_figures
+from twinkles.note.publish import headline
+from twinkles.workflow.status import run_report
 
 PNG = (  # a 1 x 1 pixel PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
@@ -237,6 +239,45 @@ def test_the_notes_numbers_equal_the_report_and_the_metrics(tiny_note, capsys):
         assert listed is None and "No metric fails." in text
     assert "XX" not in text
     assert re.search(r"We were able to process\s*<span[^>]*>\d+</span>\s*images", text)
+
+
+@pytest.mark.recipe
+@pytest.mark.slow
+def test_a_published_run_carries_its_report_metrics_and_note(tiny_note, tmp_path, capsys):
+    dest = tmp_path / "results" / "tiny"
+    capsys.readouterr()
+    assert main(["publish", str(tiny_note.dir), str(dest)]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "README.md",
+        "metrics.json",
+        "note.pdf",
+        "report.json",
+        "run.yaml",
+    ]
+    report = json.loads((dest / "report.json").read_text())
+    assert report == json.loads(json.dumps(run_report(tiny_note)))
+    assert (dest / "note.pdf").read_bytes() == (tiny_note.dir / "note" / "note.pdf").read_bytes()
+    metrics = json.loads((dest / "metrics.json").read_text())
+    assert (
+        metrics["metrics"]
+        == json.loads((tiny_note.dir / "validation" / "metrics.json").read_text())["metrics"]
+    )
+    readme = (dest / "README.md").read_text()
+    line = headline(report)
+    processed = report["steps"][[s["step"] for s in report["steps"]].index("process_eimage")]
+    assert line in readme and line in printed
+    assert line.startswith(f"{processed['data_ids_processed']} images processed in ")
+    for m in metrics["metrics"]:  # every failing metric is listed, and only those
+        assert (f"| {m['name']} |" in readme) == (m["status"] == "fail"), m["name"]
+
+
+def test_an_unvalidated_run_is_not_published(tmp_path, capsys):
+    config = tmp_path / "fresh.yaml"
+    config.write_text("seed: 3\n")
+    assert main(["publish", str(config), str(tmp_path / "out")]) == 1
+    assert "validation/metrics.json is missing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.recipe

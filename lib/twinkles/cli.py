@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -59,9 +60,25 @@ def _split_steps(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+def stop_on_signals() -> None:
+    """Make SIGTERM (``kill``, a batch system's time limit) stop ``twinkles run`` as Ctrl-C
+    does: running tasks are cancelled and the run database is left ready to resume.
+
+    SIGINT is set back to Python's handler too: a shell starts a background job (``cmd &``)
+    with SIGINT ignored, and such a driver could not be interrupted otherwise.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from twinkles.workflow.driver import run_pipeline
 
+    stop_on_signals()
     run = load_run(args.config)
     summary = run_pipeline(
         run,
@@ -155,6 +172,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
         f"({disk['samples']} samples while running); {disk['removed_files']} intermediates "
         f"removed ({_fmt(disk['removed_gb'], 2)} GB)"
     )
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from twinkles.note.publish import PublishError, headline, publish_run
+
+    try:
+        written = publish_run(args.run_dir, args.dest, require_pdf=not args.no_pdf)
+    except PublishError as exc:
+        print(f"twinkles publish: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    report = json.loads((Path(args.dest) / "report.json").read_text())
+    print(headline(report))
     return 0
 
 
@@ -395,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="the Note's source folder (default: docs/note)")
     p.add_argument("--no-pdf", action="store_true", help="HTML only")
     p.set_defaults(func=_cmd_note)
+
+    p = sub.add_parser("publish", help="copy a finished run's report, metrics and Note to DEST")
+    p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")
+    p.add_argument("dest", help="folder to write, e.g. docs/results/<name>")
+    p.add_argument("--no-pdf", action="store_true", help="publish without the Note's PDF")
+    p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser("ingest", help="ingest a run's catalogs into the catalog database")
     p.add_argument("run_dir", help="run directory (runs/<name>) or configuration")

@@ -385,3 +385,44 @@ def test_ready_steps_go_gathering_first_then_furthest_down_the_pipeline_first():
         "process_eimage",
         "simulate_visit",
     ]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_driver_cleanly(tmp_path, stop_signal):
+    """SIGTERM, or SIGINT to a driver started in the background (SIGINT ignored, as a shell's
+    ``&`` leaves it), cancels the running tasks and leaves the run ready to resume."""
+    run = make_run(tmp_path, sweep={"sleep_s": 1.5}, ids_per_task=1, workers=2)
+    helper = os.path.dirname(__file__)
+    code = (
+        f"import sys; sys.path.insert(0, {helper!r});"
+        "from sweep_pipeline import sweep_pipeline;"
+        "from twinkles.cli import stop_on_signals;"
+        "from twinkles.config import load_run;"
+        "from twinkles.workflow.driver import run_pipeline;"
+        "stop_on_signals();"
+        f"s = run_pipeline(load_run({str(run.config_path)!r}), sweep_pipeline(), progress=False);"
+        "sys.exit(130 if s.interrupted else 0)"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code],
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    db_path = run.dir / "run.db"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait for tasks in flight
+        states = []
+        if db_path.exists():
+            db = RunDatabase(db_path)
+            states = [r.state for r in db.nodes()]
+            db.close()
+        if states.count("running") >= 1:
+            break
+        time.sleep(0.1)
+    driver.send_signal(stop_signal)
+    assert driver.wait(timeout=60) == 130
+    rows, _, _ = _rows(run)
+    assert not [r for r in rows.values() if r.state == "running"]
+    assert any(r.state != "done" for r in rows.values())
+    summary = run_pipeline(run, sweep_pipeline(), progress=False)
+    assert summary.ok, summary.lines()
