@@ -551,10 +551,13 @@ class _Driver:
         bar = self._progress_bar(len(todo))
         self._write_validity(state)
         try:
+            changed = True  # states change only when tasks end: scan the plan only then
             while any(s in ("pending", "running") for s in state.values()):
-                self._block_dependants(todo, state, rows)
-                self._submit_ready(executor, todo, state, attempts, submitted)
+                if changed:
+                    self._block_dependants(todo, state, rows)
+                    self._submit_ready(executor, todo, state, attempts, submitted)
                 ended_tasks = executor.poll()
+                changed = bool(ended_tasks)
                 for ended in ended_tasks:
                     sub, nodes, spec = submitted.pop(ended.submission.task_id)
                     self._collect(sub, nodes, spec, ended.note, state, attempts)
