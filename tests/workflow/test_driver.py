@@ -254,28 +254,42 @@ def test_notebook_timeout_is_an_infrastructure_failure(tmp_path):
     assert failure["failure_class"] == "infrastructure" and failure["error"].startswith("timeout")
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
-    run = make_run(tmp_path, sweep={"sleep_s": 1.5}, ids_per_task=1, workers=2)
+def _driver_process(run, setup: str = "", **popen) -> subprocess.Popen:
+    """The sweep pipeline's driver on ``run`` in a process of its own (exit status 130 when
+    interrupted), after the Python statements ``setup``."""
     helper = os.path.dirname(__file__)
     code = (
         f"import sys; sys.path.insert(0, {helper!r});"
         "from sweep_pipeline import sweep_pipeline;"
         "from twinkles.config import load_run;"
         "from twinkles.workflow.driver import run_pipeline;"
-        f"run_pipeline(load_run({str(run.config_path)!r}), sweep_pipeline(), progress=False)"
+        f"{setup}"
+        f"s = run_pipeline(load_run({str(run.config_path)!r}), sweep_pipeline(), progress=False);"
+        "sys.exit(130 if s.interrupted else 0)"
     )
-    driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True, **popen)
+
+
+def _wait_for_states(run, enough) -> None:
+    """Poll the run database (up to 60 s) until ``enough(states of its nodes)``."""
     db_path = run.dir / "run.db"
     deadline = time.time() + 60
-    while time.time() < deadline:  # wait for some data ids done and others in flight
+    while time.time() < deadline:
         states = []
         if db_path.exists():
             db = RunDatabase(db_path)
             states = [r.state for r in db.nodes()]
             db.close()
-        if states.count("done") >= 1 and states.count("running") >= 1:
-            break
+        if enough(states):
+            return
         time.sleep(0.1)
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    run = make_run(tmp_path, sweep={"sleep_s": 1.5}, ids_per_task=1, workers=2)
+    driver = _driver_process(run)
+    # some data ids done and others in flight
+    _wait_for_states(run, lambda s: s.count("done") >= 1 and s.count("running") >= 1)
     driver.send_signal(signal.SIGKILL)  # no cleanup: tasks are left running
     driver.wait()
     rows, _, _ = _rows(run)
@@ -392,33 +406,12 @@ def test_a_signal_stops_the_driver_cleanly(tmp_path, stop_signal):
     """SIGTERM, or SIGINT to a driver started in the background (SIGINT ignored, as a shell's
     ``&`` leaves it), cancels the running tasks and leaves the run ready to resume."""
     run = make_run(tmp_path, sweep={"sleep_s": 1.5}, ids_per_task=1, workers=2)
-    helper = os.path.dirname(__file__)
-    code = (
-        f"import sys; sys.path.insert(0, {helper!r});"
-        "from sweep_pipeline import sweep_pipeline;"
-        "from twinkles.cli import stop_on_signals;"
-        "from twinkles.config import load_run;"
-        "from twinkles.workflow.driver import run_pipeline;"
-        "stop_on_signals();"
-        f"s = run_pipeline(load_run({str(run.config_path)!r}), sweep_pipeline(), progress=False);"
-        "sys.exit(130 if s.interrupted else 0)"
-    )
-    driver = subprocess.Popen(
-        [sys.executable, "-c", code],
-        start_new_session=True,
+    driver = _driver_process(
+        run,
+        "from twinkles.cli import stop_on_signals; stop_on_signals();",
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    db_path = run.dir / "run.db"
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait for tasks in flight
-        states = []
-        if db_path.exists():
-            db = RunDatabase(db_path)
-            states = [r.state for r in db.nodes()]
-            db.close()
-        if states.count("running") >= 1:
-            break
-        time.sleep(0.1)
+    _wait_for_states(run, lambda s: s.count("running") >= 1)  # tasks in flight
     driver.send_signal(stop_signal)
     assert driver.wait(timeout=60) == 130
     rows, _, _ = _rows(run)

@@ -946,8 +946,7 @@ def score_difference_images(
     """Score every difference image of a run: recovery of the visible transients, DIASources
     near no variable object, and those classified by cause, before and after the real/bogus
     cut; with ``dia_objects``, also the truth of their forced photometry
-    (:func:`forced_dia_truth`), from the same reading of each image (a run1-size difference
-    image takes a third of a second to decompress).
+    (:func:`forced_dia_truth`), from the same reading of each image.
 
     Parameters
     ----------

@@ -238,8 +238,8 @@ def submission_order(ready: list[Step], pipeline: Pipeline) -> list[Step]:
     items instead splits per-visit steps into more, smaller tasks). Within each kind, the
     step furthest down the pipeline first: finishing what is under way before starting
     more frees its intermediates soonest (a filter's warps once its template is made,
-    rather than every filter's coadd first with all their warps on disk, ~25 GB in Run 1;
-    an eimage once it is calibrated) and lets its dependants start.
+    rather than every filter's coadd first with all their warps on disk; an eimage once it
+    is calibrated) and lets its dependants start.
     """
     position = {step.name: k for k, step in enumerate(pipeline.steps)}
     return sorted(ready, key=lambda step: (step.dimension == "visit", -position[step.name]))
