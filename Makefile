@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 # Reinstall whenever the dependency list changes.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	scripts/make-venv.sh $(PYTHON) $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -28,7 +28,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab-setup: $(LAB_STAMP)
 
 $(LAB_STAMP): pyproject.toml $(STAMP)
-	$(PYTHON) -m venv $(LAB_VENV)
+	scripts/make-venv.sh $(PYTHON) $(LAB_VENV)
 	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["lab"]))' \
 		| xargs -d '\n' $(LAB_VENV)/bin/python -m pip install --quiet
 	$(BIN)/python -m ipykernel install --prefix $(LAB_VENV) --name twinkles --display-name twinkles
