@@ -198,6 +198,33 @@ def test_a_stale_product_is_hidden_from_gathering_steps(tiny_full, tmp_path):
         del os.environ[INVALID_ENV]
 
 
+def test_declared_reads_cover_what_the_recipes_read_from_their_dependencies(tiny_full):
+    """A step that declares what it reads (so ephemeral files need not wait for it) read
+    nothing else its dependencies wrote, in every node of the tiny run."""
+    from twinkles.workflow.spec import PIPELINE
+
+    db = RunDatabase(tiny_full.dir / "run.db")
+    try:
+        rows = [r for r in db.nodes() if r.state == "done"]
+    finally:
+        db.close()
+    written: dict[str, set[str]] = {}
+    for row in rows:
+        written.setdefault(row.step, set()).update(
+            w["dataset"] for w in json.loads(row.writes or "[]") if w.get("dataset")
+        )
+    declared = [s for s in PIPELINE.steps if s.reads is not None]
+    assert declared, "no step declares what it reads"
+    for step in declared:
+        upstream = set().union(*(written.get(d, set()) for d in step.depends))
+        assert set(step.reads) <= upstream, (step.name, set(step.reads) - upstream)
+        nodes = [r for r in rows if r.step == step.name]
+        assert nodes, step.name
+        for row in nodes:
+            read = {r["dataset"] for r in json.loads(row.reads or "[]")} & upstream
+            assert read <= set(step.reads), (step.name, read - set(step.reads))
+
+
 # --- provenance from what recipes read --------------------------------------------------------
 
 

@@ -23,8 +23,21 @@ if "stageProduct" not in dataset_types():  # the recipes register them in their 
     register_dataset_type("stageTotal", (), "stage/total.json", "json", "test total")
 
 
-def stage_pipeline() -> Pipeline:
+def stage_pipeline(audit_reads: tuple[str, ...] | bool | None = False) -> Pipeline:
+    """emit (per item) -> consume (the run); with ``audit_reads`` other than False, a second
+    dependant of emit, ``audit``, that declares those reads."""
     res = Resources(cpus=1, mem_gb=0.5, timeout_min=2.0)
+    audit = [
+        Step(
+            name="audit",
+            recipe=str(FIXTURES / "consume.ipynb"),
+            dimension="run",
+            depends=("emit",),
+            reads=audit_reads,
+            outputs=lambda run, did: [],
+            resources=res,
+        )
+    ]
     return Pipeline(
         steps=[
             Step(
@@ -42,16 +55,20 @@ def stage_pipeline() -> Pipeline:
                 outputs=lambda run, did: [("stageTotal", {})],
                 resources=res,
             ),
-        ],
+        ]
+        + (audit if audit_reads is not False else []),
         dimensions={"item": lambda run: [{"item": i} for i in range(N_ITEMS)]},
         kernel_imports=("json",),
     )
 
 
-def make_stage_run(tmp_path, consume=None, ephemeral=("stageProduct",)):
+def make_stage_run(tmp_path, consume=None, ephemeral=("stageProduct",), audit=None):
     data = {
         "executor": {"ids_per_task": 4, "poll_seconds": 0.2},
-        "steps": {"consume": {"parameters": {"n_items": N_ITEMS, **(consume or {})}}},
+        "steps": {
+            "consume": {"parameters": {"n_items": N_ITEMS, **(consume or {})}},
+            **({"audit": {"parameters": audit}} if audit is not None else {}),
+        },
         "storage": {"ephemeral": list(ephemeral)},
     }
     path = tmp_path / "stage.yaml"
@@ -111,6 +128,20 @@ def test_a_failed_reader_keeps_the_intermediates(tmp_path):
     fixed = run_pipeline(run, pipeline, progress=False)
     assert fixed.counts == {"emit": {"skipped": N_ITEMS}, "consume": {"done": 1}}
     assert _products(run) == []
+
+
+def test_a_failed_dependant_keeps_them_only_if_it_may_read_them(tmp_path):
+    # audit depends on emit, reads none of its products (n_items=0), and fails
+    cases = [((), 0), (("stageTotal",), 0), (None, N_ITEMS), (("stageProduct",), N_ITEMS)]
+    for i, (reads, kept) in enumerate(cases):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        run = make_stage_run(folder, audit={"n_items": 0, "fail": True})
+        summary = run_pipeline(run, stage_pipeline(audit_reads=reads), progress=False)
+        assert summary.counts["consume"] == {"done": 1}, summary.lines()
+        assert summary.counts["audit"] == {"failed": 1}, summary.lines()
+        assert len(_products(run)) == kept, reads
+        assert len(_removed(run)) == N_ITEMS - kept, reads
 
 
 def test_kept_unless_named_and_unknown_names_are_refused(tmp_path):

@@ -85,8 +85,14 @@ class Step:
         execution must leave (removed before each new attempt, so a failed attempt leaves
         none for downstream steps to read). By default the dataset types the recipe declares
         (:attr:`~twinkles.workflow.contract.RecipeContract.outputs`), each for the part of the
-        data id its dimensions name. What a step *reads* is not declared: the butler records it
-        as the recipe runs (provenance, and the incremental check).
+        data id its dimensions name. What a step reads is recorded by the butler as the recipe
+        runs (provenance, and the incremental check).
+    reads : tuple of str, optional
+        The dataset types the step reads from the steps it depends on, where declared (None:
+        any of their products). An ephemeral file waits only for the dependants whose step
+        may read its type (:mod:`.storage`), so a dependant that reads none of it (detection
+        on the coadds, beside the warps the coadds were made of) does not keep it on disk
+        when it fails.
     resources : Resources
         Default resources per data id.
     doc : str
@@ -110,6 +116,7 @@ class Step:
     outputs: Callable[[Run, DataId], list[tuple[str, DataId]]] | None = field(
         default=None, repr=False
     )
+    reads: tuple[str, ...] | None = None
     resources: Resources = Resources()
     doc: str = ""
     partial: bool = False
@@ -287,6 +294,8 @@ PIPELINE = Pipeline(
             recipe="coadd_sources.ipynb",
             dimension="patch",
             depends=("make_coadd",),
+            # the coadds, not the warps they were made of
+            reads=("deepCoadd", "deepCoadd_nImage", "deepCoadd_summary"),
             resources=Resources(cpus=1, mem_gb=4.0, timeout_min=60.0),
             doc="detect on each coadd, merge across filters, measure: the Object table",
             partial=True,

@@ -3,10 +3,13 @@
 Some products are read by the next step and by nothing after it: a calexp's warp onto the
 patch is read by its filter's coadd and template, a simulated eimage by process_eimage. A run
 names them (``storage``: :meth:`twinkles.config.StorageConfig.ephemeral_datasets`); the
-driver removes such a file once every *dependant* of the node that wrote it (the nodes of
-the steps that depend on it, for that data id) is done, in this invocation or judged up to
-date by it. A dependant that failed or was blocked keeps the files, so rerunning it finds
-them (Snakemake's ``temp()`` outputs work the same way).
+driver removes such a file once every *reader* of it is done, in this invocation or judged
+up to date by it. Its readers are the dependants of the node that wrote it (the nodes of
+the steps that depend on it, for that data id) whose step may read the file's dataset type
+(:attr:`twinkles.workflow.spec.Step.reads`; a step that does not declare what it reads may
+read anything). A reader that failed or was blocked keeps the files, so rerunning it finds
+them (Snakemake's ``temp()`` outputs work the same way); a dependant that reads none of
+them does not.
 
 A removed file leaves a record in the run database (path, dataset, checksum, writer), so the
 removal alone does not make its writer or readers stale: a recorded file that is missing but
@@ -116,7 +119,11 @@ class EphemeralFiles:
         self.db = db
         self.datasets = frozenset(datasets)
         self.dependants: dict[Key, list[Key]] = defaultdict(list)
+        # what each node's step reads from its dependencies (None: not declared, anything)
+        self.reads: dict[Key, frozenset[str] | None] = {}
         for key, node in plan.items():
+            reads = getattr(node.step, "reads", None)
+            self.reads[key] = None if reads is None else frozenset(reads)
             for dep in node.deps:
                 self.dependants[dep].append(key)
         self.removed = db.removed()
@@ -153,18 +160,30 @@ class EphemeralFiles:
         else:
             self.holding.pop(key, None)
 
+    def readers(self, key: Key, dataset: str) -> list[Key]:
+        """The dependants of node ``key`` that may read its files of type ``dataset``."""
+        return [
+            d
+            for d in self.dependants.get(key, [])
+            if self.reads.get(d) is None or dataset in self.reads[d]
+        ]
+
     def release(self, state: dict[Key, str], fresh: set[Key]) -> int:
-        """Remove the held files of every node whose dependants are all done (``state``: this
-        invocation's nodes; ``fresh``: nodes judged up to date). Returns the bytes removed."""
+        """Remove each held file whose readers are all done (``state``: this invocation's
+        nodes; ``fresh``: nodes judged up to date). A file no dependant reads is kept: what
+        reads it is not known. Returns the bytes removed."""
+
+        def done(d: Key) -> bool:
+            return state.get(d) == "done" or (d not in state and d in fresh)
+
         freed = 0
         for key in list(self.holding):
-            dependants = self.dependants.get(key, [])
-            if not dependants or not all(
-                state.get(d) == "done" or (d not in state and d in fresh) for d in dependants
-            ):
-                continue
-            gone = []
-            for entry in self.holding.pop(key):
+            kept, gone = [], []
+            for entry in self.holding[key]:
+                readers = self.readers(key, entry.get("dataset"))
+                if not readers or not all(done(d) for d in readers):
+                    kept.append(entry)
+                    continue
                 path = self.run_dir / entry["path"]
                 try:
                     st = path.stat()
@@ -185,6 +204,10 @@ class EphemeralFiles:
                         "data_id": key[1],
                     }
                 )
+            if kept:
+                self.holding[key] = kept
+            else:
+                del self.holding[key]
             if gone:
                 self.db.record_removed(gone)
                 self.removed.update({g["path"]: g for g in gone})
