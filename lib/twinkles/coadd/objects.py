@@ -115,12 +115,17 @@ class ObjectTask:
         bands = _band_order(list(coadds), cfg.priority)
         first = coadds[bands[0]]
         pixel_scale = float(np.sqrt(abs(np.linalg.det(first.wcs.pixel_scale_matrix)))) * 3600
-        detect = DetectionTask(DetectionConfig(threshold=cfg.threshold, variance_map=True))
+        detect = DetectionTask(
+            DetectionConfig(threshold=cfg.threshold, variance_map=True, sky_normalise=True)
+        )
         detections: dict[str, Table] = {}
         footprints = np.zeros(first.shape, dtype=bool)
         for band in bands:
             exposure = coadds[band].copy()
-            detections[band] = detect.run(exposure).sources
+            found = detect.run(exposure)
+            detections[band] = found.sources
+            # the filtered noise relative to the variance plane's (warping correlates it)
+            detections[band].meta["sky_noise"] = found.sky_noise
             footprints |= exposure.masked(MaskPlane.DETECTED)
 
         # merge in priority order

@@ -35,6 +35,7 @@ its peak and whether it was deblended. Detected pixels are masked DETECTED.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sep
@@ -60,6 +61,25 @@ __all__ = [
 ]
 
 sep.set_sub_object_limit(4096)
+
+
+def _sep_extract(data: np.ndarray, threshold: float, room: float, **kwargs) -> Any:
+    """``sep.extract`` with working memory for ``room`` of the image's pixels above the
+    threshold at once (at least 300,000), doubled up to every pixel where the image has more.
+
+    sep allocates that memory on every call, so a sensor is given what it needs; a deep coadd,
+    where galaxies too faint for one visit cover much of the sky, can need several times more.
+    """
+    pixstack = max(300_000, int(data.size * room))
+    while True:
+        sep.set_extract_pixstack(pixstack)
+        try:
+            return sep.extract(data, threshold, **kwargs)
+        except Exception as exc:  # sep raises a bare Exception
+            if "pixel buffer full" not in str(exc) or pixstack >= data.size:
+                raise
+            pixstack = min(2 * pixstack, data.size)
+
 
 #: Mask planes excluded from detection and measurement.
 BAD_PLANES = MaskPlane.BAD | MaskPlane.NO_DATA
@@ -161,6 +181,17 @@ class DetectionConfig(Section):
         description="Normalise the filtered image by the filtered variance plane, pixel by "
         "pixel (coadds, whose depth varies), instead of by the median sky noise.",
     )
+    sky_normalise: bool = Field(
+        False,
+        description="Measure the significance image's offset and noise on the sky (pixels "
+        "outside the grown detections) in cells of sky_cell pixels and detect relative to "
+        "them, as LSST's DynamicDetectionTask does on coadds: warping correlates a coadd's "
+        "noise, so its variance plane underestimates the filtered noise, and sources too "
+        "faint to detect raise the sky.",
+    )
+    sky_cell: int = Field(
+        128, ge=16, description="Cell size (pixels) of the sky normalisation's offset and noise."
+    )
     guess_fwhm: float = Field(
         4.0, gt=0, description="FWHM (pixels) of the Gaussian filter used before a PSF exists."
     )
@@ -181,6 +212,9 @@ class DetectionResult:
     fwhm: float
     """FWHM (pixels) of the seeing the filter was matched to: measured on the image before a
     PSF exists (:meth:`DetectionTask.estimate_fwhm`), else the PSF's at the sensor's centre."""
+    sky_noise: float = 1.0
+    """The significance image's noise on the sky, in units of the one the variance predicts
+    (median over the cells; 1 without ``sky_normalise``)."""
 
 
 class DetectionTask:
@@ -198,8 +232,7 @@ class DetectionTask:
         data = np.ascontiguousarray(exposure.image, dtype=np.float32)
         bad = exposure.masked(BAD_PLANES | MaskPlane.SAT)
         sigma = float(np.sqrt(np.median(exposure.variance[::16, ::16])))
-        sep.set_extract_pixstack(max(300_000, data.size // 8))
-        objects = sep.extract(data, 20.0 * sigma, mask=bad, minarea=5, filter_kernel=None)
+        objects = _sep_extract(data, 20.0 * sigma, 1 / 8, mask=bad, minarea=5, filter_kernel=None)
         if len(objects) < 5:
             return self.config.guess_fwhm
         radius, _ = sep.flux_radius(
@@ -271,6 +304,44 @@ class DetectionTask:
         filtered *= np.float32(1.0 / (sky_sigma * kernel_norm))
         return filtered
 
+    def normalise_to_sky(
+        self, nu: np.ndarray, bad: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, float]:
+        """The significance image relative to its own offset and noise on the sky.
+
+        Pixels above ``threshold``, grown by 4 pixels, and ``bad`` pixels are left out; in
+        cells of ``sky_cell`` pixels the sky's offset and noise are sep's clipped mode and
+        standard deviation, interpolated between cells by a bicubic spline (Bertin & Arnouts
+        1996, A&A 117, 393), the background estimate run on the significance image. This is
+        the correction of LSST's DynamicDetectionTask (a threshold scaled to the measured
+        noise of PSF fluxes at empty places, and a background tweak), made per cell.
+
+        Returns
+        -------
+        nu : array
+            ``(nu - offset) / noise``, float32.
+        sky_noise : float
+            The median of the noise map (1 where the variance plane told the truth).
+        """
+        sources = ndimage.binary_dilation(nu > threshold, iterations=4)
+        cell = self.config.sky_cell
+        sky = sep.Background(
+            np.ascontiguousarray(nu, dtype=np.float32),
+            mask=sources | bad,
+            bw=cell,
+            bh=cell,
+            fw=3,
+            fh=3,
+        )
+        noise = sky.rms()
+        good = noise > 0
+        if not np.any(good[~bad]):
+            return nu, 1.0
+        noise = np.where(good, noise, np.median(noise[good])).astype(np.float32)
+        out = (nu - sky.back()) / noise
+        out[bad] = 0.0
+        return out.astype(np.float32), float(np.median(noise[~bad]))
+
     def run(
         self,
         exposure: Exposure,
@@ -301,12 +372,14 @@ class DetectionTask:
         bad = exposure.masked(BAD_PLANES)
         fwhm = self.filter_fwhm(exposure)
         nu = self.significance(exposure, fwhm) if significance is None else significance
-        # working memory for the pixels above threshold at once: a quarter of the sensor is
-        # ample; sep allocates it on every call (0.44 s for 20 Mpixels), so it is sized here
-        sep.set_extract_pixstack(max(300_000, data.size // 4))
-        objects, segmap = sep.extract(
+        threshold = threshold if threshold is not None else cfg.threshold
+        sky_noise = 1.0
+        if cfg.sky_normalise:
+            nu, sky_noise = self.normalise_to_sky(nu, bad, threshold)
+        objects, segmap = _sep_extract(
             nu,
-            threshold if threshold is not None else cfg.threshold,
+            threshold,
+            1 / 4,
             err=1.0,
             mask=bad,
             minarea=cfg.min_area,
@@ -364,4 +437,4 @@ class DetectionTask:
                 "flag_centroid": moved | (win_flag != 0),
             }
         )
-        return DetectionResult(table, segmap, fwhm)
+        return DetectionResult(table, segmap, fwhm, sky_noise)
