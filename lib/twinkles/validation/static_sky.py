@@ -63,6 +63,7 @@ __all__ = [
     "repeatability_floor",
     "source_star_rows",
     "star_light_curves",
+    "star_object_ids",
     "star_positions",
     "static_truth",
     "visit_bootstrap_median_error",
@@ -276,14 +277,19 @@ def repeatability_floor(mags: np.ndarray, mag_errors: np.ndarray, clip: float = 
     return floor
 
 
-def forced_light_curves(butler, visits: Table) -> Table:
-    """Every visit's ForcedSource rows that exist, with ``band`` and ``mjd`` added."""
+def forced_light_curves(butler, visits: Table, object_ids: np.ndarray | None = None) -> Table:
+    """Every visit's ForcedSource rows that exist, with ``band`` and ``mjd`` added; with
+    ``object_ids``, only those Objects' rows (all of a long run's rows at once would not fit
+    in memory: Objects x visits)."""
+    keep = None if object_ids is None else np.asarray(object_ids)
     parts = []
     for row in visits:
         visit = int(row["obsHistID"])
         if not butler.exists("forced_src", visit=visit):
             continue
         forced = butler.get("forced_src", visit=visit)
+        if keep is not None:
+            forced = forced[np.isin(np.asarray(forced["objectId"]), keep)]
         forced["band"] = np.full(len(forced), str(row["filter"]), dtype="U1")
         forced["mjd"] = np.full(len(forced), float(row["expMJD"]))
         parts.append(forced)
@@ -292,18 +298,11 @@ def forced_light_curves(butler, visits: Table) -> Table:
     return vstack(parts, metadata_conflicts="silent")
 
 
-def star_light_curves(
-    objects: Table, light_curves: Table, truth: Truth | None, radius_arcsec: float = 0.5
-) -> Table:
-    """ForcedSource rows of stars, with the true flux at each epoch where the truth is known.
-
-    With a truth, the stars are the Objects matched to true stars; without one (an external
-    run brought no truth catalog), the Objects the coadd measured as point sources
-    (``extendedness`` 0), whose ``truth_id`` is then their ``objectId``, ``is_variable``
-    False (unknown) and ``true_flux`` NaN: PA1 and the floor need no truth, the pulls do.
-    Objects in blends and rows flagged off-image, bad, on an edge or saturated are dropped.
-    Columns added: ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
-    """
+def _star_objects(
+    objects: Table, truth: Truth | None, radius_arcsec: float
+) -> tuple[dict[int, int], dict[int, bool]]:
+    """The Objects taken for stars (see :func:`star_light_curves`): their true star's id by
+    ``objectId`` and whether each true star varies."""
     isolated = np.asarray(objects["parent"]) == 0
     if truth is None:
         point = isolated & (np.asarray(objects["extendedness"], dtype=float) == 0)
@@ -331,6 +330,29 @@ def star_light_curves(
                 strict=True,
             )
         )
+    return star_of, variable_of
+
+
+def star_object_ids(objects: Table, truth: Truth | None, radius_arcsec: float = 0.5) -> np.ndarray:
+    """The ``objectId`` of the Objects :func:`star_light_curves` keeps: what to read of the
+    ForcedSource tables (:func:`forced_light_curves`'s ``object_ids``)."""
+    star_of, _ = _star_objects(objects, truth, radius_arcsec)
+    return np.fromiter(star_of, dtype=np.int64, count=len(star_of))
+
+
+def star_light_curves(
+    objects: Table, light_curves: Table, truth: Truth | None, radius_arcsec: float = 0.5
+) -> Table:
+    """ForcedSource rows of stars, with the true flux at each epoch where the truth is known.
+
+    With a truth, the stars are the Objects matched to true stars; without one (an external
+    run brought no truth catalog), the Objects the coadd measured as point sources
+    (``extendedness`` 0), whose ``truth_id`` is then their ``objectId``, ``is_variable``
+    False (unknown) and ``true_flux`` NaN: PA1 and the floor need no truth, the pulls do.
+    Objects in blends and rows flagged off-image, bad, on an edge or saturated are dropped.
+    Columns added: ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
+    """
+    star_of, variable_of = _star_objects(objects, truth, radius_arcsec)
     rows = light_curves[
         np.isin(light_curves["objectId"], list(star_of))
         & ~np.asarray(light_curves["flag_off_image"])
