@@ -312,9 +312,11 @@ class DetectionTask:
         Pixels above ``threshold``, grown by 4 pixels, and ``bad`` pixels are left out; in
         cells of ``sky_cell`` pixels the sky's offset and noise are sep's clipped mode and
         standard deviation, interpolated between cells by a bicubic spline (Bertin & Arnouts
-        1996, A&A 117, 393), the background estimate run on the significance image. This is
-        the correction of LSST's DynamicDetectionTask (a threshold scaled to the measured
-        noise of PSF fluxes at empty places, and a background tweak), made per cell.
+        1996, A&A 117, 393): the background estimate, run on the significance image. Three
+        passes, each judging which pixels are above ``threshold`` on the previous pass's
+        normalised image. This is the correction of LSST's DynamicDetectionTask (a threshold
+        scaled to the measured noise of PSF fluxes at empty places, and a background tweak),
+        made per cell.
 
         Returns
         -------
@@ -323,23 +325,22 @@ class DetectionTask:
         sky_noise : float
             The median of the noise map (1 where the variance plane told the truth).
         """
-        sources = ndimage.binary_dilation(nu > threshold, iterations=4)
         cell = self.config.sky_cell
-        sky = sep.Background(
-            np.ascontiguousarray(nu, dtype=np.float32),
-            mask=sources | bad,
-            bw=cell,
-            bh=cell,
-            fw=3,
-            fh=3,
-        )
-        noise = sky.rms()
-        good = noise > 0
-        if not np.any(good[~bad]):
-            return nu, 1.0
-        noise = np.where(good, noise, np.median(noise[good])).astype(np.float32)
-        out = (nu - sky.back()) / noise
-        out[bad] = 0.0
+        nu32 = np.ascontiguousarray(nu, dtype=np.float32)
+        out = nu32
+        # the pixels above threshold are judged on the normalised image of the pass before:
+        # where the raw image's offset is several sigma, the first pass leaves most of the sky
+        # out, and the next ones settle it
+        for _ in range(3):
+            sources = ndimage.binary_dilation(out > threshold, iterations=4)
+            sky = sep.Background(nu32, mask=sources | bad, bw=cell, bh=cell, fw=3, fh=3)
+            noise = sky.rms()
+            good = noise > 0
+            if not np.any(good[~bad]):
+                return nu, 1.0
+            noise = np.where(good, noise, np.median(noise[good])).astype(np.float32)
+            out = (nu32 - sky.back()) / noise
+            out[bad] = 0.0
         return out.astype(np.float32), float(np.median(noise[~bad]))
 
     def run(
