@@ -296,7 +296,8 @@ PIPELINE = Pipeline(
             depends=("make_coadd",),
             # the coadds, not the warps they were made of
             reads=("deepCoadd", "deepCoadd_nImage", "deepCoadd_summary"),
-            resources=Resources(cpus=1, mem_gb=4.0, timeout_min=60.0),
+            # every band's coadd at once: six of Run 1's patch need more than 4 GB
+            resources=Resources(cpus=1, mem_gb=8.0, timeout_min=60.0),
             doc="detect on each coadd, merge across filters, measure: the Object table",
             partial=True,
         ),
