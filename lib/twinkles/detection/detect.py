@@ -9,9 +9,12 @@ threshold. It is computed here, as two 1-D passes for the Gaussian filter used b
 exists (0.17 s on a 4k x 4k sensor) or one FFT convolution with a PSF kernel (1.0 s), because
 sep's matched filter with a variance map takes 3.1 s. With ``variance_map`` (coadds, whose
 depth varies over the patch) the filtered image is divided pixel by pixel by the filtered
-variance, ``sqrt(K^2 * var)``. Blends are split by ``sep.extract`` on the
-significance image, by multi-threshold deblending: a branch of the detection tree becomes its
-own source when it holds at least ``deblend_cont`` of the total (Bertin & Arnouts 1996). (sep
+variance, ``sqrt(K^2 * var)``; with ``sky_normalise`` (coadds, whose warped noise is
+correlated and whose sky can be left high) the significance is then measured against its own
+offset and noise on the sky (:meth:`DetectionTask.normalise_to_sky`). Blends are split by
+``sep.extract`` on the significance image, by multi-threshold deblending: a branch of the
+detection tree becomes its own source when it holds at least ``deblend_cont`` of the total
+(Bertin & Arnouts 1996). (sep
 detects ~3200 sources on a sensor in 0.6 s where photutils' detect + deblend + catalog takes
 4.1 s: ../shared/reference/PERFORMANCE.md; the tests check that both find the same sources,
 ``tests/pipeline/test_photutils_reference.py``.)
