@@ -11,6 +11,7 @@ from scipy import ndimage
 from twinkles.detection.detect import DetectionConfig, DetectionTask, gaussian_kernel_1d
 from twinkles.image import Exposure
 from twinkles.image.psf import PixelPSF
+from twinkles.units import FWHM_PER_SIGMA
 
 SIZE = 1024
 FWHM = 4.0  # pixels: the detection filter's (the guess used before a PSF exists)
@@ -18,7 +19,7 @@ FWHM = 4.0  # pixels: the detection filter's (the guess used before a PSF exists
 
 def _gaussian_psf(fwhm: float) -> PixelPSF:
     yy, xx = np.mgrid[-12:13, -12:13]
-    k = np.exp(-0.5 * (xx**2 + yy**2) / (fwhm / 2.3548) ** 2)
+    k = np.exp(-0.5 * (xx**2 + yy**2) / (fwhm / FWHM_PER_SIGMA) ** 2)
     return PixelPSF((k / k.sum())[None], 0, SIZE / 2, SIZE / 2, SIZE / 2)
 
 
@@ -60,7 +61,9 @@ def correlated_field():
     # the sky offset's unit: the predicted filtered noise, sigma_pixel * sum(g^2)
     offset_unit = np.sqrt(pixel_var) * float(np.sum(g**2))
     n_stars = 150
-    stars, x, y = _gaussian_stars(rng, n_stars, FWHM / 2.3548, rng.uniform(30, 400, n_stars))
+    stars, x, y = _gaussian_stars(
+        rng, n_stars, FWHM / FWHM_PER_SIGMA, rng.uniform(30, 400, n_stars)
+    )
     return {
         "image": stars + noise,
         "offset_unit": offset_unit,
