@@ -28,14 +28,33 @@ NOTEBOOK_CSS = Path(__file__).parent / "templates" / "notebook.css"
 @cache
 def _exporter() -> nbconvert.HTMLExporter:
     """One exporter per process: a new one compiles its Jinja templates again (about half of
-    the cost of a page). Its HTML sanitiser (bleach) is given a memory: the recipe's own
-    markdown and code, the same in every notebook of a step, are then sanitised once."""
+    the cost of a page). Its HTML sanitiser (bleach) and its syntax highlighter (pygments) are
+    given a memory: the recipe's own markdown and code, the same in every notebook of a step,
+    are then sanitised and highlighted once."""
     # imported here: nbconvert costs every command that imports the workflow ~0.35 s
     from nbconvert import HTMLExporter
-    from nbconvert.filters import clean_html
+    from nbconvert.filters import Highlight2HTML, clean_html
 
     exporter = HTMLExporter(template_name="basic")
-    exporter.register_filter("clean_html", lru_cache(maxsize=2048)(clean_html))
+    # the recipes are Python: IPython's lexer, as nbconvert picks for a python3 kernel
+    highlight = Highlight2HTML(pygments_lexer="ipython3", parent=exporter)
+
+    @lru_cache(maxsize=2048)
+    def highlighted(source: str, language: str | None, magics: str | None) -> str:
+        return highlight(source, language, {"magics_language": magics} if magics else None)
+
+    def highlight_code(source: str, language: str | None = None, metadata=None) -> str:
+        # of a cell's metadata, the highlighter reads only its magics language
+        magics = (metadata or {}).get("magics_language")
+        return highlighted(source, language, magics)
+
+    # user filters win over the defaults (HTMLExporter takes its highlight_code from them too);
+    # setting them rebuilds the Jinja environment, so both are set at once
+    exporter.filters = {
+        **exporter.filters,
+        "clean_html": lru_cache(maxsize=2048)(clean_html),
+        "highlight_code": highlight_code,
+    }
     return exporter
 
 
