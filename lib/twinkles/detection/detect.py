@@ -344,7 +344,7 @@ class DetectionTask:
             noise = np.where(good, noise, np.median(noise[good])).astype(np.float32)
             out = (nu32 - sky.back()) / noise
             out[bad] = 0.0
-        return out.astype(np.float32), float(np.median(noise[~bad]))
+        return out.astype(np.float32, copy=False), float(np.median(noise[~bad]))
 
     def run(
         self,

@@ -122,7 +122,7 @@ class EphemeralFiles:
         # what each node's step reads from its dependencies (None: not declared, anything)
         self.reads: dict[Key, frozenset[str] | None] = {}
         for key, node in plan.items():
-            reads = getattr(node.step, "reads", None)
+            reads = node.step.reads
             self.reads[key] = None if reads is None else frozenset(reads)
             for dep in node.deps:
                 self.dependants[dep].append(key)
