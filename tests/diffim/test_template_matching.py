@@ -12,7 +12,7 @@ from twinkles.coadd.warp import CalexpModel
 from twinkles.diffim.subtract import kernel_sigma
 from twinkles.diffim.template import match_warp, psf_grid, target_psf
 from twinkles.geometry import polynomial_terms
-from twinkles.image.exposure import Exposure, PhotoCalib
+from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
 from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.sim.wcs import make_wcs
@@ -28,6 +28,8 @@ def _width(pattern: str, x, y):
     X, Y = (np.asarray(x) - c) / c, (np.asarray(y) - c) / c
     if pattern == "radial":
         return 1.0 + 0.075 * (X**2 + Y**2)
+    if pattern == "none":
+        return np.ones_like(X)
     return 1.0 + 0.0375 * (X + Y)
 
 
@@ -108,3 +110,40 @@ def test_a_matched_warp_has_the_target_psf_everywhere(profile, pattern):
         for xi, yi in zip(x[inner], y[inner], strict=True)
     ]
     assert np.max(np.abs(np.array(widths) / kernel_sigma(target) - 1)) < 0.02
+
+
+def test_pixels_the_kernel_spreads_a_saturated_core_into_are_masked():
+    """A saturated core's repaired values reach every pixel under the kernel; those pixels
+    must carry SAT so the template leaves them out (they made bright stars 3-8% faint in the
+    demo's templates, a residual at them in every difference)."""
+    star = _profile("moffat", FWHM).withFlux(3e6)
+    image = star.drawImage(nx=SIZE, ny=SIZE, scale=SCALE).array.astype(np.float32)
+    full_well = 0.2 * image.max()
+    saturated = image > full_well
+    clipped = np.where(saturated, full_well, image).astype(np.float32)  # a flat-topped repair
+    mask = np.where(saturated, int(MaskPlane.SAT), 0).astype(np.int32)
+    wcs = make_wcs(150.0, 2.0, 0.0, SCALE, SIZE, SIZE)
+    psf = _psf_model("moffat", "none")
+    model = CalexpModel(1, wcs, psf, (SIZE, SIZE))
+    points = psf_grid(model, wcs, (SIZE, SIZE))
+    target = target_psf(points.kernels, 0.5)
+
+    def matched(pixels, planes):
+        warp = Exposure(
+            pixels,
+            planes,
+            np.ones((SIZE, SIZE), np.float32),
+            wcs,
+            psf,
+            PhotoCalib(AB_MAG_OF_1_NJY),
+            {},
+        )
+        return match_warp(warp, model, wcs, (SIZE, SIZE), target, points).warp
+
+    true, repaired = matched(image, np.zeros_like(mask)), matched(clipped, mask)
+    flagged = (repaired.mask & int(MaskPlane.SAT)) != 0
+    wrong = np.abs(repaired.image - true.image) > 1e-4 * full_well
+    assert saturated.sum() >= 9 and wrong.sum() > 2 * saturated.sum()
+    assert not np.any(wrong & ~flagged)
+    # and no more than the kernel's reach is given up
+    assert flagged.sum() <= (np.sqrt(saturated.sum()) + 2 * 10 + 2) ** 2

@@ -222,7 +222,9 @@ def match_warp(
     the grid has fewer than two points per term) interpolates them, and the warp is convolved
     with that spatially varying kernel. The variance plane is convolved with the square of the
     kernel at the patch's centre (the template's variance is scaled to its measured noise
-    afterwards); pixels within the kernel of missing data become ``NO_DATA``.
+    afterwards); pixels within the kernel of missing data become ``NO_DATA``, and every other
+    mask plane is grown by the kernel's reach (``SAT``, ``CR``, ``BAD``: what the coadd leaves
+    out), as LSST's convolution ORs the mask under the kernel.
     """
     ph, pw = patch_shape
     grid = grid if grid is not None else psf_grid(calexp, patch_wcs, patch_shape)
@@ -251,6 +253,15 @@ def match_warp(
     grown = grow_square(no_data, ks // 2)
     mask = warp.mask.copy()
     mask[grown] |= int(MaskPlane.NO_DATA)
+    # as afw's convolution does, a matched pixel carries the mask bits of every pixel under
+    # the kernel: a saturated core's or a cosmic ray's repaired values, spread by the kernel
+    # into their neighbours, must be left out of the template with the pixels themselves
+    for plane in MaskPlane:
+        if plane is MaskPlane.NO_DATA:
+            continue
+        hit = (warp.mask & int(plane)) != 0
+        if hit.any():
+            mask[grow_square(hit, ks // 2)] |= int(plane)
     image[grown] = np.nan
     variance[grown] = np.inf
     matched = Exposure(
