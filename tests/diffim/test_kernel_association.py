@@ -25,7 +25,7 @@ from twinkles.diffim.template import (
 )
 from twinkles.image.convolve import fft_convolve_terms, kernel_fft
 from twinkles.image.exposure import Exposure, PhotoCalib
-from twinkles.image.masks import grow_square
+from twinkles.image.masks import grow_bits, grow_square
 
 
 def gaussian(sigma: float, half: int = 12) -> np.ndarray:
@@ -79,6 +79,25 @@ def test_grown_masks_are_square_dilations():
         square = np.ones((2 * half + 1, 2 * half + 1), dtype=bool)
         expected = ndimage.binary_dilation(mask, square) if half else mask
         np.testing.assert_array_equal(grow_square(mask, half), expected)
+
+
+def test_grown_mask_bits_are_each_planes_square_dilation():
+    """Every plane asked for is grown on its own (a pixel gets exactly the bits of the
+    planes within reach); the planes not asked for are dropped."""
+    rng = np.random.default_rng(6)
+    mask = np.zeros((60, 41), dtype=np.int32)
+    for bit in (1, 2, 8, 256):
+        mask[rng.random(mask.shape) < 0.01] |= bit
+    for half in (0, 2, 9):
+        square = np.ones((2 * half + 1, 2 * half + 1), dtype=bool)
+        grown = grow_bits(mask, half, 1 | 8 | 256)
+        assert grown.dtype == mask.dtype
+        for bit in (1, 2, 8, 256):
+            plane = (mask & bit) != 0
+            expected = ndimage.binary_dilation(plane, square) if half else plane
+            if bit == 2:
+                expected = np.zeros_like(plane)
+            np.testing.assert_array_equal((grown & bit) != 0, expected)
 
 
 def test_kernel_fit_recovers_broadening_scaling_and_background(star_field):

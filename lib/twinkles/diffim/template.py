@@ -50,7 +50,7 @@ from twinkles.errors import TwinklesError
 from twinkles.geometry import polynomial_terms
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane
-from twinkles.image.masks import grow_square
+from twinkles.image.masks import grow_bits, grow_square
 from twinkles.image.psf import PixelPSF
 from twinkles.section import Section
 
@@ -256,12 +256,7 @@ def match_warp(
     # as afw's convolution does, a matched pixel carries the mask bits of every pixel under
     # the kernel: a saturated core's or a cosmic ray's repaired values, spread by the kernel
     # into their neighbours, must be left out of the template with the pixels themselves
-    for plane in MaskPlane:
-        if plane is MaskPlane.NO_DATA:
-            continue
-        hit = (warp.mask & int(plane)) != 0
-        if hit.any():
-            mask[grow_square(hit, ks // 2)] |= int(plane)
+    mask |= grow_bits(warp.mask, ks // 2, int(~MaskPlane.NO_DATA))
     image[grown] = np.nan
     variance[grown] = np.inf
     matched = Exposure(
