@@ -56,7 +56,7 @@ from twinkles.errors import TwinklesError
 from twinkles.geometry import chord_length, pixel_scale_arcsec, unit_vectors
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
-from twinkles.image.masks import grow_square
+from twinkles.image.masks import grow_bits, grow_square
 from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.section import Section
@@ -135,6 +135,23 @@ class ImageDifferenceConfig(Section):
     )
     dipole_separation_fwhm: float = Field(
         1.0, gt=0, description="A positive and a negative DIASource this close are a dipole."
+    )
+    matching_error: float = Field(
+        0.005,
+        ge=0,
+        description="Fractional error of the PSF matching, per pixel of the static sky: "
+        "DIASources are detected against the variance plus (matching_error x static sky)^2, "
+        "so that a bright star's residual of a fraction of a per cent is not a detection, "
+        "while a transient on faint sky keeps its significance (the source-noise terms of "
+        "ZOGY, Zackay, Ofek & Gal-Yam 2016, ApJ 830, 27, eq. 30-33). PSF fluxes and their "
+        "errors do not include it.",
+    )
+    bad_center_planes: list[Literal["BAD", "SAT", "INTRP", "CR", "SUSPECT", "NO_DATA"]] = Field(
+        ["SAT", "INTRP", "BAD", "NO_DATA"],
+        description="A DIASource whose 3 x 3 central pixels all carry one of these mask planes "
+        "is dropped: what it measures is a repair or a saturated core spread by the kernel, "
+        "not the sky (LSST's DetectAndMeasureTask badSourceFlags: saturatedCenterAll, "
+        "interpolatedCenterAll, badCenterAll, nodataCenterAll).",
     )
 
 
@@ -301,12 +318,16 @@ class Subtraction:
     image: np.ndarray
     """``wide - K * narrow`` (or ``K * narrow - wide``): brighter at the visit is positive (nJy)."""
     mask: np.ndarray
-    """The union of the inputs' BAD, SAT, NO_DATA, CR and INTRP planes; NO_DATA also within
-    the kernel's half-width of the sensor's edge or of either image's missing data."""
+    """The union of the inputs' BAD, SAT, NO_DATA, CR and INTRP planes, the convolved
+    image's grown by the kernel's reach; NO_DATA also within the kernel's half-width of the
+    sensor's edge or of either image's missing data."""
     edge: np.ndarray
     """Where the convolution is incomplete (the NO_DATA the subtraction added)."""
     blank: np.ndarray
     """Blank sky (:attr:`TemplateOnVisit.blank`) away from ``edge``."""
+    static_sky: np.ndarray
+    """The template on the difference's pixels and PSF (convolved with the kernel when the
+    template is the image convolved), nJy: what the matching error scales with."""
 
 
 @dataclass
@@ -553,9 +574,16 @@ class ImageDifferenceTask:
         edge = grow_square(((calexp.mask | tmpl_mask) & int(MaskPlane.NO_DATA)) != 0, half)
         edge[:half, :] = edge[-half:, :] = True
         edge[:, :half] = edge[:, -half:] = True
-        mask = (calexp.mask | tmpl_mask) & int(_CARRIED)
+        # the convolution spreads every pixel of the convolved image over the kernel, a
+        # saturated core's or a cosmic ray's repaired values too: its mask planes grow by the
+        # kernel's reach (as afw's convolution ORs the mask under the kernel)
+        convolved_mask = tmpl_mask if match.convolved == "template" else calexp.mask
+        mask = ((calexp.mask | tmpl_mask) & int(_CARRIED)) | grow_bits(
+            convolved_mask, half, int(_CARRIED & ~MaskPlane.NO_DATA)
+        )
         mask[edge] |= int(MaskPlane.NO_DATA)
-        return Subtraction(difference, mask, edge, on_visit.blank & ~edge)
+        static_sky = conv if match.convolved == "template" else match.wide
+        return Subtraction(difference, mask, edge, on_visit.blank & ~edge, static_sky)
 
     def decorrelate(
         self,
@@ -705,7 +733,7 @@ class ImageDifferenceTask:
         blank = subtraction.blank
         grid_pulls = self._blank_grid_pulls(diff, blank) if cfg.empirical_errors else None
         detect_scale = _pull_spread(grid_pulls)
-        sources = self._detect(diff, visit, visit_mjd, detect_scale)
+        sources = self._detect(diff, visit, visit_mjd, detect_scale, subtraction.static_sky)
         usable = (
             ~edge
             & ~on_visit.unusable
@@ -778,14 +806,40 @@ class ImageDifferenceTask:
                 terms.append((ys ** (deg - i), xs**i))
         return terms
 
-    def _detect(self, diff: Exposure, visit: int, mjd: float, scale: float = 1.0) -> Table:
-        """Detect and measure at ``threshold`` times ``scale`` the variance plane's
-        PSF-flux sigma (``scale``: the measured spread of PSF flux / error)."""
+    def _bad_centres(self, mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Sources whose 3 x 3 central pixels all carry one of ``bad_center_planes``."""
+        h, w = mask.shape
+        ix = np.clip(np.rint(x).astype(int), 1, w - 2)
+        iy = np.clip(np.rint(y).astype(int), 1, h - 2)
+        d = np.arange(-1, 2)
+        centres = mask[iy[:, None, None] + d[None, :, None], ix[:, None, None] + d[None, None, :]]
+        bad = np.zeros(len(ix), dtype=bool)
+        for name in self.config.bad_center_planes:
+            bad |= np.all((centres & int(MaskPlane[name])) != 0, axis=(1, 2))
+        return bad
+
+    def _detect(
+        self,
+        diff: Exposure,
+        visit: int,
+        mjd: float,
+        scale: float = 1.0,
+        static_sky: np.ndarray | None = None,
+    ) -> Table:
+        """Detect and measure at ``threshold`` times ``scale`` the PSF-flux sigma of the
+        variance plane plus the matching error on ``static_sky`` (``scale``: the measured
+        spread of PSF flux / error)."""
         cfg = self.config
         detector = DetectionTask(DetectionConfig(threshold=cfg.threshold, variance_map=True))
         parts = []
+        against = diff
+        if static_sky is not None and cfg.matching_error > 0:
+            variance = diff.variance + (np.float32(cfg.matching_error) * static_sky) ** 2
+            against = Exposure(
+                diff.image, diff.mask, variance, diff.wcs, diff.psf, diff.photo_calib, {}
+            )
         # the matched filter is linear: the negative image's significance is minus the positive's
-        significance = detector.significance(diff) / np.float32(scale)
+        significance = detector.significance(against) / np.float32(scale)
         for polarity in (1, -1):
             work = Exposure(
                 diff.image * np.float32(polarity),
@@ -808,6 +862,8 @@ class ImageDifferenceTask:
             y = np.concatenate([p[2] for p in parts])
         else:
             polarity, x, y = np.zeros(0, int), np.zeros(0), np.zeros(0)
+        keep = ~self._bad_centres(diff.mask, x, y)
+        polarity, x, y = polarity[keep], x[keep], y[keep]
         flux, err, masked = psf_flux(diff, x, y) if len(x) else (x, x, x)
         ra, dec = diff.wcs.all_pix2world(x, y, 0) if len(x) else (x, y)
         fwhm = FWHM_PER_SIGMA * kernel_sigma(diff.psf.kernel(diff.shape[1] / 2, diff.shape[0] / 2))
