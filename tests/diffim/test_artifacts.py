@@ -56,6 +56,7 @@ PLACED = [
     ((50.5, 400.0), "cosmic_ray"),
     ((104.0, 100.0), "saturated"),  # beside the saturated core
     ((300.5, 300.0), "bright_star"),
+    ((309.0, 300.0), "bright_star"),  # 1.8" out: a ring where the PSFs' wings differ
     ((100.0, 140.0), "star_wings"),  # 8" from the 15th-magnitude star, 7.6" from its SAT
     ((202.0, 400.0), "bright_galaxy"),  # within two half-light radii of the 20th-mag galaxy
     ((420.0, 421.0), "faint_object"),  # the 24th-magnitude galaxy

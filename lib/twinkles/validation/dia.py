@@ -225,7 +225,11 @@ class ArtifactCriteria:
     saturated_arcsec: float = 6.0
     """A SAT-masked pixel of the calexp this close (arcsec), or ``flag_saturated``."""
     bright_star_mag: float = 19.0
-    """On a star brighter than this (AB, the visit's band): ``bright_star``."""
+    """Within ``bright_star_arcsec`` of a star brighter than this (AB, the visit's band):
+    ``bright_star``."""
+    bright_star_arcsec: float = 2.5
+    """Reach of a star's subtraction residual (arcsec): where the two PSFs' wings differ it is
+    a ring, out to about the matching kernel's half-width (10 px)."""
     wing_star_mag: float = 17.0
     """Within ``wing_arcsec`` of a star brighter than this: ``star_wings``."""
     wing_arcsec: float = 10.0
@@ -249,8 +253,8 @@ def classify_artifacts(
 
     Each spurious DIASource gets the first cause of :data:`ARTIFACT_CAUSES` it meets: on the
     sensor's edge; at a cosmic ray; near saturated pixels (a saturated star or its mask's
-    edge); on a bright star (its subtraction residual: the kernel or the astrometry not
-    matching the PSFs); in the wings of a very bright star (PSF light beyond the kernel);
+    edge); on or around a bright star (its subtraction residual: the kernel or the astrometry
+    not matching the PSFs); in the wings of a very bright star (PSF light beyond the kernel);
     on a bright galaxy; on any other object; else noise. DIASources near a variable object
     (within ``match_arcsec``) get ``""``.
 
@@ -326,7 +330,7 @@ def classify_artifacts(
         "cosmic_ray": masked_within(MaskPlane.CR, c.cosmic_ray_px),
         "saturated": masked_within(MaskPlane.SAT, c.saturated_arcsec / pixel_scale)
         | np.asarray(dia_sources["flag_saturated"], dtype=bool),
-        "bright_star": (d_star <= c.match_arcsec) & (star_mag[i_star] < c.bright_star_mag),
+        "bright_star": (d_star <= c.bright_star_arcsec) & (star_mag[i_star] < c.bright_star_mag),
         "star_wings": d_wings <= c.wing_arcsec,
         "bright_galaxy": on_galaxy & (gal_mag[i_gal] < c.bright_galaxy_mag),
         "faint_object": on_galaxy | (d_star <= c.match_arcsec),
