@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 from astropy.table import Table
 from pydantic import Field
-from scipy import ndimage
+from scipy import ndimage, signal
 from scipy.interpolate import RectBivariateSpline
 from scipy.spatial import cKDTree
 
@@ -145,6 +145,14 @@ class ImageDifferenceConfig(Section):
         "while a transient on faint sky keeps its significance (the source-noise terms of "
         "ZOGY, Zackay, Ofek & Gal-Yam 2016, ApJ 830, 27, eq. 30-33). PSF fluxes and their "
         "errors do not include it.",
+    )
+    sidelobe_factor: float = Field(
+        2.0,
+        ge=0,
+        description="A DIASource of the sign a brighter one's PSF sidelobe predicts at its "
+        "place, and no more than this many times what it predicts, is that sidelobe and is "
+        "dropped (the decorrelation that whitens a convolved visit's noise sharpens the PSF and "
+        "rings it: bright transients had negative DIASources around them); 0 keeps them.",
     )
     bad_center_planes: list[Literal["BAD", "SAT", "INTRP", "CR", "SUSPECT", "NO_DATA"]] = Field(
         ["SAT", "INTRP", "BAD", "NO_DATA"],
@@ -818,6 +826,27 @@ class ImageDifferenceTask:
             bad |= np.all((centres & int(MaskPlane[name])) != 0, axis=(1, 2))
         return bad
 
+    def _sidelobes(
+        self, psf: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray
+    ) -> np.ndarray:
+        """Sources that a brighter source's PSF sidelobe explains: where the PSF's
+        autocorrelation (what a PSF flux reads of a PSF displaced by the separation) is
+        negative, of the sign it predicts, and no more than ``sidelobe_factor`` times it."""
+        lobe = np.zeros(len(x), dtype=bool)
+        factor = self.config.sidelobe_factor
+        if len(x) < 2 or factor <= 0:
+            return lobe
+        auto = signal.fftconvolve(psf, psf[::-1, ::-1]) / float(np.sum(psf**2))
+        c = auto.shape[0] // 2
+        for i, j in cKDTree(np.column_stack([x, y])).query_pairs(c, p=np.inf):
+            faint, bright = (i, j) if abs(flux[i]) < abs(flux[j]) else (j, i)
+            dx = int(np.rint(x[faint] - x[bright]))
+            dy = int(np.rint(y[faint] - y[bright]))
+            expected = flux[bright] * auto[c + dy, c + dx]
+            if auto[c + dy, c + dx] < 0 and 0 < flux[faint] / expected <= factor:
+                lobe[faint] = True
+        return lobe
+
     def _detect(
         self,
         diff: Exposure,
@@ -865,8 +894,11 @@ class ImageDifferenceTask:
         keep = ~self._bad_centres(diff.mask, x, y)
         polarity, x, y = polarity[keep], x[keep], y[keep]
         flux, err, masked = psf_flux(diff, x, y) if len(x) else (x, x, x)
+        centre_psf = diff.psf.kernel(diff.shape[1] / 2, diff.shape[0] / 2)
+        keep = ~self._sidelobes(centre_psf, x, y, flux)
+        polarity, x, y, flux, err, masked = (a[keep] for a in (polarity, x, y, flux, err, masked))
         ra, dec = diff.wcs.all_pix2world(x, y, 0) if len(x) else (x, y)
-        fwhm = FWHM_PER_SIGMA * kernel_sigma(diff.psf.kernel(diff.shape[1] / 2, diff.shape[0] / 2))
+        fwhm = FWHM_PER_SIGMA * kernel_sigma(centre_psf)
         dipole = np.zeros(len(x), dtype=bool)
         pos, neg = polarity > 0, polarity < 0
         if pos.any() and neg.any():
