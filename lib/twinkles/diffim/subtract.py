@@ -895,7 +895,9 @@ class ImageDifferenceTask:
         polarity, x, y = polarity[keep], x[keep], y[keep]
         flux, err, masked = psf_flux(diff, x, y) if len(x) else (x, x, x)
         centre_psf = diff.psf.kernel(diff.shape[1] / 2, diff.shape[0] / 2)
-        keep = ~self._sidelobes(centre_psf, x, y, flux)
+        # a footprint of one sign centred on a source of the other (the ring a decorrelated
+        # PSF draws around a bright source) measures that source: not a second one
+        keep = ~(flux * polarity < 0) & ~self._sidelobes(centre_psf, x, y, flux)
         polarity, x, y, flux, err, masked = (a[keep] for a in (polarity, x, y, flux, err, masked))
         ra, dec = diff.wcs.all_pix2world(x, y, 0) if len(x) else (x, y)
         fwhm = FWHM_PER_SIGMA * kernel_sigma(centre_psf)
