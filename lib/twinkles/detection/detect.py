@@ -308,18 +308,25 @@ class DetectionTask:
         return filtered
 
     def normalise_to_sky(
-        self, nu: np.ndarray, bad: np.ndarray, threshold: float
+        self,
+        nu: np.ndarray,
+        bad: np.ndarray,
+        threshold: float,
+        two_sided: bool = False,
+        passes: int = 3,
+        min_noise: float = 0.0,
     ) -> tuple[np.ndarray, float]:
         """The significance image relative to its own offset and noise on the sky.
 
-        Pixels above ``threshold``, grown by 4 pixels, and ``bad`` pixels are left out; in
+        Pixels above ``threshold`` (with ``two_sided``, below ``-threshold`` too: a difference
+        image's negative sources), grown by 4 pixels, and ``bad`` pixels are left out; in
         cells of ``sky_cell`` pixels the sky's offset and noise are sep's clipped mode and
         standard deviation, interpolated between cells by a bicubic spline (Bertin & Arnouts
-        1996, A&A 117, 393): the background estimate, run on the significance image. Three
-        passes, each judging which pixels are above ``threshold`` on the previous pass's
-        normalised image. This is the correction of LSST's DynamicDetectionTask (a threshold
-        scaled to the measured noise of PSF fluxes at empty places, and a background tweak),
-        made per cell.
+        1996, A&A 117, 393): the background estimate, run on the significance image. After
+        the first pass, each judges which pixels are above ``threshold`` on the previous
+        pass's normalised image. This is the correction of LSST's DynamicDetectionTask (a
+        threshold scaled to the measured noise of PSF fluxes at empty places, and a background
+        tweak), made per cell. The noise is taken as at least ``min_noise``.
 
         Returns
         -------
@@ -334,14 +341,16 @@ class DetectionTask:
         # the pixels above threshold are judged on the normalised image of the pass before:
         # where the raw image's offset is several sigma, the first pass leaves most of the sky
         # out, and the next ones settle it
-        for _ in range(3):
-            sources = ndimage.binary_dilation(out > threshold, iterations=4)
+        for _ in range(passes):
+            above = np.abs(out) > threshold if two_sided else out > threshold
+            sources = ndimage.binary_dilation(above, iterations=4)
             sky = sep.Background(nu32, mask=sources | bad, bw=cell, bh=cell, fw=3, fh=3)
             noise = sky.rms()
             good = noise > 0
             if not np.any(good[~bad]):
                 return nu, 1.0
-            noise = np.where(good, noise, np.median(noise[good])).astype(np.float32)
+            noise = np.where(good, noise, np.median(noise[good]))
+            noise = np.maximum(noise, min_noise).astype(np.float32)
             out = (nu32 - sky.back()) / noise
             out[bad] = 0.0
         return out.astype(np.float32, copy=False), float(np.median(noise[~bad]))

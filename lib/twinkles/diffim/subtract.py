@@ -133,6 +133,16 @@ class ImageDifferenceConfig(Section):
         "spread of PSF flux / error at blank positions (what the decorrelation leaves "
         "correlated, mostly the template's noise when the calexp is the image convolved).",
     )
+    local_noise: bool = Field(
+        True,
+        description="Detect relative to the significance image's own offset and noise, "
+        "measured on the sky in 128-px cells (DetectionTask.normalise_to_sky, two-sided): "
+        "the decorrelation is computed at the sensor's centre and the template's variance "
+        "scaled by one number, so where the matching kernel differs most (the corners) or "
+        "the template is shallow (near its coverage edge) the noise on the PSF's scale can "
+        "exceed what the variance plane predicts, and its peaks pass a global threshold. "
+        "The threshold is never lowered below the plane's prediction.",
+    )
     dipole_separation_fwhm: float = Field(
         1.0, gt=0, description="A positive and a negative DIASource this close are a dipole."
     )
@@ -869,6 +879,17 @@ class ImageDifferenceTask:
             )
         # the matched filter is linear: the negative image's significance is minus the positive's
         significance = detector.significance(against) / np.float32(scale)
+        if cfg.local_noise:
+            # the sky offset is fitted too: a difference should have none, and a cell whose
+            # sky is off is not where to look for sources
+            significance, _ = detector.normalise_to_sky(
+                significance,
+                diff.masked(_UNUSABLE),
+                cfg.threshold,
+                two_sided=True,
+                passes=2,
+                min_noise=1.0,  # as the global scale: never below what the variance predicts
+            )
         for polarity in (1, -1):
             work = Exposure(
                 diff.image * np.float32(polarity),
