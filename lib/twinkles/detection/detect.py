@@ -315,6 +315,7 @@ class DetectionTask:
         two_sided: bool = False,
         passes: int = 3,
         min_noise: float = 0.0,
+        stride: int = 1,
     ) -> tuple[np.ndarray, float]:
         """The significance image relative to its own offset and noise on the sky.
 
@@ -326,7 +327,10 @@ class DetectionTask:
         the first pass, each judges which pixels are above ``threshold`` on the previous
         pass's normalised image. This is the correction of LSST's DynamicDetectionTask (a
         threshold scaled to the measured noise of PSF fluxes at empty places, and a background
-        tweak), made per cell. The noise is taken as at least ``min_noise``.
+        tweak), made per cell. The noise is taken as at least ``min_noise``. With ``stride``
+        > 1 the offset and noise are measured on every ``stride``-th pixel of each axis (a
+        significance image is correlated over the PSF, so little is lost) and applied to
+        every pixel.
 
         Returns
         -------
@@ -335,25 +339,40 @@ class DetectionTask:
         sky_noise : float
             The median of the noise map (1 where the variance plane told the truth).
         """
-        cell = self.config.sky_cell
+        cell = self.config.sky_cell // stride
         nu32 = np.ascontiguousarray(nu, dtype=np.float32)
-        out = nu32
+        sample = np.ascontiguousarray(nu32[::stride, ::stride])
+        sample_bad = bad[::stride, ::stride]
+        out = sample
         # the pixels above threshold are judged on the normalised image of the pass before:
         # where the raw image's offset is several sigma, the first pass leaves most of the sky
         # out, and the next ones settle it
         for _ in range(passes):
             above = np.abs(out) > threshold if two_sided else out > threshold
-            sources = ndimage.binary_dilation(above, iterations=4)
-            sky = sep.Background(nu32, mask=sources | bad, bw=cell, bh=cell, fw=3, fh=3)
+            sources = ndimage.binary_dilation(above, iterations=max(4 // stride, 1))
+            sky = sep.Background(sample, mask=sources | sample_bad, bw=cell, bh=cell, fw=3, fh=3)
             noise = sky.rms()
             good = noise > 0
-            if not np.any(good[~bad]):
+            if not np.any(good[~sample_bad]):
                 return nu, 1.0
             noise = np.where(good, noise, np.median(noise[good]))
             noise = np.maximum(noise, min_noise).astype(np.float32)
-            out = (nu32 - sky.back()) / noise
+            offset = sky.back()
+            out = (sample - offset) / noise
+            out[sample_bad] = 0.0
+        sky_noise = float(np.median(noise[~sample_bad]))
+        if stride > 1:
+            # each sampled pixel's offset and noise over its stride x stride block, by
+            # broadcasting on a padded copy rather than by building full-size maps
+            (h, w), (hs, ws) = nu32.shape, sample.shape
+            padded = np.zeros((hs * stride, ws * stride), np.float32)
+            padded[:h, :w] = nu32
+            blocks = padded.reshape(hs, stride, ws, stride)
+            blocks -= offset[:, None, :, None]
+            blocks /= noise[:, None, :, None]
+            out = padded[:h, :w]
             out[bad] = 0.0
-        return out.astype(np.float32, copy=False), float(np.median(noise[~bad]))
+        return out.astype(np.float32, copy=False), sky_noise
 
     def run(
         self,

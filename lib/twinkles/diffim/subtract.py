@@ -889,6 +889,7 @@ class ImageDifferenceTask:
                 two_sided=True,
                 passes=2,
                 min_noise=1.0,  # as the global scale: never below what the variance predicts
+                stride=2,
             )
         for polarity in (1, -1):
             work = Exposure(
