@@ -14,6 +14,7 @@ from twinkles.validation.dia import (
     lensed_image_recovery,
     lensed_systems,
     light_curve_pulls,
+    score_dia_sources,
     supernova_pulls,
     usable_forced_points,
 )
@@ -116,6 +117,35 @@ def test_dia_object_completeness_and_purity():
     # brightest sources: 11 at |-1e4| nJy (21.4 mag) and 13 at 6e3 (21.95) share a bin
     assert by_bin[(21.0, 22.0)]["n_dia_objects"] == 2
     assert by_bin[(21.0, 22.0)]["purity"] == 0.5
+
+
+def test_a_blends_diasource_recovers_the_transients_it_holds():
+    """Three images of a lensed quasar 6 px (1.2") apart, under one DIASource on the
+    brightest; a supernova 100 px away with none; a faint image below the S/N cut."""
+    scale = 0.2 / 3600.0  # degrees per pixel
+    x = np.array([500.0, 506.0, 512.0, 600.0, 519.0])
+    y = np.array([500.0, 500.0, 500.0, 500.0, 500.0])
+    visible = Table(
+        {
+            "truth_id": [1, 2, 3, 4, 5],
+            "ra": 53.0 + x * scale,
+            "dec": np.full(5, 0.0),
+            "x": x,
+            "y": y,
+            "expected_snr": [40.0, 20.0, 12.0, 30.0, 3.0],
+        }
+    )
+    dia_sources = Table({"ra": [53.0 + 500.1 * scale, 53.0 + 800 * scale], "decl": [0.0, 0.0]})
+    alone = score_dia_sources(dia_sources, visible)
+    assert (alone["n_expected"], alone["n_recovered"], alone["n_blended"]) == (4, 1, 0)
+    assert alone["missed"] == [2, 3, 4]
+    assert alone["n_spurious"] == 1
+    blended = score_dia_sources(dia_sources, visible, blend_px=8.0)
+    assert (blended["n_recovered"], blended["n_blended"]) == (3, 2)
+    assert blended["missed"] == [4]
+    np.testing.assert_array_equal(blended["found"], alone["found"])
+    # the chain 500 - 506 - 512 - (519, too faint to count) is one blend
+    np.testing.assert_array_equal(blended["found_in_blend"], [True, True, True, False, True])
 
 
 def test_lensed_image_recovery():

@@ -9,6 +9,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 __all__ = [
     "chord_length",
+    "friends_of_friends",
     "nearest_id_within",
     "pixel_scale_arcsec",
     "polynomial_terms",
@@ -62,6 +63,21 @@ def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 def chord_length(radius_arcsec: float) -> float:
     """The chord between unit vectors ``radius_arcsec`` apart on the sky."""
     return float(2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0))
+
+
+def friends_of_friends(points: np.ndarray, radius: float) -> np.ndarray:
+    """Group label of each point (rows of ``points``): points within ``radius`` of one
+    another, directly or through a chain of such neighbours, share a label."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(points)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def nearest_id_within(

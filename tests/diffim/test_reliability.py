@@ -22,6 +22,7 @@ from twinkles.diffim.reliability import (
     default_classifier,
     feature_matrix,
 )
+from twinkles.diffim.subtract import ImageDifferenceTask
 from twinkles.image.exposure import Exposure, PhotoCalib
 from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
@@ -168,3 +169,68 @@ def test_dia_objects_count_their_reliable_dia_sources():
             0.5,
             min_reliability=0.5,
         )
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_the_images_of_a_lensed_quasar_are_scored_as_point_sources(seed):
+    """Quads drawn with GalSim (Moffat PSF, FWHM 0.8"; images on a 1" Einstein ring, each at
+    S/N 15-40 on the difference): measured alone, each image's aperture holds its neighbours'
+    light. As one blend, each is measured without the others, fits the PSF and passes the
+    packaged classifier; the lobes of dipoles 0.2-0.3" long, of opposite signs, are not a
+    blend and are scored as alone."""
+    rng = np.random.default_rng(seed)
+    fwhm = 0.8
+    psf_obj = galsim.Moffat(beta=3.0, fwhm=fwhm)
+    psf_image = psf_obj.drawImage(nx=25, ny=25, scale=SCALE).array
+    psf = PixelPSF((psf_image / psf_image.sum())[None], 0, SIZE / 2, SIZE / 2, SIZE / 2)
+    noise_psf = np.sqrt(SKY * 4 * np.pi * (fwhm / SCALE / 2.355) ** 2)
+    diff = np.zeros((SIZE, SIZE))
+    places, polarity = [], []
+    for cx in range(100, SIZE - 99, 120):
+        cy = 300.0
+        angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 0.5, 1.0, 1.5]) * np.pi
+        angles += rng.uniform(-0.25, 0.25, 4)
+        for a in angles:
+            x, y = cx + 5.0 * np.cos(a), cy + 5.0 * np.sin(a)  # 5 px = 1"
+            _stamp(psf_obj.withFlux(-rng.uniform(15, 40) * noise_psf), x, y, diff)
+            places.append((x, y))
+            polarity.append(-1)
+        shift = rng.uniform(0.2, 0.3) / 2  # arcsec
+        flux = rng.uniform(30, 100) * noise_psf
+        _stamp(psf_obj.withFlux(flux).shift(shift, 0), cx, 700.0, diff)
+        _stamp(psf_obj.withFlux(-flux).shift(-shift, 0), cx, 700.0, diff)
+        offset = shift / SCALE + 0.6  # the lobes' peaks lie beyond the shift
+        places += [(cx + offset, 700.0), (cx - offset, 700.0)]
+        polarity += [1, -1]
+    diff += rng.standard_normal(diff.shape) * np.sqrt(SKY)
+    wcs = make_wcs(150.0, 2.0, 0.0, SCALE, SIZE, SIZE)
+    mask = np.zeros((SIZE, SIZE), np.int32)
+    variance = np.full((SIZE, SIZE), SKY, np.float32)
+    exposure = Exposure(diff.astype(np.float32), mask, variance, wcs, psf, PhotoCalib(31.4))
+    template = Exposure(np.zeros((SIZE, SIZE), np.float32), mask.copy(), variance, wcs)
+    x, y = np.array(places).T
+    polarity = np.array(polarity)
+    fwhm_px = fwhm / SCALE
+    blends = ImageDifferenceTask()._blends(x, y, polarity, fwhm_px)
+    lensed = np.tile([True] * 4 + [False] * 2, len(x) // 6)
+    classifier = default_classifier()
+    scores = {}
+    for name, labels in (("alone", None), ("blend", blends)):
+        flux, err, _ = psf_flux(exposure, x, y, groups=labels)
+        table = Table(
+            dia_source_features(
+                exposure, template, x, y, polarity, flux, fwhm_px, SCALE, blends=labels
+            )
+        )
+        table["snr"] = np.abs(flux / err)
+        table["isDipole"] = ~lensed
+        scores[name] = (table, classifier.score(table))
+    alone, blend = scores["alone"][0][lensed], scores["blend"][0][lensed]
+    assert np.median(alone["apRatio"]) > 1.3
+    assert np.all(np.abs(blend["apRatio"] - 1) < 0.25)
+    assert np.median(blend["psfChi2"]) < 1.5
+    cut = RealBogusConfig().min_reliability
+    assert np.mean(scores["alone"][1][lensed] >= cut) < 0.8
+    assert np.mean(scores["blend"][1][lensed] >= cut) >= 0.9
+    # a dipole is scored as it was alone: its lobes are not one blend
+    np.testing.assert_allclose(scores["blend"][1][~lensed], scores["alone"][1][~lensed])

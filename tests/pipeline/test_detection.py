@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from twinkles.detection.detect import DetectionConfig, DetectionTask, gaussian_kernel_1d
+from twinkles.detection.detect import (
+    DetectionConfig,
+    DetectionTask,
+    gaussian_kernel_1d,
+    peak_centroid,
+)
 from twinkles.image import Exposure
 from twinkles.image.psf import PixelPSF
 from twinkles.units import FWHM_PER_SIGMA
@@ -149,3 +154,20 @@ def test_a_field_mostly_above_the_threshold_is_detected_whole():
     d = np.hypot(found.sources["x"][:, None] - x[None, :], found.sources["y"][:, None] - y[None, :])
     assert np.all(d.min(axis=0) < 2.0)  # every galaxy found
     assert len(found.sources) == len(x)
+
+
+@pytest.mark.parametrize(("x0", "y0"), [(40.0, 40.0), (40.3, 39.6), (39.55, 40.45)])
+def test_peak_centroid_finds_a_point_source_between_pixels(x0, y0):
+    """A noise-free point source's matched-filter peak, refined by the parabola through its
+    neighbours, lies within 0.05 px of the source (the filtered image is well sampled)."""
+    sigma = 2.0 * np.sqrt(2.0)  # a 2-px PSF filtered by itself
+    yy, xx = np.mgrid[0:80, 0:80]
+    nu = np.exp(-0.5 * ((xx - x0) ** 2 + (yy - y0) ** 2) / sigma**2)
+    iy, ix = np.unravel_index(np.argmax(nu), nu.shape)
+    x, y = peak_centroid(nu, np.array([ix]), np.array([iy]))
+    assert abs(x[0] - x0) < 0.05 and abs(y[0] - y0) < 0.05
+
+
+def test_peak_centroid_refuses_a_peak_on_the_border():
+    with pytest.raises(ValueError, match="outermost"):
+        peak_centroid(np.zeros((10, 10)), np.array([0]), np.array([5]))

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 from pydantic import Field
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from twinkles.detection.detect import BAD_PLANES
+from twinkles.geometry import friends_of_friends
 from twinkles.image import Exposure, MaskPlane
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.measure import aperture_name
@@ -126,7 +124,7 @@ class ForcedPhotometryTask:
 
         psf = exposure.psf
         fwhm = psf.fwhm(0.5 * (w - 1), 0.5 * (h - 1))
-        labels = _groups(x[idx], y[idx], cfg.group_radius * fwhm)
+        labels = friends_of_friends(np.column_stack([x[idx], y[idx]]), cfg.group_radius * fwhm)
         sizes = np.bincount(labels) if len(labels) else np.zeros(0, dtype=int)
         group_size[idx] = sizes[labels] if len(labels) else 0
         if len(idx):
@@ -181,16 +179,6 @@ class ForcedPhotometryTask:
         cat["flag_saturated"] = on & np.any((core & int(MaskPlane.SAT)) != 0, axis=(1, 2))
         cat["flag_blended"] = group_size > 1
         return ForcedPhotometryResult(cat, n_groups)
-
-
-def _groups(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
-    """Label of each position's group: the connected components of 'closer than radius'."""
-    if len(x) == 0:
-        return np.zeros(0, dtype=int)
-    pairs = cKDTree(np.column_stack([x, y])).query_pairs(radius, output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(x), len(x)))
-    _, labels = connected_components(graph, directed=False)
-    return labels
 
 
 def footprint_reaches(

@@ -24,7 +24,12 @@ from astropy.table import Table, vstack
 from scipy.spatial import cKDTree
 
 from twinkles.diffim.injection import fit_efficiency
-from twinkles.geometry import chord_length, nearest_id_within, unit_vectors
+from twinkles.geometry import (
+    chord_length,
+    friends_of_friends,
+    nearest_id_within,
+    unit_vectors,
+)
 from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
 from twinkles.measurement.forced import (
     ForcedPhotometryConfig,
@@ -155,9 +160,18 @@ def expected_forced_flux(
 
 
 def score_dia_sources(
-    dia_sources: Table, visible: Table, radius_arcsec: float = 1.0, min_snr: float = 10.0
+    dia_sources: Table,
+    visible: Table,
+    radius_arcsec: float = 1.0,
+    min_snr: float = 10.0,
+    blend_px: float = 0.0,
 ) -> dict:
     """Recovery of the visible transients of one visit, and DIASources that match nothing.
+
+    Transients closer together than ``blend_px`` (the images of a lensed quasar) are one
+    blend: its light is one footprint, which may hold one DIASource at its brightest peak. A
+    transient with no DIASource of its own counts as recovered through its blend when the blend
+    has one; the number recovered only so is reported apart (``n_blended``).
 
     Parameters
     ----------
@@ -165,19 +179,24 @@ def score_dia_sources(
         The visit's DIASources (``ra``, ``decl``).
     visible : Table
         Variable truth objects on the difference image with ``expected_snr``
-        (|expected difference flux| / its measured error).
+        (|expected difference flux| / its measured error), and ``x``, ``y`` (pixels) when
+        ``blend_px`` is set.
     radius_arcsec : float
         Match radius.
     min_snr : float
         Transients at least this significant count in the recovery.
+    blend_px : float
+        Transients closer than this (pixels) are blended; 0: none are.
 
     Returns
     -------
     dict
-        ``n_expected``, ``n_recovered`` (of those with ``expected_snr >= min_snr``),
-        ``n_dia_sources``, ``n_spurious`` (DIASources within ``radius_arcsec`` of no variable
-        object), ``found`` (per ``visible`` row: a DIASource within ``radius_arcsec``),
-        ``missed`` (truth ids).
+        ``n_expected``, ``n_recovered`` (of those with ``expected_snr >= min_snr``, their
+        blends' DIASources included), ``n_blended`` (of those, recovered only through their
+        blend), ``n_dia_sources``, ``n_spurious`` (DIASources within ``radius_arcsec`` of no
+        variable object), ``found`` (per ``visible`` row: a DIASource within
+        ``radius_arcsec``), ``found_in_blend`` (per row: of it or of its blend) and ``missed``
+        (truth ids).
     """
     dia_xyz = unit_vectors(dia_sources["ra"], dia_sources["decl"])
     chord = chord_length(radius_arcsec)
@@ -187,14 +206,21 @@ def score_dia_sources(
         truth_xyz = unit_vectors(visible["ra"], visible["dec"])
         near_truth = cKDTree(truth_xyz).query(dia_xyz)[0] <= chord
         found = cKDTree(dia_xyz).query(truth_xyz)[0] <= chord
+    found_in_blend = found.copy()
+    if blend_px > 0 and len(visible):
+        xy = np.column_stack([np.asarray(visible["x"]), np.asarray(visible["y"])])
+        group = friends_of_friends(xy, blend_px)
+        found_in_blend = np.isin(group, group[found])
     strong = np.asarray(visible["expected_snr"]) >= min_snr
-    recovered = found[strong]
+    recovered = found_in_blend[strong]
     return {
         "n_expected": int(strong.sum()),
         "n_recovered": int(recovered.sum()),
+        "n_blended": int(np.sum(recovered & ~found[strong])),
         "n_dia_sources": len(dia_sources),
         "n_spurious": int((~near_truth).sum()),
         "found": found,
+        "found_in_blend": found_in_blend,
         "missed": np.asarray(visible["truth_id"])[strong][~recovered].tolist(),
     }
 
@@ -908,12 +934,13 @@ class DifferenceScores:
 
     scores: Table
     """Per visit: ``visit``, ``in_template``, ``n_dia_sources`` and, with a truth,
-    ``n_expected``, ``n_recovered``, ``n_spurious`` (as :func:`score_dia_sources`), the same
+    ``n_expected``, ``n_recovered``, ``n_blended``, ``n_spurious`` (as
+    :func:`score_dia_sources`), the same
     counted with the DIASources that pass the real/bogus cut (``n_recovered_reliable``,
     ``n_spurious_reliable``) and ``missed`` (truth ids, as text)."""
     visible: Table
-    """The visible transients of every visit (:func:`visible_transients`) with ``visit`` and
-    ``found``; empty without a truth."""
+    """The visible transients of every visit (:func:`visible_transients`) with ``visit``,
+    ``found`` and ``found_in_blend``; empty without a truth."""
     causes: np.ndarray
     """The cause of each spurious DIASource (:func:`classify_artifacts`), over all visits."""
     causes_reliable: np.ndarray
@@ -946,6 +973,7 @@ def score_difference_images(
     min_snr: float = 10.0,
     min_reliability: float = 0.5,
     dia_objects: Table | None = None,
+    blend_fwhm: float = 2.0,
 ) -> DifferenceScores:
     """Score every difference image of a run: recovery of the visible transients, DIASources
     near no variable object, and those classified by cause, before and after the real/bogus
@@ -975,6 +1003,10 @@ def score_difference_images(
         The real/bogus cut.
     dia_objects : Table, optional
         The run's DIAObjects (``diaObject``), to score their forced photometry.
+    blend_fwhm : float
+        Transients closer than this many FWHM of the difference image's PSF are one blend
+        (:func:`score_dia_sources`), the resolution :func:`lensed_image_recovery` asks of
+        separate DIAObjects.
 
     Returns
     -------
@@ -1013,11 +1045,13 @@ def score_difference_images(
         visit_causes = classify_artifacts(dia_sources, diff, truth, band, pixel_scale)
         causes.append(visit_causes)
         causes_reliable.append(visit_causes[reliable])
-        kept = score_dia_sources(dia_sources[reliable], visible, match_arcsec, min_snr)
+        blend_px = blend_fwhm * diff.psf.fwhm_eff(0.5 * diff.shape[1], 0.5 * diff.shape[0])
+        kept = score_dia_sources(dia_sources[reliable], visible, match_arcsec, min_snr, blend_px)
         row["n_recovered_reliable"] = kept["n_recovered"]
         row["n_spurious_reliable"] = kept["n_spurious"]
-        score = score_dia_sources(dia_sources, visible, match_arcsec, min_snr)
+        score = score_dia_sources(dia_sources, visible, match_arcsec, min_snr, blend_px)
         visible["found"] = score.pop("found")
+        visible["found_in_blend"] = score.pop("found_in_blend")
         visible_all.append(visible)
         missed = score.pop("missed")
         rows.append({**row, **score, "missed": str(missed)})
