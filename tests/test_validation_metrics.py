@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from astropy.table import Table
 
+from twinkles.sim.wcs import make_wcs
 from twinkles.validation.dia import (
+    SensorFootprint,
     dia_object_completeness_purity,
+    expected_difference_flux,
     lensed_image_recovery,
     lensed_systems,
     light_curve_pulls,
@@ -119,6 +123,32 @@ def test_dia_object_completeness_and_purity():
     assert by_bin[(21.0, 22.0)]["purity"] == 0.5
 
 
+def test_a_template_visit_counts_only_where_its_sensor_lay():
+    """A variable at (53.0, -28.0) whose flux is 100 nJy times the MJD's last digit: of the
+    template's two visits only the second sensor holds it, so the template has its flux then,
+    whatever the weights; without the footprints, the weighted mean of both."""
+    truth = SimpleNamespace(
+        flux=lambda ids, band, mjd: np.full(len(ids), 100.0 * (float(mjd) % 10)),
+        positions=lambda ids: (np.full(len(ids), 53.0), np.full(len(ids), -28.0)),
+    )
+    elsewhere = make_wcs(53.0, -27.0, 0.0, 0.2, 1024, 1024)  # 1 degree north
+    here = make_wcs(53.0, -28.0, 30.0, 0.2, 1024, 1024)
+    template = {"mjds": [60001.0, 60003.0], "weights": [3.0, 1.0]}
+    ids = np.array([7])
+    assert expected_difference_flux(truth, ids, "r", 60005.0, template)[0] == pytest.approx(
+        500.0 - (3 * 100.0 + 300.0) / 4
+    )
+    template["footprints"] = [
+        SensorFootprint(elsewhere, (1024, 1024)),
+        SensorFootprint(here, (1024, 1024)),
+    ]
+    assert expected_difference_flux(truth, ids, "r", 60005.0, template)[0] == pytest.approx(200.0)
+    x, y = here.all_world2pix([53.0], [-28.0], 0)
+    saturated = SensorFootprint(here, (1024, 1024), np.array([[x[0] + 10.0, y[0] - 3.0]]))
+    assert saturated.saturated_within(np.array([53.0]), np.array([-28.0]), 12.0)[0]
+    assert not saturated.saturated_within(np.array([53.0]), np.array([-28.0]), 9.0)[0]
+
+
 def test_a_blends_diasource_recovers_the_transients_it_holds():
     """Three images of a lensed quasar 6 px (1.2") apart, under one DIASource on the
     brightest; a supernova 100 px away with none; a faint image below the S/N cut."""
@@ -149,7 +179,6 @@ def test_a_blends_diasource_recovers_the_transients_it_holds():
 
 
 def test_lensed_image_recovery():
-    from types import SimpleNamespace
 
     arcsec = 1.0 / 3600
     images = Table(

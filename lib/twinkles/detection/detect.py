@@ -107,33 +107,69 @@ def _saturated_regions(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def peak_centroid(
-    significance: np.ndarray, x_peak: np.ndarray, y_peak: np.ndarray
+    image: np.ndarray, kernel: np.ndarray, x_peak: np.ndarray, y_peak: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-pixel position of peaks of a matched-filtered image.
+    """Sub-pixel position of peaks of the image correlated with a (PSF) kernel.
 
-    A parabola through the peak pixel and its two neighbours, along each axis, as SDSS's
-    centroid does on the PSF-smoothed image (Pier et al. 2003, AJ 125, 1559): the peak of the
-    matched-filtered image is the maximum-likelihood position of a point source, and unlike a
-    centroid over a footprint it is not pulled by a blended neighbour.
+    The correlation ``kernel * image`` is evaluated at the peak pixel and its eight
+    neighbours, and a parabola through three values along each axis gives the position, as
+    SDSS's centroid does on the PSF-smoothed image (Pier et al. 2003, AJ 125, 1559): the peak
+    of the matched-filtered image is the maximum-likelihood position of a point source, and
+    unlike a centroid over a footprint it is not pulled by a blended neighbour. The image is
+    filtered, not a significance image: dividing by a noise map that follows the sources
+    (their own photon noise, a matching error on the static sky) moves its peaks.
 
     Parameters
     ----------
-    significance : array
-        The matched-filtered (significance) image.
+    image : array
+        The image (masked pixels set to 0).
+    kernel : array
+        The filter (odd square), e.g. the PSF.
     x_peak, y_peak : array of int
-        Peak pixels (column, row), at least one pixel inside the image.
+        Peak pixels (column, row).
 
     Returns
     -------
     x, y : array of float
-        Positions (pixels). Where a pixel is not a maximum along an axis, the peak pixel's
-        coordinate on it.
+        Positions (pixels), from the filtered image's maximum nearest each peak pixel (three
+        steps at most); where that is not a maximum along an axis, its coordinate on it.
     """
-    ix = np.asarray(x_peak, dtype=int)
-    iy = np.asarray(y_peak, dtype=int)
-    h, w = significance.shape
-    if np.any((ix < 1) | (ix > w - 2) | (iy < 1) | (iy > h - 2)):
-        raise ValueError("peak_centroid: a peak lies on the image's outermost pixels")
+    ix = np.array(x_peak, dtype=int)
+    iy = np.array(y_peak, dtype=int)
+    h, w = image.shape
+    size = kernel.shape[0]
+    half = size // 2 + 1
+    padded = np.pad(np.asarray(image, dtype=float), half)
+    k = np.asarray(kernel, dtype=float)
+
+    def filtered_3x3(ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+        rows = iy[:, None] + np.arange(2 * half + 1)[None, :]
+        cols = ix[:, None] + np.arange(2 * half + 1)[None, :]
+        stamps = padded[rows[:, :, None], cols[:, None, :]]
+        values = np.empty((len(ix), 3, 3))
+        for dy in range(3):
+            for dx in range(3):
+                window = stamps[:, dy : dy + size, dx : dx + size]
+                values[:, dy, dx] = np.einsum("nij,ij->n", window, k)
+        return values
+
+    # the filtered image's own maximum: the peak pixel came from another image (a
+    # significance), whose maximum can lie a pixel away; climb to it, a few steps at most
+    values = filtered_3x3(ix, iy)
+    # of equal values, the one nearest the centre
+    detour = np.array([2, 1, 2, 1, 0, 1, 2, 1, 2]) * 1e-9
+    for _ in range(3):
+        flat = values.reshape(len(ix), 9)
+        scale = np.max(np.abs(flat), axis=1, keepdims=True)
+        best = np.argmax(flat - detour[None, :] * scale, axis=1)
+        step_y, step_x = best // 3 - 1, best % 3 - 1
+        moving = (step_x != 0) | (step_y != 0)
+        moving &= (ix + step_x >= 0) & (ix + step_x < w) & (iy + step_y >= 0) & (iy + step_y < h)
+        if not moving.any():
+            break
+        ix[moving] += step_x[moving]
+        iy[moving] += step_y[moving]
+        values[moving] = filtered_3x3(ix[moving], iy[moving])
 
     def vertex(before: np.ndarray, centre: np.ndarray, after: np.ndarray) -> np.ndarray:
         curvature = before - 2.0 * centre + after
@@ -142,9 +178,8 @@ def peak_centroid(
         # a maximum's vertex lies within half a pixel; elsewhere keep the pixel
         return np.where((curvature < 0) & (np.abs(offset) <= 0.5), offset, 0.0)
 
-    nu = significance.astype(float, copy=False)
-    dx = vertex(nu[iy, ix - 1], nu[iy, ix], nu[iy, ix + 1])
-    dy = vertex(nu[iy - 1, ix], nu[iy, ix], nu[iy + 1, ix])
+    dx = vertex(values[:, 1, 0], values[:, 1, 1], values[:, 1, 2])
+    dy = vertex(values[:, 0, 1], values[:, 1, 1], values[:, 2, 1])
     return ix + dx, iy + dy
 
 

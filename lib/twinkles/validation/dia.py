@@ -20,7 +20,9 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
+from astropy.io import fits
 from astropy.table import Table, vstack
+from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from twinkles.diffim.injection import fit_efficiency
@@ -47,6 +49,7 @@ __all__ = [
     "ARTIFACT_CAUSES",
     "ArtifactCriteria",
     "DifferenceScores",
+    "SensorFootprint",
     "artifact_rates",
     "brightest_dia_sources",
     "classify_artifacts",
@@ -96,15 +99,55 @@ def expected_difference_flux(
 ) -> np.ndarray:
     """True difference flux (nJy) of objects ``ids`` at ``mjd`` against a template.
 
-    ``template`` is a ``goodSeeingCoadd_summary``: ``mjds`` and ``weights`` of its visits.
+    ``template`` is a ``goodSeeingCoadd_summary``: ``mjds`` and ``weights`` of its visits;
+    with ``footprints`` (:func:`template_summaries`), an object's template flux is the
+    weighted mean over the visits whose sensor held it only (a template visit pointed or
+    rotated elsewhere adds nothing at the object: near the template's coverage edge one visit
+    can make it alone).
     """
     ids = np.asarray(ids, dtype=np.int64)
     now = truth.flux(ids, band, mjd)
-    weights = np.asarray(template["weights"], float)
+    weights = np.broadcast_to(
+        np.asarray(template["weights"], float), (len(ids), len(template["weights"]))
+    )
+    footprints = template.get("footprints")
+    if footprints is not None and len(ids):
+        ra, dec = truth.positions(ids)
+        weights = weights * np.column_stack([f.holds(ra, dec) for f in footprints])
     ref = np.zeros(len(ids))
-    for t, w in zip(template["mjds"], weights, strict=True):
-        ref += w * truth.flux(ids, band, float(t))
-    return now - ref / weights.sum()
+    for k, t in enumerate(template["mjds"]):
+        ref += weights[:, k] * truth.flux(ids, band, float(t))
+    total = weights.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return now - np.where(total > 0, ref / total, 0.0)
+
+
+@dataclass(frozen=True)
+class SensorFootprint:
+    """Where a visit's sensor lay on the sky, and its saturated pixels."""
+
+    wcs: WCS
+    shape: tuple[int, int]
+    """(rows, columns)."""
+    saturated: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """(x, y) of the SAT-masked pixels."""
+
+    def holds(self, ra: np.ndarray, dec: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Whether sky positions (deg) fall on the sensor at least ``margin`` pixels inside
+        its edge (a negative margin: at most that far outside)."""
+        h, w = self.shape
+        x, y = self.wcs.all_world2pix(ra, dec, 0)
+        lo = margin - 0.5
+        return (x > lo) & (x < w - 1 - lo) & (y > lo) & (y < h - 1 - lo)
+
+    def saturated_within(self, ra: np.ndarray, dec: np.ndarray, reach: float) -> np.ndarray:
+        """Whether a saturated pixel lies within ``reach`` pixels (either axis) of each
+        position."""
+        if not len(self.saturated) or not len(ra):
+            return np.zeros(len(ra), dtype=bool)
+        x, y = self.wcs.all_world2pix(ra, dec, 0)
+        dist, _ = cKDTree(self.saturated).query(np.column_stack([x, y]), p=np.inf)
+        return dist <= reach
 
 
 def expected_forced_flux(
@@ -456,9 +499,20 @@ def visible_transients(
 ) -> Table:
     """Variable truth objects on a difference image: expected and measured difference flux.
 
-    ``expected_snr`` is |expected difference flux| over the PSF-flux error measured at the
-    true position; objects whose PSF footprint crosses the image's edge or reaches missing
-    data are left out (the forced photometry flags them ``flag_edge``).
+    ``expected_flux`` is the object's own difference flux; ``expected_psf_flux`` what a PSF
+    fit at its place measures of every variable's light (:func:`expected_forced_flux`, one
+    fit per place): a supernova's and an older one's on the same host, of opposite signs,
+    cancel there. ``expected_snr`` is the smaller of the two in absolute value (0 where their
+    signs differ: what is seen there is another object's), so that an object counts as
+    detectable only if its own light is and is not cancelled, over the PSF-flux error
+    measured at the true position, scaled
+    as the DIASources' errors are (``psf_flux_err_scale``, the noise of PSF fluxes at blank
+    places over the variance plane's prediction; as the injections' ``expected_snr``).
+    Objects whose PSF footprint crosses the image's edge or reaches missing
+    data are left out (the forced photometry flags them ``flag_edge``), and so are those whose
+    footprint crosses the edge of a template visit's sensor or holds saturated pixels of it
+    (``footprints`` of :func:`template_summaries`), where the template holds part of the
+    object from that visit and part without it, which no single expected flux describes.
     """
     x, y = diff.wcs.all_world2pix(np.asarray(variables["ra"]), np.asarray(variables["dec"]), 0)
     h, w = diff.shape
@@ -466,12 +520,26 @@ def visible_transients(
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
     inside = (ix >= half) & (ix < w - half) & (iy >= half) & (iy < h - half)
     inside[inside] = ~footprint_reaches(diff.mask, MaskPlane.NO_DATA, ix[inside], iy[inside], half)
+    ra, dec = np.asarray(variables["ra"], float), np.asarray(variables["dec"], float)
+    for footprint in template.get("footprints") or ():
+        # wholly on that visit's sensor or wholly off it, and not saturated there
+        on = footprint.holds(ra, dec, margin=half)
+        off = ~footprint.holds(ra, dec, margin=-half)
+        inside &= (on & ~footprint.saturated_within(ra, dec, half)) | off
     out = variables[inside]
     out["x"], out["y"] = x[inside], y[inside]
     out["expected_flux"] = expected_difference_flux(truth, out["truth_id"], band, mjd, template)
+    # one PSF fit per place, as a DIASource's own: of the place's light, neighbours' included
+    alone = ForcedPhotometryConfig(group_radius=1e-6)
+    out["expected_psf_flux"] = expected_forced_flux(
+        diff, truth, variables, band, mjd, template, out["ra"], out["dec"], alone
+    )
     flux, err, _ = psf_flux(diff, out["x"], out["y"])
-    out["psFlux"], out["psFluxErr"] = flux, err
-    out["expected_snr"] = np.abs(out["expected_flux"]) / err
+    out["psFlux"] = flux
+    out["psFluxErr"] = err * float(diff.metadata.get("psf_flux_err_scale", 1.0))
+    own, seen = np.asarray(out["expected_flux"]), np.asarray(out["expected_psf_flux"])
+    signal = np.where(np.sign(own) == np.sign(seen), np.minimum(np.abs(own), np.abs(seen)), 0.0)
+    out["expected_snr"] = signal / out["psFluxErr"]
     return out
 
 
@@ -1183,9 +1251,30 @@ def differenced_visits(butler, visits: Table) -> Table:
 
 
 def template_summaries(butler, bands) -> dict[str, dict]:
-    """``goodSeeingCoadd_summary`` of each of ``bands`` that has a template, by band."""
-    return {
-        band: butler.get("goodSeeingCoadd_summary", filter=band)
-        for band in sorted(set(bands))
-        if butler.exists("goodSeeingCoadd_summary", filter=band)
-    }
+    """``goodSeeingCoadd_summary`` of each of ``bands`` that has a template, by band, with
+    ``footprints``: each template visit's :class:`SensorFootprint`, from its calexp's image
+    header and mask, so that :func:`expected_difference_flux` counts a visit only where its
+    sensor lay."""
+    out = {}
+    for band in sorted(set(bands)):
+        if not butler.exists("goodSeeingCoadd_summary", filter=band):
+            continue
+        summary = dict(butler.get("goodSeeingCoadd_summary", filter=band))
+        if all(butler.exists("calexp", visit=int(v)) for v in summary["visits"]):
+            summary["footprints"] = [
+                _sensor_footprint(butler.input_path("calexp", visit=int(v)))
+                for v in summary["visits"]
+            ]
+        out[band] = summary
+    return out
+
+
+def _sensor_footprint(path) -> SensorFootprint:
+    """The :class:`SensorFootprint` of an exposure's FITS file (its image header and mask)."""
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul["IMAGE"].header
+        mask = np.asarray(hdul["MASK"].data)
+    sat_y, sat_x = np.nonzero((mask & int(MaskPlane.SAT)) != 0)
+    return SensorFootprint(
+        WCS(header, relax=True), mask.shape, np.column_stack([sat_x, sat_y]).astype(float)
+    )
