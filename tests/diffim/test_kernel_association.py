@@ -341,3 +341,62 @@ def test_a_kernel_follows_a_radial_pattern_of_the_psf_width():
     # noise alone: the largest of 49 pixels is ~2.5 sigma; a gradient leaves ~15 sigma
     assert median_peak < 3.5 < residuals[1][1]
     assert worst < 0.2 * residuals[1][2]
+
+
+@pytest.mark.parametrize(
+    ("beta", "fixed_error", "sized_error"), [(2.5, 0.03, 0.02), (3.5, 0.015, 0.006)]
+)
+def test_a_kernel_sized_for_bad_seeing_keeps_the_flux(beta, fixed_error, sized_error):
+    """Stars drawn with GalSim in Moffat PSFs of FWHM 0.8" and 1.5" (0.2" pixels), equal
+    fluxes: the matching kernel must sum to 1. The 21-px kernel cannot reach the wings the
+    wider PSF adds, and the fit takes their light from the core (a sum 2-5% low, which every
+    static source leaves in the difference); sized to four FWHM of the wider PSF it keeps
+    all but 0.4-1.5% of it."""
+    import galsim
+
+    from twinkles.diffim.kernel import sized_for
+    from twinkles.units import FWHM_PER_SIGMA
+
+    rng = np.random.default_rng(2)
+    size, scale, n = 600, 0.2, 80
+    x, y = rng.uniform(50, size - 50, n), rng.uniform(50, size - 50, n)
+    flux = rng.uniform(2e5, 1e6, n)
+
+    def field(psf: galsim.GSObject) -> np.ndarray:
+        image = galsim.ImageD(size, size, scale=scale)
+        for xi, yi, fi in zip(x, y, flux, strict=True):
+            offset = (xi - round(xi), yi - round(yi))
+            stamp = psf.withFlux(fi).drawImage(nx=81, ny=81, scale=scale, offset=offset)
+            stamp.setCenter(round(xi) + 1, round(yi) + 1)
+            bounds = stamp.bounds & image.bounds
+            image[bounds] += stamp[bounds]
+        return image.array.astype(np.float32)
+
+    narrow_psf, wide_psf = galsim.Moffat(beta=beta, fwhm=0.8), galsim.Moffat(beta=beta, fwhm=1.5)
+    narrow = field(narrow_psf)
+    wide = field(wide_psf) + rng.normal(0, 5.0, (size, size)).astype(np.float32)
+    variance = np.full((size, size), 25.0, np.float32)
+    sigma_n = kernel_sigma(narrow_psf.drawImage(nx=25, ny=25, scale=scale).array)
+    sigma_w = kernel_sigma(wide_psf.drawImage(nx=25, ny=25, scale=scale).array)
+    sums = {}
+    for name, config in (
+        ("fixed", AlardLuptonConfig(kernel_fwhm_scaling=0)),
+        ("sized", sized_for(AlardLuptonConfig(), FWHM_PER_SIGMA * sigma_w)),
+    ):
+        solution = fit_kernel(
+            narrow, wide, variance, np.rint(x), np.rint(y), sigma_n, sigma_w, config
+        )
+        sums[name] = float(solution.kernel(size / 2, size / 2).sum())
+    assert abs(sums["fixed"] - 1.0) > fixed_error
+    assert abs(sums["sized"] - 1.0) < sized_error
+
+
+def test_kernel_size_follows_the_wider_psf():
+    from twinkles.diffim.kernel import sized_for
+
+    config = AlardLuptonConfig()
+    assert sized_for(config, 4.0).kernel_half == 10  # the smallest kernel for good seeing
+    wide = sized_for(config, 7.5)
+    assert wide.kernel_half == 15 and wide.stamp_half == config.stamp_half + 5
+    assert sized_for(config, 30.0).kernel_half == config.kernel_half_max
+    assert sized_for(AlardLuptonConfig(kernel_fwhm_scaling=0), 30.0).kernel_half == 10

@@ -46,6 +46,7 @@ __all__ = [
     "decorrelation_kernel",
     "fit_kernel",
     "noise_correlation",
+    "sized_for",
 ]
 
 
@@ -70,8 +71,23 @@ class AlardLuptonConfig(Section):
     )
     min_sigma: float = Field(0.7, gt=0, description="Smallest basis Gaussian width (pixels).")
     kernel_half: int = Field(
-        10, ge=3, le=20, description="Kernel half-size (pixels): the kernel is 2 h + 1 square."
+        10,
+        ge=3,
+        le=20,
+        description="Kernel half-size (pixels): the kernel is 2 h + 1 square. The smallest: "
+        "see kernel_fwhm_scaling.",
     )
+    kernel_fwhm_scaling: float = Field(
+        4.0,
+        ge=0,
+        description="The kernel spans at least this many FWHM of the wider PSF, up to "
+        "kernel_half_max (as LSST's PSF matching scales its kernel by the FWHM, scaleByFwhm): "
+        "the light the kernel must move reaches further in bad seeing, and a kernel too small "
+        "takes the wings' light from the core, so that every static source leaves a fraction "
+        "of its flux in the difference (the image_difference recipe has the numbers). 0: "
+        "always kernel_half.",
+    )
+    kernel_half_max: int = Field(17, ge=3, le=20, description="Largest kernel half-size (pixels).")
     spatial_degree: int = Field(
         3,
         ge=0,
@@ -93,6 +109,18 @@ class AlardLuptonConfig(Section):
         ge=1,
         description="Fewest stamps for a fit; with fewer than three per spatial term the "
         "spatial degree is lowered.",
+    )
+
+
+def sized_for(config: AlardLuptonConfig, fwhm_wide: float) -> AlardLuptonConfig:
+    """``config`` with its kernel (and the stamps around it) sized for a wider PSF of FWHM
+    ``fwhm_wide`` (pixels): ``kernel_fwhm_scaling`` FWHM across, between ``kernel_half`` and
+    ``kernel_half_max``."""
+    wanted = int(np.ceil(0.5 * (config.kernel_fwhm_scaling * fwhm_wide - 1.0)))
+    half = min(max(config.kernel_half, wanted), max(config.kernel_half_max, config.kernel_half))
+    grow = half - config.kernel_half
+    return config.model_copy(
+        update={"kernel_half": half, "stamp_half": min(config.stamp_half + grow, 30)}
     )
 
 

@@ -55,6 +55,7 @@ from twinkles.diffim.kernel import (
     decorrelation_kernel,
     fit_kernel,
     noise_correlation,
+    sized_for,
 )
 from twinkles.diffim.realbogus import REAL_BOGUS_FEATURES, dia_source_features
 from twinkles.errors import TwinklesError
@@ -578,7 +579,7 @@ class ImageDifferenceTask:
                 sy,
                 sigma_n,
                 sigma_w,
-                self.config.kernel,
+                sized_for(self.config.kernel, FWHM_PER_SIGMA * sigma_w),
                 bad=grow_square(on_visit.unusable, 1),
             )
         except KernelFitError as exc:
