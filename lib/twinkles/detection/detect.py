@@ -107,7 +107,11 @@ def _saturated_regions(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def peak_centroid(
-    image: np.ndarray, kernel: np.ndarray, x_peak: np.ndarray, y_peak: np.ndarray
+    image: np.ndarray,
+    kernel: np.ndarray,
+    x_peak: np.ndarray,
+    y_peak: np.ndarray,
+    bad: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sub-pixel position of peaks of the image correlated with a (PSF) kernel.
 
@@ -122,11 +126,13 @@ def peak_centroid(
     Parameters
     ----------
     image : array
-        The image (masked pixels set to 0).
+        The image.
     kernel : array
         The filter (odd square), e.g. the PSF.
     x_peak, y_peak : array of int
         Peak pixels (column, row).
+    bad : array of bool, optional
+        Pixels taken as 0 (as the detection's filter takes masked pixels).
 
     Returns
     -------
@@ -139,13 +145,17 @@ def peak_centroid(
     h, w = image.shape
     size = kernel.shape[0]
     half = size // 2 + 1
-    padded = np.pad(np.asarray(image, dtype=float), half)
     k = np.asarray(kernel, dtype=float)
+    reach = np.arange(-half, half + 1)
 
     def filtered_3x3(ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
-        rows = iy[:, None] + np.arange(2 * half + 1)[None, :]
-        cols = ix[:, None] + np.arange(2 * half + 1)[None, :]
-        stamps = padded[rows[:, :, None], cols[:, None, :]]
+        # stamps gathered from the image, 0 beyond its edge and on bad pixels
+        rows, cols = iy[:, None] + reach[None, :], ix[:, None] + reach[None, :]
+        on = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        at = (np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :])
+        if bad is not None:
+            on &= ~bad[at]
+        stamps = np.where(on, image[at], 0.0)
         values = np.empty((len(ix), 3, 3))
         for dy in range(3):
             for dx in range(3):

@@ -867,7 +867,11 @@ class ImageDifferenceTask:
     @staticmethod
     @staticmethod
     def _positions(
-        found: Table, image: np.ndarray, kernel: np.ndarray, pulled_px: float = 0.5
+        found: Table,
+        image: np.ndarray,
+        kernel: np.ndarray,
+        bad: np.ndarray,
+        pulled_px: float = 0.5,
     ) -> tuple[np.ndarray, np.ndarray]:
         """DIASource positions: the windowed centroid, unless the footprint was deblended
         and the centroid lies more than ``pulled_px`` from the source's matched-filter peak
@@ -880,7 +884,7 @@ class ImageDifferenceTask:
         if len(blended):
             xp = np.asarray(found["x_peak"])[blended]
             yp = np.asarray(found["y_peak"])[blended]
-            px, py = peak_centroid(image, kernel, xp, yp)
+            px, py = peak_centroid(image, kernel, xp, yp, bad)
             pulled = np.hypot(x[blended] - px, y[blended] - py) > pulled_px
             x[blended[pulled]], y[blended[pulled]] = px[pulled], py[pulled]
         return x, y
@@ -956,7 +960,7 @@ class ImageDifferenceTask:
                 min_noise=1.0,  # as the global scale: never below what the variance predicts
                 stride=2,
             )
-        kernel = detector.filter_kernel(diff)
+        kernel, bad = detector.filter_kernel(diff), diff.masked(BAD_PLANES)
         for polarity in (1, -1):
             work = Exposure(
                 diff.image * np.float32(polarity),
@@ -972,8 +976,7 @@ class ImageDifferenceTask:
             plane = MaskPlane.DETECTED if polarity > 0 else MaskPlane.DETECTED_NEGATIVE
             diff.mask[(work.mask & int(MaskPlane.DETECTED)) != 0] |= int(plane)
             if len(found):
-                filtered_image = np.where(work.masked(BAD_PLANES), 0.0, work.image)
-                parts.append((polarity, *self._positions(found, filtered_image, kernel)))
+                parts.append((polarity, *self._positions(found, work.image, kernel, bad)))
         if parts:
             polarity = np.concatenate([np.full(len(p[1]), p[0]) for p in parts])
             x = np.concatenate([p[1] for p in parts])
