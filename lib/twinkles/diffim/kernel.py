@@ -495,6 +495,7 @@ def decorrelation_kernel(
     size: int = 25,
     corr_wide: np.ndarray | None = None,
     corr_narrow: np.ndarray | None = None,
+    taper: bool = False,
 ) -> np.ndarray:
     """The real-space kernel that whitens ``wide - K * narrow`` (Reiss & Lupton 2016, DMTN-021).
 
@@ -507,6 +508,12 @@ def decorrelation_kernel(
     After it the difference's noise is white with variance ``s_W^2 R_W(0) + s_N^2 R_N(0)``
     (``R(0) = sum(corr)``), and its PSF is the wide image's convolved with ``psi``. With white
     inputs this is DMTN-021's kernel.
+
+    Where the wide image is much the less noisy, ``psi`` sharpens high frequencies by up to
+    ``sqrt(1 + s_N^2 / s_W^2)`` and rings far beyond ``size``; cut there, the ring's edge
+    makes echoes of every bright source half a kernel away. With ``taper`` the kernel is
+    multiplied by a radial Hann window over ``size`` before it is normalised: it whitens less
+    of the longest-range correlation, which the measured PSF-flux spread then accounts for.
     """
     n = max(size, 2 * matching_kernel.shape[0] + 1) * 2 + 1
     k = matching_kernel / matching_kernel.sum()
@@ -523,6 +530,10 @@ def decorrelation_kernel(
     c = n // 2
     half = size // 2
     out = real[c - half : c + half + 1, c - half : c + half + 1]
+    if taper:
+        u = np.arange(-half, half + 1)
+        r = np.hypot(u[:, None], u[None, :]) / (half + 1)
+        out = out * np.where(r < 1.0, 0.5 * (1.0 + np.cos(np.pi * r)), 0.0)
     return out / out.sum()
 
 

@@ -690,7 +690,9 @@ class ImageDifferenceTask:
                 # how much); DMTN-021's kernel for white inputs. The noise it leaves lacks the
                 # template's high frequencies: the variance plane is what it leaves, and the
                 # PSF-flux errors and detection are scaled by the measured spread
-                psi = decorrelation_kernel(k_centre, var_w_med, var_n_med)
+                # tapered: against a template far deeper than the visit it rings (it made
+                # echoes of bright sources 12 px away), and what it leaves is measured anyway
+                psi = decorrelation_kernel(k_centre, var_w_med, var_n_med, taper=True)
                 corr_wide, corr_narrow = corr_t, None
             gain_w, _ = decorrelated_variance_factors(psi, k_centre, corr_wide, corr_narrow)
             difference = fft_convolve_terms(np.where(edge, 0.0, subtraction.image), psi)
