@@ -62,7 +62,8 @@ def star_and_transient():
 @pytest.mark.parametrize(("matching_error", "star_found"), [(0.0, True), (0.005, False)])
 def test_a_bright_stars_residual_is_not_a_transient(star_and_transient, matching_error, star_found):
     diff, star = star_and_transient
-    task = ImageDifferenceTask(ImageDifferenceConfig(matching_error=matching_error))
+    config = ImageDifferenceConfig(matching_error=matching_error, registration_error=0.0)
+    task = ImageDifferenceTask(config)
     found = task._detect(diff, 1, 60000.0, 1.0, star.astype(np.float32))
     near = lambda x0, y0: np.any(np.hypot(found["x"] - x0, found["y"] - y0) < 2)  # noqa: E731
     assert near(140, 140)  # the transient keeps its significance: nothing static under it
@@ -175,3 +176,32 @@ def test_a_shallow_saddle_still_splits_a_footprint(seed):
     assert len(ImageDifferenceTask()._detect(diff, 1, 60000.0)) == 2
     merged = ImageDifferenceTask(ImageDifferenceConfig(deblend_cont=0.005))
     assert len(merged._detect(diff, 1, 60000.0)) == 1
+
+
+@pytest.mark.parametrize(("registration_error", "dipole_found"), [(0.0, True), (0.02, False)])
+def test_a_bright_star_registered_off_leaves_no_dipole(registration_error, dipole_found):
+    """A 1e7 nJy star whose two images are 0.015 px apart: the difference holds its dipole,
+    many sigma strong. Against the variance plus the static sky's gradient times the
+    registration error (ZOGY's astrometric term) it is not a DIASource, while a transient of
+    S/N 30 on blank sky still is."""
+    psf = _psf()
+    yy, xx = np.indices((25, 25))
+
+    def shifted(dx: float) -> np.ndarray:
+        p = np.exp(-0.5 * (np.hypot(yy - 12, xx - 12 - dx) / PSF_SIGMA) ** 2)
+        return p / p.sum()
+
+    star = _stamp(psf, 60, 60, 1e7)
+    dipole = 1e7 * (shifted(0.0075) - shifted(-0.0075))
+    image = np.zeros((SIZE, SIZE))
+    image[48:73, 48:73] = dipole
+    # S/N 30 on blank sky: 30 x the PSF-flux noise, SKY_SIGMA sqrt(4 pi sigma^2)
+    image += _stamp(psf, 140, 140, 30.0 * SKY_SIGMA * np.sqrt(4 * np.pi) * PSF_SIGMA)
+    variance = SKY_SIGMA**2 + star
+    image += np.random.default_rng(4).normal(0.0, np.sqrt(variance))
+    diff = _difference(image, variance, psf)
+    config = ImageDifferenceConfig(matching_error=0.0, registration_error=registration_error)
+    found = ImageDifferenceTask(config)._detect(diff, 1, 60000.0, 1.0, star.astype(np.float32))
+    near = lambda x0, y0: np.any(np.hypot(found["x"] - x0, found["y"] - y0) < 4)  # noqa: E731
+    assert near(140, 140)
+    assert near(60, 60) == dipole_found

@@ -182,6 +182,15 @@ class ImageDifferenceConfig(Section):
         "ZOGY, Zackay, Ofek & Gal-Yam 2016, ApJ 830, 27, eq. 30-33). PSF fluxes and their "
         "errors do not include it.",
     )
+    registration_error: float = Field(
+        0.02,
+        ge=0,
+        description="Registration error (pixels, per axis) of the two images: DIASources are "
+        "detected against the variance plus this squared times the static sky's squared "
+        "gradient, the astrometric terms of ZOGY (Zackay, Ofek & Gal-Yam 2016, eq. 31-33): "
+        "a bright star registered a few milliarcseconds off leaves a dipole of many sigma. "
+        "PSF fluxes and their errors do not include it.",
+    )
     sidelobe_factor: float = Field(
         2.0,
         ge=0,
@@ -920,7 +929,8 @@ class ImageDifferenceTask:
             dx = int(np.rint(x[faint] - x[bright]))
             dy = int(np.rint(y[faint] - y[bright]))
             expected = flux[bright] * auto[c + dy, c + dx]
-            if auto[c + dy, c + dx] < 0 and 0 < flux[faint] / expected <= factor:
+            # a sidelobe's expectation is negative relative to its source, never zero
+            if auto[c + dy, c + dx] < 0 and expected != 0 and 0 < flux[faint] / expected <= factor:
                 lobe[faint] = True
         return lobe
 
@@ -943,8 +953,12 @@ class ImageDifferenceTask:
         )
         parts = []
         against = diff
-        if static_sky is not None and cfg.matching_error > 0:
+        if static_sky is not None and (cfg.matching_error > 0 or cfg.registration_error > 0):
             variance = diff.variance + (np.float32(cfg.matching_error) * static_sky) ** 2
+            if cfg.registration_error > 0:
+                # ZOGY's astrometric term: a shift of the static sky leaves its gradient
+                gy, gx = np.gradient(static_sky)
+                variance += np.float32(cfg.registration_error**2) * (gx**2 + gy**2)
             against = Exposure(
                 diff.image, diff.mask, variance, diff.wcs, diff.psf, diff.photo_calib, {}
             )
