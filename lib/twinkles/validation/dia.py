@@ -103,7 +103,8 @@ def expected_difference_flux(
     with ``footprints`` (:func:`template_summaries`), an object's template flux is the
     weighted mean over the visits whose sensor held it only (a template visit pointed or
     rotated elsewhere adds nothing at the object: near the template's coverage edge one visit
-    can make it alone).
+    can make it alone); NaN for an object no template visit held (the template has no data
+    there, nor has the difference).
     """
     ids = np.asarray(ids, dtype=np.int64)
     now = truth.flux(ids, band, mjd)
@@ -119,7 +120,7 @@ def expected_difference_flux(
         ref += weights[:, k] * truth.flux(ids, band, float(t))
     total = weights.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return now - np.where(total > 0, ref / total, 0.0)
+        return now - np.where(total > 0, ref / total, np.nan)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,8 @@ def expected_forced_flux(
         raise ValueError("expected_forced_flux needs a difference image with PSF and WCS")
     flux = expected_difference_flux(truth, variables["truth_id"], band, mjd, template)
     x, y = diff.wcs.all_world2pix(np.asarray(variables["ra"]), np.asarray(variables["dec"]), 0)
-    model = diff.psf.render(diff.shape, x, y, flux).astype(np.float32)
+    # an object outside the template's coverage is where the difference has no data
+    model = diff.psf.render(diff.shape, x, y, np.nan_to_num(flux)).astype(np.float32)
     noise_free = Exposure(
         model, diff.mask, diff.variance, diff.wcs, diff.psf, PhotoCalib(AB_MAG_OF_1_NJY), {}
     )
@@ -678,9 +680,8 @@ def transient_peaks(
         band = str(row["filter"])
         if band not in templates:
             continue
-        flux[:, k] = np.abs(
-            expected_difference_flux(truth, ids, band, float(row["expMJD"]), templates[band])
-        )
+        expected = expected_difference_flux(truth, ids, band, float(row["expMJD"]), templates[band])
+        flux[:, k] = np.abs(np.nan_to_num(expected))  # NaN: outside the template's coverage
         sigma[k] = 10.0 ** (-0.4 * (float(row["five_sigma_depth"]) - 31.4)) / 5.0
     out = variables.copy()
     if len(visits) == 0:
