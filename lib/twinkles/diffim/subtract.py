@@ -305,6 +305,26 @@ def _kernel_map(
     return spline(np.arange(h), np.arange(w)).astype(np.float32)
 
 
+def _add_registration_variance(variance: np.ndarray, static_sky: np.ndarray, error: float) -> None:
+    """Add ZOGY's astrometric variance, ``error^2 |grad static_sky|^2`` (central differences,
+    0 on the outermost pixels), to ``variance`` in place: what a shift of ``error`` pixels
+    per axis leaves of the static sky."""
+    step = np.empty(static_sky.shape, np.float32)
+    half_error = np.float32(0.5 * error)
+    for axis in (0, 1):
+        ahead = [slice(None)] * 2
+        behind = [slice(None)] * 2
+        inner = [slice(None)] * 2
+        ahead[axis], behind[axis], inner[axis] = slice(2, None), slice(None, -2), slice(1, -1)
+        np.subtract(static_sky[tuple(ahead)], static_sky[tuple(behind)], out=step[tuple(inner)])
+        edges = [slice(None)] * 2
+        edges[axis] = [0, -1]
+        step[tuple(edges)] = 0.0
+        step *= half_error
+        np.square(step, out=step)
+        variance += step
+
+
 def _blank_blocks(diff: Exposure, usable: np.ndarray) -> np.ndarray:
     """Which blocks of a grid of PSF footprints (``2 half + 1`` pixels a side, from the
     image's corner; ravelled) are ``usable`` throughout: the footprints of the grid's points
@@ -956,9 +976,7 @@ class ImageDifferenceTask:
         if static_sky is not None and (cfg.matching_error > 0 or cfg.registration_error > 0):
             variance = diff.variance + (np.float32(cfg.matching_error) * static_sky) ** 2
             if cfg.registration_error > 0:
-                # ZOGY's astrometric term: a shift of the static sky leaves its gradient
-                gy, gx = np.gradient(static_sky)
-                variance += np.float32(cfg.registration_error**2) * (gx**2 + gy**2)
+                _add_registration_variance(variance, static_sky, cfg.registration_error)
             against = Exposure(
                 diff.image, diff.mask, variance, diff.wcs, diff.psf, diff.photo_calib, {}
             )
