@@ -974,7 +974,10 @@ class ImageDifferenceTask:
         parts = []
         against = diff
         if static_sky is not None and (cfg.matching_error > 0 or cfg.registration_error > 0):
-            variance = diff.variance + (np.float32(cfg.matching_error) * static_sky) ** 2
+            # in place: two full-sensor temporaries fewer
+            variance = np.multiply(static_sky, np.float32(cfg.matching_error), dtype=np.float32)
+            np.square(variance, out=variance)
+            variance += diff.variance
             if cfg.registration_error > 0:
                 _add_registration_variance(variance, static_sky, cfg.registration_error)
             against = Exposure(
