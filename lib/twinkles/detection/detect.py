@@ -480,8 +480,8 @@ class DetectionTask:
         -------
         DetectionResult
             The sources (positions in pixels, fluxes in the image's unit, second moments,
-            ``flux_radius``, blend and centroid flags), the segmentation image and the FWHM
-            (pixels) the filter was matched to.
+            ``flux_radius``, the peak pixel ``x_peak``, ``y_peak``, blend and centroid flags),
+            the segmentation image and the FWHM (pixels) the filter was matched to.
         """
         cfg = self.config
         data = np.ascontiguousarray(exposure.image, dtype=np.float32)

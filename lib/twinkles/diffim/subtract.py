@@ -884,7 +884,9 @@ class ImageDifferenceTask:
                 terms.append((ys ** (deg - i), xs**i))
         return terms
 
-    def _blends(self, x: np.ndarray, y: np.ndarray, polarity: np.ndarray, fwhm: float):
+    def _blends(
+        self, x: np.ndarray, y: np.ndarray, polarity: np.ndarray, fwhm: float
+    ) -> np.ndarray:
         """Blend label of each DIASource: one sign, closer than ``blend_radius_fwhm``."""
         labels = np.zeros(len(x), dtype=int)
         radius = self.config.blend_radius_fwhm * fwhm
@@ -895,7 +897,6 @@ class ImageDifferenceTask:
                 labels[part] += 0 if sign > 0 else len(x)
         return labels
 
-    @staticmethod
     @staticmethod
     def _positions(
         found: Table,
