@@ -507,14 +507,15 @@ def visible_transients(
     cancel there. ``expected_snr`` is the smaller of the two in absolute value (0 where their
     signs differ: what is seen there is another object's), so that an object counts as
     detectable only if its own light is and is not cancelled, over the PSF-flux error
-    measured at the true position, scaled
-    as the DIASources' errors are (``psf_flux_err_scale``, the noise of PSF fluxes at blank
-    places over the variance plane's prediction; as the injections' ``expected_snr``).
-    Objects whose PSF footprint crosses the image's edge or reaches missing
-    data are left out (the forced photometry flags them ``flag_edge``), and so are those whose
-    footprint crosses the edge of a template visit's sensor or holds saturated pixels of it
-    (``footprints`` of :func:`template_summaries`), where the template holds part of the
-    object from that visit and part without it, which no single expected flux describes.
+    measured at the true position, scaled as the DIASources' errors are
+    (``psf_flux_err_scale``, the noise of PSF fluxes at blank places over the variance
+    plane's prediction; as the injections' ``expected_snr``).
+
+    Objects whose PSF footprint crosses the image's edge or reaches missing data are left out
+    (the forced photometry flags them ``flag_edge``), and so are those whose footprint crosses
+    the edge of a template visit's sensor or holds saturated pixels of it (``footprints`` of
+    :func:`template_summaries`), where the template holds part of the object from that visit
+    and part without it, which no single expected flux describes.
     """
     x, y = diff.wcs.all_world2pix(np.asarray(variables["ra"]), np.asarray(variables["dec"]), 0)
     h, w = diff.shape
