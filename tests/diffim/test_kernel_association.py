@@ -23,7 +23,7 @@ from twinkles.diffim.template import (
     scale_variance_to_noise,
     select_template_visits,
 )
-from twinkles.image.convolve import fft_convolve_terms, kernel_fft
+from twinkles.image.convolve import fft_convolve_terms, fft_shape, kernel_fft
 from twinkles.image.exposure import Exposure, PhotoCalib
 from twinkles.image.masks import grow_bits, grow_square
 
@@ -54,6 +54,22 @@ def test_fft_convolution_equals_direct_convolution():
     weights = np.stack([np.ones_like(image), np.linspace(-1, 1, 80)[None, :] * np.ones((64, 1))])
     two = fft_convolve_terms(image, np.stack([kernel, 0.5 * kernel]), weights)
     np.testing.assert_allclose(two, direct * (1 + 0.5 * weights[1]), atol=1e-4)
+
+
+def test_fft_convolution_is_exact_to_the_edges_on_the_tightest_grid():
+    """The grid is only the kernel's half-size longer than the image; no edge wraps into the
+    opposite one, on the one-kernel path and the row-and-column-factor path alike."""
+    rng = np.random.default_rng(8)
+    half = 9
+    image = rng.normal(size=(55, 71))  # 55 + 9 = 64 and 71 + 9 = 80 are fast lengths
+    assert fft_shape(image.shape, half) == (64, 80)
+    kernels = rng.normal(size=(2, 2 * half + 1, 2 * half + 1))
+    direct = [ndimage.convolve(image, k, mode="constant") for k in kernels]
+    np.testing.assert_allclose(fft_convolve_terms(image, kernels[0]), direct[0], atol=2e-4)
+    wy, wx = np.linspace(-1, 1, 55), np.linspace(0, 2, 71)
+    split = fft_convolve_terms(image, kernels, [(np.ones(55), wx), (wy, np.ones(71))])
+    expected = direct[0] * wx[None, :] + direct[1] * wy[:, None]
+    np.testing.assert_allclose(split, expected, atol=2e-4)
 
 
 def test_kernel_transform_is_the_fft_of_the_wrapped_kernel():

@@ -3,7 +3,11 @@
 One forward transform of the image serves any number of kernels (the terms of a spatially
 varying kernel, or a filter and its square for a variance plane), each kernel's transform is
 evaluated on the padded grid from its few non-zero pixels, and the image is zero-padded by the
-kernel's half-size so nothing wraps around. Single precision: on a 4k x 4k sensor a convolution
+kernel's half-size so nothing wraps around. The padding is needed once, not on each side: the
+kernel sits at the grid's origin, so an output pixel in the image's first rows reaches back
+into the grid's last rows and one in its last rows into the rows just past the image, and
+both are the same zeros of a grid ``half`` longer than the image (only the image's own pixels
+are kept, as ``mode="same"``). Single precision: on a 4k x 4k sensor a convolution
 takes ~0.26 s on one core against ~0.35 s for ``scipy.signal.fftconvolve`` (which also copies
 its inputs into padded arrays) and ~0.6 s for ``oaconvolve``; the round-off is ~1e-7 of the
 image's RMS.
@@ -31,8 +35,9 @@ def fft_workers() -> int:
 
 
 def fft_shape(shape: tuple[int, int], half: int) -> tuple[int, int]:
-    """A fast real-FFT grid holding ``shape`` padded by ``half`` on each side."""
-    return tuple(fft.next_fast_len(n + 2 * half, real=True) for n in shape)
+    """A fast real-FFT grid on which a kernel of half-size ``half`` convolves an image of
+    ``shape`` without wrapping its edges into each other: ``half`` rows and columns longer."""
+    return tuple(fft.next_fast_len(n + half, real=True) for n in shape)
 
 
 @lru_cache(maxsize=32)
@@ -102,8 +107,9 @@ def fft_convolve_terms(
         groups: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         for kernel, (wy, wx) in zip(kernels, weights, strict=True):
             product = spectrum * kernel_fft(kernel.astype(np.float32, copy=False), shape)
-            # along the columns (axis 0), kept on the image's rows, times the row factor
-            rows = fft.ifft(product, axis=0, workers=workers)[:h]
+            # along the columns (axis 0), kept on the image's rows, times the row factor; the
+            # product is scratch, so the transform may work in it (a fifth less time)
+            rows = fft.ifft(product, axis=0, workers=workers, overwrite_x=True)[:h]
             rows *= np.asarray(wy, dtype=np.float32)[:, None]
             key = np.asarray(wx, dtype=np.float32).tobytes()
             if key in groups:
@@ -111,13 +117,13 @@ def fft_convolve_terms(
             else:
                 groups[key] = (rows, np.asarray(wx, dtype=np.float32))
         for rows, wx in groups.values():
-            conv = fft.irfft(rows, n=shape[1], axis=1, workers=workers)[:, :w]
+            conv = fft.irfft(rows, n=shape[1], axis=1, workers=workers, overwrite_x=True)[:, :w]
             conv *= wx[None, :]
             out += conv
         return out
     for m, kernel in enumerate(kernels):
         product = spectrum * kernel_fft(kernel.astype(np.float32, copy=False), shape)
-        conv = fft.irfft2(product, s=shape, workers=workers)[:h, :w]
+        conv = fft.irfft2(product, s=shape, workers=workers, overwrite_x=True)[:h, :w]
         if weights is None:
             out += conv
         else:
