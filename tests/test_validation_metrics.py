@@ -11,6 +11,7 @@ import pytest
 from astropy.table import Table
 
 from twinkles.sim.wcs import make_wcs
+from twinkles.stats import robust_std
 from twinkles.validation.dia import (
     SensorFootprint,
     dia_object_completeness_purity,
@@ -292,7 +293,7 @@ def test_monitor_helpers():
     assert stamp_epochs(mjd, np.full(5, np.nan), np.arange(5)) == []
 
 
-def test_median_pull_error_counts_light_curves_not_points():
+def test_pull_errors_count_light_curves_not_points():
     # 40 light curves of 10 points; each shares an offset (a template's noise) of variance 0.5
     rng = np.random.default_rng(3)
 
@@ -308,12 +309,15 @@ def test_median_pull_error_counts_light_curves_not_points():
             }
         )
 
-    scatter = np.std([np.median(light_curves()["psFlux"]) for _ in range(400)])  # ~0.125
+    samples = [light_curves()["psFlux"] for _ in range(400)]
+    scatter = np.std([np.median(s) for s in samples])  # ~0.125
+    std_scatter = np.std([robust_std(s) for s in samples])  # ~0.07
     stats = light_curve_pulls(light_curves(), n_boot=500)
     assert stats["n"] == 400 and stats["pull_std"] == pytest.approx(1.0, abs=0.15)
-    # the bootstrap over light curves follows the medians' real scatter (0.09-0.18 over
-    # seeds); over points it would be half of it
+    # the bootstrap over light curves follows the real scatter of the median (0.09-0.18 over
+    # seeds) and of the robust std (~0.08); over points the median's would be half of it
     assert 0.6 * scatter < stats["pull_median_err"] < 1.6 * scatter
+    assert 0.5 * std_scatter < stats["pull_std_err"] < 1.6 * std_scatter
     points_only = light_curve_pulls(light_curves()[["psFlux", "psFluxErr", "expected_flux"]])
     assert points_only["pull_median_err"] < 0.65 * scatter
 

@@ -41,7 +41,7 @@ from twinkles.measurement.forced import (
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.sim.galaxies import galaxy_flux
 from twinkles.sim.truth import Truth
-from twinkles.stats import robust_std
+from twinkles.stats import IQR_TO_SIGMA, robust_std
 from twinkles.units import AB_MAG_OF_1_NJY, njy_to_mag
 from twinkles.validation.static_sky import match_sky
 
@@ -455,15 +455,16 @@ def light_curve_pulls(rows: Table, n_boot: int = 2000, seed: int = 0) -> dict:
     """Pull statistics of forced difference photometry against the expected difference flux.
 
     ``rows`` need ``psFlux``, ``psFluxErr`` and ``expected_flux``; returns the robust standard
-    deviation and the median of ``(psFlux - expected) / psFluxErr``, the number of points and
-    ``pull_median_err``, the standard error of the median.
+    deviation and the median of ``(psFlux - expected) / psFluxErr``, the number of points, and
+    ``pull_std_err`` and ``pull_median_err``, their standard errors.
 
     The points of one light curve are not independent: every difference image of a band
     subtracts the same template, whose noise at the object's position (and any residual of
-    its host) is common to all of them, so the median of a few light curves' points scatters
-    by more than ``1.25 / sqrt(n)``. With a ``truth_id`` column the standard error is therefore a
-    bootstrap over whole light curves (a cluster bootstrap; Efron & Tibshirani 1993, ch. 8);
-    without one, over points.
+    its host) is common to all of them, so the statistics of a few light curves' points
+    scatter by more than those of as many independent points (``1.25 / sqrt(n)`` for the
+    median). With a ``truth_id`` column the standard errors are therefore a bootstrap over
+    whole light curves (a cluster bootstrap; Efron & Tibshirani 1993, ch. 8); without one,
+    over points.
     """
     flux = np.asarray(rows["psFlux"], float)
     err = np.asarray(rows["psFluxErr"], float)
@@ -474,6 +475,7 @@ def light_curve_pulls(rows: Table, n_boot: int = 2000, seed: int = 0) -> dict:
         return {
             "n": len(pulls),
             "pull_std": float("nan"),
+            "pull_std_err": float("nan"),
             "pull_median": float("nan"),
             "pull_median_err": float("nan"),
         }
@@ -484,15 +486,19 @@ def light_curve_pulls(rows: Table, n_boot: int = 2000, seed: int = 0) -> dict:
     _, group_of = np.unique(groups, return_inverse=True)
     members = np.split(np.argsort(group_of, kind="stable"), np.cumsum(np.bincount(group_of))[:-1])
     rng = np.random.default_rng(seed)
-    medians = np.empty(n_boot)
+    # each resample's quartiles and median: its robust std (as robust_std) and median
+    quartiles = np.empty((n_boot, 3))
     for k in range(n_boot):
         chosen = rng.integers(0, len(members), len(members))
-        medians[k] = np.median(pulls[np.concatenate([members[i] for i in chosen])])
+        quartiles[k] = np.percentile(
+            pulls[np.concatenate([members[i] for i in chosen])], [25, 50, 75]
+        )
     return {
         "n": len(pulls),
         "pull_std": robust_std(pulls),
+        "pull_std_err": float(np.std((quartiles[:, 2] - quartiles[:, 0]) * IQR_TO_SIGMA)),
         "pull_median": float(np.median(pulls)),
-        "pull_median_err": float(np.std(medians)),
+        "pull_median_err": float(np.std(quartiles[:, 1])),
     }
 
 
@@ -1199,6 +1205,7 @@ def supernova_pulls(
                 "bright_host_mag": bright_host_mag,
                 "bright_host_n": bright_stats["n"],
                 "bright_host_pull_std": bright_stats["pull_std"],
+                "bright_host_pull_std_err": bright_stats["pull_std_err"],
                 "bright_host_pull_median": bright_stats["pull_median"],
                 "bright_host_pull_median_err": bright_stats["pull_median_err"],
             }

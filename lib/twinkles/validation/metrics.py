@@ -612,7 +612,9 @@ def _supernova_metrics(dia: dict) -> list[Metric]:
                 "within",
                 0.15,
                 ISSUE,
-                f"robust std of SN DiaForcedSource pulls against the truth, {band}",
+                f"robust std of SN DiaForcedSource pulls against the truth, {band} (its error: a "
+                "bootstrap over light curves)",
+                _get(entry, "pull_std_err"),
             ),
             Metric(
                 f"sn_pull_median_{band}",
@@ -632,7 +634,9 @@ def _supernova_metrics(dia: dict) -> list[Metric]:
                 "within",
                 0.15,
                 ISSUE,
-                f"robust std of the pulls of SNe on hosts {bright}, {band}",
+                f"robust std of the pulls of SNe on hosts {bright}, {band} (its error: a "
+                "bootstrap over light curves)",
+                _get(entry, "bright_host_pull_std_err"),
             ),
             Metric(
                 f"sn_bright_host_pull_median_{band}",
