@@ -16,7 +16,7 @@ from twinkles.diffim.kernel import (
     fit_kernel,
     noise_correlation,
 )
-from twinkles.diffim.subtract import kernel_sigma
+from twinkles.diffim.subtract import _kernel_map, kernel_sigma
 from twinkles.diffim.template import (
     TemplateConfig,
     TemplateError,
@@ -70,6 +70,28 @@ def test_fft_convolution_is_exact_to_the_edges_on_the_tightest_grid():
     split = fft_convolve_terms(image, kernels, [(np.ones(55), wx), (wy, np.ones(71))])
     expected = direct[0] * wx[None, :] + direct[1] * wy[:, None]
     np.testing.assert_allclose(split, expected, atol=2e-4)
+
+
+def test_kernel_map_is_the_bicubic_spline_through_its_grid():
+    from types import SimpleNamespace
+
+    from scipy.interpolate import RectBivariateSpline
+
+    h, w = 130, 97
+
+    def kernel(x, y):  # a kernel whose sum changes over the image, not as a polynomial
+        return np.full((3, 3), (1.0 + 0.2 * np.sin(x / 17.0) * np.cos(y / 23.0)) / 9.0)
+
+    solution = SimpleNamespace(kernel=kernel)
+    mapped = _kernel_map(solution, (h, w), lambda k: float(k.sum()))
+    gx, gy = np.linspace(0, w - 1, 7), np.linspace(0, h - 1, 7)
+    grid = np.array([[kernel(x, y).sum() for x in gx] for y in gy])
+    expected = RectBivariateSpline(gy, gx, grid, kx=3, ky=3)(np.arange(h), np.arange(w))
+    assert mapped.shape == (h, w) and mapped.dtype == np.float32
+    np.testing.assert_allclose(mapped, expected, atol=1e-6)
+    np.testing.assert_allclose(mapped[np.ix_([0, -1], [0, -1])], grid[np.ix_([0, -1], [0, -1])])
+    flat = _kernel_map(SimpleNamespace(kernel=lambda x, y: np.ones((3, 3))), (h, w), np.sum)
+    assert np.all(flat == 9.0)
 
 
 def test_kernel_transform_is_the_fft_of_the_wrapped_kernel():
