@@ -30,9 +30,10 @@ from photutils.psf import ImagePSF, PSFPhotometry
 from photutils.segmentation import SourceCatalog, SourceFinder, make_2dgaussian_kernel
 from scipy.spatial import cKDTree
 
-from twinkles.detection.background import BackgroundConfig, BackgroundTask
+from twinkles.detection.background import BackgroundConfig, BackgroundTask, masked_background
 from twinkles.detection.detect import DetectionTask
-from twinkles.image import Exposure
+from twinkles.image import Exposure, MaskPlane
+from twinkles.image.masks import grow_square
 from twinkles.image.psf import PixelPSF
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.psf_flux import psf_flux
@@ -171,6 +172,43 @@ def test_the_sky_agrees_with_background2d_and_follows_the_truth(field):
         residual = (estimate - truth)[inner] / sigma
         assert 0.0 < np.median(residual) < 0.15  # the sources' wings
         assert np.std(residual) < 0.12
+
+
+def test_a_masked_sky_agrees_with_background2d_and_follows_the_truth(field):
+    """``masked_background`` (a difference image's background: sources left out by a mask, the
+    estimate made on every other pixel) against Background2D with the same mask on every
+    pixel, and both against the truth."""
+    detected = field.exposure.copy()
+    BackgroundTask().run(detected)
+    DetectionTask().run(detected)
+    ignore = grow_square(detected.masked(MaskPlane.DETECTED), 3)
+    exposure = field.exposure
+    yy, xx = np.mgrid[: exposure.shape[0], : exposure.shape[1]]
+    gradient = 40.0 * xx / exposure.shape[1] + 25.0 * np.sin(yy / 300.0)
+    image = exposure.image + gradient.astype(np.float32)
+    sky = field.sky + gradient
+    sigma = float(np.sqrt(np.median(exposure.variance)))
+    mesh = 64
+    ours = masked_background(image, ignore, mesh)
+    theirs = Background2D(
+        image.astype(np.float64),
+        mesh,
+        mask=ignore,
+        filter_size=3,
+        sigma_clip=SigmaClip(3.0),
+        bkg_estimator=SExtractorBackground(),
+    ).background
+    inner = (slice(mesh // 2, -mesh // 2),) * 2
+    assert ours.shape == image.shape and ours.dtype == np.float32
+    assert np.std((ours - theirs)[inner]) / sigma < 0.1
+    assert np.abs(np.median((ours - theirs)[inner])) / sigma < 0.03
+    for estimate in (ours, theirs):
+        residual = (estimate - sky)[inner] / sigma
+        assert abs(np.median(residual)) < 0.05
+        assert np.std(residual) < 0.1
+    assert not masked_background(image, np.ones(image.shape, bool), mesh).any()
+    with pytest.raises(ValueError, match="background mesh of 3 px"):
+        masked_background(image, ignore, 3)
 
 
 def test_detection_finds_what_source_finder_finds():

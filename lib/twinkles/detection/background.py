@@ -39,6 +39,7 @@ __all__ = [
     "BackgroundModel",
     "BackgroundResult",
     "BackgroundTask",
+    "masked_background",
 ]
 
 
@@ -220,3 +221,51 @@ class BackgroundTask:
         exposure.metadata["sky_level"] = total.median_level
         exposure.metadata["sky_noise"] = total.rms
         return BackgroundResult(exposure, total)
+
+
+def masked_background(
+    image: np.ndarray, ignore: np.ndarray, mesh_size: int, filter_size: int = 3, stride: int = 2
+) -> np.ndarray:
+    """The smooth background of ``image`` over the pixels not ``ignore``d, float32.
+
+    The same estimate as :class:`BackgroundTask` (``sep.Background``: the clipped mode in
+    ``mesh_size``-pixel boxes, median-filtered over ``filter_size`` boxes, interpolated by a
+    bicubic spline), made on every ``stride``-th pixel of each axis and each value applied to
+    its ``stride`` x ``stride`` block: the background varies on the mesh scale, a block is a
+    few pixels. For an image whose sky is already subtracted and whose offsets are small
+    (a difference image): all zero where more than nine pixels in ten are ignored.
+
+    Parameters
+    ----------
+    image : ndarray
+        The image (any unit).
+    ignore : ndarray of bool
+        Pixels left out of the estimate (sources, masked pixels).
+    mesh_size : int
+        Box size (pixels of ``image``), at least ``2 * stride``.
+    filter_size : int
+        Median filter over boxes (boxes).
+    stride : int
+        Sampling step of the estimate (pixels).
+
+    Returns
+    -------
+    ndarray
+        The background, the shape of ``image``.
+    """
+    if mesh_size < 2 * stride:
+        raise ValueError(f"background mesh of {mesh_size} px: at least {2 * stride} px needed")
+    h, w = image.shape
+    left_out = ignore[::stride, ::stride]
+    if left_out.mean() > 0.9:
+        return np.zeros((h, w), np.float32)
+    cell = mesh_size // stride
+    level = sep.Background(
+        np.ascontiguousarray(image[::stride, ::stride], dtype=np.float32),
+        mask=np.ascontiguousarray(left_out),
+        bw=cell,
+        bh=cell,
+        fw=filter_size,
+        fh=filter_size,
+    ).back()
+    return np.repeat(np.repeat(level, stride, axis=0), stride, axis=1)[:h, :w]

@@ -41,6 +41,7 @@ from scipy.interpolate import BSpline, RectBivariateSpline
 from scipy.spatial import cKDTree
 
 from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
+from twinkles.detection.background import masked_background
 from twinkles.detection.detect import (
     BAD_PLANES,
     DetectionConfig,
@@ -190,6 +191,15 @@ class ImageDifferenceConfig(Section):
         "gradient, the astrometric terms of ZOGY (Zackay, Ofek & Gal-Yam 2016, eq. 31-33): "
         "a bright star registered a few milliarcseconds off leaves a dipole of many sigma. "
         "PSF fluxes and their errors do not include it.",
+    )
+    background_mesh: int = Field(
+        256,
+        ge=0,
+        description="Box size (pixels) of the difference's own background, measured on its "
+        "blank sky after the subtraction and subtracted (0: none): the calexp and the template "
+        "each had their sky estimated on its own, and what the estimates left differs from "
+        "visit to visit on the mesh scale, an offset under every forced measurement that the "
+        "kernel's constant differential background, fitted on star stamps, does not remove.",
     )
     sidelobe_factor: float = Field(
         2.0,
@@ -625,7 +635,8 @@ class ImageDifferenceTask:
         self, calexp: Exposure, on_visit: TemplateOnVisit, match: KernelMatch
     ) -> Subtraction:
         """Stage 3: convolve the narrower image with the kernel (and add its differential
-        background) and subtract, so that brighter at the visit is positive.
+        background) and subtract, so that brighter at the visit is positive; then remove the
+        difference's own background, measured on its blank sky (``background_mesh``).
 
         Parameters
         ----------
@@ -661,8 +672,11 @@ class ImageDifferenceTask:
             convolved_mask, half, int(_CARRIED & ~MaskPlane.NO_DATA)
         )
         mask[edge] |= int(MaskPlane.NO_DATA)
+        blank = on_visit.blank & ~edge
+        if self.config.background_mesh:
+            difference -= masked_background(difference, ~blank, self.config.background_mesh)
         static_sky = conv if match.convolved == "template" else match.wide
-        return Subtraction(difference, mask, edge, on_visit.blank & ~edge, static_sky)
+        return Subtraction(difference, mask, edge, blank, static_sky)
 
     def decorrelate(
         self,
