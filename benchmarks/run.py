@@ -588,8 +588,9 @@ def image_difference_run1_visit() -> dict:
     before = peak_rss_mb()
     # numba's one-time start, paid once per process (a warm kernel does it when it starts)
     numba_load = jit.initialize()
+    again = calexp.copy()  # run marks its calexp's mask
     result, cpu, wall = timed(ImageDifferenceTask().run, calexp, template, refcat, mjd)
-    return {
+    out = {
         "cpu_s": round(cpu, 2),
         "wall_s": round(wall, 2),
         "convolved": result.convolved,
@@ -597,6 +598,14 @@ def image_difference_run1_visit() -> dict:
         "dia_sources": len(result.dia_sources),
         "noise_ratio": round(result.noise_ratio, 3),
         "numba_load_s": round(numba_load, 2),
+    }
+    del result
+    # a warm worker's next visit: the heap the first one grew (and freed) is reused, so it
+    # pays no page faults, whose system time makes a first run's CPU vary by seconds here
+    _, cpu_warm, _ = timed(ImageDifferenceTask().run, again, template, refcat, mjd)
+    return {
+        **out,
+        "cpu_s_warm": round(cpu_warm, 2),
         "peak_rss_mb": round(max(before, peak_rss_mb()), 0),
         "target": "<= 5 s CPU",
         "pass": cpu <= 5.0,
