@@ -358,7 +358,8 @@ class DetectionTask:
         image when not given), applied as two 1-D passes (0.17 s for a 4k x 4k sensor, against
         1.0 s for the 2-D FFT convolution a PSF kernel needs).
         """
-        data = np.where(exposure.masked(BAD_PLANES), 0.0, exposure.image).astype(np.float32)
+        bad = exposure.masked(BAD_PLANES)
+        data = np.where(bad, np.float32(0.0), exposure.image.astype(np.float32, copy=False))
         if exposure.psf is None:
             fwhm = self.estimate_fwhm(exposure) if fwhm is None else fwhm
             g = gaussian_kernel_1d(fwhm).astype(np.float32)
@@ -372,8 +373,8 @@ class DetectionTask:
             kernel_norm = float(np.sqrt(np.sum(kernel**2)))
         if self.config.variance_map:
             # var(K (x) d) = K^2 (x) var; pixels without data have no significance
-            var = np.where(exposure.masked(BAD_PLANES), 0.0, exposure.variance)
-            var = np.where(np.isfinite(var), var, 0.0).astype(np.float32)
+            var = exposure.variance.astype(np.float32, copy=False)
+            var = np.where(bad | ~np.isfinite(var), np.float32(0.0), var)
             if exposure.psf is None:
                 g2 = (g.astype(float) ** 2).astype(np.float32)
                 var_f = ndimage.correlate1d(var, g2, axis=0, mode="constant")
@@ -384,9 +385,12 @@ class DetectionTask:
             # scale needs no more than a sparse sample of the plane
             sample = var_f[::4, ::4]
             floor = 1e-4 * float(np.median(sample[sample > 0])) if np.any(sample > 0) else 0.0
+            no_data = ~(var_f > floor)
+            # in place: the two sensor-size planes are this function's own
             with np.errstate(invalid="ignore", divide="ignore"):
-                filtered = np.where(var_f > floor, filtered / np.sqrt(var_f), 0.0)
-            return filtered.astype(np.float32)
+                filtered /= np.sqrt(var_f, out=var_f)
+            filtered[no_data] = 0.0
+            return filtered
         sky_sigma = float(np.sqrt(np.median(exposure.variance[::16, ::16])))
         filtered *= np.float32(1.0 / (sky_sigma * kernel_norm))
         return filtered
