@@ -200,8 +200,10 @@ def test_a_visit_without_kernel_stars_fails_with_its_name(tiny_dia):
 def test_the_recipes_stages_are_what_run_does(tiny_dia):
     """image_difference calls the task's stages cell by cell; every other caller calls ``run``:
     both give the same difference and DIASources, and the recipe wrote the same, to float
-    round-off (numpy's sums round differently with the arrays' memory alignment, and the
-    workflow's kernel runs one BLAS thread)."""
+    round-off. The recipe ran in another process, whose kernel runs one BLAS thread where this
+    one may run several, and numpy's sums round differently with the arrays' memory alignment:
+    its kernel solution differs in the last bits, and its float32 images by their rounding
+    (a relative 6e-8 per pixel), so its fluxes agree to a few times that, not to float64's."""
     from twinkles.diffim.subtract import DIA_SOURCE_COLUMNS
 
     butler = tiny_dia.butler
@@ -228,9 +230,15 @@ def test_the_recipes_stages_are_what_run_does(tiny_dia):
     assert len(written) == len(whole.dia_sources) == len(found.sources) > 0
     for name in DIA_SOURCE_COLUMNS:
         expected = np.asarray(whole.dia_sources[name])
-        for got in (found.sources[name], written[name]):
+        # the same process: the same arithmetic; the recipe's: float32 round-off, which
+        # features made of differences (apRatio) carry relative to their column's scale
+        scale = float(np.nanmax(np.abs(expected))) if expected.dtype.kind == "f" else 0.0
+        for got, rtol, atol in (
+            (found.sources[name], 1e-9, 1e-12),
+            (written[name], 1e-6, 1e-5 * scale),
+        ):
             if expected.dtype.kind == "f":
-                np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+                np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=name)
             else:
                 np.testing.assert_array_equal(got, expected, err_msg=name)
 
