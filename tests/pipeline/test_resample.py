@@ -96,3 +96,32 @@ def test_resample_evaluates_the_polynomial_per_row(scene):
     expected = ndimage.map_coordinates(image.astype(float), [sy, sx], order=3, mode="mirror")
     np.testing.assert_allclose(out[5:40, 2:31], expected, rtol=1e-5)
     assert np.all(np.isnan(out[:5])) and np.all(np.isnan(out[:, :2]))
+
+
+def test_rows_longer_than_a_strip_are_resampled_once_each():
+    """Output rows span several of the loop's column strips, and each row has its own first
+    and last pixel: every pixel in them is written once, with map_coordinates' value, and
+    none outside them."""
+    from twinkles.image.resample import _STRIP
+
+    rng = np.random.default_rng(9)
+    image = rng.normal(100.0, 10.0, (400, 3 * _STRIP)).astype(np.float32)
+    n_rows, n_cols = 120, 3 * _STRIP - 60
+    rows, _, _, per_row, sx, sy = affine_rows(n_rows, n_cols)
+    first = rng.integers(0, _STRIP + 10, n_rows)
+    last = np.maximum(first, rng.integers(_STRIP - 10, n_cols, n_rows))
+    out = np.full((n_rows, n_cols), np.nan, dtype=np.float32)
+    coeffs = ndimage.spline_filter(image.astype(float), order=3, mode="mirror")
+    written = resample_rows(
+        coeffs, np.ones_like(image), np.zeros(image.shape, np.int32), 0, per_row, rows, first,
+        last, 0.0, 1.0, 0, 0, 1.0, np.ones(65), out, np.zeros_like(out),
+        np.zeros(out.shape, np.int32),
+    )  # fmt: skip
+    h, w = image.shape
+    columns = np.arange(n_cols)[None, :]
+    wanted = (columns >= first[:, None]) & (columns <= last[:, None])
+    inside = wanted & (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
+    assert written == inside.sum() > 0.5 * wanted.sum()
+    expected = ndimage.map_coordinates(image.astype(float), [sy, sx], order=3, mode="mirror")
+    np.testing.assert_allclose(out[inside], 1.1 * expected[inside], rtol=1e-5)
+    assert np.all(np.isnan(out[~inside]))
