@@ -443,7 +443,8 @@ class DetectionTask:
             good = noise > 0
             if not np.any(good[~sample_bad]):
                 return nu, 1.0
-            noise = np.where(good, noise, np.median(noise[good]))
+            if not good.all():  # a median over the whole map, only where it has holes to fill
+                noise = np.where(good, noise, np.median(noise[good]))
             noise = np.maximum(noise, min_noise).astype(np.float32)
             offset = sky.back()
             out = (sample - offset) / noise
