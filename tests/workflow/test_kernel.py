@@ -26,3 +26,45 @@ def test_warm_kernel_starts_numba_and_keeps_it_across_resets(tmp_path):
     with WarmKernel(imports=("numpy",)) as kernel:
         # a kernel without twinkles.jit among its imports does not start numba
         assert kernel.run("import sys; print('twinkles.jit' in sys.modules)") == ["False"]
+
+
+def _figure_draws_and_pngs(imports: tuple[str, ...]) -> tuple[int, list[str]]:
+    """How often a new figure is drawn in a kernel started with ``imports``, and the PNGs the
+    cell that made it displayed."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    count_draws = (
+        "from matplotlib.figure import Figure\n"
+        "_draws = []\n"
+        "_draw = Figure.draw\n"
+        "def _counted(self, *args, **kwargs):\n"
+        "    _draws.append(1)\n"
+        "    return _draw(self, *args, **kwargs)\n"
+        "Figure.draw = _counted"
+    )
+    make_figure = (
+        "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.imshow([[0, 1], [2, 3]])"
+    )
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(count_draws),
+            nbformat.v4.new_code_cell(make_figure),
+            nbformat.v4.new_code_cell("print(len(_draws))"),
+        ]
+    )
+    with WarmKernel(imports=imports) as kernel:
+        client = NotebookClient(nb, km=kernel.km, timeout=60, kernel_name="python3")
+        client.kc = kernel.kc
+        client.execute()
+    pngs = [o["data"]["image/png"] for o in nb.cells[1].outputs if "image/png" in o.get("data", {})]
+    return int(nb.cells[2].outputs[0].text), pngs
+
+
+def test_warm_kernel_renders_each_figure_once_and_displays_the_same_png():
+    draws_warm, pngs_warm = _figure_draws_and_pngs(("numpy", "matplotlib.pyplot"))
+    # without pyplot among the start's imports: the inline backend as a fresh kernel has it
+    draws_stock, pngs_stock = _figure_draws_and_pngs(("numpy",))
+    assert len(pngs_warm) == 1
+    assert pngs_warm == pngs_stock
+    assert draws_stock == draws_warm + 1  # pyplot's hook rendered the figure before its PNG

@@ -3,8 +3,8 @@
 A fresh Jupyter kernel costs ~0.65 s to start, and a recipe's science imports (numpy, astropy,
 photutils, matplotlib, GalSim) another ~1.6 s: paid per notebook, that is the start-up overhead
 papermill has on every data id. A :class:`WarmKernel` starts one kernel per task, imports the
-science stack once (and starts numba, :mod:`twinkles.jit`), and before each notebook resets
-it:
+science stack once (and starts numba, :mod:`twinkles.jit`; and has each figure rendered once,
+:data:`FIGURES_DRAWN_ONCE`), and before each notebook resets it:
 
 * ``%reset -f`` empties the user namespace (imported modules stay loaded: that is the saving);
 * open figures are closed, the working directory and the notebook's environment variables
@@ -79,6 +79,16 @@ SCIENCE_IMPORTS = (
 #: Run after the imports: numba's one-time start (0.2-0.3 s), which any recipe's first compiled
 #: call would otherwise pay (see :mod:`twinkles.jit`).
 SCIENCE_START = "twinkles.jit.initialize()"
+#: Run after pyplot's import: its backend (the kernel's inline one) is resolved now, which
+#: installs pyplot's post-cell hook, and the hook is taken out again. That hook draws every new
+#: figure at the end of a cell, and the inline backend's own hook then draws it once more into
+#: the PNG it displays: each figure was rendered twice. The displayed figures are unchanged.
+FIGURES_DRAWN_ONCE = (
+    "import matplotlib as _mpl, matplotlib.pyplot as _plt\n"
+    "_plt.switch_backend(_mpl.get_backend())\n"
+    "_plt.uninstall_repl_displayhook()\n"
+    "del _mpl, _plt"
+)
 log = logging.getLogger(__name__)
 
 _PROBE = """
@@ -192,6 +202,8 @@ class WarmKernel:
             start = [f"import {m}" for m in self.imports]
             if "twinkles.jit" in self.imports:
                 start.append(SCIENCE_START)
+            if "matplotlib.pyplot" in self.imports:
+                start.append(FIGURES_DRAWN_ONCE)
             # the modules' objects live as long as the kernel: frozen, no garbage collection
             # traverses them again (a full collection, which %reset does, costs ~0.1 s
             # otherwise; Python's gc.freeze, made for processes that fork after imports)
