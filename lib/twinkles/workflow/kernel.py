@@ -4,7 +4,7 @@ A fresh Jupyter kernel costs ~0.65 s to start, and a recipe's science imports (n
 photutils, matplotlib, GalSim) another ~1.6 s: paid per notebook, that is the start-up overhead
 papermill has on every data id. A :class:`WarmKernel` starts one kernel per task, imports the
 science stack once (and starts numba, :mod:`twinkles.jit`; and has each figure rendered once,
-:data:`FIGURES_DRAWN_ONCE`), and before each notebook resets it:
+:data:`FIGURE_SETUP`), and before each notebook resets it:
 
 * ``%reset -f`` empties the user namespace (imported modules stay loaded: that is the saving);
 * open figures are closed, the working directory and the notebook's environment variables
@@ -79,15 +79,23 @@ SCIENCE_IMPORTS = (
 #: Run after the imports: numba's one-time start (0.2-0.3 s), which any recipe's first compiled
 #: call would otherwise pay (see :mod:`twinkles.jit`).
 SCIENCE_START = "twinkles.jit.initialize()"
-#: Run after pyplot's import: its backend (the kernel's inline one) is resolved now, which
-#: installs pyplot's post-cell hook, and the hook is taken out again. That hook draws every new
-#: figure at the end of a cell, and the inline backend's own hook then draws it once more into
-#: the PNG it displays: each figure was rendered twice. The displayed figures are unchanged.
-FIGURES_DRAWN_ONCE = (
+#: Run after pyplot's import, for the figures the inline backend displays:
+#:
+#: * pyplot's backend (the kernel's inline one) is resolved now, which installs pyplot's post-cell
+#:   hook, and the hook is taken out again: it drew every new figure at the end of a cell, and
+#:   the inline backend's own hook then drew it once more into the PNG it displays;
+#: * the PNGs are compressed at zlib level 3 instead of Pillow's default 6: the recipes' images
+#:   of the sensor are noise-like, on which level 6 takes several times longer for no smaller a
+#:   file (lossless either way).
+FIGURE_SETUP = (
     "import matplotlib as _mpl, matplotlib.pyplot as _plt\n"
+    "from matplotlib_inline.config import InlineBackend as _Inline\n"
     "_plt.switch_backend(_mpl.get_backend())\n"
     "_plt.uninstall_repl_displayhook()\n"
-    "del _mpl, _plt"
+    "_Inline.instance().print_figure_kwargs = {\n"
+    "    **_Inline.instance().print_figure_kwargs, 'pil_kwargs': {'compress_level': 3}\n"
+    "}\n"
+    "del _mpl, _plt, _Inline"
 )
 log = logging.getLogger(__name__)
 
@@ -203,7 +211,7 @@ class WarmKernel:
             if "twinkles.jit" in self.imports:
                 start.append(SCIENCE_START)
             if "matplotlib.pyplot" in self.imports:
-                start.append(FIGURES_DRAWN_ONCE)
+                start.append(FIGURE_SETUP)
             # the modules' objects live as long as the kernel: frozen, no garbage collection
             # traverses them again (a full collection, which %reset does, costs ~0.1 s
             # otherwise; Python's gc.freeze, made for processes that fork after imports)
