@@ -747,6 +747,63 @@ def pipeline_run1_visit() -> dict:
     }
 
 
+@benchmark
+def figures_run1_visit() -> dict:
+    """What a visit sampled for figures (``executor.figure_every``) costs on a run1-size visit:
+    per per-visit recipe, the time of its figure cells (those with a ``#| label:``, as
+    papermill times each cell; one thread, so CPU) in a warm kernel's second run, and the CPU
+    of rendering the executed notebook as the run browser's page."""
+    import tempfile
+
+    import nbformat
+    import papermill
+
+    from twinkles.inputs.simulate import simulate_visit
+    from twinkles.workflow.html import render_html
+    from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+
+    run, sky = _run1_pipeline()
+    visits = [int(v) for v in sky.visits["obsHistID"]]
+    visit = visits[len(visits) // 2]
+    simulate_visit(run, visit, sky)  # the eimage is ephemeral: made again, bit for bit
+    per_recipe: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(dir=PIPELINE_RUN.parent) as tmp, WarmKernel() as kernel:
+        for recipe in PER_VISIT_RECIPES:
+            notebook = Path(tmp) / f"{recipe}.ipynb"
+            for _ in range(2):
+                kernel.reset(tmp, recipe=recipe)
+                papermill.execute_notebook(
+                    str(ROOT / "cookbook" / f"{recipe}.ipynb"),
+                    str(notebook),
+                    parameters={"run_dir": str(run.dir), "visit": visit, "figures": True},
+                    engine_name=ENGINE_NAME,
+                    warm_kernel=kernel,
+                    progress_bar=False,
+                )
+            nb = nbformat.read(notebook, as_version=4)
+            figure_s = sum(
+                cell.metadata.get("papermill", {}).get("duration") or 0.0
+                for cell in nb.cells
+                if cell.cell_type == "code" and "#| label:" in cell.source
+            )
+            # the second page timed: the first compiles the exporter's templates, once a worker
+            render_html(nb, notebook.with_suffix(".html"), recipe, "notebook.css")
+            start = time.process_time()
+            render_html(nb, notebook.with_suffix(".html"), recipe, "notebook.css")
+            per_recipe[recipe] = {
+                "figure_cells_s": round(figure_s, 2),
+                "page_cpu_s": round(time.process_time() - start, 3),
+                "notebook_mb": round(notebook.stat().st_size / 1e6, 2),
+            }
+    total = sum(r["figure_cells_s"] + r["page_cpu_s"] for r in per_recipe.values())
+    return {
+        "cpu_s": round(total, 2),
+        "per_recipe": per_recipe,
+        "visit": visit,
+        "target": "none: the price of each visit that figure_every samples",
+    }
+
+
 # --- catalog database -------------------------------------------------------------------------
 
 
