@@ -87,6 +87,57 @@ def test_a_scaled_model_follows_its_template_with_one_number_where_the_stars_are
     assert other.map.model == "linear", other.bic
 
 
+def test_a_curved_map_follows_the_square_of_a_linear_change_of_width():
+    """A PSF model linear in position, of a PSF whose width changes along one direction, errs
+    by the square of the change: a curvature along the gradient that neither the template
+    (linear in the width) nor a radial term (the same in every direction) can follow; beside
+    it, a gradient in another direction (of the ellipticity, say)."""
+    from twinkles.measurement.sensor_map import SensorMap
+
+    rng, X, Y, errors = stars(n=80, seed=11)
+    # the width changes by 8% per half-diagonal along (0.8, 0.6)
+    width = SensorMap("linear", np.array([1.0, 0.064, 0.048]), np.zeros((3, 3)))
+
+    def truth(X, Y):
+        change = width(X, Y) - 1.0
+        return 1.01 - 0.1 * change + 2.0 * change**2 + 0.004 * (0.6 * X - 0.8 * Y)
+
+    values = truth(X, Y) + rng.normal(size=len(X)) * errors
+    plain = fit_sensor_map(X, Y, values, errors, "linear_radial", template=width)
+    fit = fit_sensor_map(X, Y, values, errors, "linear_radial", template=width, curved=True)
+    assert fit.map.model == "linear_curved", fit.bic
+    assert fit.bic["linear_curved"] < plain.bic[plain.map.model]
+    grid = np.linspace(-0.7, 0.7, 5)
+    gx, gy = (a.ravel() for a in np.meshgrid(grid, grid))
+    assert np.all(np.abs(fit.map(gx, gy) - truth(gx, gy)) < 4 * fit.map.error(gx, gy) + 1e-4)
+    # the best map without the curvature misses it where the width changes most
+    line = np.linspace(-0.7, 0.7, 15)
+    ux, uy = 0.8 * line, 0.6 * line  # along the gradient
+    assert np.max(np.abs(plain.map(ux, uy) - truth(ux, uy)) / plain.map.error(ux, uy)) > 4
+    again = SensorMap.from_dict(fit.map.to_dict(), width)
+    np.testing.assert_allclose(again(gx, gy), fit.map(gx, gy))
+    # without curvature in the stars, the straight template stays
+    straight = 1.01 - 0.1 * (width(X, Y) - 1.0) + rng.normal(size=len(X)) * errors
+    kept = fit_sensor_map(X, Y, straight, errors, "linear_radial", template=width, curved=True)
+    assert kept.map.model == "template", kept.bic
+
+
+def test_a_scaled_model_keeps_its_curvature_through_a_round_trip():
+    from twinkles.measurement.sensor_map import SensorMap
+
+    width = SensorMap("linear", np.array([1.0, 0.1, 0.0]), np.zeros((3, 3)))
+    _, X, Y, _ = stars(seed=13)
+    change = width(X, Y) - 1.0
+    values = 1.02 * (1 - 0.05 * change + 0.4 * change**2)
+    fit = fit_sensor_map(
+        X, Y, values, np.full(len(X), 1e-4), "constant", template=width, slope=-0.05, curvature=0.4
+    )
+    assert fit.map.model == "scaled", fit.bic
+    np.testing.assert_allclose(fit.map(X, Y), values, rtol=1e-9)
+    again = SensorMap.from_dict(fit.map.to_dict(), width)
+    np.testing.assert_allclose(again(X, Y), values, rtol=1e-9)
+
+
 def test_error_floor():
     rng = np.random.default_rng(1)
     errors = rng.uniform(0.001, 0.01, 2000)

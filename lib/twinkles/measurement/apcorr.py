@@ -28,12 +28,21 @@ per-pixel PSF model the mode model's own (:meth:`ApertureCorrectionTask._psf_wid
 is fitted to every pixel of their stamps). The first step may follow that map (the ``template``
 model). A growth step follows it with the slope that the stars' mean curve of growth
 predicts for a profile that keeps its shape as its width changes
-(:meth:`ApertureCorrectionTask._growth_slopes`; the ``scaled`` model, one number as a
+(:meth:`ApertureCorrectionTask._growth_rates`; the ``scaled`` model, one number as a
 constant); a richer map (``growth_map_model``) replaces it where the stars demand one, but
 not in the last step (``outer_map_model``): there a slope of its own, fitted to crowded
 25-pixel apertures whose neighbours' light the stars' errors do not carry, puts ramps into
 single visits of crowded scenes, while inside 12 pixels the stars' second-order change of
 growth under a strong change of width is real.
+
+Where the width changes strongly along a gradient, a per-pixel PSF model linear in position
+errs by the square of the change (a PSF's pixels are not linear in its width): stars at both
+ends of the gradient read bright. A radial term, the same in every direction, cannot follow
+that, so the first step may also take the square of the width map's change beside a gradient
+(``map_follows_curvature``; the ``linear_curved`` model, chosen by BIC like every term). Its
+fit then holds the curvature of the inner aperture's share of the light too, which the
+growth gives back: the ``scaled`` steps then follow the width map to second order, both
+orders predicted from the stars' curve of growth.
 
 Apertures leave out the footprints of other detections, and each star's sky comes from an
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
@@ -116,6 +125,18 @@ class ApertureCorrectionConfig(Section):
     map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
         "linear_radial",
         description="Richest map over the sensor tried for the first step (chosen by BIC).",
+    )
+    width_map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
+        "quadratic",
+        description="Richest map tried for the stars' core concentration, the PSF-width map "
+        "the steps may follow (chosen by BIC): a quadratic follows the curvature that a "
+        "concentration, not linear in the width, has along a gradient of the width.",
+    )
+    map_follows_curvature: bool = Field(
+        True,
+        description="Whether the first step may take the square of the PSF-width map's change "
+        "beside a gradient (the linear_curved model, chosen by BIC): a PSF model linear in "
+        "position errs by the square of a change of width along a gradient.",
     )
     growth_map_model: Literal["constant", "linear", "linear_radial", "quadratic"] = Field(
         "linear_radial",
@@ -382,7 +403,7 @@ def local_aperture_flux(
 
 
 #: Apertures either side of each radius, as factors, whose fluxes give the curve of growth's
-#: logarithmic slope there (:meth:`ApertureCorrectionTask._growth_slopes`).
+#: logarithmic slope there (:meth:`ApertureCorrectionTask._growth_rates`).
 _WIDEN = (1 / 1.2, 1.2)
 
 
@@ -535,13 +556,23 @@ class ApertureCorrectionTask:
         width = self._psf_width_map(exposure.psf, stars.frame, exposure.shape)
         if width is None:
             width = self._width_map(apertures, X, Y)
-        slopes = self._growth_slopes(apertures) if width is not None else {}
+        rates = self._growth_rates(apertures) if width is not None else {}
         # step 1: inner aperture over PSF flux
         first = fit_sensor_map(
-            X, Y, stars.ratio, stars.ratio_err, cfg.map_model, cfg.clip_sigma, template=width
+            X,
+            Y,
+            stars.ratio,
+            stars.ratio_err,
+            cfg.map_model,
+            cfg.clip_sigma,
+            template=width,
+            curved=cfg.map_follows_curvature,
         )
         steps = [first.map]
-        # the growth, step by step to the total aperture
+        # the growth, step by step to the total aperture; it gives back the curvature of the
+        # inner aperture's share of the light only where the first step took it out (else
+        # neither has it, and the PSF model's own error stays as it was)
+        curved = first.map.model == "linear_curved"
         flux, flux_err = apertures[cfg.inner]
         for previous, radius in pairwise(cfg.radii[1:]):  # inner, (middle,) total
             outer, outer_err = apertures[radius]
@@ -555,6 +586,7 @@ class ApertureCorrectionTask:
                     f"growth to {radius:g} px (need {cfg.min_stars})"
                 )
             richest = cfg.outer_map_model if radius == cfg.radius else cfg.growth_map_model
+            rate = rates.get((previous, radius))
             fit = fit_sensor_map(
                 X[good],
                 Y[good],
@@ -563,7 +595,8 @@ class ApertureCorrectionTask:
                 richest,
                 cfg.clip_sigma,
                 template=width,
-                slope=slopes.get((previous, radius)),
+                slope=rate[0] if rate else None,
+                curvature=rate[1] if rate and curved else 0.0,
                 follow=richest != "constant",
             )
             steps.append(fit.map)
@@ -710,7 +743,7 @@ class ApertureCorrectionTask:
         if good.sum() < cfg.min_stars:
             return None
         fit = fit_sensor_map(
-            X[good], Y[good], conc[good], conc_err[good], cfg.map_model, cfg.clip_sigma
+            X[good], Y[good], conc[good], conc_err[good], cfg.width_map_model, cfg.clip_sigma
         )
         if fit.map.model == "constant":
             return None
@@ -719,39 +752,64 @@ class ApertureCorrectionTask:
             fit.map.model, fit.map.coefficients / median, fit.map.covariance / median**2
         )
 
-    def _growth_slopes(self, apertures: dict) -> dict[tuple[float, float], float]:
-        """How much each growth step changes per change of the core concentration, from the
-        stars' mean curve of growth, for a PSF whose profile keeps its shape as its width
-        changes.
+    def _growth_rates(self, apertures: dict) -> dict[tuple[float, float], tuple[float, float]]:
+        """How much each growth step changes per change of the core concentration, to second
+        order, from the stars' mean curve of growth, for a PSF whose profile keeps its shape
+        as its width changes.
 
         If ``F(r; w) = F(r / w)``, a ratio of fluxes in apertures ``r1 < r2`` changes with
         the width as ``d ln[F(r2) / F(r1)] / d ln w = s(r1) - s(r2)``, with
-        ``s(r) = d ln F / d ln r`` the logarithmic slope of the curve of growth: so a growth
-        step ``r1 -> r2`` changes by ``(s(r2) - s(r1)) / (s(core) - s(inner))`` times the
-        core concentration's fractional change. The slopes come from the stars' summed
+        ``s(r) = d ln F / d ln r`` the logarithmic slope of the curve of growth, and
+        ``d^2 ln[F(r2) / F(r1)] / d (ln w)^2 = k(r2) - k(r1)``, with ``k = ds / d ln r``; the
+        core concentration ``c`` the same with ``core`` and ``inner``. So ``ln G`` of a step
+        changes with ``ln c`` at the rate ``a = (s(r2) - s(r1)) / (s(core) - s(inner))``
+        and the curvature ``b = (k(r2) - k(r1) - a (k(core) - k(inner))) / (s(core) -
+        s(inner))^2``; as a function of ``t = c / median(c)``,
+        ``G / median(G) = 1 + a (t - 1) + (a^2 - a + b) / 2 (t - 1)^2``. The curvature
+        matters where the width changes by tens of percent: a 6-pixel aperture's share of
+        the light is not linear in the width, and a first step that follows its curvature
+        needs a growth that gives it back. ``s`` and ``k`` come from the stars' summed
         fluxes in apertures 1.2 times wider and narrower than each radius (Stetson 1990's
-        curve of growth, differentiated); bright stars dominate the sums, as their growth
-        is best measured. Empty when the core concentration does not change measurably
-        with the width (its slopes equal).
+        curve of growth, differentiated twice); bright stars dominate the sums, as their
+        growth is best measured. Empty when the core concentration does not change
+        measurably with the width (its slopes equal).
+
+        Returns
+        -------
+        dict
+            ``(r1, r2)`` -> ``(slope, curvature)`` of each growth step.
         """
         cfg = self.config
         narrower, wider = _WIDEN
-        log_slope = {}
+        step = np.log(wider / narrower) / 2.0
+        log_slope, log_curvature = {}, {}
         for radius in cfg.radii:
             wide, narrow = apertures[radius * wider][0], apertures[radius * narrower][0]
-            good = np.isfinite(wide) & np.isfinite(narrow) & (narrow > 0) & (wide > 0)
+            mid = apertures[radius][0]
+            good = (
+                np.isfinite(wide)
+                & np.isfinite(narrow)
+                & np.isfinite(mid)
+                & (narrow > 0)
+                & (wide > 0)
+                & (mid > 0)
+            )
             if good.sum() < cfg.min_stars:
                 return {}
-            log_slope[radius] = float(
-                np.log(wide[good].sum() / narrow[good].sum()) / np.log(wider / narrower)
-            )
+            ln_wide, ln_mid = np.log(wide[good].sum()), np.log(mid[good].sum())
+            ln_narrow = np.log(narrow[good].sum())
+            log_slope[radius] = float((ln_wide - ln_narrow) / (2.0 * step))
+            log_curvature[radius] = float((ln_wide - 2.0 * ln_mid + ln_narrow) / step**2)
         core_change = log_slope[cfg.core] - log_slope[cfg.inner]
         if not core_change > 0.05:
             return {}
-        return {
-            (r1, r2): (log_slope[r2] - log_slope[r1]) / core_change
-            for r1, r2 in pairwise(cfg.radii[1:])
-        }
+        core_curvature = log_curvature[cfg.core] - log_curvature[cfg.inner]
+        out = {}
+        for r1, r2 in pairwise(cfg.radii[1:]):
+            a = (log_slope[r2] - log_slope[r1]) / core_change
+            b = (log_curvature[r2] - log_curvature[r1] - a * core_curvature) / core_change**2
+            out[(r1, r2)] = (a, 0.5 * (a * a - a + b))
+        return out
 
     def _extendedness(self, catalog: Table, stars: np.ndarray, frame: tuple) -> None:
         """Concentration relative to the stars' at the same place (see the module docstring).

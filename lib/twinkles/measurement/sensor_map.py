@@ -6,14 +6,20 @@ low-order function of the normalised sensor position ``(X, Y) = ((x - x0), (y - 
 nested from the simplest:
 
 * ``constant``;
-* ``scaled``: ``1 + slope (t - 1)`` with ``t`` another map (:attr:`SensorMap.template`)
-  and a slope known beforehand: one number, as a constant, for a quantity that physics ties
+* ``scaled``: ``1 + slope (t - 1) + curvature (t - 1)^2`` with ``t`` another map
+  (:attr:`SensorMap.template`) and a slope and curvature known beforehand: one number, as a
+  constant, for a quantity that physics ties
   to another (the growth of a star's light between two apertures and its core
   concentration, both set by the PSF's width), tried in place of the constant;
 * ``template``: ``1, t - 1``: a quantity that changes as another does, with one number more
   than a constant;
 * ``linear``: ``1, X, Y`` (a gradient in any direction);
 * ``linear_radial``: ``1, X, Y, X^2 + Y^2`` (and a focal-plane-like radial pattern);
+* ``linear_curved``: ``1, X, Y, (t - 1)^2`` (a gradient, and the square of the change of
+  another map ``t``). A PSF model linear in position, of a PSF whose width changes along a
+  gradient, errs by the square of the change (a PSF's pixels are not linear in its width):
+  its fluxes over the stars' aperture fluxes curve along the width's gradient, which a radial
+  term, the same in every direction, cannot follow;
 * ``quadratic``: every monomial up to degree 2.
 
 The stars' values scatter beyond their photon noise (neighbours in an aperture, the PSF
@@ -35,6 +41,7 @@ from twinkles.geometry import spatial_terms
 from twinkles.stats import mad_std
 
 __all__ = [
+    "FOLLOWING_MODELS",
     "MAP_MODELS",
     "SensorMap",
     "error_floor",
@@ -43,6 +50,8 @@ __all__ = [
     "weighted_fit",
 ]
 
+#: Models that follow another map (:attr:`SensorMap.template`).
+FOLLOWING_MODELS = ("scaled", "template", "linear_curved")
 #: Candidate models from the simplest: (name, polynomial degree, radial term).
 MAP_MODELS = (
     ("constant", 0, False),
@@ -59,27 +68,29 @@ def map_terms(
     model: str,
     template: SensorMap | None = None,
     slope: float = 0.0,
+    curvature: float = 0.0,
 ) -> np.ndarray:
     """The terms of ``model`` at normalised positions, shape (n, n_terms)."""
-    if model in ("template", "scaled"):
+    if model in FOLLOWING_MODELS:
         if template is None:
             raise ValueError(f"a {model} model needs the map it follows")
         change = template(X, Y) - 1.0
         if model == "scaled":
-            return (1.0 + slope * change)[:, None]
+            return (1.0 + slope * change + curvature * change**2)[:, None]
+        if model == "linear_curved":
+            return np.column_stack([spatial_terms(X, Y, 1, False), change**2])
         return np.column_stack([np.ones(len(change)), change])
     degree, radial = _MODEL[model]
     return spatial_terms(X, Y, degree, radial)
 
 
 def n_terms(model: str) -> int:
-    """Number of coefficients of a sensor-map model (one of ``MAP_MODELS``, ``template`` or
-    ``scaled``).
+    """Number of coefficients of a sensor-map model (one of ``MAP_MODELS`` or
+    ``FOLLOWING_MODELS``).
     """
-    if model == "scaled":
-        return 1
-    if model == "template":
-        return 2
+    following = {"scaled": 1, "template": 2, "linear_curved": 4}
+    if model in following:
+        return following[model]
     degree, radial = _MODEL[model]
     return (degree + 1) * (degree + 2) // 2 + int(radial)
 
@@ -118,17 +129,26 @@ def error_floor(residuals: np.ndarray, errors: np.ndarray, n_parameters: int = 0
 
 @dataclass(frozen=True)
 class SensorMap:
-    """A fitted map: its model, coefficients and their covariance (and, for the
-    ``template`` and ``scaled`` models, the map it follows and the ``scaled`` slope)."""
+    """A fitted map: its model, coefficients and their covariance (and, for the models that
+    follow another map, :data:`FOLLOWING_MODELS`, that map and the ``scaled`` slope and
+    curvature)."""
 
     model: str
     coefficients: np.ndarray
     covariance: np.ndarray
     template: SensorMap | None = None
     slope: float = 0.0
+    curvature: float = 0.0
 
     def _terms(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        return map_terms(np.atleast_1d(X), np.atleast_1d(Y), self.model, self.template, self.slope)
+        return map_terms(
+            np.atleast_1d(X),
+            np.atleast_1d(Y),
+            self.model,
+            self.template,
+            self.slope,
+            self.curvature,
+        )
 
     def __call__(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
         return self._terms(X, Y) @ self.coefficients
@@ -150,20 +170,22 @@ class SensorMap:
         out = {"model": self.model, "coefficients": [float(c) for c in self.coefficients]}
         if self.model == "scaled":
             out["slope"] = float(self.slope)
+            out["curvature"] = float(self.curvature)
         return out
 
     @classmethod
     def from_dict(cls, data: dict, template: SensorMap | None = None) -> SensorMap:
-        """The map written by `to_dict`; ``template`` is the map a ``template`` or ``scaled`` model
-        follows.
+        """The map written by `to_dict`; ``template`` is the map that a model of
+        :data:`FOLLOWING_MODELS` follows.
         """
         coefficients = np.asarray(data["coefficients"], dtype=float)
         return cls(
             data["model"],
             coefficients,
             np.zeros((len(coefficients),) * 2),
-            template if data["model"] in ("template", "scaled") else None,
+            template if data["model"] in FOLLOWING_MODELS else None,
             float(data.get("slope", 0.0)),
+            float(data.get("curvature", 0.0)),
         )
 
 
@@ -198,7 +220,9 @@ def fit_sensor_map(
     min_stars_per_term: int = 4,
     template: SensorMap | None = None,
     slope: float | None = None,
+    curvature: float = 0.0,
     follow: bool = True,
+    curved: bool = False,
 ) -> SensorMapFit:
     """Fit ``values`` (errors ``errors``) over the sensor with the model the stars support.
 
@@ -219,8 +243,12 @@ def fit_sensor_map(
     slope : float, optional
         The values' fractional change per fractional change of ``template``, where physics
         gives it: the ``scaled`` model then takes the constant's place.
+    curvature : float
+        With ``slope``, the values' second-order change: ``curvature (t - 1)^2``.
     follow : bool
         Whether the ``template`` model (a slope of its own on ``template``) is tried.
+    curved : bool
+        Whether the ``linear_curved`` model is tried too (after ``linear``, where that is).
 
     Returns
     -------
@@ -236,6 +264,13 @@ def fit_sensor_map(
     candidates = candidates or ["constant"]
     top = candidates[-1]
     top_terms = map_terms(X, Y, top)
+    if (
+        curved
+        and template is not None
+        and "linear" in candidates
+        and len(values) >= min_stars_per_term * n_terms("linear_curved")
+    ):
+        candidates.insert(candidates.index("linear") + 1, "linear_curved")
     if follow and template is not None and len(values) >= min_stars_per_term * n_terms("template"):
         candidates.insert(1, "template")
     if template is not None and slope is not None:
@@ -256,13 +291,20 @@ def fit_sensor_map(
     n = int(used.sum())
     bic, fits = {}, {}
     for model in candidates:
-        terms = map_terms(X, Y, model, template, slope or 0.0)
+        terms = map_terms(X, Y, model, template, slope or 0.0, curvature)
         coeffs, chi2, cov = weighted_fit(terms[used], values[used], sigma[used])
         bic[model] = chi2 + terms.shape[1] * np.log(n)
         fits[model] = (coeffs, cov)
     best = min(candidates, key=lambda m: bic[m])
     coeffs, cov = fits[best]
-    follows = best in ("template", "scaled")
-    kept_slope = float(slope) if best == "scaled" and slope is not None else 0.0
-    chosen = SensorMap(best, coeffs, cov, template if follows else None, kept_slope)
+    follows = best in FOLLOWING_MODELS
+    scaled = best == "scaled" and slope is not None
+    chosen = SensorMap(
+        best,
+        coeffs,
+        cov,
+        template if follows else None,
+        float(slope) if scaled else 0.0,
+        float(curvature) if scaled else 0.0,
+    )
     return SensorMapFit(chosen, values - chosen(X, Y), used, floor, bic)
