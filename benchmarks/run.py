@@ -688,6 +688,37 @@ def _run1_pipeline():
     return run, sky
 
 
+def _run1_bench_visit():
+    """The short run1 copy (:func:`_run1_pipeline`), its visits and the middle one, whose
+    eimage (ephemeral) is made again, bit for bit."""
+    from twinkles.inputs.simulate import simulate_visit
+
+    run, sky = _run1_pipeline()
+    visits = [int(v) for v in sky.visits["obsHistID"]]
+    visit = visits[len(visits) // 2]
+    simulate_visit(run, visit, sky)
+    return run, visits, visit
+
+
+def _execute_warm(kernel, tmp: str, recipe: str, run, visit: int, figures: bool) -> float:
+    """Execute a recipe on ``visit`` in the warm ``kernel`` as a worker does (the executed
+    notebook is ``tmp/<recipe>.ipynb``); the kernel CPU seconds it took."""
+    import papermill
+
+    from twinkles.workflow.kernel import ENGINE_NAME
+
+    base = kernel.reset(tmp, recipe=recipe)
+    papermill.execute_notebook(
+        str(ROOT / "cookbook" / f"{recipe}.ipynb"),
+        f"{tmp}/{recipe}.ipynb",
+        parameters={"run_dir": str(run.dir), "visit": visit, "figures": figures},
+        engine_name=ENGINE_NAME,
+        warm_kernel=kernel,
+        progress_bar=False,
+    )
+    return kernel.usage().cpu_s - base.cpu_s
+
+
 @benchmark
 def pipeline_run1_visit() -> dict:
     """Every per-visit step of the pipeline on one run1-size visit, summed: the recipes as a
@@ -695,36 +726,21 @@ def pipeline_run1_visit() -> dict:
     share of make_coadd (its warp, written, and its part of the assembly)."""
     import tempfile
 
-    import papermill
-
     from twinkles import jit
     from twinkles.coadd.assemble import CoaddTask
     from twinkles.coadd.skymap import SkyMap
     from twinkles.coadd.warp import WarpTask
     from twinkles.image import Exposure
-    from twinkles.inputs.simulate import simulate_visit
-    from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+    from twinkles.workflow.kernel import WarmKernel
 
-    run, sky = _run1_pipeline()
-    visits = [int(v) for v in sky.visits["obsHistID"]]
-    visit = visits[len(visits) // 2]
-    simulate_visit(run, visit, sky)  # the eimage is ephemeral: made again, bit for bit
+    run, visits, visit = _run1_bench_visit()
     shares: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=PIPELINE_RUN.parent) as tmp, WarmKernel() as kernel:
         # as a worker runs a task's visits: the same recipe again, in a kernel that has its
         # imports and keeps its heap (the second run is timed)
         for recipe in PER_VISIT_RECIPES:
             for _ in range(2):
-                base = kernel.reset(tmp, recipe=recipe)
-                papermill.execute_notebook(
-                    str(ROOT / "cookbook" / f"{recipe}.ipynb"),
-                    f"{tmp}/{recipe}.ipynb",
-                    parameters={"run_dir": str(run.dir), "visit": visit, "figures": False},
-                    engine_name=ENGINE_NAME,
-                    warm_kernel=kernel,
-                    progress_bar=False,
-                )
-                shares[recipe] = kernel.usage().cpu_s - base.cpu_s
+                shares[recipe] = _execute_warm(kernel, tmp, recipe, run, visit, figures=False)
     # make_coadd's per-visit work, as its recipe does it
     skymap = SkyMap.from_dict(run.butler.get("skyMap"))
     jit.initialize()  # numba's one-time start, which a worker pays when it starts
@@ -756,30 +772,17 @@ def figures_run1_visit() -> dict:
     import tempfile
 
     import nbformat
-    import papermill
 
-    from twinkles.inputs.simulate import simulate_visit
     from twinkles.workflow.html import render_html
-    from twinkles.workflow.kernel import ENGINE_NAME, WarmKernel
+    from twinkles.workflow.kernel import WarmKernel
 
-    run, sky = _run1_pipeline()
-    visits = [int(v) for v in sky.visits["obsHistID"]]
-    visit = visits[len(visits) // 2]
-    simulate_visit(run, visit, sky)  # the eimage is ephemeral: made again, bit for bit
+    run, _, visit = _run1_bench_visit()
     per_recipe: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(dir=PIPELINE_RUN.parent) as tmp, WarmKernel() as kernel:
         for recipe in PER_VISIT_RECIPES:
-            notebook = Path(tmp) / f"{recipe}.ipynb"
             for _ in range(2):
-                kernel.reset(tmp, recipe=recipe)
-                papermill.execute_notebook(
-                    str(ROOT / "cookbook" / f"{recipe}.ipynb"),
-                    str(notebook),
-                    parameters={"run_dir": str(run.dir), "visit": visit, "figures": True},
-                    engine_name=ENGINE_NAME,
-                    warm_kernel=kernel,
-                    progress_bar=False,
-                )
+                _execute_warm(kernel, tmp, recipe, run, visit, figures=True)
+            notebook = Path(tmp) / f"{recipe}.ipynb"
             nb = nbformat.read(notebook, as_version=4)
             figure_s = sum(
                 cell.metadata.get("papermill", {}).get("duration") or 0.0
