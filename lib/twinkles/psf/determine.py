@@ -20,7 +20,13 @@
    pixel then read bright and stars on a pixel corner faint, by mmag. Each star's
    sky is its own, the median of an annulus around its stamp (a
    global background 1 e-/pixel off would otherwise sharpen the core). Stars are weighted by
-   signal-to-noise (capped, so a few bright stars do not decide alone); fluxes are
+   signal-to-noise, so that each stamp's residuals count by their inverse variance, up to a
+   cap near the full well (``snr_weight_cap``), where a sensor's response is least certain.
+   With a few dozen stars the model's change over the sensor is noisy, and every PSF flux
+   inherits it (an error of 0.3% in the width's gradient ramps them by ~3 mmag). A cap at
+   a few hundred throws away most of what the brightest stars know of it, and worse: the
+   model then fits them worse than their noise allows, and the clipping below drops them.
+   Fluxes are
    re-measured with the model each pass, and stars whose residual chi^2 stands out are
    clipped.
    The spatial model is chosen by ``cv_folds``-fold cross-validation: for each polynomial
@@ -103,7 +109,11 @@ class PsfConfig(Section):
     min_stars: int = Field(5, ge=2, description="Fewest stars for a PSF (else PsfError).")
     max_stars: int = Field(300, ge=5, description="Most stars used (the brightest).")
     snr_min: float = Field(50.0, gt=0, description="Candidate signal-to-noise floor.")
-    snr_weight_cap: float = Field(300.0, gt=0, description="S/N beyond which weights stop growing.")
+    snr_weight_cap: float = Field(
+        1000.0,
+        gt=0,
+        description="S/N beyond which weights stop growing (~1000: stars near the full well).",
+    )
     isolation_radius: float = Field(
         10.0, gt=0, description="No other detection this close to a star (pixels)."
     )
