@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from twinkles.config import load_run
+from twinkles.measurement.apcorr import ApertureCorrectionConfig
 from twinkles.sim.sky import Sky
 from twinkles.validation.static_sky import enclosed_light_mmag
 from twinkles.validation.truth_match import match_to_truth, truth_point_sources
@@ -67,9 +68,12 @@ def evaluate(run, visits):
         significant = np.asarray(truth["snr"]) >= 10
         pooled["detected"].append(detected[significant])
         pooled["isolated_detected"].append(detected[significant & np.asarray(truth["isolated"])])
-        # like with like: the simulated zero point of the flux inside the 25-px calibration
-        # aperture (a Kolmogorov profile puts a few mmag beyond it)
-        beyond = enclosed_light_mmag(truth_visit["psf"], 25.0, run.config.sensor.pixel_scale)
+        # like with like: the simulated zero point of the flux the 25-px calibration aperture
+        # measures, less its annulus's sky (a Kolmogorov profile puts a few mmag beyond it)
+        apcorr = ApertureCorrectionConfig()
+        beyond = enclosed_light_mmag(
+            truth_visit["psf"], apcorr.radius, run.config.sensor.pixel_scale, apcorr.annulus
+        )
         per_visit.append(
             {
                 "visit": v,

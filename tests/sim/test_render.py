@@ -273,3 +273,11 @@ def test_light_beyond_the_calibration_aperture():
     sharp, broad = beyond("kolmogorov_optics", 0.6), beyond("kolmogorov_optics", 1.0)
     assert 0.5 < sharp < broad < 10.0
     assert broad / sharp == pytest.approx((1.0 / 0.6) ** (5 / 3), rel=0.35)
+    # a local sky from a 30-45 px annulus takes the wings' light there out of the aperture
+    # too: for I ~ r^-11/3, 25^2 / (45^2 - 30^2) x ((30/25)^-5/3 - (45/25)^-5/3) = 0.20 of
+    # the light beyond 25 px
+    profile = SimulatedPSF("kolmogorov_optics", 1.0).to_dict()
+    with_sky = enclosed_light_mmag(profile, 25.0, 0.2, (30.0, 45.0))
+    assert 1.1 * broad < with_sky < 1.35 * broad
+    moffat = SimulatedPSF("moffat", 0.8).to_dict()
+    assert enclosed_light_mmag(moffat, 25.0, 0.2, (30.0, 45.0)) == pytest.approx(0.0, abs=1e-3)

@@ -744,30 +744,53 @@ def ramp_excess(values: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
     return value, float(np.sqrt(mean + se) - value) if np.isfinite(se) else float("nan")
 
 
-def enclosed_light_mmag(psf_truth: dict, radius_px: float, pixel_scale: float) -> float:
-    """The light of a simulated PSF beyond ``radius_px`` at the sensor's centre, in mmag
-    (``-2.5 log10`` of the fraction inside; 0 for a profile truncated within it).
+def enclosed_light_mmag(
+    psf_truth: dict,
+    radius_px: float,
+    pixel_scale: float,
+    annulus: tuple[float, float] | None = None,
+) -> float:
+    """The light of a simulated PSF that an aperture of ``radius_px`` misses at the sensor's
+    centre, in mmag (``-2.5 log10`` of the fraction it measures; 0 for a profile truncated
+    within it).
+
+    Without ``annulus``, the light beyond the aperture. With ``annulus`` (inner and outer
+    radius, pixels), the aperture's flux as :mod:`~twinkles.measurement.apcorr` measures it:
+    less a local sky from that annulus, whose mean per pixel, times the aperture's area,
+    takes the wings' light in the annulus out of the aperture too (for Kolmogorov wings, a
+    fifth as much again as the light beyond a 25-pixel aperture).
 
     ``psf_truth`` is the ``psf`` record of an ``eimageTruth``.
     """
-    half = int(np.ceil(3 * radius_px))
+    outer = max(radius_px, annulus[1] if annulus else 0.0)
+    half = int(np.ceil(max(3 * radius_px, outer + 2)))
     image = SimulatedPSF.from_dict(psf_truth).at(0.0, 0.0)
     pixels = image.drawImage(nx=2 * half + 1, ny=2 * half + 1, scale=pixel_scale).array
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-    inside = float(pixels[np.hypot(xx, yy) <= radius_px].sum())
+    radius = np.hypot(xx, yy)
+    aperture = radius <= radius_px
+    inside = float(pixels[aperture].sum())
+    if annulus is not None:
+        ring = (radius >= annulus[0]) & (radius <= annulus[1])
+        inside -= float(pixels[ring].mean()) * int(aperture.sum())
     return -MMAG_PER_FRACTION * np.log(inside) if inside > 0 else float("nan")
 
 
 def zero_point_residuals(
-    butler, visit_ids: list[int], pixel_scale: float, radius_px: float = 25.0
+    butler,
+    visit_ids: list[int],
+    pixel_scale: float,
+    radius_px: float = 25.0,
+    annulus: tuple[float, float] | None = None,
 ) -> Table:
     """Per visit, the measured zero point against the simulation's, and its pull.
 
     The pipeline's zero point turns the flux in its calibration aperture (the aperture
-    correction's total, ``radius_px``) into AB magnitudes; the simulation's turns the total
-    flux. They are compared like with like: the simulated zero point less the light its PSF
-    puts beyond the aperture (``beyond_mmag``: ~3 mmag for a Kolmogorov profile, 0 for the
-    truncated Moffat), which the calibration against the reference catalog absorbs.
+    correction's total, ``radius_px``, less a local sky from ``annulus`` where given) into AB
+    magnitudes; the simulation's turns the total flux. They are compared like with like: the
+    simulated zero point less the light of its PSF that the aperture misses (``beyond_mmag``,
+    :func:`enclosed_light_mmag`: ~3-10 mmag for a Kolmogorov profile, 0 for the truncated
+    Moffat), which the calibration against the reference catalog absorbs.
 
     Only visits with a ``visitSummary`` and a simulated truth (``eimageTruth``: an external
     run has none) are listed. ``dzp_mmag`` is measured minus simulated; ``pull`` divides it
@@ -782,7 +805,7 @@ def zero_point_residuals(
         summary = butler.get("visitSummary", visit=visit)
         truth = butler.get("eimageTruth", visit=visit)
         error = 1000.0 * summary.get("zero_point_total_err", summary["zero_point_err"])
-        beyond = enclosed_light_mmag(truth["psf"], radius_px, pixel_scale)
+        beyond = enclosed_light_mmag(truth["psf"], radius_px, pixel_scale, annulus)
         dzp = 1000.0 * float(summary["zero_point"] - truth["zero_point"]) + beyond
         rows.append((int(visit), str(summary["filter"]), dzp, beyond, error, dzp / error))
     return Table(
