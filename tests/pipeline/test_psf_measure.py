@@ -326,7 +326,8 @@ def test_a_few_stars_follow_a_width_change_with_the_width_mode():
 def test_the_brightest_stars_count_by_their_signal_to_noise():
     """30 stars of S/N ~100-2000 under a GalSim Moffat whose width changes by 12% across the
     sensor: every PSF flux inherits the model's error of that change, which the brightest
-    stars measure best. Weighted by S/N up to 1000 (the default), the model's core
+    stars measure best. Weighted by S/N up to 1000 (the default; five times the median S/N
+    does not bind here), the model's core
     concentration tracks the truth over the sensor to under 0.7 per mille in each of 8 scenes,
     and the clipping keeps nearly all the stars; with weights capped at S/N 300, the brightest
     stars fit worse than their noise allows, are clipped, and the model misses by more."""

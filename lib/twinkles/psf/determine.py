@@ -21,7 +21,9 @@
    sky is its own, the median of an annulus around its stamp (a
    global background 1 e-/pixel off would otherwise sharpen the core). Stars are weighted by
    signal-to-noise, so that each stamp's residuals count by their inverse variance, up to a
-   cap near the full well (``snr_weight_cap``), where a sensor's response is least certain.
+   cap near the full well (``snr_weight_cap``), where a sensor's response is least certain,
+   and at most a few times the stars' median (``snr_weight_median_factor``): with a handful
+   of stars, one or two bright ones would otherwise decide the model alone.
    With a few dozen stars the model's change over the sensor is noisy, and every PSF flux
    inherits it (an error of 0.3% in the width's gradient ramps them by ~3 mmag). A cap at
    a few hundred throws away most of what the brightest stars know of it, and worse: the
@@ -114,6 +116,13 @@ class PsfConfig(Section):
         gt=0,
         description="S/N beyond which weights stop growing (~1000: stars near the full well).",
     )
+    snr_weight_median_factor: float = Field(
+        5.0,
+        gt=0,
+        description="Weights also stop growing at this multiple of the stars' median S/N, so "
+        "that where a sensor has only a handful of stars one or two bright ones do not decide "
+        "the model alone.",
+    )
     isolation_radius: float = Field(
         10.0, gt=0, description="No other detection this close to a star (pixels)."
     )
@@ -167,7 +176,7 @@ class StarStamps:
     flux: np.ndarray
     """First fluxes: the sums of ``centred``."""
     snr: np.ndarray
-    """Weights: signal-to-noise, capped at ``snr_weight_cap``."""
+    """Weights: signal-to-noise, capped (``snr_weight_cap``, ``snr_weight_median_factor``)."""
     x0: float
     y0: float
     scale: float
@@ -494,9 +503,9 @@ class PsfTask:
         )
         data = data - local_sky[:, None, None]
         centred = shift_stamps(data, -(x - ix), -(y - iy))
+        snr = np.asarray(candidates["flux"])[idx] / np.asarray(candidates["flux_err"])[idx]
         snr = np.minimum(
-            np.asarray(candidates["flux"])[idx] / np.asarray(candidates["flux_err"])[idx],
-            cfg.snr_weight_cap,
+            snr, min(cfg.snr_weight_cap, cfg.snr_weight_median_factor * float(np.median(snr)))
         )
         h, w = exposure.shape
         x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * float(np.hypot(w, h))
