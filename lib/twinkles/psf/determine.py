@@ -28,9 +28,8 @@
    inherits it (an error of 0.3% in the width's gradient ramps them by ~3 mmag). A cap at
    a few hundred throws away most of what the brightest stars know of it, and worse: the
    model then fits them worse than their noise allows, and the clipping below drops them.
-   Fluxes are
-   re-measured with the model each pass, and stars whose residual chi^2 stands out are
-   clipped.
+   Fluxes are re-measured with the model each pass, and stars whose residual chi^2 stands
+   out are clipped.
    The spatial model is chosen by ``cv_folds``-fold cross-validation: for each polynomial
    degree up to ``degree``, and with ``radial`` also a radial term ``X^2 + Y^2`` alone and
    with a gradient (at most one coefficient per 4 stars), the stacked stars of all folds but
