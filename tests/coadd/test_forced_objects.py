@@ -237,6 +237,41 @@ def test_flux_ramps_recover_a_linear_and_a_radial_ramp_and_a_flat_sensor_gives_n
     assert pulls["robust_std"][pulls["snr_lo"] == 5][0] == pytest.approx(1.0, abs=0.2)
 
 
+def test_stars_with_a_true_neighbour_are_left_out_of_the_truth_comparisons():
+    """A star blended with a neighbour the deblender did not separate is measured with the
+    neighbour's light, which its true flux does not hold (and a sensor rotated about its
+    centre keeps it at the same radius in every visit, so its error repeats as a radial
+    ramp). Rows marked not isolated leave the pulls, the ramps and the bias, not PA1, which
+    needs no truth."""
+    from twinkles.validation.static_sky import flux_ramps, forced_star_metrics, pulls_by_snr
+    from twinkles.validation.truth_match import isolated
+
+    rows = _star_rows(12, 0.0, 0.0, seed=4)
+    rows["ccdVisitId"] = rows["ccdVisitId"].astype(np.int64)
+    ids = np.asarray(rows["truth_id"])
+    blended = np.isin(ids, np.arange(0, 150, 5))  # 30 of the 150 stars
+    every = (pulls_by_snr(rows), flux_ramps(rows, 1000, 1000), forced_star_metrics(rows))
+    rows["isolated"] = ~blended
+    kept = (pulls_by_snr(rows), flux_ramps(rows, 1000, 1000), forced_star_metrics(rows))
+    assert every[0]["n"].sum() - kept[0]["n"].sum() > 0
+    snr = np.asarray(rows["true_flux"] / rows["psFluxErr"])
+    in_bins = snr >= 5.0
+    assert every[0]["n"].sum() - kept[0]["n"].sum() == int((blended & in_bins).sum())
+    bright = np.asarray(rows["psFlux"] >= 100 * rows["psFluxErr"])
+    lost = [
+        int((blended & bright & (rows["ccdVisitId"] == v)).sum()) for v in kept[1]["ccdVisitId"]
+    ]
+    np.testing.assert_array_equal(every[1]["n_stars"] - kept[1]["n_stars"], lost)
+    assert kept[2]["pa1_drp_mmag"][0] == every[2]["pa1_drp_mmag"][0]
+    assert kept[2]["n_pulls"][0] < every[2]["n_pulls"][0]
+    # the isolation: no other object within 2" (positions in deg; one is 1" from another)
+    ra = np.array([10.0, 10.0 + 1.0 / 3600, 10.01, 10.02])
+    dec = np.full(4, -30.0)
+    galaxy_ra, galaxy_dec = np.array([10.02 + 1.5 / 3600]), np.array([-30.0])
+    alone = isolated(ra, dec, np.concatenate([ra, galaxy_ra]), np.concatenate([dec, galaxy_dec]))
+    np.testing.assert_array_equal(alone, [False, False, True, False])
+
+
 def test_the_median_pulls_error_counts_what_a_visit_and_the_band_share():
     """A visit's measurements share its zero point's error: the median pull of bright stars
     then scatters beyond 1.253 / sqrt(n), and its bootstrap over visits says by how much; a

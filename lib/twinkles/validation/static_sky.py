@@ -40,6 +40,7 @@ from twinkles.sim.psf import SimulatedPSF
 from twinkles.sim.truth import Truth
 from twinkles.stats import mad_std, robust_std
 from twinkles.units import MAG_PER_FRACTION, MMAG_PER_FRACTION
+from twinkles.validation.truth_match import isolated
 
 __all__ = [
     "SOURCE_PULL_SNR_EDGES",
@@ -333,6 +334,28 @@ def _star_objects(
     return star_of, variable_of
 
 
+def isolated_star_ids(truth: Truth) -> np.ndarray:
+    """The ids of the true stars with no other true object (galaxies, transients and lensed
+    images too) within :data:`~twinkles.validation.truth_match.ISOLATION_ARCSEC`: those the
+    photometry is compared with the truth on. A star blended with a neighbour the deblender
+    did not separate is measured with the neighbour's light, which its true flux does not
+    hold; and as a rotated sensor keeps it at the same distance from the centre in every
+    visit, a few such stars draw a radial ramp that repeats in every visit of a band."""
+    all_ra, all_dec = truth.object_positions()
+    stars = truth.stars
+    alone = isolated(stars["ra"], stars["dec"], all_ra, all_dec)
+    return np.asarray(stars["id"], dtype=np.int64)[alone]
+
+
+def truth_comparable(rows: Table) -> np.ndarray:
+    """The rows whose flux is compared with the truth: non-variable and isolated stars
+    (``isolated``, where the rows have it)."""
+    keep = ~np.asarray(rows["is_variable"], dtype=bool)
+    if "isolated" in rows.colnames:
+        keep &= np.asarray(rows["isolated"], dtype=bool)
+    return keep
+
+
 def star_object_ids(objects: Table, truth: Truth | None, radius_arcsec: float = 0.5) -> np.ndarray:
     """The ``objectId`` of the Objects :func:`star_light_curves` keeps: what to read of the
     ForcedSource tables (:func:`forced_light_curves`'s ``object_ids``)."""
@@ -350,7 +373,8 @@ def star_light_curves(
     (``extendedness`` 0), whose ``truth_id`` is then their ``objectId``, ``is_variable``
     False (unknown) and ``true_flux`` NaN: PA1 and the floor need no truth, the pulls do.
     Objects in blends and rows flagged off-image, bad, on an edge or saturated are dropped.
-    Columns added: ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
+    Columns added: ``truth_id``, ``is_variable``, ``true_flux`` (nJy) and ``isolated``
+    (:func:`isolated_star_ids`; True without a truth).
     """
     star_of, variable_of = _star_objects(objects, truth, radius_arcsec)
     rows = light_curves[
@@ -370,6 +394,11 @@ def star_light_curves(
                 np.asarray(rows["truth_id"])[sel], str(band), np.asarray(rows["mjd"])[sel]
             )
     rows["true_flux"] = true_flux
+    rows["isolated"] = (
+        np.isin(np.asarray(rows["truth_id"]), isolated_star_ids(truth))
+        if truth is not None
+        else np.ones(len(rows), dtype=bool)
+    )
     return rows
 
 
@@ -381,9 +410,11 @@ def source_star_rows(butler, visits: Table, truth: Truth, radius_arcsec: float =
     correction, so their pulls test process_eimage alone (no coadd positions). Sources
     flagged blended, saturated, interpolated, on an edge, bad or hit by a cosmic ray are
     dropped. Columns: ``ccdVisitId``, ``band``, ``x``, ``y``, ``psFlux``, ``psFluxErr``
-    (nJy), ``truth_id``, ``is_variable``, ``true_flux`` (nJy).
+    (nJy), ``truth_id``, ``is_variable``, ``true_flux`` (nJy), ``isolated``
+    (:func:`isolated_star_ids`).
     """
     stars = truth.stars
+    alone = isolated_star_ids(truth)
     flags = (
         "flag_blended",
         "flag_saturated",
@@ -416,6 +447,7 @@ def source_star_rows(butler, visits: Table, truth: Truth, radius_arcsec: float =
                     "truth_id": ids.astype(np.int64),
                     "is_variable": np.asarray(stars["is_variable"], dtype=bool)[i_star],
                     "true_flux": truth.flux(ids, band, np.full(len(ids), float(row["expMJD"]))),
+                    "isolated": np.isin(ids, alone),
                 }
             )
         )
@@ -477,6 +509,9 @@ def forced_star_metrics(
     * ``floor_mmag``: :func:`repeatability_floor` of those same (``drp_snr``) stars;
     * ``pull_std``: robust std of ``(psFlux - true) / psFluxErr`` at S/N >= ``min_snr``;
     * ``bias``: the median of ``psFlux / true - 1`` of the ``drp_snr`` stars.
+
+    PA1, PF1 and the floor need no truth and take every star; the pulls and the bias take
+    the isolated ones (:func:`truth_comparable`).
     """
     out = []
     steady = rows[~np.asarray(rows["is_variable"])]
@@ -501,8 +536,9 @@ def forced_star_metrics(
         pa1_faro_noise = photometric_repeatability(noise_draws, min_stars)[0]
         drp = stars[median_snr >= drp_snr]
         mags, mag_errors = _magnitude_matrix(ids, col, flux, err, drp, len(visits))
-        in_pulls = snr >= min_snr
-        is_drp = np.isin(ids, drp)
+        comparable = truth_comparable(b)
+        in_pulls = (snr >= min_snr) & comparable
+        is_drp = np.isin(ids, drp) & comparable
         out.append(
             {
                 "band": str(band),
@@ -537,7 +573,8 @@ def pulls_by_snr(
     flux: str = "psFlux",
     edges: tuple[float, ...] = PULL_SNR_EDGES,
 ) -> Table:
-    """Pulls ``(flux - true) / error`` of non-variable stars per band and bin of true S/N.
+    """Pulls ``(flux - true) / error`` of non-variable, isolated stars
+    (:func:`truth_comparable`) per band and bin of true S/N.
 
     A PSF model or aperture correction that is wrong by a fraction ``f`` shows as pulls whose
     spread grows with S/N (``f x S/N`` beyond 1), where the noise no longer hides it; a bias
@@ -564,7 +601,7 @@ def pulls_by_snr(
         median's standard error, :func:`visit_bootstrap_median_error`) and ``rel_err`` (the
         measurements' median fractional error).
     """
-    steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
+    steady = rows[truth_comparable(rows)]
     value = np.asarray(steady[flux], dtype=float)
     error = np.asarray(steady[f"{flux}Err"], dtype=float)
     true = np.asarray(steady["true_flux"], dtype=float)
@@ -647,8 +684,9 @@ def flux_ramps(
 ) -> Table:
     """Per visit, the ramp of bright stars' measured over true flux across the sensor.
 
-    ``psFlux / true_flux`` of non-variable stars of S/N >= ``min_snr`` is fitted, weighted by
-    its errors, as ``a (1 + g_x X + g_y Y)`` (linear) and separately as ``a (1 + c R^2)``
+    ``psFlux / true_flux`` of non-variable, isolated stars (:func:`truth_comparable`) of
+    S/N >= ``min_snr`` is fitted, weighted by its errors, as ``a (1 + g_x X + g_y Y)``
+    (linear) and separately as ``a (1 + c R^2)``
     (radial), with ``X, Y`` the position from the sensor's centre over its half-diagonal and
     ``R^2 = X^2 + Y^2``. A PSF model or aperture correction that does not follow the PSF
     across the sensor leaves such a ramp; because each visit has its own rotator angle a
@@ -662,7 +700,7 @@ def flux_ramps(
         ``linear_err_mmag``, ``radial_mmag`` (``1085.7 c``: centre to corner) and
         ``radial_err_mmag``. Visits with fewer than ``min_stars`` bright stars are left out.
     """
-    steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
+    steady = rows[truth_comparable(rows)]
     value = np.asarray(steady["psFlux"], dtype=float)
     error = np.asarray(steady["psFluxErr"], dtype=float)
     true = np.asarray(steady["true_flux"], dtype=float)
@@ -894,7 +932,8 @@ def _ratio_to_mmag(ratio: float) -> float:
 
 
 def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
-    """Bias and scatter of forced PSF fluxes of non-variable stars, per band and true magnitude.
+    """Bias and scatter of forced PSF fluxes of non-variable, isolated stars per band and true
+    magnitude.
 
     Parameters
     ----------
@@ -913,7 +952,7 @@ def photometry_vs_magnitude(rows: Table, bin_mag: float = 0.5) -> Table:
         ``(psFlux - true) / psFluxErr``). Ratios of fluxes rather than magnitudes, so faint
         stars' negative fluxes count instead of being dropped (which biases toward bright).
     """
-    steady = rows[~np.asarray(rows["is_variable"], dtype=bool)]
+    steady = rows[truth_comparable(rows)]
     flux = np.asarray(steady["psFlux"], float)
     err = np.asarray(steady["psFluxErr"], float)
     true = np.asarray(steady["true_flux"], float)

@@ -20,7 +20,36 @@ from twinkles.sim.truth import Truth
 from twinkles.sim.wcs import wcs_from_header_dict
 from twinkles.units import NEFF_PER_FWHM2
 
-__all__ = ["match_to_truth", "truth_point_sources"]
+__all__ = ["ISOLATION_ARCSEC", "isolated", "match_to_truth", "truth_point_sources"]
+
+#: A true source with another true object (galaxies too) this close is not isolated (arcsec):
+#: its measured flux holds the neighbour's light, which its own true flux does not.
+ISOLATION_ARCSEC = 2.0
+
+
+def isolated(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    all_ra: np.ndarray,
+    all_dec: np.ndarray,
+    radius_arcsec: float = ISOLATION_ARCSEC,
+) -> np.ndarray:
+    """Whether each position (deg) has no other of ``all_ra, all_dec`` within
+    ``radius_arcsec``; each position is itself among those (so one match is its own)."""
+    from scipy.spatial import cKDTree
+
+    ra, dec = np.asarray(ra, dtype=float), np.asarray(dec, dtype=float)
+    if not len(ra):
+        return np.zeros(0, dtype=bool)
+    ra0, dec0 = float(np.median(ra)), float(np.median(dec))
+    ax, ay = sky_to_tangent(
+        np.asarray(all_ra, dtype=float), np.asarray(all_dec, dtype=float), ra0, dec0
+    )
+    px, py = sky_to_tangent(ra, dec, ra0, dec0)
+    counts = cKDTree(np.column_stack([ax, ay]) * 3600).query_ball_point(
+        np.column_stack([px, py]) * 3600, radius_arcsec, return_length=True
+    )
+    return np.asarray(counts) == 1
 
 
 def truth_point_sources(
@@ -29,7 +58,7 @@ def truth_point_sources(
     sky_noise: float,
     shape: tuple[int, int],
     pixel_scale: float,
-    isolation_arcsec: float = 2.0,
+    isolation_arcsec: float = ISOLATION_ARCSEC,
     edge: float = 15.0,
 ) -> Table:
     """True point sources on the sensor of one visit (at least ``edge`` pixels inside)."""
@@ -40,16 +69,9 @@ def truth_point_sources(
     h, w = shape
     on = (x > edge) & (x < w - 1 - edge) & (y > edge) & (y < h - 1 - edge)
     # isolation from every true object (galaxies too)
-    ra0, dec0 = float(np.median(points["ra"])), float(np.median(points["dec"]))
     all_ra = np.concatenate([np.asarray(points["ra"]), np.asarray(truth.galaxies["ra"])])
     all_dec = np.concatenate([np.asarray(points["dec"]), np.asarray(truth.galaxies["dec"])])
-    ax, ay = sky_to_tangent(all_ra, all_dec, ra0, dec0)
-    px, py = sky_to_tangent(np.asarray(points["ra"]), np.asarray(points["dec"]), ra0, dec0)
-    from scipy.spatial import cKDTree
-
-    counts = cKDTree(np.column_stack([ax, ay]) * 3600).query_ball_point(
-        np.column_stack([px, py]) * 3600, isolation_arcsec, return_length=True
-    )
+    alone = isolated(points["ra"], points["dec"], all_ra, all_dec, isolation_arcsec)
     electrons = np.asarray(points["flux"]) * eimage_truth["electrons_per_njy"]
     neff = NEFF_PER_FWHM2 * (eimage_truth["fwhm_eff"] / pixel_scale) ** 2
     with np.errstate(invalid="ignore"):
@@ -59,7 +81,7 @@ def truth_point_sources(
     out["kind"] = kind_of(out["id"])
     out["electrons"] = electrons[on]
     out["snr"] = snr[on]
-    out["isolated"] = counts[on] == 1
+    out["isolated"] = alone[on]
     out["is_star"] = out["kind"] == ObjectKind.STAR
     return out
 
