@@ -16,6 +16,7 @@ import galsim
 import numpy as np
 
 from twinkles.image import Exposure
+from twinkles.image.psf import PixelPSF
 
 PIXEL_SCALE = 0.2  # arcsec
 FULL_WELL = 100000.0
@@ -216,3 +217,82 @@ def saturated_stars_exposure(
         _draw(image, star, x[k], y[k], half)
     exposure = _noisy_exposure(image.array, sky, rng, seed, clip=True)
     return SaturatedScene(exposure, x, y, flux)
+
+
+@dataclass
+class NeighbourScene:
+    """Bright stars, each with a faint star beside it, and smooth galaxies, on a flat sky."""
+
+    exposure: Exposure
+    """Sky subtracted, with the PSF as a :class:`~twinkles.image.psf.PixelPSF`."""
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    """True total flux of every object (electrons): the bright stars, their neighbours, then
+    the galaxies."""
+    kind: np.ndarray
+    """``"bright"``, ``"neighbour"`` or ``"galaxy"``."""
+    fwhm: float
+    """The PSF's FWHM (pixels)."""
+
+
+def neighbours_exposure(
+    seed: int = 1,
+    profile: str = "moffat",
+    fwhm: float = 0.7,
+    size: int = 640,
+    n: int = 25,
+    n_galaxies: int = 30,
+    sky: float = 800.0,
+    separation_arcsec: tuple[float, float] = (1.8, 3.2),
+    ratio: tuple[float, float] = (100.0, 1000.0),
+) -> NeighbourScene:
+    """``n`` stars of 3e5-3e6 electrons on a jittered grid, each with a neighbour in a random
+    direction, ``separation_arcsec`` away and ``ratio`` times fainter (log-uniform), and
+    smooth galaxies (exponential disks, some with a de Vaucouleurs bulge; 1e4-3e5 electrons)
+    between them. The sky is subtracted; the exposure's PSF is the true one drawn on the
+    pixels."""
+    rng = np.random.default_rng(seed)
+    psf = psf_profile(profile, fwhm)
+    image = galsim.ImageD(size, size, scale=PIXEL_SCALE, init_value=0.0)
+    side = int(np.ceil(np.sqrt(n)))
+    grid = np.linspace(60, size - 60, side)
+    xs, ys = np.meshgrid(grid, grid)
+    xb = xs.ravel()[:n] + rng.uniform(-10, 10, n)
+    yb = ys.ravel()[:n] + rng.uniform(-10, 10, n)
+    fb = np.exp(rng.uniform(np.log(3e5), np.log(3e6), n))
+    separation = rng.uniform(*separation_arcsec, n) / PIXEL_SCALE
+    angle = rng.uniform(0, 2 * np.pi, n)
+    xn, yn = xb + separation * np.cos(angle), yb + separation * np.sin(angle)
+    fn = fb / np.exp(rng.uniform(*np.log(ratio), n))
+    for flux, x, y in zip(np.r_[fb, fn], np.r_[xb, xn], np.r_[yb, yn], strict=True):
+        _draw(image, psf.withFlux(flux), x, y, 60)
+    # galaxies midway between the grid's rows and columns, away from the bright stars
+    step = grid[1] - grid[0]
+    mid = grid[:-1] + 0.5 * step
+    gx, gy = (g.ravel()[:n_galaxies] for g in np.meshgrid(mid, mid))
+    gx = gx + rng.uniform(-5, 5, len(gx))
+    gy = gy + rng.uniform(-5, 5, len(gy))
+    fg = np.exp(rng.uniform(np.log(1e4), np.log(3e5), len(gx)))
+    for flux, x, y in zip(fg, gx, gy, strict=True):
+        disk = galsim.Exponential(half_light_radius=rng.uniform(0.4, 1.2))
+        parts = [
+            disk.withFlux(0.7 * flux),
+            galsim.DeVaucouleurs(half_light_radius=0.3).withFlux(0.3 * flux),
+        ]
+        galaxy = galsim.Add(parts) if rng.uniform() < 0.5 else disk.withFlux(flux)
+        g1, g2 = rng.uniform(-0.3, 0.3, 2)
+        _draw(image, galsim.Convolve(galaxy.shear(g1=g1, g2=g2), psf), x, y, 50)
+    exposure = _noisy_exposure(image.array, sky, rng, seed)
+    exposure.image -= np.float32(sky)
+    kernel = psf.drawImage(nx=25, ny=25, scale=PIXEL_SCALE).array
+    exposure.psf = PixelPSF((kernel / kernel.sum())[None], 0, size / 2, size / 2, size / 2)
+    kind = np.array(["bright"] * n + ["neighbour"] * n + ["galaxy"] * len(gx))
+    return NeighbourScene(
+        exposure,
+        np.r_[xb, xn, gx],
+        np.r_[yb, yn, gy],
+        np.r_[fb, fn, fg],
+        kind,
+        fwhm / PIXEL_SCALE,
+    )

@@ -55,6 +55,13 @@ class ObjectConfig(Section):
     merge_radius: float = Field(
         1.0, gt=0, description="Peaks closer than this (arcsec) are one Object."
     )
+    peak_prominence: float = Field(
+        5.0,
+        ge=0,
+        description="Peaks inside a detection that rise this many sigma above the saddle "
+        "joining them to a higher peak are Objects too, where deblending did not split them "
+        "(DetectionConfig.peak_prominence); 0: off.",
+    )
     extendedness_radius: float = Field(
         12.0, gt=0, description="Aperture (pixels) of the concentration for extendedness."
     )
@@ -116,7 +123,12 @@ class ObjectTask:
         first = coadds[bands[0]]
         pixel_scale = float(np.sqrt(abs(np.linalg.det(first.wcs.pixel_scale_matrix)))) * 3600
         detect = DetectionTask(
-            DetectionConfig(threshold=cfg.threshold, variance_map=True, sky_normalise=True)
+            DetectionConfig(
+                threshold=cfg.threshold,
+                variance_map=True,
+                sky_normalise=True,
+                peak_prominence=cfg.peak_prominence,
+            )
         )
         detections: dict[str, Table] = {}
         footprints = np.zeros(first.shape, dtype=bool)

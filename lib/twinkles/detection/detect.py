@@ -30,6 +30,15 @@ each with part of the flux. Pieces whose peaks lie in, or within ``saturation_re
 one connected region of SAT pixels are merged back into one source (:func:`merge_saturated`):
 the flux-weighted centroid of the pieces, their summed flux and one footprint.
 
+Multi-threshold deblending splits a branch only when it holds ``deblend_cont`` of the blend's
+total: a faint star 2-3" from a star 100-1000 times brighter holds less, and stays in the bright
+star's footprint. With ``peak_prominence`` (coadds), every peak of the filtered image that
+rises that many sigma above the saddle joining it to a higher peak
+(:func:`~twinkles.detection.peaks.peak_prominence`) and that no source stands for yet is a
+source too, with its position from the filtered image's maximum and no footprint of its own
+(``flag_peak``), as LSST's detection keeps every significant peak of a footprint for its
+deblender.
+
 Each source gets a windowed centroid (SExtractor's XWIN/YWIN: iterative, Gaussian-weighted,
 as precise as a PSF fit for isolated stars), its half-light radius, isophotal second moments,
 its peak and whether it was deblended. Detected pixels are masked DETECTED.
@@ -42,11 +51,12 @@ from typing import Any
 
 import numpy as np
 import sep
-from astropy.table import Table
+from astropy.table import Table, vstack
 from pydantic import Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from twinkles.detection.peaks import peak_prominence
 from twinkles.geometry import friends_of_friends
 from twinkles.image import Exposure, MaskPlane
 from twinkles.image.convolve import fft_convolve_terms
@@ -288,6 +298,13 @@ class DetectionConfig(Section):
         description="Deblended peaks within this distance (pixels) of one saturated region "
         "are one source.",
     )
+    peak_prominence: float = Field(
+        0.0,
+        ge=0,
+        description="Peaks of the filtered image inside a detection that rise this many sigma "
+        "above the saddle joining them to a higher peak are sources too, where deblending did "
+        "not split them (a faint neighbour on a bright star's wings); 0: off.",
+    )
 
 
 @dataclass
@@ -358,6 +375,13 @@ class DetectionTask:
         image when not given), applied as two 1-D passes (0.17 s for a 4k x 4k sensor, against
         1.0 s for the 2-D FFT convolution a PSF kernel needs).
         """
+        return self._significance(exposure, fwhm)[0]
+
+    def _significance(
+        self, exposure: Exposure, fwhm: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray | float]:
+        """:meth:`significance` and the filtered image's noise (a plane with ``variance_map``,
+        else a number): their product is the filtered image."""
         bad = exposure.masked(BAD_PLANES)
         data = np.where(bad, np.float32(0.0), exposure.image.astype(np.float32, copy=False))
         if exposure.psf is None:
@@ -390,10 +414,10 @@ class DetectionTask:
             with np.errstate(invalid="ignore", divide="ignore"):
                 filtered /= np.sqrt(var_f, out=var_f)
             filtered[no_data] = 0.0
-            return filtered
+            return filtered, var_f
         sky_sigma = float(np.sqrt(np.median(exposure.variance[::16, ::16])))
         filtered *= np.float32(1.0 / (sky_sigma * kernel_norm))
-        return filtered
+        return filtered, sky_sigma * kernel_norm
 
     def normalise_to_sky(
         self,
@@ -485,14 +509,19 @@ class DetectionTask:
         -------
         DetectionResult
             The sources (positions in pixels, fluxes in the image's unit, second moments,
-            ``flux_radius``, the peak pixel ``x_peak``, ``y_peak``, blend and centroid flags),
-            the segmentation image and the FWHM (pixels) the filter was matched to.
+            ``flux_radius``, the peak pixel ``x_peak``, ``y_peak``, blend and centroid flags,
+            ``flag_peak`` for a source found as a prominent peak), the segmentation image and
+            the FWHM (pixels) the filter was matched to.
         """
         cfg = self.config
         data = np.ascontiguousarray(exposure.image, dtype=np.float32)
         bad = exposure.masked(BAD_PLANES)
         fwhm = self.filter_fwhm(exposure)
-        nu = self.significance(exposure, fwhm) if significance is None else significance
+        # a given significance image comes without its noise: its peaks are then ranked in
+        # sigma rather than in filtered flux
+        nu, noise = (
+            self._significance(exposure, fwhm) if significance is None else (significance, 1.0)
+        )
         threshold = threshold if threshold is not None else cfg.threshold
         sky_noise = 1.0
         if cfg.sky_normalise:
@@ -558,6 +587,108 @@ class DetectionTask:
                 "flag_blended": (objects["flag"] & sep.OBJ_MERGED) != 0,
                 "flag_truncated": (objects["flag"] & sep.OBJ_TRUNC) != 0,
                 "flag_centroid": moved | (win_flag != 0),
+                "flag_peak": np.zeros(len(objects), dtype=bool),
             }
         )
+        if cfg.peak_prominence > 0 and len(table):
+            table = self._add_prominent_peaks(
+                table, exposure, nu * noise, noise, segmap, threshold, fwhm
+            )
         return DetectionResult(table, segmap, fwhm, sky_noise)
+
+    def _add_prominent_peaks(
+        self,
+        table: Table,
+        exposure: Exposure,
+        filtered: np.ndarray,
+        noise: np.ndarray | float,
+        segmap: np.ndarray,
+        threshold: float,
+        fwhm: float,
+    ) -> Table:
+        """``table`` with a row for each peak of the filtered image that rises at least
+        ``peak_prominence`` sigma above its saddle (:func:`~twinkles.detection.peaks.\
+peak_prominence`, on the pixels above the threshold) and that no source yet stands for: no
+        source's peak or centroid within half a FWHM, and not at a saturated core.
+
+        The prominence is measured on the filtered image, not on the significance: where the
+        variance plane holds a bright star's own photon noise, dividing by it flattens the
+        star's profile, and a neighbour's bump with it. A peak's row has its position from the
+        filtered image's maximum (:func:`peak_centroid`), an aperture flux of one FWHM's
+        radius, no footprint (``npix`` 0, no shape) and ``flag_peak`` and ``flag_blended``
+        set; the source whose footprint holds it is flagged blended too.
+        """
+        cfg = self.config
+        noise_plane = np.broadcast_to(np.asarray(noise, dtype=np.float32), filtered.shape)
+        above = (segmap > 0) & (filtered > threshold * noise_plane)
+        py, px, height = peak_prominence(filtered, above)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sigma = height / noise_plane[py, px]
+        # a region's highest peak (infinite prominence) is kept too: it is the footprint's own
+        # source unless the filtered image and the significance rank the footprint's peaks
+        # differently, and then the source is another of them
+        candidate = ~np.isnan(sigma) & (sigma >= cfg.peak_prominence)
+        py, px = py[candidate], px[candidate]
+        if not len(px):
+            return table
+        known = np.concatenate(
+            [
+                np.column_stack([table["x_peak"], table["y_peak"]]),
+                np.column_stack([table["x"], table["y"]]),
+            ]
+        ).astype(float)
+        distance, _ = cKDTree(known).query(np.column_stack([px, py]).astype(float))
+        new = distance > 0.5 * fwhm
+        saturated_points, _ = _saturated_regions(exposure.masked(MaskPlane.SAT))
+        if len(saturated_points):
+            to_saturated, _ = cKDTree(saturated_points).query(np.column_stack([px, py]))
+            new &= to_saturated > cfg.saturation_reach
+        py, px = py[new], px[new]
+        if not len(px):
+            return table
+        data = np.ascontiguousarray(exposure.image, dtype=np.float32)
+        bad = exposure.masked(BAD_PLANES)
+        if exposure.psf is not None:
+            x, y = peak_centroid(data, self.filter_kernel(exposure), px, py, bad)
+        else:
+            x, y = px.astype(float), py.astype(float)
+        flux, flux_err, _ = sep.sum_circle(
+            data,
+            x,
+            y,
+            max(fwhm, 2.0),
+            var=np.ascontiguousarray(exposure.variance, dtype=np.float32),
+            mask=bad,
+            subpix=1,
+        )
+        n = len(px)
+        nan = np.full(n, np.nan)
+        rows = Table(
+            {
+                "x": x,
+                "y": y,
+                "x_iso": x,
+                "y_iso": y,
+                "x_peak": px.astype(int),
+                "y_peak": py.astype(int),
+                "peak": data[py, px].astype(float),
+                "significance": (filtered[py, px] / noise_plane[py, px]).astype(float),
+                "flux": flux,
+                "flux_err": flux_err,
+                "npix": np.zeros(n, dtype=int),
+                "flux_radius": nan,
+                "x2": nan,
+                "y2": nan,
+                "xy": nan,
+                "a": nan,
+                "b": nan,
+                "theta": nan,
+                "flag_blended": np.ones(n, dtype=bool),
+                "flag_truncated": np.zeros(n, dtype=bool),
+                "flag_centroid": np.zeros(n, dtype=bool),
+                "flag_peak": np.ones(n, dtype=bool),
+            }
+        )
+        holder = segmap[py, px] - 1
+        table["flag_blended"][holder[holder >= 0]] = True
+        return vstack([table, rows])
