@@ -172,7 +172,7 @@ def test_coadd_clips_an_artefact_predicts_its_noise_and_streams(tmp_path):
     for c in calexps:
         c.write_fits(tmp_path / f"calexp_{c.visit}.fits")
     models = [CalexpModel.read(tmp_path / f"calexp_{c.visit}.fits") for c in calexps]
-    psf = coadd_psf(models, [1.0] * 6, skymap.wcs, skymap.shape, grid=2, degree=0)
+    psf = coadd_psf(models, [1.0] * 6, skymap.wcs, skymap.shape)
     kernel = psf.kernel(skymap.width / 2, skymap.height / 2)
     np.testing.assert_allclose(kernel, gaussian_psf().kernel(0, 0), atol=2e-4)
 

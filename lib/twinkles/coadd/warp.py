@@ -40,6 +40,7 @@ from scipy import ndimage
 from twinkles.errors import TwinklesError
 from twinkles.geometry import polynomial_terms
 from twinkles.image import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.coadd_psf import patch_jacobian, warp_kernel
 from twinkles.image.psf import PixelPSF
 from twinkles.image.resample import resample_rows, spline_coefficients
 from twinkles.section import Section
@@ -357,13 +358,11 @@ def warped_psf_kernel(model: CalexpModel, patch_wcs: WCS, x: float, y: float) ->
     """A calexp's PSF at patch position (x, y), resampled onto the patch's pixel axes.
 
     The PSF kernel at the corresponding calexp position is mapped through the local Jacobian
-    of patch -> calexp pixels (cubic spline), and normalised to unit sum.
+    of patch -> calexp pixels (:func:`~twinkles.image.coadd_psf.warp_kernel`), and normalised
+    to unit sum.
     """
-    ra, dec = patch_wcs.wcs_pix2world([x, x + 1.0, x], [y, y, y + 1.0], 0)
+    ra, dec = patch_wcs.wcs_pix2world([x], [y], 0)
     cx, cy = model.wcs.all_world2pix(ra, dec, 0)
-    # jac[i, j] = d(calexp axis i) / d(patch axis j), axes ordered (y, x) as numpy's
-    jac = np.array([[cy[2] - cy[0], cy[1] - cy[0]], [cx[2] - cx[0], cx[1] - cx[0]]])
     kernel = model.psf.kernel(float(cx[0]), float(cy[0]))
-    c = np.array([kernel.shape[0] // 2, kernel.shape[1] // 2], dtype=float)
-    out = ndimage.affine_transform(kernel, jac, offset=c - jac @ c, order=3, mode="constant")
+    out = warp_kernel(kernel, patch_jacobian(patch_wcs, model.wcs, x, y))
     return out / out.sum()

@@ -11,6 +11,7 @@ FITS layout (``write_fits`` / ``read_fits``)::
     HDU 2  MASK      int16 bit mask (int32 in memory); MP_<NAME> = bit number for each plane
     HDU 3  VARIANCE  float32 electrons^2
     HDU 4  PSF       the PSF model (see :mod:`twinkles.image.psf`), when there is one
+    HDU 5  PSFCOMP   a coadd's PSF: its inputs (see :mod:`twinkles.image.coadd_psf`)
 
 The image, mask and variance HDUs may be tile-compressed (:mod:`twinkles.image.compression`);
 they keep their names, and readers find them by name.
@@ -27,13 +28,14 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from twinkles.image.coadd_psf import CoaddPSF
 from twinkles.image.compression import (
     ImageCompression,
     compressed_plane,
     restore_infinities,
     sky_noise,
 )
-from twinkles.image.psf import PixelPSF
+from twinkles.image.psf import KernelPSF, PixelPSF
 from twinkles.units import AB_MAG_OF_1_NJY
 
 __all__ = ["Exposure", "MaskPlane", "PhotoCalib"]
@@ -182,7 +184,7 @@ class Exposure:
             compressed_plane(variance, "VARIANCE", None, compression, variance_step),
         ]
         if self.psf is not None:
-            hdus.append(self.psf.to_hdu())
+            hdus.extend(self.psf.to_hdus())
         return fits.HDUList(hdus)
 
     def write_fits(self, path: str | Path, compression: ImageCompression | None = None) -> None:
@@ -204,9 +206,7 @@ class Exposure:
         calib = PhotoCalib(primary["ZP"], primary.get("ZPERR", 0.0)) if "ZP" in primary else None
         image_header = hdul["IMAGE"].header
         wcs = WCS(image_header, relax=True) if "CTYPE1" in image_header else None
-        psf = None
-        if "PSF" in hdul:
-            psf = PixelPSF.from_hdu(hdul["PSF"])
+        psf = _read_psf(hdul, wcs)
         return cls(
             image=restore_infinities(
                 np.asarray(hdul["IMAGE"].data, dtype=np.float32), hdul["IMAGE"].header, copy
@@ -247,3 +247,18 @@ def _card_name(key: str) -> str:
 
 def _meta_name(card: str) -> str:
     return _LONG.get(card, card.lower())
+
+
+def _read_psf(hdul: fits.HDUList, wcs: WCS | None) -> KernelPSF | None:
+    """The PSF model a file holds (``None`` without a PSF HDU), by its PSF HDU's ``PSFTYPE``:
+    ``pixel`` (:class:`PixelPSF`) or ``coadd`` (:class:`CoaddPSF`, which needs the WCS)."""
+    if "PSF" not in hdul:
+        return None
+    kind = hdul["PSF"].header.get("PSFTYPE", "pixel")
+    if kind == "pixel":
+        return PixelPSF.from_hdu(hdul["PSF"])
+    if kind == "coadd":
+        if wcs is None:
+            raise ValueError("a coadd PSF needs its coadd's WCS, and the file has none")
+        return CoaddPSF.from_hdulist(hdul, wcs)
+    raise ValueError(f"PSF HDU: unknown PSFTYPE {kind!r} (pixel or coadd)")

@@ -12,6 +12,10 @@ fractional position it is shifted by band-limited interpolation
 (:func:`~twinkles.image.shift.shift_stamps`). Every evaluated kernel is
 normalised to unit sum, so PSF fluxes are fluxes inside the kernel (aperture correction brings
 them to total).
+
+What every model gives from its kernels (stamps at fractional positions, rendering, n_eff,
+widths) is :class:`KernelPSF`'s; a coadd's PSF (:mod:`twinkles.image.coadd_psf`) is the other
+kind; an exposure's file holds either (:meth:`~twinkles.image.exposure.Exposure.read_fits`).
 """
 
 from __future__ import annotations
@@ -26,55 +30,26 @@ from twinkles.geometry import spatial_terms
 from twinkles.image.shift import shift_stamps
 from twinkles.units import NEFF_PER_FWHM2
 
-__all__ = ["PixelPSF"]
+__all__ = ["KernelPSF", "PixelPSF"]
 
 
-@dataclass(frozen=True)
-class PixelPSF:
-    """The model: basis images and how positions are normalised.
+class KernelPSF:
+    """What every PSF model gives from its kernels: subclasses provide ``size`` (odd), a
+    reference position ``x0``, ``y0`` and ``kernels(x, y)``, centred kernels of unit sum
+    (n, size, size) for sources at pixel positions (x, y)."""
 
-    Attributes
-    ----------
-    basis : ndarray, shape (n_terms, size, size)
-        Basis images; the kernel at (X, Y) is ``polynomial_terms(X, Y) @ basis``.
-    degree : int
-        Polynomial degree of the spatial variation.
-    x0, y0, scale : float
-        Normalisation of pixel positions.
-    radial : bool
-        Whether a radial term ``X^2 + Y^2`` follows the polynomial's (:func:`spatial_terms`).
-    modes : tuple of str
-        For a mode model (:mod:`twinkles.psf.modes`), the deformations of the mean kernel
-        its variation is made of; empty for per-pixel polynomials.
-    """
-
-    basis: np.ndarray
-    degree: int
+    size: int
     x0: float
     y0: float
-    scale: float
-    radial: bool = False
-    modes: tuple[str, ...] = ()
 
-    @property
-    def size(self) -> int:
-        """Side of the kernel image in pixels (odd)."""
-        return self.basis.shape[-1]
+    def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Centred kernels (n, size, size), unit sum, for sources at pixel positions (x, y)."""
+        raise NotImplementedError
 
     @property
     def half(self) -> int:
         """Pixels from the kernel's centre to its edge."""
         return self.size // 2
-
-    def _normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (np.asarray(x) - self.x0) / self.scale, (np.asarray(y) - self.y0) / self.scale
-
-    def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Centred kernels (n, size, size), unit sum, for sources at pixel positions (x, y)."""
-        X, Y = self._normalised(x, y)
-        terms = spatial_terms(X, Y, self.degree, self.radial)
-        k = np.tensordot(terms, self.basis, axes=(1, 0))
-        return k / k.sum(axis=(1, 2), keepdims=True)
 
     def kernel(self, x: float, y: float) -> np.ndarray:
         """Centred kernel (size, size) at pixel position (x, y)."""
@@ -166,6 +141,49 @@ class PixelPSF:
             float(np.sum(k * xx * yy)),
         )
 
+
+@dataclass(frozen=True)
+class PixelPSF(KernelPSF):
+    """The model: basis images and how positions are normalised.
+
+    Attributes
+    ----------
+    basis : ndarray, shape (n_terms, size, size)
+        Basis images; the kernel at (X, Y) is ``polynomial_terms(X, Y) @ basis``.
+    degree : int
+        Polynomial degree of the spatial variation.
+    x0, y0, scale : float
+        Normalisation of pixel positions.
+    radial : bool
+        Whether a radial term ``X^2 + Y^2`` follows the polynomial's (:func:`spatial_terms`).
+    modes : tuple of str
+        For a mode model (:mod:`twinkles.psf.modes`), the deformations of the mean kernel
+        its variation is made of; empty for per-pixel polynomials.
+    """
+
+    basis: np.ndarray
+    degree: int
+    x0: float
+    y0: float
+    scale: float
+    radial: bool = False
+    modes: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Side of the kernel image in pixels (odd)."""
+        return self.basis.shape[-1]
+
+    def _normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(x) - self.x0) / self.scale, (np.asarray(y) - self.y0) / self.scale
+
+    def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Centred kernels (n, size, size), unit sum, for sources at pixel positions (x, y)."""
+        X, Y = self._normalised(x, y)
+        terms = spatial_terms(X, Y, self.degree, self.radial)
+        k = np.tensordot(terms, self.basis, axes=(1, 0))
+        return k / k.sum(axis=(1, 2), keepdims=True)
+
     # --- FITS -------------------------------------------------------------------------------
 
     def to_hdu(self) -> fits.ImageHDU:
@@ -180,6 +198,10 @@ class PixelPSF:
         hdu.header["PSFX0"], hdu.header["PSFY0"] = self.x0, self.y0
         hdu.header["PSFSCAL"] = (self.scale, "position normalisation (pixels)")
         return hdu
+
+    def to_hdus(self) -> list[fits.ImageHDU]:
+        """The HDUs an exposure's file holds the model in: :meth:`to_hdu`'s."""
+        return [self.to_hdu()]
 
     @classmethod
     def from_hdu(cls, hdu: fits.ImageHDU) -> PixelPSF:
