@@ -101,7 +101,7 @@ def test_a_streamed_reader_reads_compressed_rows(field, tmp_path):
     whole = Exposure.read_fits(path)
     reader = _WarpReader(path)
     try:
-        _, _, image, variance, usable = reader.rows(37, 90, exp.image.shape[1])
+        _, _, image, variance, usable, _, _ = reader.rows(37, 90, exp.image.shape[1])
     finally:
         reader.close()
     np.testing.assert_array_equal(image, whole.image[37:90])
@@ -155,7 +155,7 @@ def test_infinite_variance_is_kept_without_losing_the_compression(field, tmp_pat
         assert np.isnan(hdul["VARIANCE"].data[:, :5]).all()
     reader = _WarpReader(tmp_path / "inf.fits")
     try:
-        _, _, _, variance, usable = reader.rows(0, 50, exp.image.shape[1])
+        _, _, _, variance, usable, _, _ = reader.rows(0, 50, exp.image.shape[1])
     finally:
         reader.close()
     assert np.isposinf(variance[:, :5]).all() and not usable[:, :5].any()

@@ -187,3 +187,47 @@ def test_coadd_of_nothing_is_a_clear_error(tmp_path):
     fits.HDUList([fits.PrimaryHDU()]).writeto(bad)
     with pytest.raises(CoaddError, match=r"bad\.fits is not a warp"):
         CoaddTask().run([bad], skymap.wcs, skymap.shape, band="g")
+
+
+@pytest.mark.parametrize("n_saturated", [4, 3])
+def test_a_star_saturated_in_the_visits_is_one_object_on_a_sat_masked_coadd(tmp_path, n_saturated):
+    """A star whose core saturated is left out of the coadd where the visits' cores were
+    masked; the hole (or the visits short there) must read as one saturated source, not as
+    a ring of peaks around it."""
+    from twinkles.coadd.objects import ObjectTask
+
+    star = (RA + 2e-4, DEC - 1e-4, 3e7)  # nJy: ~1e6 electrons at the peak
+    calexps = []
+    for k, rotation in enumerate((0.0, 30.0, 60.0, 90.0)):
+        calexp = make_calexp(rotation, seed=k, stars=[star], visit=k + 1)
+        if k < n_saturated:
+            x, y = calexp.wcs.all_world2pix([star[0]], [star[1]], 0)
+            yy, xx = np.mgrid[0 : calexp.shape[0], 0 : calexp.shape[1]]
+            calexp.mask[np.hypot(xx - x[0], yy - y[0]) < 3.5] |= int(MaskPlane.SAT)
+        calexps.append(calexp)
+    skymap = patch_for(calexps)
+    paths = []
+    for c in calexps:
+        paths.append(tmp_path / f"warp_{c.visit}.fits")
+        WarpTask().run(c, skymap.wcs, skymap.shape).write_fits(paths[-1])
+    result = CoaddTask().run(paths, skymap.wcs, skymap.shape)
+    models = [CalexpModel(c.visit, c.wcs, c.psf, c.shape) for c in calexps]
+    weights = [result.weights[c.visit] for c in calexps]
+    result.coadd.psf = coadd_psf(models, weights, skymap.wcs, skymap.shape)
+    sx, sy = (float(v[0]) for v in skymap.wcs.wcs_world2pix([star[0]], [star[1]], 0))
+    core = (round(sy), round(sx))
+    assert result.coadd.mask[core] & int(MaskPlane.SAT)
+    # with one visit unsaturated the core has data; with none it is a hole
+    assert bool(result.coadd.mask[core] & int(MaskPlane.NO_DATA)) == (n_saturated == 4)
+    far = (round(sy) + 30, round(sx))
+    assert not result.coadd.mask[far] & int(MaskPlane.SAT)
+
+    def objects_at_the_star(coadd):
+        objects = ObjectTask().run({"r": coadd}, {"r": result.n_image}).objects
+        return int(np.sum(np.hypot(objects["x"] - sx, objects["y"] - sy) < 8))
+
+    assert objects_at_the_star(result.coadd) == 1
+    if n_saturated == 4:
+        # without the SAT plane the hole's rim is a ring of prominent peaks
+        result.coadd.mask &= ~int(MaskPlane.SAT)
+        assert objects_at_the_star(result.coadd) > 1

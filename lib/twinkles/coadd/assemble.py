@@ -80,6 +80,15 @@ class CoaddConfig(Section):
         ge=0,
         description="Deviation allowed as a fraction of the mean itself (seeing changes).",
     )
+    saturated_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="A coadd pixel is SAT where warps holding this fraction of the weight "
+        "there were saturated (LSST's maskPropagationThresholds): a saturated star's core is "
+        "missing from those visits, or from all of them, leaving a hole whose rim must not "
+        "read as sources.",
+    )
     block_rows: int = Field(256, ge=16, description="Rows of the patch assembled at once.")
     block_memory_mb: float = Field(
         512.0,
@@ -94,8 +103,9 @@ class CoaddResult:
     """The coadd and what went into it."""
 
     coadd: Exposure
-    """Image and variance in nJy; mask: NO_DATA where no warp contributed, ``CLIPPED`` bits
-    are not kept; metadata: filter, number of visits."""
+    """Image and variance in nJy; mask: NO_DATA where no warp contributed, SAT where warps of
+    at least ``saturated_fraction`` of the weight there were saturated (``CLIPPED`` bits are
+    not kept); metadata: filter, number of visits."""
     n_image: np.ndarray
     """Warps contributing to each pixel (int16)."""
     weights: dict[int, float]
@@ -134,7 +144,9 @@ class _WarpReader:
         self.weight = 1.0 / float(np.median(sample[good]))
 
     def rows(self, start: int, stop: int, patch_width: int):
-        """(x slice on the patch, image, variance, usable) for patch rows [start, stop)."""
+        """(y slice on the block, x slice on the patch, image, variance, usable, inside,
+        saturated) for patch rows [start, stop): ``inside`` the calexp's footprint,
+        ``saturated`` by the calexp."""
         lo, hi = max(start, self.y0), min(stop, self.y0 + self.height)
         if hi <= lo:
             return None
@@ -146,14 +158,20 @@ class _WarpReader:
         variance = restore_infinities(
             np.asarray(self.variance[sl], dtype=np.float32), self.headers["VARIANCE"], copy=False
         )
-        usable = (np.asarray(self.mask[sl]) & int(REJECTED_PLANES)) == 0
+        mask = np.asarray(self.mask[sl])
+        usable = (mask & int(REJECTED_PLANES)) == 0
         usable &= np.isfinite(image) & np.isfinite(variance)
+        # the warp's own pixels (not beyond its calexp), and those its calexp saturated
+        inside = (mask & int(MaskPlane.NO_DATA)) == 0
+        saturated = inside & ((mask & int(MaskPlane.SAT)) != 0)
         return (
             slice(lo - start, hi - start),
             slice(self.x0, self.x0 + self.width),
             image,
             variance,
             usable,
+            inside,
+            saturated,
         )
 
     def close(self) -> None:
@@ -209,6 +227,7 @@ class CoaddTask:
         image = np.full(patch_shape, np.nan, dtype=np.float32)
         variance = np.full(patch_shape, np.inf, dtype=np.float32)
         n_image = np.zeros(patch_shape, dtype=np.int16)
+        saturated = np.zeros(patch_shape, dtype=bool)
         n_clipped = 0
         rows_per_block = self.block_rows(readers)
         try:
@@ -223,8 +242,15 @@ class CoaddTask:
                 parts = [(weight, part) for weight, part in parts if part is not None]
                 # pass 1: weighted mean of usable pixels (no mean yet: nothing clipped)
                 unclipped = (_NO_MEAN, 0.0, 0.0)
-                for weight, (ys, xs, x, v, ok) in parts:
+                # weight of the warps whose footprint holds each pixel, and of those saturated
+                inside_weight, saturated_weight = np.zeros(block), np.zeros(block)
+                for weight, (ys, xs, x, v, ok, inside, sat) in parts:
                     _accumulate(sums, count, ys.start, xs.start, x, v, ok, weight, *unclipped)
+                    inside_weight[ys, xs] += weight * inside
+                    saturated_weight[ys, xs] += weight * sat
+                saturated[start:stop] = (saturated_weight > 0) & (
+                    saturated_weight >= cfg.saturated_fraction * inside_weight
+                )
                 # pass 2 (optional): clip and recompute
                 if cfg.clip:
                     with np.errstate(invalid="ignore", divide="ignore"):
@@ -232,7 +258,7 @@ class CoaddTask:
                     sums[:] = 0.0
                     count[:] = 0
                     limits = (cfg.clip_sigma, cfg.clip_model_fraction)
-                    for weight, (ys, xs, x, v, ok) in parts:
+                    for weight, (ys, xs, x, v, ok, _, _) in parts:
                         n_clipped += _accumulate(
                             sums, count, ys.start, xs.start, x, v, ok, weight, mean, *limits
                         )
@@ -250,6 +276,7 @@ class CoaddTask:
         empty = n_image == 0
         mask = np.zeros(patch_shape, dtype=np.int32)
         mask[empty] = int(MaskPlane.NO_DATA)
+        mask[saturated] |= int(MaskPlane.SAT)
         image[empty] = 0.0
         coadd = Exposure(
             image=image,
@@ -318,7 +345,8 @@ def coadd_psf(
     if not calexps:
         raise CoaddError("no calexp: no coadd PSF")
     inputs = tuple(
-        CoaddInput(m.psf, m.wcs, m.shape, float(w)) for m, w in zip(calexps, weights, strict=True)
+        CoaddInput(m.psf, m.wcs, m.shape, float(w), m.visit)
+        for m, w in zip(calexps, weights, strict=True)
     )
     return CoaddPSF(inputs, patch_wcs, tuple(patch_shape))
 

@@ -50,12 +50,15 @@ class CoaddInput:
         The calexp's (height, width) in pixels: where it covers the patch.
     weight : float
         Its weight in the coadd.
+    visit : int
+        Its visit, to find what else was measured on it (its aperture correction).
     """
 
     psf: PixelPSF
     wcs: WCS
     shape: tuple[int, int]
     weight: float
+    visit: int = 0
 
 
 def patch_jacobian(patch_wcs: WCS, input_wcs: WCS, x: float, y: float) -> np.ndarray:
@@ -150,41 +153,56 @@ class CoaddPSF(KernelPSF):
         basis = np.concatenate(blocks)
         return basis, basis.sum(axis=1), np.array(starts)
 
-    def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Centred kernels (n, size, size), unit sum, for sources at patch positions (x, y)."""
+    def input_weights(
+        self, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Each input's share of the coadd at patch positions (x, y), and where they fall
+        on it.
+
+        Returns
+        -------
+        weights : ndarray, shape (n, n_inputs)
+            The inputs' coadd weights over the inputs covering each position, normalised to
+            sum 1 (every input, where none covers it).
+        positions : list of (cx, cy)
+            Per input, the positions on its own sensor (pixels), clipped to the sensor.
+        """
         x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
-        basis, sums, starts = self._warped
         ra, dec = self.wcs.all_pix2world(x, y, 0)
-        n = len(x)
-        coeffs = np.zeros((n, len(basis)))
-        covered = np.zeros((n, len(self.inputs)), dtype=bool)
+        covered = np.zeros((len(x), len(self.inputs)), dtype=bool)
+        positions = []
         for v, inp in enumerate(self.inputs):
             h, w = inp.shape
             cx, cy = inp.wcs.all_world2pix(ra, dec, 0)
             covered[:, v] = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            positions.append((np.clip(cx, 0, w - 1), np.clip(cy, 0, h - 1)))
+        weights = np.array([inp.weight for inp in self.inputs])
+        share = np.where(covered.any(axis=1, keepdims=True), covered * weights, weights)
+        return share / share.sum(axis=1, keepdims=True), positions
+
+    def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Centred kernels (n, size, size), unit sum, for sources at patch positions (x, y)."""
+        basis, sums, starts = self._warped
+        share, positions = self.input_weights(x, y)
+        coeffs = np.zeros((len(share), len(basis)))
+        for v, (inp, (cx, cy)) in enumerate(zip(self.inputs, positions, strict=True)):
             psf = inp.psf
             terms = spatial_terms(
-                (np.clip(cx, 0, w - 1) - psf.x0) / psf.scale,
-                (np.clip(cy, 0, h - 1) - psf.y0) / psf.scale,
-                psf.degree,
-                psf.radial,
+                (cx - psf.x0) / psf.scale, (cy - psf.y0) / psf.scale, psf.degree, psf.radial
             )
             block = slice(starts[v], starts[v + 1])
-            # each input's warped kernel normalised to unit sum, as its warp carries the flux
-            coeffs[:, block] = terms / (terms @ sums[block])[:, None]
-        weights = np.array([inp.weight for inp in self.inputs])
-        per_input = np.where(covered.any(axis=1, keepdims=True), covered * weights, weights)
-        per_input /= per_input.sum(axis=1, keepdims=True)
-        coeffs *= np.repeat(per_input, np.diff(starts), axis=1)
-        k = (coeffs @ basis).reshape(n, self.size, self.size)
+            # each input's warped kernel normalised to unit sum (its warp carries the flux),
+            # weighted by its share
+            coeffs[:, block] = terms * (share[:, v] / (terms @ sums[block]))[:, None]
+        k = (coeffs @ basis).reshape(len(share), self.size, self.size)
         return k / k.sum(axis=(1, 2), keepdims=True)
 
     # --- FITS -------------------------------------------------------------------------------
 
     def to_hdus(self) -> list[fits.ImageHDU | fits.BinTableHDU]:
         """The model as two HDUs: ``PSF`` (the inputs' basis images, stacked; PSFTYPE
-        ``coadd``) and ``PSFCOMP`` (a row per input: its spatial model, size, weight and WCS
-        header). The coadd's own WCS is the exposure's."""
+        ``coadd``) and ``PSFCOMP`` (a row per input: its spatial model, size, weight, visit and
+        WCS header). The coadd's own WCS is the exposure's."""
         basis = np.concatenate([inp.psf.basis for inp in self.inputs]).astype(np.float64)
         image = fits.ImageHDU(basis, name="PSF")
         image.header["PSFTYPE"] = ("coadd", "weighted mean of warped input PSFs")
@@ -202,6 +220,7 @@ class CoaddPSF(KernelPSF):
             fits.Column("HEIGHT", "J", array=[inp.shape[0] for inp in self.inputs]),
             fits.Column("WIDTH", "J", array=[inp.shape[1] for inp in self.inputs]),
             fits.Column("WEIGHT", "D", array=[inp.weight for inp in self.inputs]),
+            fits.Column("VISIT", "K", array=[inp.visit for inp in self.inputs]),
             fits.Column("MODES", "A64", array=[",".join(p.modes) for p in psfs]),
             fits.Column("WCSHDR", f"A{max(len(s) for s in wcs_headers)}", array=wcs_headers),
         ]
@@ -236,5 +255,7 @@ class CoaddPSF(KernelPSF):
             start += n_terms
             input_wcs = WCS(fits.Header.fromstring(str(row["WCSHDR"])), relax=True)
             shape = (int(row["HEIGHT"]), int(row["WIDTH"]))
-            inputs.append(CoaddInput(psf, input_wcs, shape, float(row["WEIGHT"])))
+            # files written before inputs carried their visit read as visit 0
+            visit = int(row["VISIT"]) if "VISIT" in rows.names else 0
+            inputs.append(CoaddInput(psf, input_wcs, shape, float(row["WEIGHT"]), visit))
         return cls(tuple(inputs), wcs, (int(header["PSFNY"]), int(header["PSFNX"])))
