@@ -8,6 +8,7 @@ import galsim
 import numpy as np
 import pytest
 
+from twinkles.coadd.apcorr import CoaddApertureCorrection, CoaddApertureCorrectionError
 from twinkles.coadd.assemble import CoaddTask, coadd_psf
 from twinkles.coadd.skymap import SkyMapConfig, make_skymap
 from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
@@ -35,28 +36,57 @@ VISITS = [
 GRADIENT = 0.06
 
 
-def true_psf(fwhm: float, angle: float, x, y) -> galsim.GSObject:
+def true_psf(fwhm: float, angle: float, x, y, wings: bool = False) -> galsim.GSObject:
     """The visit's PSF at calexp pixel (x, y): a Moffat truncated inside the kernel's stamp,
-    so that a PSF flux is the total flux and the test measures the model, not its wings."""
+    so that a PSF flux is the total flux and the test measures the model, not its wings; with
+    ``wings`` not truncated, so that 0.3-3% of the light falls beyond the kernel and the
+    aperture correction must bring it back."""
     h, w = SENSOR
     X, Y = (x - 0.5 * (w - 1)) / (0.5 * w), (y - 0.5 * (h - 1)) / (0.5 * w)
     scale = 1.0 + GRADIENT * (X * np.cos(np.radians(angle)) + Y * np.sin(np.radians(angle)))
-    return galsim.Moffat(beta=3.5, fwhm=fwhm * scale, trunc=0.95 * (KERNEL // 2) * SCALE)
+    trunc = 0.0 if wings else 0.95 * (KERNEL // 2) * SCALE
+    return galsim.Moffat(beta=3.5, fwhm=fwhm * scale, trunc=trunc)
 
 
-def fitted_psf(fwhm: float, angle: float) -> PixelPSF:
+def sensor_grid() -> tuple[np.ndarray, np.ndarray]:
+    """A 5 x 5 grid of sensor positions (pixels)."""
+    h, w = SENSOR
+    gx, gy = np.meshgrid(np.linspace(0, w - 1, 5), np.linspace(0, h - 1, 5))
+    return gx.ravel(), gy.ravel()
+
+
+def sensor_terms(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Degree-2 polynomial terms of sensor positions, normalised as the PSF models'."""
+    h, w = SENSOR
+    return spatial_terms((x - 0.5 * (w - 1)) / (0.5 * w), (y - 0.5 * (h - 1)) / (0.5 * w), 2)
+
+
+def true_aperture_correction(fwhm: float, angle: float):
+    """The visit's true aperture correction at its sensor positions: total flux over the
+    flux inside the kernel's stamp, from the drawn PSF on a grid, fitted by a polynomial."""
+    gx, gy = sensor_grid()
+    inside = [
+        true_psf(fwhm, angle, x, y, wings=True).drawImage(nx=KERNEL, ny=KERNEL, scale=SCALE)
+        for x, y in zip(gx, gy, strict=True)
+    ]
+    ratio = np.array([1.0 / image.array.sum() for image in inside])
+    coeffs, *_ = np.linalg.lstsq(sensor_terms(gx, gy), ratio, rcond=None)
+    return lambda x, y: sensor_terms(np.asarray(x), np.asarray(y)) @ coeffs
+
+
+def fitted_psf(fwhm: float, angle: float, wings: bool = False) -> PixelPSF:
     """A degree-2 PixelPSF fitted to the visit's true PSF (pixel included) drawn on a 5 x 5
     grid of sensor positions, as a PSF determination would give it."""
     h, w = SENSOR
-    gx, gy = np.meshgrid(np.linspace(0, w - 1, 5), np.linspace(0, h - 1, 5))
+    gx, gy = sensor_grid()
     stamps = [
-        true_psf(fwhm, angle, x, y).drawImage(nx=KERNEL, ny=KERNEL, scale=SCALE).array
-        for x, y in zip(gx.ravel(), gy.ravel(), strict=True)
+        true_psf(fwhm, angle, x, y, wings).drawImage(nx=KERNEL, ny=KERNEL, scale=SCALE).array
+        for x, y in zip(gx, gy, strict=True)
     ]
-    x0, y0, scale = 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * w
-    terms = spatial_terms((gx.ravel() - x0) / scale, (gy.ravel() - y0) / scale, 2)
-    basis, *_ = np.linalg.lstsq(terms, np.reshape(stamps, (len(stamps), -1)), rcond=None)
-    return PixelPSF(basis.reshape(-1, KERNEL, KERNEL), 2, x0, y0, scale)
+    basis, *_ = np.linalg.lstsq(
+        sensor_terms(gx, gy), np.reshape(stamps, (len(stamps), -1)), rcond=None
+    )
+    return PixelPSF(basis.reshape(-1, KERNEL, KERNEL), 2, 0.5 * (w - 1), 0.5 * (h - 1), 0.5 * w)
 
 
 def star_positions() -> tuple[np.ndarray, np.ndarray]:
@@ -75,15 +105,17 @@ STAR_FLUX = 4.0e5  # electrons
 DISTORTION = 0.1
 
 
-def galsim_visit(visit: int, rotation, offset, fwhm, angle) -> Exposure:
-    """A calexp (sky subtracted) of the stars, drawn with GalSim under the visit's PSF."""
+def galsim_visit(visit: int, rotation, offset, fwhm, angle, wings: bool = False) -> Exposure:
+    """A calexp (sky subtracted) of the stars, drawn with GalSim under the visit's PSF
+    (:func:`true_psf`)."""
     h, w = SENSOR
     centre = make_wcs(RA, DEC, 0.0, SCALE, w, h)
     ra, dec = centre.all_pix2world([0.5 * (w - 1) + offset[0]], [0.5 * (h - 1) + offset[1]], 0)
     wcs = make_wcs(float(ra[0]), float(dec[0]), rotation, SCALE, w, h, distortion_px=DISTORTION)
     image = galsim.ImageD(w, h, scale=SCALE, init_value=0.0)
     sx, sy = wcs.all_world2pix(*star_positions(), 0)
-    half = KERNEL // 2 + 2
+    # a Moffat of beta 3.5 holds 1e-4 of its light beyond 40 pixels
+    half = 40 if wings else KERNEL // 2 + 2
     for x, y in zip(sx, sy, strict=True):
         if -half < x < w + half and -half < y < h + half:
             bounds = galsim.BoundsI(
@@ -91,7 +123,7 @@ def galsim_visit(visit: int, rotation, offset, fwhm, angle) -> Exposure:
             )
             bounds = bounds & image.bounds
             if bounds.isDefined():
-                true_psf(fwhm, angle, x, y).withFlux(STAR_FLUX).drawImage(
+                true_psf(fwhm, angle, x, y, wings).withFlux(STAR_FLUX).drawImage(
                     image=image[bounds], add_to_image=True, center=galsim.PositionD(x + 1, y + 1)
                 )
     rng = np.random.default_rng(visit)
@@ -102,17 +134,15 @@ def galsim_visit(visit: int, rotation, offset, fwhm, angle) -> Exposure:
         mask=np.zeros(SENSOR, dtype=np.int32),
         variance=variance.astype(np.float32),
         wcs=wcs,
-        psf=fitted_psf(fwhm, angle),
+        psf=fitted_psf(fwhm, angle, wings),
         photo_calib=PhotoCalib(ZP, 0.0),
         metadata={"visit": visit, "filter": "r", "mjd": 60000.0 + visit},
     )
 
 
-@pytest.fixture(scope="module")
-def coadded(tmp_path_factory):
+def coadd_visits(tmp, wings: bool = False):
     """The visits, the patch, the coadd and the coadd PSF."""
-    tmp = tmp_path_factory.mktemp("coadd_psf")
-    calexps = [galsim_visit(v + 1, *spec) for v, spec in enumerate(VISITS)]
+    calexps = [galsim_visit(v + 1, *spec, wings=wings) for v, spec in enumerate(VISITS)]
     corners = []
     for c in calexps:
         h, w = c.shape
@@ -127,6 +157,18 @@ def coadded(tmp_path_factory):
     weights = [result.weights[c.visit] for c in calexps]
     result.coadd.psf = coadd_psf(models, weights, skymap.wcs, skymap.shape)
     return calexps, models, weights, skymap, result
+
+
+@pytest.fixture(scope="module")
+def coadded(tmp_path_factory):
+    """Visits whose PSFs end inside the kernel, coadded."""
+    return coadd_visits(tmp_path_factory.mktemp("coadd_psf"))
+
+
+@pytest.fixture(scope="module")
+def coadded_with_wings(tmp_path_factory):
+    """Visits whose PSFs have wings beyond the kernel, coadded."""
+    return coadd_visits(tmp_path_factory.mktemp("coadd_psf_wings"), wings=True)
 
 
 def covering(models, patch_wcs, x, y) -> list[int]:
@@ -164,25 +206,29 @@ def test_coadd_psf_is_the_weighted_mean_of_the_warped_psfs_of_the_visits_coverin
     assert np.isfinite(corner).all() and corner.sum() == pytest.approx(1.0)
 
 
-def test_coadd_psf_fluxes_of_stars_are_their_true_fluxes_across_visit_edges(coadded):
-    calexps, _, _, skymap, result = coadded
-    coadd = result.coadd
-    ra, dec = star_positions()
-    x, y = skymap.wcs.wcs_world2pix(ra, dec, 0)
-    h, w = coadd.shape
+def measurable_stars(skymap, result) -> tuple[np.ndarray, np.ndarray]:
+    """Patch positions of the stars away from the patch's edge whose core lies on one set of
+    visits: a star whose core straddles a visit's edge has one PSF on each side of it, which
+    no kernel is (LSST flags it inexact_psf)."""
+    x, y = skymap.wcs.wcs_world2pix(*star_positions(), 0)
+    h, w = result.coadd.shape
     inside = (x > KERNEL) & (x < w - KERNEL) & (y > KERNEL) & (y < h - KERNEL)
+    x, y = x[inside], y[inside]
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    x, y, ix, iy = x[inside], y[inside], ix[inside], iy[inside]
-    # a star whose core straddles a visit's edge has one PSF on each side of it, which no
-    # kernel is (LSST flags it inexact_psf): the visits must be the same over its core
     core = np.array(
         [result.n_image[j - 3 : j + 4, i - 3 : i + 4] for i, j in zip(ix, iy, strict=True)]
     )
     one_set = (core.min(axis=(1, 2)) == core.max(axis=(1, 2))) & (core.min(axis=(1, 2)) > 0)
-    x, y = x[one_set], y[one_set]
+    depth = result.n_image[iy[one_set], ix[one_set]]
+    assert one_set.sum() >= 50 and set(depth) >= {1, 2, 3}
+    return x[one_set], y[one_set]
+
+
+def test_coadd_psf_fluxes_of_stars_are_their_true_fluxes_across_visit_edges(coadded):
+    calexps, _, _, skymap, result = coadded
+    coadd = result.coadd
+    x, y = measurable_stars(skymap, result)
     true_njy = STAR_FLUX * calexps[0].photo_calib.njy_per_electron
-    depth = result.n_image[np.rint(y).astype(int), np.rint(x).astype(int)]
-    assert len(x) >= 50 and set(depth) >= {1, 2, 3}
 
     flux, err, _ = psf_flux(coadd, x, y)
     pulls = (flux - true_njy) / err
@@ -203,6 +249,35 @@ def test_coadd_psf_fluxes_of_stars_are_their_true_fluxes_across_visit_edges(coad
     finally:
         coadd.psf = exact
     assert np.std((single - true_njy) / err) > 10
+
+
+def test_coadd_aperture_correction_brings_coadd_psf_fluxes_to_total_fluxes(coadded_with_wings):
+    """Each visit's PSF puts 0.3-3% of a star's light beyond the kernel, by its seeing and
+    place on the sensor; the coadd's correction at a position is the harmonic mean of the
+    covering visits' corrections there, shared as the coadd PSF is."""
+    calexps, _, _, skymap, result = coadded_with_wings
+    coadd = result.coadd
+    x, y = measurable_stars(skymap, result)
+    true_njy = STAR_FLUX * calexps[0].photo_calib.njy_per_electron
+    corrections = {
+        v + 1: true_aperture_correction(fwhm, angle) for v, (_, _, fwhm, angle) in enumerate(VISITS)
+    }
+    correction = CoaddApertureCorrection.from_visits(coadd.psf, corrections)
+    flux, err, _ = psf_flux(coadd, x, y)
+    factor = correction(x, y)
+    assert np.all((factor > 1.0) & (factor < 1.04))
+    pulls = (flux * factor - true_njy) / (err * factor)
+    assert abs(np.median(pulls)) < 0.4
+    assert 0.8 < np.std(pulls) < 1.3
+    # one number for the patch (the visits' corrections at their centres, weighted): right
+    # on average, off by a percent where one visit's seeing rules
+    h, w = SENSOR
+    weights = np.array([inp.weight for inp in coadd.psf.inputs])
+    centres = np.array([corrections[v + 1](0.5 * (w - 1), 0.5 * (h - 1))[0] for v in range(4)])
+    scalar = np.sum(weights * centres) / weights.sum()
+    assert np.max(np.abs(flux * scalar - true_njy) / err) > 5
+    with pytest.raises(CoaddApertureCorrectionError, match=r"visit\(s\) \[4\]"):
+        CoaddApertureCorrection.from_visits(coadd.psf, {v: corrections[v] for v in (1, 2, 3)})
 
 
 def test_coadd_psf_round_trips_through_the_coadds_file(coadded, tmp_path):

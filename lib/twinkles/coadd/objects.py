@@ -20,6 +20,7 @@ a positive blend number; an Object alone in its footprint has ``parent = 0``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,7 +97,7 @@ class ObjectTask:
         self,
         coadds: dict[str, Exposure],
         n_images: dict[str, np.ndarray] | None = None,
-        ap_corr: dict[str, float] | None = None,
+        ap_corr: dict[str, float | Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
     ) -> ObjectResult:
         """The Object table of the patch.
 
@@ -107,8 +108,8 @@ class ObjectTask:
         n_images : dict, optional
             Band -> n-image plane, for the edge flag.
         ap_corr : dict, optional
-            Band -> aperture correction of coadd PSF fluxes (the coadd weights' mean of the
-            visits').
+            Band -> aperture correction of coadd PSF fluxes: a number, or a function of the
+            patch position such as :class:`~twinkles.coadd.apcorr.CoaddApertureCorrection`.
 
         Returns
         -------

@@ -13,6 +13,13 @@ weight. The sum changes wherever a visit's edge crosses the patch, and each visi
 varies over its own sensor, so no smooth polynomial over the patch holds it; the model keeps
 its inputs and evaluates the sum where it is asked.
 
+A visit's kernel is a square of ``size`` pixels on its own sensor; rotated onto the patch, the
+square's corners turn away, and a kernel cut there would miss light that the warped star
+still has. Every warped kernel is therefore cut to the square's inscribed circle (radius
+``size // 2``), which turns onto itself: the coadd's PSF flux is the light inside that circle,
+:meth:`CoaddPSF.kept_light` is each visit's share of its own PSF flux that falls in it, and
+the coadd's aperture correction (:mod:`twinkles.coadd.apcorr`) takes it into account.
+
 Resampling is linear, so it is done once per input on the input PSF's basis images (a
 :class:`~twinkles.image.psf.PixelPSF` is a polynomial of position times fixed images), with
 the Jacobian at the input's centre: over a sensor the Jacobian of a distorted calexp changes
@@ -139,19 +146,35 @@ class CoaddPSF(KernelPSF):
         return 0.5 * (self.shape[0] - 1)
 
     @cached_property
-    def _warped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The inputs' warped basis images stacked (n_terms_total, size^2), each term's sum,
-        and the first row of each input's block (n_inputs + 1)."""
-        blocks, starts = [], [0]
+    def _warped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The inputs' basis images warped and cut to the kernel's inscribed circle, stacked
+        (n_terms_total, size^2); each term's sum there; the same in the input's flux units
+        (times the pixel-area ratio) and each term's sum over the input's own box, whose
+        ratio is the light of the input's kernel that the circle keeps; and the first row of
+        each input's block (n_inputs + 1)."""
+        yy, xx = np.mgrid[0 : self.size, 0 : self.size] - self.half
+        circle = np.hypot(xx, yy) <= self.half
+        blocks, starts, areas = [], [0], []
         for inp in self.inputs:
             h, w = inp.shape
             ra, dec = inp.wcs.all_pix2world([0.5 * (w - 1)], [0.5 * (h - 1)], 0)
             px, py = self.wcs.all_world2pix(ra, dec, 0)
             jac = patch_jacobian(self.wcs, inp.wcs, float(px[0]), float(py[0]))
-            blocks.append(warp_kernel(inp.psf.basis, jac).reshape(len(inp.psf.basis), -1))
+            warped = warp_kernel(inp.psf.basis, jac) * circle
+            blocks.append(warped.reshape(len(inp.psf.basis), -1))
+            areas.append(np.full(len(inp.psf.basis), abs(np.linalg.det(jac))))
             starts.append(starts[-1] + len(inp.psf.basis))
         basis = np.concatenate(blocks)
-        return basis, basis.sum(axis=1), np.array(starts)
+        sums = basis.sum(axis=1)
+        box_sums = np.concatenate([inp.psf.basis.sum(axis=(1, 2)) for inp in self.inputs])
+        return basis, sums, sums * np.concatenate(areas), box_sums, np.array(starts)
+
+    def _terms(self, v: int, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+        """Input ``v``'s PSF model's spatial terms at positions on its sensor."""
+        psf = self.inputs[v].psf
+        return spatial_terms(
+            (cx - psf.x0) / psf.scale, (cy - psf.y0) / psf.scale, psf.degree, psf.radial
+        )
 
     def input_weights(
         self, x: np.ndarray, y: np.ndarray
@@ -180,22 +203,66 @@ class CoaddPSF(KernelPSF):
         share = np.where(covered.any(axis=1, keepdims=True), covered * weights, weights)
         return share / share.sum(axis=1, keepdims=True), positions
 
+    def _coefficients(
+        self, share: np.ndarray, positions: list[tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        """Coefficients (n, n_terms_total) of the warped bases: each input's kernel at its
+        position, of unit sum (its warp carries the flux), times its share."""
+        _, sums, _, _, starts = self._warped
+        coeffs = np.zeros((len(share), starts[-1]))
+        for v, (cx, cy) in enumerate(positions):
+            terms = self._terms(v, cx, cy)
+            block = slice(starts[v], starts[v + 1])
+            coeffs[:, block] = terms * (share[:, v] / (terms @ sums[block]))[:, None]
+        return coeffs
+
     def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Centred kernels (n, size, size), unit sum, for sources at patch positions (x, y)."""
-        basis, sums, starts = self._warped
+        basis = self._warped[0]
         share, positions = self.input_weights(x, y)
-        coeffs = np.zeros((len(share), len(basis)))
-        for v, (inp, (cx, cy)) in enumerate(zip(self.inputs, positions, strict=True)):
-            psf = inp.psf
-            terms = spatial_terms(
-                (cx - psf.x0) / psf.scale, (cy - psf.y0) / psf.scale, psf.degree, psf.radial
-            )
-            block = slice(starts[v], starts[v + 1])
-            # each input's warped kernel normalised to unit sum (its warp carries the flux),
-            # weighted by its share
-            coeffs[:, block] = terms * (share[:, v] / (terms @ sums[block]))[:, None]
-        k = (coeffs @ basis).reshape(len(share), self.size, self.size)
+        k = (self._coefficients(share, positions) @ basis).reshape(len(share), self.size, self.size)
         return k / k.sum(axis=(1, 2), keepdims=True)
+
+    @cached_property
+    def _gram(self) -> np.ndarray:
+        """Inner products of the warped bases (n_terms_total, n_terms_total)."""
+        basis = self._warped[0]
+        return basis @ basis.T
+
+    def fit_shares(
+        self, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Each input's share of the flux that a fit of the coadd's kernel ``K`` returns at
+        patch positions (x, y), and the inputs' positions (as :meth:`input_weights`).
+
+        A star there is ``sum_v s_v f_v K_v``, each input's kernel ``K_v`` (unit sum) with its
+        share ``s_v`` and the flux ``f_v`` its kernel holds; the fit
+        ``<data, K> / <K, K>`` returns ``sum_v s_v f_v <K_v, K> / <K, K>``: a sharp input's
+        kernel, more like the core of ``K``, counts for more than its share. Returns the
+        weights ``s_v <K_v, K> / <K, K>`` (n, n_inputs), which sum to 1."""
+        share, positions = self.input_weights(x, y)
+        _, _, _, _, starts = self._warped
+        coeffs = self._coefficients(share, positions)
+        projected = coeffs @ self._gram
+        total = np.einsum("ij,ij->i", coeffs, projected)
+        out = np.empty_like(share)
+        for v in range(len(self.inputs)):
+            block = slice(starts[v], starts[v + 1])
+            out[:, v] = np.einsum("ij,ij->i", coeffs[:, block], projected[:, block]) / total
+        return out, positions
+
+    def kept_light(self, positions: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Per input, at its sensor positions (from :meth:`input_weights`), the light of its
+        own kernel (the calexp's PSF flux) that the coadd kernel's circle keeps: array
+        (n, n_inputs), 1 for a PSF that ends inside the circle, less where its wings reach
+        the corners of the input's box."""
+        _, _, light, box_sums, starts = self._warped
+        out = np.empty((len(positions[0][0]), len(positions)))
+        for v, (cx, cy) in enumerate(positions):
+            terms = self._terms(v, cx, cy)
+            block = slice(starts[v], starts[v + 1])
+            out[:, v] = (terms @ light[block]) / (terms @ box_sums[block])
+        return out
 
     # --- FITS -------------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""The aperture correction of PSF fluxes on a coadd, from its visits' (as LSST's
+``CoaddApCorrMap``, Bosch et al. 2018, PASJ 70, S5, section 3.3).
+
+A visit's PSF kernel holds the light inside its 25 pixels, a fraction ``1 / a_v`` of a star's
+total, ``a_v`` being the visit's aperture correction at the star's place on its sensor
+(:class:`~twinkles.measurement.apcorr.ApertureCorrectionMap`), which changes over the sensor
+with the PSF's width. On the coadd a star of total flux ``F`` is the weighted mean of its
+warped images, ``F sum_v s_v P_v``, ``s_v`` being each visit's share there
+(:meth:`~twinkles.image.coadd_psf.CoaddPSF.input_weights`). The coadd's kernel keeps the
+light inside a circle (:mod:`twinkles.image.coadd_psf`), a fraction ``k_v`` of the visit's
+kernel light (:meth:`~twinkles.image.coadd_psf.CoaddPSF.kept_light`), so inside it the star
+is ``F sum_v s_v k_v K_v / a_v``, and a fit of the coadd's kernel returns
+``F sum_v g_v k_v / a_v``, ``g_v`` being the visit's share of the fit
+(:meth:`~twinkles.image.coadd_psf.CoaddPSF.fit_shares`: a sharp visit's kernel counts for
+more than its share of the pixels). The coadd's correction at that position is the inverse,
+a harmonic mean of the visits' corrections, each at its own sensor position, which changes
+over the patch with the visits' PSFs and their edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from twinkles.errors import TwinklesError
+from twinkles.image.coadd_psf import CoaddPSF
+
+__all__ = ["CoaddApertureCorrection", "CoaddApertureCorrectionError"]
+
+#: A visit's aperture correction at its own sensor positions (x, y), 0-based pixels.
+SensorCorrection = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class CoaddApertureCorrectionError(TwinklesError):
+    """A coadded visit has no aperture correction."""
+
+
+@dataclass(frozen=True, eq=False)
+class CoaddApertureCorrection:
+    """The correction of PSF fluxes on a coadd at any patch position.
+
+    Attributes
+    ----------
+    psf : CoaddPSF
+        The coadd's PSF, whose inputs say which visits cover a position and with what weight.
+    corrections : tuple of callable
+        Each input's aperture correction at positions on its own sensor, in the order of
+        ``psf.inputs``.
+    """
+
+    psf: CoaddPSF
+    corrections: tuple[SensorCorrection, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.corrections) != len(self.psf.inputs):
+            raise ValueError(
+                f"{len(self.corrections)} aperture corrections for the coadd PSF's "
+                f"{len(self.psf.inputs)} inputs"
+            )
+
+    @classmethod
+    def from_visits(
+        cls, psf: CoaddPSF, corrections: Mapping[int, SensorCorrection]
+    ) -> CoaddApertureCorrection:
+        """The coadd's correction from its visits' (by visit: each input's ``visit``)."""
+        missing = sorted({inp.visit for inp in psf.inputs} - set(corrections))
+        if missing:
+            hint = " (a coadd written before its inputs carried their visit: rerun make_coadd)"
+            raise CoaddApertureCorrectionError(
+                f"no aperture correction for the coadded visit(s) {missing}"
+                + (hint if missing == [0] else "")
+            )
+        return cls(psf, tuple(corrections[inp.visit] for inp in psf.inputs))
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """The multiplicative correction of coadd PSF fluxes at patch positions (x, y);
+        ``chunk`` positions at a time bound the memory (chunk x the inputs' basis terms)."""
+        x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
+        out = np.empty(len(x))
+        for start in range(0, len(x), chunk):
+            part = slice(start, start + chunk)
+            out[part] = self._correction(x[part], y[part])
+        return out
+
+    def _correction(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        fit_share, positions = self.psf.fit_shares(x, y)
+        kept = self.psf.kept_light(positions)
+        inverse = np.zeros(len(x))
+        for v, (correction, (cx, cy)) in enumerate(zip(self.corrections, positions, strict=True)):
+            covered = fit_share[:, v] != 0
+            if covered.any():
+                a = np.asarray(correction(cx[covered], cy[covered]), dtype=float)
+                inverse[covered] += fit_share[covered, v] * kept[covered, v] / a
+        return 1.0 / inverse
