@@ -373,6 +373,16 @@ def test_collect_and_write_metrics(tmp_path):
             "g": {"pa1_mmag": None, "n_pa1_stars": 17, "pa1_drp_mmag": 7.0},
         },
         "coadds": {"r": {"noise_ratio": 1.02}},
+        "object_photometry": {
+            "r": {
+                "pull_std_worst": 1.6,
+                "pull_std_worst_err": 0.14,
+                "pull_std_worst_bin": [300.0, None],
+                "pull_median_worst": -0.3,
+                "pull_median_worst_err": 0.2,
+                "pull_median_worst_bin": [300.0, None],
+            }
+        },
         "zero_points": {"n_visits": 60, "rms_mmag": 3.2, "pull_std": 1.35},
         "objects": {
             "completeness_1mag_above_depth": 0.97,
@@ -417,6 +427,11 @@ def test_collect_and_write_metrics(tmp_path):
     assert "S/N > 300" in by_name["forced_pull_std_by_snr_r"].description
     assert by_name["forced_pull_median_by_snr_r"].status == "pass"  # 0.15 - 0.1 <= 0.1
     assert "S/N 5-30" in by_name["forced_pull_median_by_snr_r"].description
+    # the coadd's: pulls spread 1.6 +- 0.14 fail, a median of -0.3 +- 0.2 passes
+    assert by_name["object_pull_std_by_snr_r"].status == "fail"
+    assert "Object (coadd)" in by_name["object_pull_std_by_snr_r"].description
+    assert by_name["object_pull_median_by_snr_r"].status == "pass"
+    assert "S/N > 300" in by_name["object_pull_median_by_snr_r"].description
     # ramps: a linear one within 2 errors of 1 mmag passes, a radial one of 6 +- 1 fails
     assert by_name["flux_ramp_linear_r"].status == "pass"
     assert by_name["flux_ramp_radial_r"].status == "fail"
@@ -457,6 +472,7 @@ def test_metrics_without_a_truth_say_why_they_are_not_measured():
         },
         "coadds": {"r": {"noise_ratio": 1.02}},
         "objects": {"completeness_1mag_above_depth": None},
+        "object_photometry": {"g": {}, "r": {}},
     }
     dia = {"truth": False, "noise_ratio_min": 0.97, "noise_ratio_max": 1.04, "sn_pulls": []}
     dia["dia_sources_per_visit_mean"] = 12.5
@@ -485,6 +501,8 @@ def test_metrics_without_a_truth_say_why_they_are_not_measured():
     for name in (
         "forced_pull_std_r",
         "object_completeness",
+        "object_pull_std_by_snr_r",
+        "object_pull_median_by_snr_g",
         "transient_recovery",
         "spurious_dia_sources_per_visit",
         "dia_object_completeness",

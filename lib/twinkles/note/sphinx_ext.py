@@ -436,6 +436,7 @@ WHERE_TO_LOOK = (
     ("object_completeness", ("validate_static_sky", "object-completeness")),
     ("forced_pull", ("validate_static_sky", "forced-pulls")),
     ("src_pull", ("validate_static_sky", "forced-pulls")),
+    ("object_pull", ("validate_static_sky", "forced-pulls")),
     ("PA1", ("validate_run", "photometry-vs-magnitude")),
     ("PF1", ("validate_run", "photometry-vs-magnitude")),
     ("photometric_floor", ("validate_run", "photometry-vs-magnitude")),

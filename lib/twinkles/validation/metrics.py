@@ -210,7 +210,18 @@ def collect_metrics(
     forced = static_sky.get("forced", {})
     metrics = [
         *_forced_metrics(forced),
-        *_single_visit_metrics(static_sky.get("src", {})),
+        *_pull_metrics(
+            static_sky.get("src", {}),
+            "src",
+            "single-visit (src)",
+            "its error bootstrapped over visits, with the zero points' shared error",
+        ),
+        *_pull_metrics(
+            static_sky.get("object_photometry", {}),
+            "object",
+            "Object (coadd)",
+            "its error with the zero points' shared error",
+        ),
         *_calibration_and_coadd_metrics(static_sky, am1_mas, am1_pairs),
         *_object_metrics(static_sky.get("objects", {})),
         *_dia_metrics(dia, dia_object_completeness, dia_object_purity, dia_object_purity_reliable),
@@ -357,33 +368,34 @@ def _forced_metrics(forced: dict) -> list[Metric]:
     return metrics
 
 
-def _single_visit_metrics(source: dict) -> list[Metric]:
-    """Single-visit (src) PSF-flux pulls of each band."""
+def _pull_metrics(records: dict, prefix: str, what: str, median_error: str) -> list[Metric]:
+    """PSF-flux pulls against the truth of each band (:func:`photometry_systematics`'s
+    worst bins): ``<prefix>_pull_std_by_snr_<band>`` and ``<prefix>_pull_median_by_snr_<band>``
+    of ``what``, the median's error being ``median_error``."""
     metrics: list[Metric] = []
-    for band in sorted(source, key=band_order):
-        f = source[band]
+    for band in sorted(records, key=band_order):
+        f = records[band]
         metrics += [
             Metric(
-                f"src_pull_std_by_snr_{band}",
+                f"{prefix}_pull_std_by_snr_{band}",
                 _get(f, "pull_std_worst"),
                 "",
                 "within",
                 0.1,
                 ISSUE,
-                "robust std of single-visit (src) PSF-flux pulls against the truth in the S/N "
-                f"bin where it is furthest from 1: {_bin(f, 'pull_std_worst_bin')}, {band}",
+                f"robust std of {what} PSF-flux pulls against the truth in the S/N bin where "
+                f"it is furthest from 1: {_bin(f, 'pull_std_worst_bin')}, {band}",
                 uncertainty=_get(f, "pull_std_worst_err"),
             ),
             Metric(
-                f"src_pull_median_by_snr_{band}",
+                f"{prefix}_pull_median_by_snr_{band}",
                 _get(f, "pull_median_worst"),
                 "",
                 "abs<=",
                 0.1,
                 ISSUE,
-                "median single-visit (src) PSF-flux pull in the S/N bin where it is furthest "
-                f"from 0: {_bin(f, 'pull_median_worst_bin')}, {band} (its error bootstrapped "
-                "over visits, with the zero points' shared error)",
+                f"median {what} PSF-flux pull in the S/N bin where it is furthest from 0: "
+                f"{_bin(f, 'pull_median_worst_bin')}, {band} ({median_error})",
                 uncertainty=_get(f, "pull_median_worst_err"),
             ),
         ]

@@ -20,6 +20,8 @@
 * :func:`pulls_by_snr`, :func:`flux_ramps`: pulls against the truth per bin of S/N, and the
   ramp of bright stars' flux over the sensor in each visit (linear and radial), which PA1
   cannot see when a star sits at about the same place in every visit;
+* :func:`object_star_rows`: the Objects that are true stars with their coadd PSF fluxes,
+  whose pulls test the coadds' photometry as the src pulls test a visit's;
 * :func:`reference_stars`, :func:`star_positions`, :func:`am1`: the astrometric repeatability
   of validate_drp (LSST SRD AM1): the RMS over visits of the separation of star pairs about 5'
   apart;
@@ -39,7 +41,7 @@ from twinkles.measurement.sensor_map import weighted_fit
 from twinkles.sim.psf import SimulatedPSF
 from twinkles.sim.truth import Truth
 from twinkles.stats import mad_std, robust_std
-from twinkles.units import MAG_PER_FRACTION, MMAG_PER_FRACTION
+from twinkles.units import MAG_PER_FRACTION, MMAG_PER_FRACTION, mag_to_njy
 from twinkles.validation.truth_match import isolated
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "forced_light_curves",
     "forced_star_metrics",
     "match_sky",
+    "object_star_rows",
     "pa1",
     "pa1_noise",
     "photometric_repeatability",
@@ -453,6 +456,53 @@ def source_star_rows(butler, visits: Table, truth: Truth, radius_arcsec: float =
         )
     if not parts:
         raise FileNotFoundError("no src in the run: run process_eimage first")
+    return vstack(parts)
+
+
+def object_star_rows(objects: Table, truth: Truth, radius_arcsec: float = 0.5) -> Table:
+    """The Objects that are true stars, one row per band, with the coadd's PSF flux and the
+    true flux: what :func:`pulls_by_snr` takes to test the coadds' photometry (their PSF,
+    aperture correction and errors) as :func:`source_star_rows` tests a visit's.
+
+    The Objects :func:`star_light_curves` keeps (matched to a true star, not in a blend);
+    Objects flagged on an edge and a band's measurements flagged bad are dropped. Columns:
+    ``ccdVisitId`` (0: one coadd per band), ``band``, ``objectId``, ``psFlux``,
+    ``psFluxErr`` (nJy), ``truth_id``, ``is_variable``, ``true_flux`` (nJy, from the star's
+    mean magnitude; variables are left out of the pulls), ``isolated``
+    (:func:`isolated_star_ids`).
+    """
+    star_of, variable_of = _star_objects(objects, truth, radius_arcsec)
+    stars = objects[
+        np.isin(np.asarray(objects["objectId"]), list(star_of))
+        & ~np.asarray(objects["flag_edge"], dtype=bool)
+    ]
+    ids = np.array([star_of[o] for o in stars["objectId"].tolist()], dtype=np.int64)
+    alone = np.isin(ids, isolated_star_ids(truth))
+    variable = np.array([variable_of[t] for t in ids.tolist()], dtype=bool)
+    row_of = {int(i): k for k, i in enumerate(np.asarray(truth.stars["id"]).tolist())}
+    true_rows = truth.stars[[row_of[int(t)] for t in ids.tolist()]]
+    bands = [b for b in "ugrizy" if f"{b}_psFlux" in objects.colnames]
+    parts = []
+    for band in bands:
+        ok = ~np.asarray(stars[f"{band}_flag_bad"], dtype=bool)
+        n = int(ok.sum())
+        parts.append(
+            Table(
+                {
+                    "ccdVisitId": np.zeros(n, dtype=np.int64),
+                    "band": np.full(n, band, dtype="U1"),
+                    "objectId": np.asarray(stars["objectId"])[ok],
+                    "psFlux": np.asarray(stars[f"{band}_psFlux"], dtype=float)[ok],
+                    "psFluxErr": np.asarray(stars[f"{band}_psFluxErr"], dtype=float)[ok],
+                    "truth_id": ids[ok],
+                    "is_variable": variable[ok],
+                    "true_flux": mag_to_njy(np.asarray(true_rows[f"mag_{band}"])[ok]),
+                    "isolated": alone[ok],
+                }
+            )
+        )
+    if not parts:
+        raise ValueError("the Object table has no band's psFlux column")
     return vstack(parts)
 
 
@@ -860,7 +910,7 @@ def _edge(value: float) -> float | None:
 
 def photometry_systematics(
     pulls: Table,
-    ramps: Table,
+    ramps: Table | None,
     min_n: int = 20,
     calibration_err: dict[str, float] | None = None,
 ) -> dict[str, dict]:
@@ -873,10 +923,12 @@ def photometry_systematics(
     :func:`calibration_errors`, is given) that error over the bin's fractional flux error:
     an offset of the reference catalog moves every measurement of the band alike, so in
     bright bins, whose errors are a few mmag, it alone moves the median by a few tenths. The
-    ramps' RMS beyond their errors (:func:`ramp_excess`) with theirs.
+    ramps' RMS beyond their errors (:func:`ramp_excess`) with theirs, where ``ramps`` are
+    given (a coadd has none: its stars are measured once).
     """
     out: dict[str, dict] = {}
-    for band in sorted(set(pulls["band"]) | set(ramps["band"])):
+    ramp_bands = set(ramps["band"]) if ramps is not None else set()
+    for band in sorted(set(pulls["band"]) | ramp_bands):
         record: dict = {}
         b = pulls[(pulls["band"] == band) & (pulls["n"] >= min_n)]
         if len(b):
@@ -900,6 +952,9 @@ def photometry_systematics(
             }
             for r in pulls[pulls["band"] == band]
         ]
+        if ramps is None:
+            out[str(band)] = record
+            continue
         r = ramps[ramps["band"] == band]
         for kind in ("linear", "radial"):
             value, err = ramp_excess(r[f"{kind}_mmag"], r[f"{kind}_err_mmag"])
