@@ -509,6 +509,63 @@ def forced_photometry_20k_objects() -> dict:
     }
 
 
+@benchmark
+def coadd_objects_200_visits_20k_objects() -> dict:
+    """Forced photometry of 20,000 Objects on a coadd of 200 run1 visits: its PSF evaluated
+    from the visits' and its aperture correction from their maps."""
+    import numpy as np
+
+    from twinkles import jit
+    from twinkles.coadd.apcorr import CoaddApertureCorrection
+    from twinkles.coadd.assemble import coadd_psf
+    from twinkles.coadd.warp import CalexpModel
+    from twinkles.image import Exposure, PhotoCalib
+    from twinkles.measurement.apcorr import ApertureCorrectionMap
+    from twinkles.measurement.forced import ForcedPhotometryTask
+
+    run, visits, skymap = _run1_calexps()
+    models = [CalexpModel.read(run.butler.path("calexp", visit=v)) for v in visits]
+    maps = {
+        v: ApertureCorrectionMap.from_summary(run.butler.get("visitSummary", visit=v))
+        for v in visits
+    }
+    n_visits = 200
+    # the bench's calexps, each standing for a third of the visits
+    inputs = [models[k % len(models)] for k in range(n_visits)]
+    psf, build_cpu, _ = timed(coadd_psf, inputs, [1.0] * n_visits, skymap.wcs, skymap.shape)
+    rng = np.random.default_rng(1)
+    h, w = skymap.shape
+    coadd = Exposure(
+        image=rng.normal(0.0, 1.0, (h, w)).astype(np.float32),
+        mask=np.zeros((h, w), dtype=np.int32),
+        variance=np.ones((h, w), dtype=np.float32),
+        wcs=skymap.wcs,
+        psf=psf,
+        photo_calib=PhotoCalib(31.4, 0.0),
+    )
+    x, y = rng.uniform(0, w - 1, 20_000), rng.uniform(0, h - 1, 20_000)
+    ra, dec = skymap.wcs.all_pix2world(x, y, 0)
+    correction = CoaddApertureCorrection.from_visits(psf, maps)
+    numba_start = jit.initialize()
+    _, kernels_cpu, _ = timed(psf.kernels, x, y)
+    _, apcorr_cpu, _ = timed(correction, x, y)
+    result, cpu, wall = timed(ForcedPhotometryTask().run, coadd, ra, dec, correction)
+    return {
+        "n_visits": n_visits,
+        "n_objects": 20_000,
+        "psf_build_cpu_s": round(build_cpu, 2),
+        "kernels_cpu_s": round(kernels_cpu, 2),
+        "ap_corr_cpu_s": round(apcorr_cpu, 2),
+        "forced_cpu_s": round(cpu, 2),
+        "forced_wall_s": round(wall, 2),
+        "joint_groups": result.n_groups,
+        "numba_start_s": round(numba_start, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+        "target": "<= 10 s per band (the Object table of a Run 1 patch in six bands)",
+        "pass": cpu <= 10.0,
+    }
+
+
 def _run1_warp():
     """The second bench visit's warp (made once) and its calexp's model."""
     from twinkles.coadd.warp import CalexpModel, WarpTask
