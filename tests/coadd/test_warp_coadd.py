@@ -149,7 +149,7 @@ def test_coadd_clips_an_artefact_predicts_its_noise_and_streams(tmp_path):
     np.testing.assert_allclose(whole.coadd.image, coadd.image, rtol=1e-5, atol=1e-3)
     # nor does a memory budget that holds 16 rows of the six warps at a time
     readers = [_WarpReader(p) for p in paths]
-    row_mb = 9 * sum(r.width for r in readers) / 2**20
+    row_mb = 11 * sum(r.width for r in readers) / 2**20
     tight = CoaddTask(CoaddConfig(block_rows=4096, block_memory_mb=20 * row_mb))
     assert tight.block_rows(readers) == 16
     for r in readers:

@@ -186,9 +186,9 @@ class CoaddTask:
 
     def block_rows(self, readers: Sequence[_WarpReader]) -> int:
         """Rows per block: ``block_rows``, fewer where the warps' rows for the block (image,
-        variance and usable flag: 9 bytes a pixel) would exceed ``block_memory_mb``; a
-        multiple of 16 (the rows of a compressed tile), at least 16."""
-        per_row = 9 * sum(r.width for r in readers)
+        variance and the usable, inside and saturated flags: 11 bytes a pixel) would exceed
+        ``block_memory_mb``; a multiple of 16 (the rows of a compressed tile), at least 16."""
+        per_row = 11 * sum(r.width for r in readers)
         fit = int(self.config.block_memory_mb * 2**20 // max(per_row, 1))
         return max(16, min(self.config.block_rows, fit // 16 * 16))
 
