@@ -186,18 +186,22 @@ def test_coadd_psf_is_the_weighted_mean_of_the_warped_psfs_of_the_visits_coverin
     psf = result.coadd.psf
     rng = np.random.default_rng(3)
     subsets = set()
+    yy, xx = np.mgrid[0:KERNEL, 0:KERNEL] - KERNEL // 2
     for x, y in rng.uniform(0, 1, (60, 2)) * [skymap.width, skymap.height]:
         cover = covering(models, skymap.wcs, x, y)
         if not cover:
             continue
         subsets.add(tuple(cover))
-        # by brute force: each covering visit's PSF at its own position, warped there
+        # by brute force: each covering visit's PSF at its own position, warped there with
+        # the Jacobian there, cut to the kernel's inscribed circle
         expected = sum(weights[v] * warped_psf_kernel(models[v], skymap.wcs, x, y) for v in cover)
-        expected /= sum(weights[v] for v in cover)
+        expected = np.where(np.hypot(xx, yy) <= KERNEL // 2, expected, 0.0)
+        expected /= expected.sum()
         kernel = psf.kernel(x, y)
         assert kernel.sum() == pytest.approx(1.0)
-        # the Jacobian is taken at each sensor's centre, not at (x, y)
-        np.testing.assert_allclose(kernel, expected, atol=5e-3 * expected.max())
+        # the model follows the Jacobian's change of scale over each sensor to first order;
+        # with the Jacobian of the sensor's centre everywhere it erred by up to 0.3% of the peak
+        np.testing.assert_allclose(kernel, expected, atol=1e-3 * expected.max())
     # the positions span regions of one, two and more visits
     assert {len(s) for s in subsets} >= {1, 2, 3}
     # beyond every visit's edge, every visit contributes: finite, unit sum

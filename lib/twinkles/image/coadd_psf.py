@@ -22,10 +22,13 @@ the coadd's aperture correction (:mod:`twinkles.coadd.apcorr`) takes it into acc
 
 Resampling is linear, so it is done once per input on the input PSF's basis images (a
 :class:`~twinkles.image.psf.PixelPSF` is a polynomial of position times fixed images), with
-the Jacobian at the input's centre: over a sensor the Jacobian of a distorted calexp changes
-by a few tenths of a percent in area and hundredths of a degree in rotation, far less than
-the PSF itself varies. A kernel is then a matrix product of the inputs' spatial terms with
-their warped bases.
+the Jacobian at the input's centre, and once more for their derivative in the warp's scale.
+Over a sensor the Jacobian of a distorted calexp changes by a few tenths of a percent in
+area and hundredths of a degree in rotation; the change of area moves a PSF flux at first
+order (a kernel wider by a fraction returns as much more flux), the rest only at second, so
+each input's kernel follows its scale over its sensor (a quadratic fitted to the Jacobian on
+a 5 x 5 grid) to first order. A kernel is then a matrix product of the inputs' spatial terms
+with their warped bases.
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from twinkles.geometry import spatial_terms
+from twinkles.geometry import polynomial_terms, spatial_terms
 from twinkles.image.psf import KernelPSF, PixelPSF
 
-__all__ = ["CoaddInput", "CoaddPSF", "patch_jacobian", "warp_kernel"]
+__all__ = ["CoaddInput", "CoaddPSF", "patch_jacobian", "patch_jacobians", "warp_kernel"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,9 +75,20 @@ def patch_jacobian(patch_wcs: WCS, input_wcs: WCS, x: float, y: float) -> np.nda
     """Jacobian (2, 2) of patch pixels -> input pixels at patch position (x, y), by central
     differences; ``jac[i, j] = d(input axis i) / d(patch axis j)``, axes in numpy's (y, x)
     order."""
-    ra, dec = patch_wcs.all_pix2world([x + 0.5, x - 0.5, x, x], [y, y, y + 0.5, y - 0.5], 0)
-    cx, cy = input_wcs.all_world2pix(ra, dec, 0)
-    return np.array([[cy[2] - cy[3], cy[0] - cy[1]], [cx[2] - cx[3], cx[0] - cx[1]]])
+    return patch_jacobians(patch_wcs, input_wcs, np.array([x]), np.array([y]))[0]
+
+
+def patch_jacobians(patch_wcs: WCS, input_wcs: WCS, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`patch_jacobian` at many patch positions: array (n, 2, 2)."""
+    x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
+    ra, dec = patch_wcs.all_pix2world(
+        np.concatenate([x + 0.5, x - 0.5, x, x]), np.concatenate([y, y, y + 0.5, y - 0.5]), 0
+    )
+    cx, cy = (a.reshape(4, -1) for a in input_wcs.all_world2pix(ra, dec, 0))
+    jac = np.empty((len(x), 2, 2))
+    jac[:, 0, 0], jac[:, 0, 1] = cy[2] - cy[3], cy[0] - cy[1]
+    jac[:, 1, 0], jac[:, 1, 1] = cx[2] - cx[3], cx[0] - cx[1]
+    return jac
 
 
 def warp_kernel(kernel: np.ndarray, jac: np.ndarray) -> np.ndarray:
@@ -94,6 +108,47 @@ def warp_kernel(kernel: np.ndarray, jac: np.ndarray) -> np.ndarray:
         [ndimage.affine_transform(k, jac, offset=offset, order=3, mode="constant") for k in flat]
     )
     return out.reshape(kernel.shape)
+
+
+#: Step (fraction) of the finite difference of a warped kernel in the warp's scale.
+_SCALE_STEP = 0.01
+
+
+@dataclass(frozen=True)
+class _WarpedBases:
+    """The inputs' bases on the patch (see :attr:`CoaddPSF._warped`)."""
+
+    basis: np.ndarray
+    """(n_rows, size^2): per input, its basis images warped at its centre's Jacobian, then
+    their derivatives in the warp's scale, all cut to the kernel's inscribed circle."""
+    sums: np.ndarray
+    """Each row's sum."""
+    box_sums: list[np.ndarray]
+    """Per input, its basis images' sums over their own (square) box."""
+    starts: np.ndarray
+    """First row of each input's block (n_inputs + 1)."""
+    areas: np.ndarray
+    """Per input, the input pixels per patch pixel at its centre (|det J|)."""
+    scales: list[np.ndarray]
+    """Per input, quadratic coefficients (in its normalised sensor position) of the warp's
+    scale relative to its centre's."""
+
+
+def _patch_centre(patch_wcs: WCS, inp: CoaddInput) -> tuple[float, float]:
+    """The patch position of an input's sensor centre."""
+    h, w = inp.shape
+    ra, dec = inp.wcs.all_pix2world([0.5 * (w - 1)], [0.5 * (h - 1)], 0)
+    px, py = patch_wcs.all_world2pix(ra, dec, 0)
+    return float(px[0]), float(py[0])
+
+
+def _sensor_normalised(
+    inp: CoaddInput, cx: np.ndarray, cy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions on an input's sensor, from its centre in units of its half width."""
+    h, w = inp.shape
+    half = 0.5 * max(h, w)
+    return (np.asarray(cx) - 0.5 * (w - 1)) / half, (np.asarray(cy) - 0.5 * (h - 1)) / half
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,28 +201,47 @@ class CoaddPSF(KernelPSF):
         return 0.5 * (self.shape[0] - 1)
 
     @cached_property
-    def _warped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The inputs' basis images warped and cut to the kernel's inscribed circle, stacked
-        (n_terms_total, size^2); each term's sum there; the same in the input's flux units
-        (times the pixel-area ratio) and each term's sum over the input's own box, whose
-        ratio is the light of the input's kernel that the circle keeps; and the first row of
-        each input's block (n_inputs + 1)."""
+    def _warped(self) -> _WarpedBases:
+        """The inputs' bases warped onto the patch and cut to the kernel's inscribed circle,
+        with their derivatives in the warp's scale, and each input's scale over its sensor."""
         yy, xx = np.mgrid[0 : self.size, 0 : self.size] - self.half
         circle = np.hypot(xx, yy) <= self.half
-        blocks, starts, areas = [], [0], []
+        rows, starts, areas, scales = [], [0], [], []
         for inp in self.inputs:
             h, w = inp.shape
-            ra, dec = inp.wcs.all_pix2world([0.5 * (w - 1)], [0.5 * (h - 1)], 0)
+            # the Jacobian on a 5 x 5 grid of the input's sensor: at its centre for the warp,
+            # and its change of scale over the sensor (distortion), fitted by a quadratic
+            gx, gy = (g.ravel() for g in np.meshgrid(*(np.linspace(0, n - 1, 5) for n in (w, h))))
+            ra, dec = inp.wcs.all_pix2world(gx, gy, 0)
             px, py = self.wcs.all_world2pix(ra, dec, 0)
-            jac = patch_jacobian(self.wcs, inp.wcs, float(px[0]), float(py[0]))
-            warped = warp_kernel(inp.psf.basis, jac) * circle
-            blocks.append(warped.reshape(len(inp.psf.basis), -1))
-            areas.append(np.full(len(inp.psf.basis), abs(np.linalg.det(jac))))
-            starts.append(starts[-1] + len(inp.psf.basis))
-        basis = np.concatenate(blocks)
-        sums = basis.sum(axis=1)
-        box_sums = np.concatenate([inp.psf.basis.sum(axis=(1, 2)) for inp in self.inputs])
-        return basis, sums, sums * np.concatenate(areas), box_sums, np.array(starts)
+            jacs = patch_jacobians(self.wcs, inp.wcs, px, py)
+            centre = patch_jacobian(self.wcs, inp.wcs, *_patch_centre(self.wcs, inp))
+            area = abs(np.linalg.det(centre))
+            change = np.sqrt(np.abs(np.linalg.det(jacs)) / area) - 1.0
+            coeffs, *_ = np.linalg.lstsq(
+                polynomial_terms(*_sensor_normalised(inp, gx, gy), 2), change, rcond=None
+            )
+            basis = inp.psf.basis
+            warped = warp_kernel(basis, centre) * circle
+            step = _SCALE_STEP
+            derivative = (
+                (warp_kernel(basis, centre * (1 + step)) - warp_kernel(basis, centre * (1 - step)))
+                * circle
+                / (2 * step)
+            )
+            rows += [warped.reshape(len(basis), -1), derivative.reshape(len(basis), -1)]
+            starts.append(starts[-1] + 2 * len(basis))
+            areas.append(area)
+            scales.append(coeffs)
+        stacked = np.concatenate(rows)
+        return _WarpedBases(
+            stacked,
+            stacked.sum(axis=1),
+            [inp.psf.basis.sum(axis=(1, 2)) for inp in self.inputs],
+            np.array(starts),
+            np.array(areas),
+            scales,
+        )
 
     def _terms(self, v: int, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
         """Input ``v``'s PSF model's spatial terms at positions on its sensor."""
@@ -175,6 +249,11 @@ class CoaddPSF(KernelPSF):
         return spatial_terms(
             (cx - psf.x0) / psf.scale, (cy - psf.y0) / psf.scale, psf.degree, psf.radial
         )
+
+    def _scale(self, v: int, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+        """Input ``v``'s warp scale at positions on its sensor, relative to its centre's."""
+        terms = polynomial_terms(*_sensor_normalised(self.inputs[v], cx, cy), 2)
+        return terms @ self._warped.scales[v]
 
     def input_weights(
         self, x: np.ndarray, y: np.ndarray
@@ -203,30 +282,42 @@ class CoaddPSF(KernelPSF):
         share = np.where(covered.any(axis=1, keepdims=True), covered * weights, weights)
         return share / share.sum(axis=1, keepdims=True), positions
 
+    def _input_kernels(
+        self, v: int, cx: np.ndarray, cy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Input ``v`` at positions on its sensor: the coefficients (n, 2 n_terms) of its
+        block of warped bases, of unit sum inside the circle; that sum before normalising;
+        and the warp's scale there."""
+        warped = self._warped
+        terms = self._terms(v, cx, cy)
+        scale = self._scale(v, cx, cy)
+        coeffs = np.concatenate([terms, terms * scale[:, None]], axis=1)
+        inside = coeffs @ warped.sums[warped.starts[v] : warped.starts[v + 1]]
+        return coeffs / inside[:, None], inside, scale
+
     def _coefficients(
         self, share: np.ndarray, positions: list[tuple[np.ndarray, np.ndarray]]
     ) -> np.ndarray:
-        """Coefficients (n, n_terms_total) of the warped bases: each input's kernel at its
-        position, of unit sum (its warp carries the flux), times its share."""
-        _, sums, _, _, starts = self._warped
+        """Coefficients (n, n_rows) of the warped bases: each input's kernel at its position,
+        of unit sum (its warp carries the flux), times its share."""
+        starts = self._warped.starts
         coeffs = np.zeros((len(share), starts[-1]))
         for v, (cx, cy) in enumerate(positions):
-            terms = self._terms(v, cx, cy)
-            block = slice(starts[v], starts[v + 1])
-            coeffs[:, block] = terms * (share[:, v] / (terms @ sums[block]))[:, None]
+            unit, _, _ = self._input_kernels(v, cx, cy)
+            coeffs[:, starts[v] : starts[v + 1]] = unit * share[:, v : v + 1]
         return coeffs
 
     def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Centred kernels (n, size, size), unit sum, for sources at patch positions (x, y)."""
-        basis = self._warped[0]
         share, positions = self.input_weights(x, y)
-        k = (self._coefficients(share, positions) @ basis).reshape(len(share), self.size, self.size)
+        k = self._coefficients(share, positions) @ self._warped.basis
+        k = k.reshape(len(share), self.size, self.size)
         return k / k.sum(axis=(1, 2), keepdims=True)
 
     @cached_property
     def _gram(self) -> np.ndarray:
-        """Inner products of the warped bases (n_terms_total, n_terms_total)."""
-        basis = self._warped[0]
+        """Inner products of the warped bases (n_rows, n_rows)."""
+        basis = self._warped.basis
         return basis @ basis.T
 
     def fit_shares(
@@ -241,7 +332,7 @@ class CoaddPSF(KernelPSF):
         kernel, more like the core of ``K``, counts for more than its share. Returns the
         weights ``s_v <K_v, K> / <K, K>`` (n, n_inputs), which sum to 1."""
         share, positions = self.input_weights(x, y)
-        _, _, _, _, starts = self._warped
+        starts = self._warped.starts
         coeffs = self._coefficients(share, positions)
         projected = coeffs @ self._gram
         total = np.einsum("ij,ij->i", coeffs, projected)
@@ -256,12 +347,13 @@ class CoaddPSF(KernelPSF):
         own kernel (the calexp's PSF flux) that the coadd kernel's circle keeps: array
         (n, n_inputs), 1 for a PSF that ends inside the circle, less where its wings reach
         the corners of the input's box."""
-        _, _, light, box_sums, starts = self._warped
+        warped = self._warped
         out = np.empty((len(positions[0][0]), len(positions)))
         for v, (cx, cy) in enumerate(positions):
-            terms = self._terms(v, cx, cy)
-            block = slice(starts[v], starts[v + 1])
-            out[:, v] = (terms @ light[block]) / (terms @ box_sums[block])
+            _, inside, scale = self._input_kernels(v, cx, cy)
+            # a warped pixel holds |det J| input pixels' light
+            area = warped.areas[v] * (1.0 + scale) ** 2
+            out[:, v] = inside * area / (self._terms(v, cx, cy) @ warped.box_sums[v])
         return out
 
     # --- FITS -------------------------------------------------------------------------------
