@@ -18,6 +18,7 @@ from twinkles.image.coadd_psf import CoaddPSF
 from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.sim.wcs import make_wcs
+from twinkles.validation.static_sky import match_sky
 
 RA, DEC, SCALE = 150.1, 2.2, 0.2
 SENSOR = (220, 200)  # (height, width) pixels
@@ -312,3 +313,22 @@ def test_coadd_psf_rejects_inputs_it_cannot_combine(coadded):
         )
     with pytest.raises(ValueError, match="at least one input"):
         CoaddPSF((), skymap.wcs, (9, 9))
+
+
+def test_objects_whose_core_a_visit_edge_crosses_are_flagged_inexact_psf(coadded):
+    """Where a visit's edge crosses a star's core the coadd holds one PSF on each side, which
+    no kernel is: those measurements are flagged, and the others are as good as the noise."""
+    from twinkles.coadd.objects import ObjectTask
+
+    calexps, _, _, _, result = coadded
+    objects = ObjectTask().run({"r": result.coadd}, {"r": result.n_image}).objects
+    ra, dec = star_positions()
+    i_obj, _, _ = match_sky(objects["ra"], objects["decl"], ra, dec, 0.5)
+    stars = objects[i_obj]
+    true_njy = STAR_FLUX * calexps[0].photo_calib.njy_per_electron
+    pulls = (np.asarray(stars["r_psFlux"]) - true_njy) / np.asarray(stars["r_psFluxErr"])
+    usable = ~np.asarray(stars["flag_edge"]) & ~np.asarray(stars["r_flag_bad"])
+    flagged = np.asarray(stars["r_flag_inexact_psf"], dtype=bool)
+    assert (usable & flagged).sum() >= 5 and (usable & ~flagged).sum() >= 40
+    assert np.std(pulls[usable & ~flagged]) < 1.3
+    assert np.max(np.abs(pulls[usable & flagged])) > 5

@@ -177,6 +177,10 @@ object_table = Table(
             *_flux(f"{b}_psFlux", f"PSF flux on the {b} coadd"),
             *_flux(f"{b}_apFlux", f"Aperture flux on the {b} coadd"),
             _flag(f"{b}_flag_bad", f"The {b} measurement touched bad or missing pixels."),
+            _flag(
+                f"{b}_flag_inexact_psf",
+                f"A {b} visit's edge lies within the Object's core: the coadd PSF is inexact.",
+            ),
         )
     ],
     _f("concentration", "Magnitude difference between PSF and large-aperture flux."),

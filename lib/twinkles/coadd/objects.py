@@ -73,6 +73,21 @@ class ObjectConfig(Section):
     edge_n_image: int = Field(
         1, ge=0, description="Objects where fewer warps than this contributed are flagged edge."
     )
+    inexact_psf_radius: int = Field(
+        6,
+        ge=1,
+        description="A band's measurement of an Object is flagged <band>_flag_inexact_psf "
+        "where the visits coadded change within this many pixels of it (a visit's edge): the "
+        "coadd holds one PSF on each side, which no kernel is (LSST's inexact_psf).",
+    )
+    inexact_psf_fraction: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="The inexact-PSF flag needs the number of visits to change within the "
+        "radius by at least this fraction of the most there: one edge among 200 visits moves "
+        "the PSF by too little to count.",
+    )
 
 
 @dataclass
@@ -93,6 +108,14 @@ class ObjectTask:
     def __init__(self, config: ObjectConfig | None = None):
         self.config = config or ObjectConfig()
 
+    def _inexact_psf(self, n_image: np.ndarray) -> np.ndarray:
+        """Where the number of visits changes within ``inexact_psf_radius`` pixels by at
+        least ``inexact_psf_fraction`` of the most there."""
+        size = 2 * self.config.inexact_psf_radius + 1
+        most = ndimage.maximum_filter(n_image, size=size, mode="nearest").astype(float)
+        least = ndimage.minimum_filter(n_image, size=size, mode="nearest")
+        return (most - least) >= self.config.inexact_psf_fraction * np.maximum(most, 1.0)
+
     def run(
         self,
         coadds: dict[str, Exposure],
@@ -106,7 +129,7 @@ class ObjectTask:
         coadds : dict
             Band -> coadd (nJy, with PSF and WCS), all on the same patch.
         n_images : dict, optional
-            Band -> n-image plane, for the edge flag.
+            Band -> n-image plane, for the edge and inexact-PSF flags.
         ap_corr : dict, optional
             Band -> aperture correction of coadd PSF fluxes: a number, or a function of the
             patch position such as :class:`~twinkles.coadd.apcorr.CoaddApertureCorrection`.
@@ -204,8 +227,11 @@ class ObjectTask:
             objects[f"{band}_apFlux"] = cat[ap]
             objects[f"{band}_apFluxErr"] = cat[f"{ap}Err"]
             objects[f"{band}_flag_bad"] = cat["flag_bad"]
+            inexact = np.zeros(n, dtype=bool)
             if n_images is not None and band in n_images:
                 flag_edge |= n_images[band][iy, ix] < cfg.edge_n_image
+                inexact = self._inexact_psf(n_images[band])[iy, ix]
+            objects[f"{band}_flag_inexact_psf"] = inexact
             is_ref = objects["refBand"] == band
             with np.errstate(invalid="ignore", divide="ignore"):
                 psf_flux = np.asarray(cat["psFlux"])

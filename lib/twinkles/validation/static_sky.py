@@ -465,7 +465,8 @@ def object_star_rows(objects: Table, truth: Truth, radius_arcsec: float = 0.5) -
     aperture correction and errors) as :func:`source_star_rows` tests a visit's.
 
     The Objects :func:`star_light_curves` keeps (matched to a true star, not in a blend);
-    Objects flagged on an edge and a band's measurements flagged bad are dropped. Columns:
+    Objects flagged on an edge and a band's measurements flagged bad or inexact_psf (a
+    visit's edge in the core) are dropped. Columns:
     ``ccdVisitId`` (0: one coadd per band), ``band``, ``objectId``, ``psFlux``,
     ``psFluxErr`` (nJy), ``truth_id``, ``is_variable``, ``true_flux`` (nJy, from the star's
     mean magnitude; variables are left out of the pulls), ``isolated``
@@ -485,6 +486,8 @@ def object_star_rows(objects: Table, truth: Truth, radius_arcsec: float = 0.5) -
     parts = []
     for band in bands:
         ok = ~np.asarray(stars[f"{band}_flag_bad"], dtype=bool)
+        if f"{band}_flag_inexact_psf" in stars.colnames:
+            ok &= ~np.asarray(stars[f"{band}_flag_inexact_psf"], dtype=bool)
         n = int(ok.sum())
         parts.append(
             Table(
