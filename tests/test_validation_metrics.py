@@ -381,7 +381,8 @@ def test_collect_and_write_metrics(tmp_path):
                 "pull_median_worst": -0.3,
                 "pull_median_worst_err": 0.2,
                 "pull_median_worst_bin": [300.0, None],
-            }
+            },
+            "g": {"pulls_by_snr": []},
         },
         "zero_points": {"n_visits": 60, "rms_mmag": 3.2, "pull_std": 1.35},
         "objects": {
@@ -432,6 +433,10 @@ def test_collect_and_write_metrics(tmp_path):
     assert "Object (coadd)" in by_name["object_pull_std_by_snr_r"].description
     assert by_name["object_pull_median_by_snr_r"].status == "pass"
     assert "S/N > 300" in by_name["object_pull_median_by_snr_r"].description
+    # too few stars in every bin: not measured, saying why
+    assert by_name["object_pull_std_by_snr_g"].verdict == (
+        "not measured: no S/N bin holds 20 measurements"
+    )
     # ramps: a linear one within 2 errors of 1 mmag passes, a radial one of 6 +- 1 fails
     assert by_name["flux_ramp_linear_r"].status == "pass"
     assert by_name["flux_ramp_radial_r"].status == "fail"

@@ -81,13 +81,15 @@ class CoaddConfig(Section):
         description="Deviation allowed as a fraction of the mean itself (seeing changes).",
     )
     saturated_fraction: float = Field(
-        0.1,
+        1.0,
         gt=0,
         le=1,
         description="A coadd pixel is SAT where warps holding this fraction of the weight "
-        "there were saturated (LSST's maskPropagationThresholds): a saturated star's core is "
-        "missing from those visits, or from all of them, leaving a hole whose rim must not "
-        "read as sources.",
+        "there were saturated. 1: where every visit covering it saturated, the hole a "
+        "saturated core leaves, whose rim must not read as sources. LSST's "
+        "maskPropagationThresholds take 0.1, which also marks pixels the other visits "
+        "measured: templates of PSF-matched warps (whose SAT planes the matching grows) then "
+        "lost pixels far into bright stars' wings, and a supernova 4\" from a 15.7 mag star.",
     )
     block_rows: int = Field(256, ge=16, description="Rows of the patch assembled at once.")
     block_memory_mb: float = Field(

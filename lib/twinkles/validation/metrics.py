@@ -714,6 +714,9 @@ def _unmeasured_supernova_metrics(bands: list[str]) -> list[Metric]:
 
 
 #: Metrics scored against the truth (by name prefix).
+#: Measurements a bin of pulls by S/N needs to be judged (fewer: the bin is not scored).
+MIN_PULLS_PER_BIN = 20
+
 _NEEDS_TRUTH = (
     "forced_pull_",
     "flux_ramp_",
@@ -736,6 +739,8 @@ def _with_note(metric: Metric, truth: bool, lensed_in_truth: bool, am1_pairs: in
         note = "no truth"
     elif metric.name.startswith("dia_injection_"):
         note = "the run injected no sources (injection.enabled: false)"
+    elif "_pull_" in metric.name and "_by_snr_" in metric.name:
+        note = f"no S/N bin holds {MIN_PULLS_PER_BIN} measurements"
     elif metric.name.startswith("zero_point_"):
         note = "no simulated zero points (external images)"
     elif metric.name == "AM1":

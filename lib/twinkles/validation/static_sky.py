@@ -42,6 +42,7 @@ from twinkles.sim.psf import SimulatedPSF
 from twinkles.sim.truth import Truth
 from twinkles.stats import mad_std, robust_std
 from twinkles.units import MAG_PER_FRACTION, MMAG_PER_FRACTION, mag_to_njy
+from twinkles.validation.metrics import MIN_PULLS_PER_BIN
 from twinkles.validation.truth_match import isolated
 
 __all__ = [
@@ -914,7 +915,7 @@ def _edge(value: float) -> float | None:
 def photometry_systematics(
     pulls: Table,
     ramps: Table | None,
-    min_n: int = 20,
+    min_n: int = MIN_PULLS_PER_BIN,
     calibration_err: dict[str, float] | None = None,
 ) -> dict[str, dict]:
     """Per band, what :func:`pulls_by_snr` and :func:`flux_ramps` show, for the metrics.
