@@ -19,8 +19,8 @@ clipped. Memory depends on the patch and the block, not on the number of visits.
 
 The coadd PSF is the weighted mean of the warped PSFs (:func:`coadd_psf`), kept as its
 inputs and evaluated exactly where it is asked (:class:`~twinkles.image.coadd_psf.CoaddPSF`):
-the sum changes at every visit's edge and each visit's PSF varies over its sensor, which a
-smooth polynomial over the patch followed to only 20-60 per mille in bright-star PSF fluxes.
+the sum changes at every visit's edge and each visit's PSF varies over its sensor, which no
+smooth polynomial over the patch follows.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class CoaddConfig(Section):
         "saturated core leaves, whose rim must not read as sources. LSST's "
         "maskPropagationThresholds take 0.1, which also marks pixels the other visits "
         "measured: templates of PSF-matched warps (whose SAT planes the matching grows) then "
-        "lost pixels far into bright stars' wings, and a supernova 4\" from a 15.7 mag star.",
+        "lose pixels far into bright stars' wings, and the transients there.",
     )
     block_rows: int = Field(256, ge=16, description="Rows of the patch assembled at once.")
     block_memory_mb: float = Field(

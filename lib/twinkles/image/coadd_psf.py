@@ -40,7 +40,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from twinkles.geometry import polynomial_terms, spatial_terms
+from twinkles.geometry import polynomial_terms
 from twinkles.image.psf import KernelPSF, PixelPSF
 
 __all__ = ["CoaddInput", "CoaddPSF", "patch_jacobian", "patch_jacobians", "warp_kernel"]
@@ -134,14 +134,6 @@ class _WarpedBases:
     scale relative to its centre's."""
 
 
-def _patch_centre(patch_wcs: WCS, inp: CoaddInput) -> tuple[float, float]:
-    """The patch position of an input's sensor centre."""
-    h, w = inp.shape
-    ra, dec = inp.wcs.all_pix2world([0.5 * (w - 1)], [0.5 * (h - 1)], 0)
-    px, py = patch_wcs.all_world2pix(ra, dec, 0)
-    return float(px[0]), float(py[0])
-
-
 def _sensor_normalised(
     inp: CoaddInput, cx: np.ndarray, cy: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -209,13 +201,14 @@ class CoaddPSF(KernelPSF):
         rows, starts, areas, scales = [], [0], [], []
         for inp in self.inputs:
             h, w = inp.shape
-            # the Jacobian on a 5 x 5 grid of the input's sensor: at its centre for the warp,
-            # and its change of scale over the sensor (distortion), fitted by a quadratic
+            # the Jacobian on a 5 x 5 grid of the input's sensor: at its centre (the grid's
+            # middle point) for the warp, and its change of scale over the sensor
+            # (distortion), fitted by a quadratic
             gx, gy = (g.ravel() for g in np.meshgrid(*(np.linspace(0, n - 1, 5) for n in (w, h))))
             ra, dec = inp.wcs.all_pix2world(gx, gy, 0)
             px, py = self.wcs.all_world2pix(ra, dec, 0)
             jacs = patch_jacobians(self.wcs, inp.wcs, px, py)
-            centre = patch_jacobian(self.wcs, inp.wcs, *_patch_centre(self.wcs, inp))
+            centre = jacs[len(jacs) // 2]
             area = abs(np.linalg.det(centre))
             change = np.sqrt(np.abs(np.linalg.det(jacs)) / area) - 1.0
             coeffs, *_ = np.linalg.lstsq(
@@ -241,13 +234,6 @@ class CoaddPSF(KernelPSF):
             np.array(starts),
             np.array(areas),
             scales,
-        )
-
-    def _terms(self, v: int, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
-        """Input ``v``'s PSF model's spatial terms at positions on its sensor."""
-        psf = self.inputs[v].psf
-        return spatial_terms(
-            (cx - psf.x0) / psf.scale, (cy - psf.y0) / psf.scale, psf.degree, psf.radial
         )
 
     def _scale(self, v: int, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
@@ -284,16 +270,16 @@ class CoaddPSF(KernelPSF):
 
     def _input_kernels(
         self, v: int, cx: np.ndarray, cy: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Input ``v`` at positions on its sensor: the coefficients (n, 2 n_terms) of its
         block of warped bases, of unit sum inside the circle; that sum before normalising;
-        and the warp's scale there."""
+        the warp's scale there; and its PSF model's spatial terms there."""
         warped = self._warped
-        terms = self._terms(v, cx, cy)
+        terms = self.inputs[v].psf.terms(cx, cy)
         scale = self._scale(v, cx, cy)
         coeffs = np.concatenate([terms, terms * scale[:, None]], axis=1)
         inside = coeffs @ warped.sums[warped.starts[v] : warped.starts[v + 1]]
-        return coeffs / inside[:, None], inside, scale
+        return coeffs / inside[:, None], inside, scale, terms
 
     def _coefficients(
         self, share: np.ndarray, positions: list[tuple[np.ndarray, np.ndarray]]
@@ -303,7 +289,7 @@ class CoaddPSF(KernelPSF):
         starts = self._warped.starts
         coeffs = np.zeros((len(share), starts[-1]))
         for v, (cx, cy) in enumerate(positions):
-            unit, _, _ = self._input_kernels(v, cx, cy)
+            unit, _, _, _ = self._input_kernels(v, cx, cy)
             coeffs[:, starts[v] : starts[v + 1]] = unit * share[:, v : v + 1]
         return coeffs
 
@@ -350,10 +336,10 @@ class CoaddPSF(KernelPSF):
         warped = self._warped
         out = np.empty((len(positions[0][0]), len(positions)))
         for v, (cx, cy) in enumerate(positions):
-            _, inside, scale = self._input_kernels(v, cx, cy)
+            _, inside, scale, terms = self._input_kernels(v, cx, cy)
             # a warped pixel holds |det J| input pixels' light
             area = warped.areas[v] * (1.0 + scale) ** 2
-            out[:, v] = inside * area / (self._terms(v, cx, cy) @ warped.box_sums[v])
+            out[:, v] = inside * area / (terms @ warped.box_sums[v])
         return out
 
     # --- FITS -------------------------------------------------------------------------------

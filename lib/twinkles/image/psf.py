@@ -177,11 +177,14 @@ class PixelPSF(KernelPSF):
     def _normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (np.asarray(x) - self.x0) / self.scale, (np.asarray(y) - self.y0) / self.scale
 
+    def terms(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The spatial terms (n, n_terms) at pixel positions (x, y): a kernel is
+        ``terms @ basis``, before normalising."""
+        return spatial_terms(*self._normalised(x, y), self.degree, self.radial)
+
     def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Centred kernels (n, size, size), unit sum, for sources at pixel positions (x, y)."""
-        X, Y = self._normalised(x, y)
-        terms = spatial_terms(X, Y, self.degree, self.radial)
-        k = np.tensordot(terms, self.basis, axes=(1, 0))
+        k = np.tensordot(self.terms(x, y), self.basis, axes=(1, 0))
         return k / k.sum(axis=(1, 2), keepdims=True)
 
     # --- FITS -------------------------------------------------------------------------------

@@ -713,10 +713,10 @@ def _unmeasured_supernova_metrics(bands: list[str]) -> list[Metric]:
     ]
 
 
-#: Metrics scored against the truth (by name prefix).
 #: Measurements a bin of pulls by S/N needs to be judged (fewer: the bin is not scored).
 MIN_PULLS_PER_BIN = 20
 
+#: Metrics scored against the truth (by name prefix).
 _NEEDS_TRUTH = (
     "forced_pull_",
     "flux_ramp_",
