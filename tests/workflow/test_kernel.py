@@ -81,3 +81,13 @@ def test_warm_kernel_renders_each_figure_once_and_displays_the_same_pixels():
     # another zlib level, the same image
     assert np.array_equal(_pixels(pngs_warm[0]), _pixels(pngs_stock[0]))
     assert draws_stock == draws_warm + 1  # pyplot's hook rendered the figure before its PNG
+
+
+def test_kernel_usage_counts_system_time_apart(tmp_path):
+    with WarmKernel(imports=("numpy",)) as kernel:
+        base = kernel.reset(tmp_path)
+        # 400 MB touched for the first time: page faults, system time of the kernel's own
+        kernel.run("import numpy as np; _a = np.ones(100_000_000, np.float32); del _a")
+        usage = kernel.usage()
+    assert usage.sys_s > base.sys_s
+    assert usage.cpu_s - base.cpu_s >= usage.sys_s - base.sys_s > 0
