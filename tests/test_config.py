@@ -9,7 +9,7 @@ from twinkles.config import ConfigError, RunConfig, load_run, load_run_config, p
 from conftest import RUNS
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo", "run1"])
+@pytest.mark.parametrize("name", ["tiny", "demo", "run1", "run1_y1"])
 def test_shipped_configs_load(name):
     config = load_run_config(RUNS / f"{name}.yaml")
     assert config.name == name
@@ -20,6 +20,16 @@ def test_run1_is_run1():
     assert (config.sensor.width_px, config.sensor.height_px) == (4000, 4072)
     assert config.cadence.n_visits == 1227 and config.cadence.n_years == 10
     assert config.sensor.pixel_scale == 0.2
+
+
+def test_run1_y1_is_run1_but_its_first_year():
+    run1 = load_run_config(RUNS / "run1.yaml").model_dump()
+    year1 = load_run_config(RUNS / "run1_y1.yaml").model_dump()
+    differ = {k for k in run1 if run1[k] != year1[k]}
+    assert differ == {"name", "cadence"}
+    cadence = {k for k in run1["cadence"] if run1["cadence"][k] != year1["cadence"][k]}
+    assert cadence == {"n_years", "n_visits"}
+    assert year1["cadence"]["n_years"] == 1 and year1["cadence"]["n_visits"] == 123
 
 
 def test_run_directory_is_next_to_the_config(tmp_path):
