@@ -1,0 +1,62 @@
+"""The aperture correction's growth steps: the error of a ratio of nested apertures, checked
+against the scatter of the ratio over many noise realisations of one star (a Moffat profile
+drawn with numpy, Poisson and sky noise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twinkles.image import Exposure
+from twinkles.measurement.apcorr import local_aperture_flux, nested_ratio_error
+
+RADII = [6.0, 12.0, 25.0]
+ANNULUS = (30.0, 45.0)
+
+
+def _moffat_star(size: int, flux: float, fwhm: float, beta: float) -> np.ndarray:
+    alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    yy, xx = np.mgrid[0:size, 0:size] - size // 2
+    profile = (1.0 + (xx**2 + yy**2) / alpha**2) ** -beta
+    return flux * profile / profile.sum()
+
+
+@pytest.mark.parametrize("flux", [3e4, 3e5])
+def test_nested_ratio_errors_match_the_scatter_of_the_ratios(flux):
+    rng = np.random.default_rng(7)
+    size, sky = 121, 800.0
+    model = _moffat_star(size, flux, fwhm=4.0, beta=3.0)
+    yy, xx = np.mgrid[0:size, 0:size] - size // 2
+    segmentation = (np.hypot(xx, yy) < 20).astype(np.int32)  # the star's footprint: label 1
+    centre = np.array([size // 2], float)
+    ratios, errors, naive = [], [], []
+    for _ in range(400):
+        image = (rng.poisson(model + sky) - sky).astype(np.float32)
+        exposure = Exposure(
+            image,
+            np.zeros((size, size), np.int32),
+            (model + sky).astype(np.float32),
+        )
+        f, e, s = local_aperture_flux(
+            exposure, segmentation, [0], centre, centre, RADII, ANNULUS, sky_terms=True
+        )
+        f, e, s = f[0], e[0], s[0]
+        ratios.append([f[1] / f[0], f[2] / f[1]])
+        errors.append(
+            [
+                nested_ratio_error(f[1], e[1], s[1], f[0], e[0], s[0]),
+                nested_ratio_error(f[2], e[2], s[2], f[1], e[1], s[1]),
+            ]
+        )
+        naive.append(
+            [
+                f[1] / f[0] * np.hypot(e[1] / f[1], e[0] / f[0]),
+                f[2] / f[1] * np.hypot(e[2] / f[2], e[1] / f[1]),
+            ]
+        )
+    scatter = np.std(ratios, axis=0)
+    predicted = np.median(errors, axis=0)
+    # the std of 400 draws is known to ~3.5%
+    np.testing.assert_allclose(predicted / scatter, 1.0, atol=0.1)
+    # errors added as if the fluxes were independent overstate both growths
+    assert np.all(np.median(naive, axis=0) / scatter > 1.15)
