@@ -417,12 +417,13 @@ def _nested_covariance(
     """A growth step's map with the covariance its stars' nested-aperture errors give.
 
     The fit weighs, clips and chooses its model on the errors added in quadrature
-    (``quadrature_err``): nearly one factor above the nested ratios' (``nested_err``,
-    :func:`nested_ratio_error`), so the weights, the stars used and the map are theirs (fitted
-    on the smaller errors, the criteria of the model choice and the clipping would tighten and
-    the maps change). The covariance of weighted least squares scales as the errors do: it is
-    multiplied by the median square of their ratio over the stars used, where the errors
-    explain the scatter (no floor; with one, the floor-inflated errors already measure it).
+    (``quadrature_err``), which exceed the nested ratios' (``nested_err``,
+    :func:`nested_ratio_error`) by nearly the same factor for every star: the weights, the
+    stars used and the map are theirs (fitted on the smaller errors, the model choice and the
+    clipping would tighten and the maps change). The covariance of weighted least squares
+    scales as the errors do: it is multiplied by the median square of their ratio over the
+    stars used, where the errors explain the scatter (no floor; with one, the floor-inflated
+    errors already measure it).
     """
     if fit.floor > 0:
         return fit.map
