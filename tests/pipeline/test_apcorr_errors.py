@@ -60,3 +60,23 @@ def test_nested_ratio_errors_match_the_scatter_of_the_ratios(flux):
     np.testing.assert_allclose(predicted / scatter, 1.0, atol=0.1)
     # errors added as if the fluxes were independent overstate both growths
     assert np.all(np.median(naive, axis=0) / scatter > 1.15)
+
+
+def test_a_growth_maps_covariance_follows_the_nested_errors_unless_a_floor_was_added():
+    from twinkles.measurement.apcorr import _nested_covariance
+    from twinkles.measurement.sensor_map import SensorMap, SensorMapFit
+
+    fitted = SensorMap("linear", np.array([1.1, 0.01, 0.0]), np.diag([4e-6, 1e-6, 1e-6]))
+    used = np.array([True, True, True, False])
+    quadrature = np.array([0.02, 0.03, 0.04, 0.05])
+    nested = quadrature * np.array([0.7, 0.8, 0.75, 0.1])  # the unused star does not count
+
+    def fit(floor: float) -> SensorMapFit:
+        return SensorMapFit(fitted, np.zeros(4), used, floor, {})
+
+    scaled = _nested_covariance(fit(0.0), quadrature, nested)
+    np.testing.assert_allclose(scaled.covariance, fitted.covariance * 0.75**2)
+    np.testing.assert_array_equal(scaled.coefficients, fitted.coefficients)
+    assert scaled.model == fitted.model
+    # where the scatter needed a floor, the inflated errors already measure it
+    assert _nested_covariance(fit(0.003), quadrature, nested) is fitted
