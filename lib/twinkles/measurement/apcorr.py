@@ -72,7 +72,7 @@ criterion of SDSS and LSST's extendedness).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Literal
 
@@ -286,7 +286,7 @@ class StarApertures:
     ratio: np.ndarray
     ratio_err: np.ndarray
     """Inner-aperture flux over PSF flux, and its error."""
-    sky_terms: dict[float, np.ndarray] = field(default_factory=dict)
+    sky_terms: dict[float, np.ndarray]
     """Radius (pixels) -> the part of each flux error that the star's one sky estimate
     makes (shared by its apertures: :func:`nested_ratio_error`)."""
 
