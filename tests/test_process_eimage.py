@@ -108,17 +108,16 @@ def test_astrometry(which, request):
 def test_zero_points_agree_with_the_truth(which, request):
     _, per_visit = request.getfixturevalue(which)
     dzp = np.array([v["dzp"] for v in per_visit])
-    if which == "tiny":
-        # tiny has 20x Run 1's star density: undetected neighbours in its calibration stars'
-        # apertures and sky annuli move every visit's zero point alike (a common offset that
-        # no error carries); each visit scatters about it within its error
-        offset = np.median(dzp)
-        assert abs(offset) < 0.02
-        dzp = dzp - offset
-    for v, d in zip(per_visit, dzp, strict=True):
-        assert abs(d) < 3 * v["zp_err"], v
     if which == "demo":
         assert np.median(np.abs(dzp)) < 0.005
+    # undetected neighbours in the calibration stars' apertures and sky annuli move every
+    # visit's zero point alike (a common offset that no error carries): 10-20 mmag on tiny,
+    # with 20x Run 1's star density, about 1 mmag on the demo; each visit scatters about it
+    # within its error
+    offset = np.median(dzp)
+    assert abs(offset) < (0.02 if which == "tiny" else 0.003)
+    for v, d in zip(per_visit, dzp - offset, strict=True):
+        assert abs(d) < 3 * v["zp_err"], v
 
 
 @pytest.mark.parametrize("which", ["tiny", "demo"])

@@ -31,7 +31,7 @@ import numpy as np
 from twinkles.image import Exposure, MaskPlane
 from twinkles.psf.determine import cut_stamps
 
-__all__ = ["psf_flux"]
+__all__ = ["psf_aperture_covariance", "psf_flux"]
 
 
 def psf_flux(
@@ -107,6 +107,58 @@ def psf_flux(
         flux[rows] = np.where(ok[rows], f, np.nan)
         err[rows] = np.where(ok[rows], e, np.nan)
     return flux, err, 1.0 - weight
+
+
+def psf_aperture_covariance(
+    exposure: Exposure,
+    x: np.ndarray,
+    y: np.ndarray,
+    radius: float,
+    segmentation: np.ndarray | None = None,
+    seg_ids: np.ndarray | None = None,
+    bad: MaskPlane = MaskPlane.BAD | MaskPlane.NO_DATA | MaskPlane.SAT,
+    subpix: int = 5,
+) -> np.ndarray:
+    """The covariance of each position's PSF flux (:func:`psf_flux`, fitted alone) with its
+    circular aperture sum of ``radius`` (image units squared).
+
+    Both are linear in the same pixels: ``F = sum(w P d) / sum(w P^2)`` and
+    ``A = sum(a d)``, with ``a`` each pixel's overlap with the circle (the fraction of its
+    ``subpix x subpix`` sub-pixel centres inside, as
+    :func:`~twinkles.measurement.aperture.sum_circles` counts it), so
+    ``cov(F, A) = sum(w P a v) / sum(w P^2)`` over the PSF's stamp. Most of a star's light,
+    and of its noise, is in both: the error of their ratio is far below the two errors added
+    in quadrature. With ``segmentation`` and ``seg_ids`` (each position's own segment),
+    pixels of other segments are left out of the aperture, as ``sum_circles``'s
+    ``unmasked_sum`` leaves them.
+    """
+    x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
+    psf = exposure.psf
+    model, ix, iy = psf.images(x, y)
+    var, inside = cut_stamps(exposure.variance, ix, iy, psf.half)
+    mask, _ = cut_stamps(exposure.mask, ix, iy, psf.half, fill=int(MaskPlane.NO_DATA))
+    data, _ = cut_stamps(exposure.image, ix, iy, psf.half)
+    w = inside & ((mask & int(bad)) == 0) & np.isfinite(data) & np.isfinite(var)
+    offsets = np.arange(-psf.half, psf.half + 1, dtype=float)
+    step = 1.0 / subpix
+    sub = 0.5 * (step - 1.0) + step * np.arange(subpix)  # sub-pixel centres, as sum_circles
+    dx = (ix - x)[:, None, None] + offsets[None, None, :]
+    dy = (iy - y)[:, None, None] + offsets[None, :, None]
+    # the overlap: sub-pixel centres inside the circle, summed over the sub-pixel grid
+    overlap = np.zeros(model.shape)
+    for sy in sub:
+        for sx in sub:
+            overlap += (dx + sx) ** 2 + (dy + sy) ** 2 < radius**2
+    overlap /= subpix**2
+    if segmentation is not None:
+        seg, _ = cut_stamps(segmentation, ix, iy, psf.half)
+        own = np.asarray(seg_ids)[:, None, None]
+        overlap = np.where((seg == 0) | (seg == own), overlap, 0.0)
+    wp = np.where(w, model, 0.0)
+    norm = np.einsum("nij,nij->n", wp, model)
+    cov = np.einsum("nij,nij,nij->n", wp, overlap, np.where(w, var, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, cov / norm, np.nan)
 
 
 def _joint_fits(

@@ -20,6 +20,9 @@ nested from the simplest:
   gradient, errs by the square of the change (a PSF's pixels are not linear in its width):
   its fluxes over the stars' aperture fluxes curve along the width's gradient, which a radial
   term, the same in every direction, cannot follow;
+* ``radial_curved``: ``1, X^2 + Y^2, (t - 1)^2``: the same for a PSF model linear in the
+  radial term alone, of a PSF whose width changes radially (the square of the change then
+  grows as the fourth power of the radius);
 * ``quadratic``: every monomial up to degree 2.
 
 The stars' values scatter beyond their photon noise (neighbours in an aperture, the PSF
@@ -28,7 +31,9 @@ contaminated apertures draw a ramp of their own. So the errors are inflated by t
 floor (:func:`error_floor`, found on the richest model the stars afford), outliers are
 clipped, and the model is chosen by the Bayesian information criterion ``chi^2 + k ln n``
 (Schwarz 1978, Ann. Stat. 6, 461) on those errors: a term stays only when the stars
-demand it.
+demand it. Where the chosen model is of another shape than the richest (it follows another
+map) and leaves less scatter, the floor is found again on its residuals: the richest
+model's floor would count a curvature it cannot follow as scatter.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from twinkles.geometry import spatial_terms
 from twinkles.stats import mad_std
 
 __all__ = [
+    "CURVED_MODELS",
     "FOLLOWING_MODELS",
     "MAP_MODELS",
     "SensorMap",
@@ -51,7 +57,9 @@ __all__ = [
 ]
 
 #: Models that follow another map (:attr:`SensorMap.template`).
-FOLLOWING_MODELS = ("scaled", "template", "linear_curved")
+FOLLOWING_MODELS = ("scaled", "template", "linear_curved", "radial_curved")
+#: Following models that take the square of the other map's change (``curved``).
+CURVED_MODELS = ("linear_curved", "radial_curved")
 #: Candidate models from the simplest: (name, polynomial degree, radial term).
 MAP_MODELS = (
     ("constant", 0, False),
@@ -79,6 +87,8 @@ def map_terms(
             return (1.0 + slope * change + curvature * change**2)[:, None]
         if model == "linear_curved":
             return np.column_stack([spatial_terms(X, Y, 1, False), change**2])
+        if model == "radial_curved":
+            return np.column_stack([spatial_terms(X, Y, 0, True), change**2])
         return np.column_stack([np.ones(len(change)), change])
     degree, radial = _MODEL[model]
     return spatial_terms(X, Y, degree, radial)
@@ -88,7 +98,7 @@ def n_terms(model: str) -> int:
     """Number of coefficients of a sensor-map model (one of ``MAP_MODELS`` or
     ``FOLLOWING_MODELS``).
     """
-    following = {"scaled": 1, "template": 2, "linear_curved": 4}
+    following = {"scaled": 1, "template": 2, "radial_curved": 3, "linear_curved": 4}
     if model in following:
         return following[model]
     degree, radial = _MODEL[model]
@@ -248,7 +258,8 @@ def fit_sensor_map(
     follow : bool
         Whether the ``template`` model (a slope of its own on ``template``) is tried.
     curved : bool
-        Whether the ``linear_curved`` model is tried too (after ``linear``, where that is).
+        Whether the curved models are tried too: ``radial_curved`` (after ``constant``)
+        and ``linear_curved`` (after ``linear``, where that is).
 
     Returns
     -------
@@ -264,13 +275,11 @@ def fit_sensor_map(
     candidates = candidates or ["constant"]
     top = candidates[-1]
     top_terms = map_terms(X, Y, top)
-    if (
-        curved
-        and template is not None
-        and "linear" in candidates
-        and len(values) >= min_stars_per_term * n_terms("linear_curved")
-    ):
-        candidates.insert(candidates.index("linear") + 1, "linear_curved")
+    if curved and template is not None:
+        after = {"radial_curved": "constant", "linear_curved": "linear"}
+        for model, previous in after.items():
+            if previous in candidates and len(values) >= min_stars_per_term * n_terms(model):
+                candidates.insert(candidates.index(previous) + 1, model)
     if follow and template is not None and len(values) >= min_stars_per_term * n_terms("template"):
         candidates.insert(1, "template")
     if template is not None and slope is not None:
@@ -297,6 +306,14 @@ def fit_sensor_map(
         fits[model] = (coeffs, cov)
     best = min(candidates, key=lambda m: bic[m])
     coeffs, cov = fits[best]
+    if floor > 0 and best != top:
+        # a model of another shape than the richest (one that follows another map) may fit
+        # better than it: the scatter beyond the errors is then what the chosen one leaves
+        terms = map_terms(X, Y, best, template, slope or 0.0, curvature)
+        own = error_floor((values - terms @ coeffs)[used], errors[used], terms.shape[1])
+        if own < floor:
+            floor = own
+            coeffs, _, cov = weighted_fit(terms[used], values[used], np.hypot(errors, floor)[used])
     follows = best in FOLLOWING_MODELS
     scaled = best == "scaled" and slope is not None
     chosen = SensorMap(
