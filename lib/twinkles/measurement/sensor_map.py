@@ -31,9 +31,9 @@ contaminated apertures draw a ramp of their own. So the errors are inflated by t
 floor (:func:`error_floor`, found on the richest model the stars afford), outliers are
 clipped, and the model is chosen by the Bayesian information criterion ``chi^2 + k ln n``
 (Schwarz 1978, Ann. Stat. 6, 461) on those errors: a term stays only when the stars
-demand it. Where the chosen model is of another shape than the richest (it follows another
-map) and leaves less scatter, the floor is found again on its residuals: the richest
-model's floor would count a curvature it cannot follow as scatter.
+demand it. Where the chosen model leaves less scatter beyond the errors than the richest
+(one that follows another map can fit better), the floor is found again on its residuals:
+the richest model's floor would count a curvature it cannot follow as scatter.
 """
 
 from __future__ import annotations
@@ -309,6 +309,7 @@ def fit_sensor_map(
     if floor > 0 and best != top:
         # a model of another shape than the richest (one that follows another map) may fit
         # better than it: the scatter beyond the errors is then what the chosen one leaves
+        # (each floor with its own model's number of terms)
         terms = map_terms(X, Y, best, template, slope or 0.0, curvature)
         own = error_floor((values - terms @ coeffs)[used], errors[used], terms.shape[1])
         if own < floor:
