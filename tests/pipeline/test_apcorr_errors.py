@@ -151,3 +151,17 @@ def test_a_growth_maps_covariance_follows_the_nested_errors_unless_a_floor_was_a
     assert scaled.model == fitted.model
     # where the scatter needed a floor, the inflated errors already measure it
     assert _nested_covariance(fit(0.003), quadrature, nested) is fitted
+
+
+def test_sky_scatter_is_the_local_skies_spread_beyond_their_errors():
+    from twinkles.measurement.apcorr import sky_scatter
+
+    rng = np.random.default_rng(3)
+    errors = rng.uniform(0.2, 0.4, 400)
+    # pixel noise alone: nothing beyond it
+    assert sky_scatter(rng.normal(size=400) * errors, errors) < 0.1
+    # undetected galaxies lift each annulus differently: 0.5 per pixel beyond the noise
+    skies = 0.3 + rng.normal(size=400) * errors + rng.normal(size=400) * 0.5
+    assert sky_scatter(skies, errors) == pytest.approx(0.5, abs=0.06)
+    # too few skies to tell
+    assert sky_scatter(skies[:2], errors[:2]) == 0.0

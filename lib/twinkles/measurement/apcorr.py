@@ -55,6 +55,12 @@ Apertures leave out the footprints of other detections, and each star's sky come
 annulus (``annulus``): the clipped mean of its pixels outside any footprint. The mean keeps the
 light of undetected faint galaxies, which lifts the sky in the aperture alike (0.5 e- per pixel
 over 2000 pixels is a few percent of a 10^5 e- star); the clipping drops neighbours' wings.
+Those galaxies differ from one annulus to the next, so the stars' local skies scatter beyond
+their pixels' noise (by about half of it again on a run1 sensor; the background model's
+residuals may add to it): that scatter is taken as part of each sky's error
+(:func:`sky_scatter`). Left out, it came back as the first step's scatter beyond
+the errors, a per-source systematic relative to the flux, which overstated the brightest
+stars' errors.
 
 Every PSF flux is multiplied by the correction, so corrected PSF fluxes are total fluxes, and
 so are the calibrated ones. The stars' ratios also measure how well the PSF model fits a
@@ -114,6 +120,7 @@ __all__ = [
     "local_aperture_flux",
     "nested_ratio_error",
     "ratio_error",
+    "sky_scatter",
 ]
 
 
@@ -382,7 +389,8 @@ def local_aperture_flux(
     actually used. With a list of radii, the fluxes and errors have one column per radius
     (the sky is found once per source). With ``sky_terms``, also the part of each error that
     the sky's subtraction makes (the sky's error times the aperture's area), which a source's
-    apertures share (:func:`nested_ratio_error`).
+    apertures share (:func:`nested_ratio_error`). With at least ``_MIN_SKIES`` sources, each
+    sky's error holds the skies' scatter beyond their pixels' noise (:func:`sky_scatter`).
     """
     image = exposure.image
     sums = sum_circles(
@@ -419,6 +427,8 @@ def local_aperture_flux(
         if len(values):
             sky[k] = values.mean()
             sky_err[k] = values.std() / np.sqrt(len(values))
+    if len(x) >= _MIN_SKIES:
+        sky_err = np.hypot(sky_err, sky_scatter(sky, sky_err))
     value = flux - sky[:, None] * area
     sky_term = sky_err[:, None] * area
     error = np.sqrt(var_sum + sky_term**2)
@@ -426,6 +436,27 @@ def local_aperture_flux(
     if np.ndim(radius) == 0:
         return tuple(a[:, 0] for a in out)
     return out
+
+
+#: Fewest sources whose local skies measure their scatter beyond the pixel noise.
+_MIN_SKIES = 10
+
+
+def sky_scatter(sky: np.ndarray, sky_err: np.ndarray) -> float:
+    """How far sources' local skies scatter beyond their own errors (image units per pixel).
+
+    Each local sky is an annulus's mean, whose error from its pixels' scatter
+    (``std / sqrt(n)``) is that of independent pixels; but the annulus also holds the light
+    of faint galaxies nobody detected, which differs from one annulus to the next far more
+    than the mean of independent pixels would. Found as the robust variance of the skies less
+    their median squared error (0 where that explains them).
+    """
+    sky, sky_err = np.asarray(sky, float), np.asarray(sky_err, float)
+    ok = np.isfinite(sky) & np.isfinite(sky_err) & (sky_err > 0)
+    if ok.sum() < 3:
+        return 0.0
+    excess = mad_std(sky[ok], np.median(sky[ok])) ** 2 - np.median(sky_err[ok] ** 2)
+    return float(np.sqrt(max(excess, 0.0)))
 
 
 def _nested_covariance(
