@@ -447,7 +447,7 @@ def sky_scatter(sky: np.ndarray, sky_err: np.ndarray) -> float:
 
     Each local sky is an annulus's mean, whose error from its pixels' scatter
     (``std / sqrt(n)``) is that of independent pixels; but the annulus also holds the light
-    of faint galaxies nobody detected, which differs from one annulus to the next far more
+    of faint galaxies nobody detected, which differs from one annulus to the next more
     than the mean of independent pixels would. Found as the robust variance of the skies less
     their median squared error (0 where that explains them).
     """
