@@ -371,6 +371,10 @@ def concentration_extended(
         return (above > excess * star_conc) & (above > n_sigma * conc_err)
 
 
+#: Fewest sources whose local skies measure their scatter beyond the pixel noise.
+_MIN_SKIES = 10
+
+
 def local_aperture_flux(
     exposure: Exposure,
     segmentation: np.ndarray,
@@ -436,10 +440,6 @@ def local_aperture_flux(
     if np.ndim(radius) == 0:
         return tuple(a[:, 0] for a in out)
     return out
-
-
-#: Fewest sources whose local skies measure their scatter beyond the pixel noise.
-_MIN_SKIES = 10
 
 
 def sky_scatter(sky: np.ndarray, sky_err: np.ndarray) -> float:

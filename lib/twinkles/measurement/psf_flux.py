@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from twinkles.image import Exposure, MaskPlane
+from twinkles.measurement.aperture import sum_circles
 from twinkles.psf.determine import cut_stamps
 
 __all__ = ["psf_aperture_covariance", "psf_flux"]
@@ -123,10 +124,10 @@ def psf_aperture_covariance(
     circular aperture sum of ``radius`` (image units squared).
 
     Both are linear in the same pixels: ``F = sum(w P d) / sum(w P^2)`` and
-    ``A = sum(a d)``, with ``a`` each pixel's overlap with the circle (the fraction of its
-    ``subpix x subpix`` sub-pixel centres inside, as
-    :func:`~twinkles.measurement.aperture.sum_circles` counts it), so
-    ``cov(F, A) = sum(w P a v) / sum(w P^2)`` over the PSF's stamp. Most of a star's light,
+    ``A = sum(a d)``, with ``a`` each pixel's overlap with the circle, so
+    ``cov(F, A) = sum(w P a v) / sum(w P^2)`` over the PSF's stamp: the aperture sum of
+    ``w P v``, taken with :func:`~twinkles.measurement.aperture.sum_circles` (its sub-pixel
+    overlaps, ``subpix``) as the aperture flux was. Most of a star's light,
     and of its noise, is in both: the error of their ratio is far below the two errors added
     in quadrature. With ``segmentation`` and ``seg_ids`` (each position's own segment),
     pixels of other segments are left out of the aperture, as ``sum_circles``'s
@@ -139,24 +140,25 @@ def psf_aperture_covariance(
     mask, _ = cut_stamps(exposure.mask, ix, iy, psf.half, fill=int(MaskPlane.NO_DATA))
     data, _ = cut_stamps(exposure.image, ix, iy, psf.half)
     w = inside & ((mask & int(bad)) == 0) & np.isfinite(data) & np.isfinite(var)
-    offsets = np.arange(-psf.half, psf.half + 1, dtype=float)
-    step = 1.0 / subpix
-    sub = 0.5 * (step - 1.0) + step * np.arange(subpix)  # sub-pixel centres, as sum_circles
-    dx = (ix - x)[:, None, None] + offsets[None, None, :]
-    dy = (iy - y)[:, None, None] + offsets[None, :, None]
-    # the overlap: sub-pixel centres inside the circle, summed over the sub-pixel grid
-    overlap = np.zeros(model.shape)
-    for sy in sub:
-        for sx in sub:
-            overlap += (dx + sx) ** 2 + (dy + sy) ** 2 < radius**2
-    overlap /= subpix**2
-    if segmentation is not None:
-        seg, _ = cut_stamps(segmentation, ix, iy, psf.half)
-        own = np.asarray(seg_ids)[:, None, None]
-        overlap = np.where((seg == 0) | (seg == own), overlap, 0.0)
     wp = np.where(w, model, 0.0)
     norm = np.einsum("nij,nij->n", wp, model)
-    cov = np.einsum("nij,nij,nij->n", wp, overlap, np.where(w, var, 0.0))
+    # sum(w P a v) is the aperture sum of w P v on each star's stamp
+    weighted = wp * np.where(w, var, 0.0)
+    seg = cut_stamps(segmentation, ix, iy, psf.half)[0] if segmentation is not None else None
+    cov = np.array(
+        [
+            sum_circles(
+                weighted[k],
+                [x[k] - ix[k] + psf.half],
+                [y[k] - iy[k] + psf.half],
+                [radius],
+                segmentation=None if seg is None else seg[k],
+                seg_ids=None if seg is None else [seg_ids[k]],
+                subpix=subpix,
+            ).unmasked_sum[0, 0]
+            for k in range(len(x))
+        ]
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norm > 0, cov / norm, np.nan)
 
