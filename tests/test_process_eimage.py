@@ -81,8 +81,20 @@ def evaluate(run, visits):
                 "zp_err": summary["zero_point_total_err"],
                 "fwhm_ratio": summary["psf_fwhm_eff"] / truth_visit["fwhm_eff"],
                 "bright_rms": float(np.sqrt(np.mean(dra[bright] ** 2 + ddec[bright] ** 2))),
+                "n_matches": summary["astrom_n_matches"],
             }
         )
+    # the reference catalog's actual scatter about the truth (mas per coordinate)
+    refcat, stars = butler.get("refcat"), sky.truth.stars
+    row_of = {int(i): k for k, i in enumerate(np.asarray(stars["id"]).tolist())}
+    known = [k for k, t in enumerate(np.asarray(refcat["truth_id"]).tolist()) if int(t) in row_of]
+    true = stars[[row_of[int(t)] for t in np.asarray(refcat["truth_id"])[known]]]
+    ref = refcat[known]
+    d_ra = (ref["ra"] - true["ra"]) * np.cos(np.deg2rad(true["dec"])) * 3.6e6
+    d_dec = (ref["dec"] - true["dec"]) * 3.6e6
+    ref_scatter = float(np.sqrt(0.5 * np.mean(np.asarray(d_ra) ** 2 + np.asarray(d_dec) ** 2)))
+    for v in per_visit:
+        v["ref_scatter_mas"] = ref_scatter
     return {k: np.concatenate(v) for k, v in pooled.items()}, per_visit
 
 
@@ -100,7 +112,13 @@ def tiny(tiny_processed):
 @pytest.mark.parametrize("which", ["tiny", "demo"])
 def test_astrometry(which, request):
     pooled, per_visit = request.getfixturevalue(which)
-    assert abs(np.median(pooled["dra"])) < 5.0 and abs(np.median(pooled["ddec"])) < 5.0
+    # every visit's WCS is fitted to much the same reference stars (tiny's sensor holds ~20
+    # usable ones), so their catalog errors move every visit alike: the pooled offset is
+    # bounded by 3 sigma of their mean (the catalog's scatter about the truth over the root
+    # of a visit's matches), or 5 mas where that is less
+    n_matches = np.median([v["n_matches"] for v in per_visit])
+    bound = max(5.0, 3.0 * per_visit[0]["ref_scatter_mas"] / np.sqrt(n_matches))
+    assert abs(np.median(pooled["dra"])) < bound and abs(np.median(pooled["ddec"])) < bound
     assert all(v["bright_rms"] <= 20.0 for v in per_visit), per_visit
 
 
@@ -171,11 +189,11 @@ def test_every_tiny_visit_processed_with_figures(tiny_processed):
         assert key in summary
     calexp = tiny_processed.butler.get("calexp", visit=1)
     assert calexp.psf is not None and calexp.photo_calib is not None
-    # a 256-px sensor may have too few stars for distortion terms; the degree follows the matches
+    # a 256-px sensor may have too few stars for distortion terms: the degree is at most what
+    # the matches allow (three per coefficient), and cross-validation may lower it further
     degree = summary["astrom_sip_degree"]
     assert 1 <= degree <= 3
-    if degree < 3:  # lowered only for want of matches
-        assert summary["astrom_n_matches"] < 3 * (degree + 2) * (degree + 3) // 2
+    assert summary["astrom_n_matches"] >= 3 * (degree + 1) * (degree + 2) // 2 or degree == 1
     assert ("SIP" in calexp.wcs.wcs.ctype[0]) == (degree >= 2)
     assert calexp.wcs.wcs.ctype[0].startswith("RA---TAN")
 

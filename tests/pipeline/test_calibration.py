@@ -9,7 +9,7 @@ from astropy.wcs.utils import fit_wcs_from_points
 
 from twinkles.calibration.astrometry import AstrometryError, AstrometryTask
 from twinkles.calibration.photometry import PhotoCalError, PhotoCalTask
-from twinkles.calibration.wcs_fit import fit_tan_sip
+from twinkles.calibration.wcs_fit import cross_validated_degree, fit_tan_sip
 from twinkles.sim.wcs import make_wcs
 
 from scenes import make_scene, process_scene, scene_refcat
@@ -101,3 +101,46 @@ def test_zero_point_matches_the_truth(measured):
     empty = measured.refcat[:0]
     with pytest.raises(PhotoCalError, match="visit 3: only 0 reference stars"):
         PhotoCalTask().run(cat, empty, "r", 3)
+
+
+def _matches(distortion_px: float, n: int, noise_mas: float, seed: int):
+    """``n`` matches on a 1024-px sensor whose true WCS has ``distortion_px`` of radial
+    distortion at its corner, the reference positions off by ``noise_mas`` per axis."""
+    true = make_wcs(9.45, -44.0, 64.0, 0.2, 1024, 1024, distortion_px)
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, 1023, n), rng.uniform(0, 1023, n)
+    ra, dec = true.all_pix2world(x, y, 0)
+    ra = ra + rng.normal(0, noise_mas / 3.6e6, n) / np.cos(np.deg2rad(dec))
+    dec = dec + rng.normal(0, noise_mas / 3.6e6, n)
+    return true, x, y, ra, dec
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sky_without_distortion_gets_a_plain_tan_wcs_closer_to_the_truth(seed):
+    """50 matches of 15 mas, as an external scene's sensor has: a cubic follows their noise
+    and errs most at the corners; the cross-validated degree is 1 and closer to the truth."""
+    true, x, y, ra, dec = _matches(0.0, 50, 15.0, seed)
+    crpix, crval = (512.5, 512.5), (9.45, -44.0)
+    assert cross_validated_degree(x, y, ra, dec, crpix, crval, 3) == 1
+    cubic = _wcs_error_mas(fit_tan_sip(x, y, ra, dec, crpix, crval, 3), true, 1024)
+    plane = _wcs_error_mas(fit_tan_sip(x, y, ra, dec, crpix, crval, 1), true, 1024)
+    assert plane.max() < cubic.max() and np.median(plane) < np.median(cubic)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_real_distortion_keeps_its_terms(seed):
+    true, x, y, ra, dec = _matches(2.0, 120, 15.0, seed)
+    crpix, crval = (512.5, 512.5), (9.45, -44.0)
+    degree = cross_validated_degree(x, y, ra, dec, crpix, crval, 3)
+    assert degree == 3
+    assert _wcs_error_mas(fit_tan_sip(x, y, ra, dec, crpix, crval, degree), true, 1024).max() < 20
+
+
+def test_cross_validated_degree_checks_its_arguments():
+    _, x, y, ra, dec = _matches(0.0, 30, 10.0, 3)
+    with pytest.raises(ValueError, match="max_degree"):
+        cross_validated_degree(x, y, ra, dec, (512.5, 512.5), (9.45, -44.0), 0)
+    # too few matches for the folds: the plane
+    assert (
+        cross_validated_degree(x[:8], y[:8], ra[:8], dec[:8], (512.5, 512.5), (9.45, -44.0), 3) == 1
+    )

@@ -15,7 +15,10 @@ and its rotation by a fraction of a degree, and it knows nothing of the optical 
    TAN fit; then, ``iterations`` times, all references are matched to the sources within
    ``match_radius_arcsec`` and a TAN-SIP WCS of degree ``sip_degree`` is fitted
    (:func:`~twinkles.calibration.wcs_fit.fit_tan_sip`), clipping matches beyond
-   ``clip_sigma`` times the rms. The degree is lowered when matches are scarce.
+   ``clip_sigma`` times the rms. The degree is lowered when matches are scarce, and then
+   to the one that predicts held-out matches best
+   (:func:`~twinkles.calibration.wcs_fit.cross_validated_degree`): distortion terms that the
+   sky does not have follow the centroids' noise.
 3. **Report**: the rms of the matches (mas), for all and for bright (S/N > 50) stars; every
    source of the catalog gets its sky position (``coord_ra``, ``coord_dec``).
 
@@ -33,7 +36,7 @@ from pydantic import Field
 from scipy.spatial import cKDTree
 
 from twinkles.calibration.matching import match_nearest
-from twinkles.calibration.wcs_fit import fit_tan_sip
+from twinkles.calibration.wcs_fit import cross_validated_degree, fit_tan_sip
 from twinkles.errors import TwinklesError
 from twinkles.section import Section
 
@@ -58,7 +61,19 @@ class AstrometryConfig(Section):
     max_rotation_deg: float = Field(0.6, ge=0, description="Largest rotation error searched.")
     rotation_step_deg: float = Field(0.1, gt=0, description="Rotation grid step (deg).")
     match_radius_arcsec: float = Field(1.0, gt=0, description="Final matching radius.")
-    sip_degree: int = Field(3, ge=1, le=5, description="Polynomial degree of the WCS.")
+    sip_degree: int = Field(
+        3,
+        ge=1,
+        le=5,
+        description="Highest polynomial degree of the WCS (lowered while there are fewer than "
+        "three matches per coefficient).",
+    )
+    cross_validate_degree: bool = Field(
+        True,
+        description="Fit the degree up to sip_degree that predicts held-out matches best "
+        "(cross_validated_degree): where the sky has no distortion for the higher terms to "
+        "follow, they follow the centroids' noise, most of all at the sensor's corners.",
+    )
     min_matches: int = Field(6, ge=3, description="Fewest matches (else AstrometryError).")
     min_significance: float = Field(
         8.0, gt=0, description="Offset-vote peak above chance coincidences (Poisson sigma)."
@@ -116,7 +131,8 @@ class AstrometryResult:
     rotation_deg: float
     sip_degree: int
     """Polynomial degree of the fit: ``sip_degree`` of the config, lowered while there are
-    fewer than three matches per coefficient (1 means a plain TAN WCS)."""
+    fewer than three matches per coefficient, then to the cross-validated one (1 means a
+    plain TAN WCS)."""
 
     @property
     def n_matches(self) -> int:
@@ -357,7 +373,8 @@ class AstrometryTask:
     ) -> AstrometryFit:
         """Sub-step 3: ``iterations`` times, every reference matched to the sources within
         ``match_radius_arcsec`` and a TAN-SIP WCS fitted, clipping matches beyond
-        ``clip_sigma`` times the rms; the degree lowered while matches are scarce.
+        ``clip_sigma`` times the rms; the degree lowered while matches are scarce, then to
+        the cross-validated one (``cross_validate_degree``).
 
         Returns
         -------
@@ -391,27 +408,52 @@ class AstrometryTask:
             degree = cfg.sip_degree
             while degree > 1 and len(src) < 3 * (degree + 1) * (degree + 2) // 2:
                 degree -= 1
-            used = np.ones(len(src), dtype=bool)
-            for _clip in range(3):
-                fit = fit_tan_sip(
+            matched = (sx[src], sy[src], stars[ref])
+            fit, used, dra, ddec = self._fit_clipped(*matched, crpix, crval, degree, shape)
+            if cfg.cross_validate_degree and degree > 1:
+                # on the matches the richest fit kept: the degree they can support
+                chosen = cross_validated_degree(
                     sx[src][used],
                     sy[src][used],
                     stars["ra"][ref][used],
                     stars["dec"][ref][used],
                     crpix,
-                    crval,
+                    tuple(float(c) for c in fit.wcs.crval),
                     degree,
-                    shape,
                 )
-                dra, ddec = self._residuals_mas(fit, sx[src], sy[src], stars[ref])
-                sep = np.hypot(dra, ddec)
-                rms = np.sqrt(np.mean(sep[used] ** 2))
-                new_used = sep < cfg.clip_sigma * rms
-                if np.array_equal(new_used, used) or new_used.sum() < cfg.min_matches:
-                    break
-                used = new_used
+                if chosen < degree:
+                    degree = chosen
+                    fit, used, dra, ddec = self._fit_clipped(*matched, crpix, crval, degree, shape)
             crval = tuple(float(c) for c in fit.wcs.crval)
         return AstrometryFit(fit, src, ref, used, degree, dra, ddec)
+
+    def _fit_clipped(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        refs: Table,
+        crpix: tuple[float, float],
+        crval: tuple[float, float],
+        degree: int,
+        shape: tuple[int, int],
+    ) -> tuple[WCS, np.ndarray, np.ndarray, np.ndarray]:
+        """A TAN-SIP fit of ``degree`` to the matches, clipping those beyond ``clip_sigma``
+        times the rms (up to three passes): the WCS, the matches kept, and every match's
+        residual (mas)."""
+        cfg = self.config
+        used = np.ones(len(x), dtype=bool)
+        for _clip in range(3):
+            fit = fit_tan_sip(
+                x[used], y[used], refs["ra"][used], refs["dec"][used], crpix, crval, degree, shape
+            )
+            dra, ddec = self._residuals_mas(fit, x, y, refs)
+            sep = np.hypot(dra, ddec)
+            rms = np.sqrt(np.mean(sep[used] ** 2))
+            new_used = sep < cfg.clip_sigma * rms
+            if np.array_equal(new_used, used) or new_used.sum() < cfg.min_matches:
+                break
+            used = new_used
+        return fit, used, dra, ddec
 
     @staticmethod
     def _residuals_mas(
