@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from galsim_scenes import neighbours_exposure
+from galsim_scenes import PIXEL_SCALE, neighbours_exposure, psf_profile
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from twinkles.detection.detect import DetectionConfig, DetectionTask
+from twinkles.detection.detect import DetectionConfig, DetectionTask, _radial_profiles
 from twinkles.detection.peaks import peak_prominence
+from twinkles.image.psf import PixelPSF
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -127,3 +128,79 @@ def test_prominent_peaks_find_the_faint_neighbours_of_bright_stars():
             assert np.all(np.bincount(nearest, minlength=len(scene.x))[~neighbour] == 1)
     assert np.mean(np.concatenate(found)) >= 0.9
     assert np.mean(np.concatenate(found_before)) <= 0.65
+
+
+def _detections(exposure, star_subtraction_snr: float):
+    config = DetectionConfig(
+        variance_map=True,
+        sky_normalise=True,
+        peak_prominence=5.0,
+        star_subtraction_snr=star_subtraction_snr,
+    )
+    return DetectionTask(config).run(exposure.copy()).sources
+
+
+@pytest.mark.parametrize("profile", ["moffat", "kolmogorov"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_subtracting_bright_stars_finds_the_neighbours_on_their_wings(profile, seed):
+    """Stars 100-1000 times fainter than a bright star 1.8-3.2" away sit on its steep wing:
+    a shoulder, with no saddle for their prominence, so most are missed. With the bright
+    stars' PSF models (a 25-px kernel: the wings beyond it are the residual's azimuthal
+    median) subtracted, the residual's peaks find most of them; every detection is a true
+    object and each bright star and galaxy is found once."""
+    scene = neighbours_exposure(seed=seed, profile=profile)
+    neighbour = scene.kind == "neighbour"
+    truth = np.column_stack([scene.x, scene.y])
+    found = {}
+    for snr in (0.0, 50.0):
+        sources = _detections(scene.exposure, snr)
+        xy = np.column_stack([sources["x"], sources["y"]])
+        to_truth, nearest = cKDTree(truth).query(xy)
+        assert np.all(to_truth < 3.0)
+        assert np.all(np.bincount(nearest, minlength=len(scene.x))[~neighbour] == 1)
+        found[snr] = np.mean(cKDTree(xy).query(truth)[0][neighbour] < 3.0)
+    assert found[0.0] <= 0.4
+    assert found[50.0] >= 0.65
+
+
+@pytest.mark.parametrize(("width", "seed"), [(0.95, 1), (1.05, 2)])
+def test_a_wrong_psf_model_makes_no_neighbours(width, seed):
+    """The PSF model 5% too narrow or too wide and sheared by 0.03: what it leaves of the
+    bright stars (their azimuthal median and the model error's share of the noise aside) is
+    no source; the neighbours are still found."""
+    scene = neighbours_exposure(seed=seed, profile="moffat")
+    kernel = (
+        psf_profile("moffat", 0.7 * width)
+        .shear(e1=0.03, e2=0.0)
+        .drawImage(nx=25, ny=25, scale=PIXEL_SCALE)
+        .array
+    )
+    exposure = scene.exposure.copy()
+    exposure.psf = PixelPSF((kernel / kernel.sum())[None], 0, 320.0, 320.0, 320.0)
+    sources = _detections(exposure, 50.0)
+    peaks = np.asarray(sources["flag_peak"], dtype=bool)
+    truth = np.column_stack([scene.x, scene.y])
+    to_truth, _ = cKDTree(truth).query(np.column_stack([sources["x"], sources["y"]])[peaks])
+    assert np.all(to_truth < 3.0)
+    found = cKDTree(np.column_stack([sources["x"], sources["y"]])).query(truth)[0] < 3.0
+    assert np.mean(found[scene.kind == "neighbour"]) >= 0.6
+
+
+def test_radial_profiles_are_the_azimuthal_median():
+    """A radial profile is returned ring by ring; a compact neighbour 15 times its ring's
+    level moves that ring's median by under 5% (its mean, by 70%); masked pixels
+    are left out; nothing beyond the radius."""
+    yy, xx = np.indices((81, 81))
+    r = np.hypot(yy - 40.3, xx - 39.8)
+    profile = 1e4 / (1.0 + (r / 3.0) ** 2) ** 2
+    neighbour = 500.0 * np.exp(-0.5 * np.hypot(yy - 52, xx - 40) ** 2 / 1.5**2)
+    bad = np.zeros((81, 81), dtype=bool)
+    bad[30:33, 45:48] = True
+    image = profile + neighbour
+    image[bad] = 1e9
+    out = _radial_profiles(image, bad, np.array([39.8]), np.array([40.3]), 25)
+    ring = np.rint(r).astype(int)
+    inside = (ring <= 25) & ~bad
+    expected = np.array([np.median(profile[(ring == k) & ~bad]) for k in range(26)])
+    np.testing.assert_allclose(out[inside], expected[ring[inside]], rtol=0.05)
+    assert np.all(out[ring > 25] == 0.0)

@@ -63,6 +63,14 @@ class ObjectConfig(Section):
         "joining them to a higher peak are Objects too, where deblending did not split them "
         "(DetectionConfig.peak_prominence); 0: off.",
     )
+    star_subtraction_snr: float = Field(
+        50.0,
+        ge=0,
+        description="Point sources detected at this significance or more have their PSF model "
+        "subtracted, and the residual's prominent peaks beside them are Objects too "
+        "(DetectionConfig.star_subtraction_snr): a faint neighbour on a bright star's wing "
+        "makes a shoulder, not a peak; 0: off.",
+    )
     extendedness_radius: float = Field(
         12.0, gt=0, description="Aperture (pixels) of the concentration for extendedness."
     )
@@ -152,6 +160,7 @@ class ObjectTask:
                 variance_map=True,
                 sky_normalise=True,
                 peak_prominence=cfg.peak_prominence,
+                star_subtraction_snr=cfg.star_subtraction_snr,
             )
         )
         detections: dict[str, Table] = {}

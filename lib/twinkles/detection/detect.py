@@ -37,7 +37,10 @@ rises that many sigma above the saddle joining it to a higher peak
 (:func:`~twinkles.detection.peaks.peak_prominence`) and that no source stands for yet is a
 source too, with its position from the filtered image's maximum and no footprint of its own
 (``flag_peak``), as LSST's detection keeps every significant peak of a footprint for its
-deblender.
+deblender. A neighbour on a star's steep wing makes no peak, only a shoulder: with
+``star_subtraction_snr`` the bright point sources' PSF models, and the azimuthal median of
+what they leave (the wings beyond the kernel), are subtracted, and the residual's prominent
+peaks beside them are sources too (:meth:`DetectionTask._add_peaks_beside_stars`).
 
 Each source gets a windowed centroid (SExtractor's XWIN/YWIN: iterative, Gaussian-weighted,
 as precise as a PSF fit for isolated stars), its half-light radius, isophotal second moments,
@@ -60,6 +63,7 @@ from twinkles.detection.peaks import peak_prominence
 from twinkles.geometry import friends_of_friends
 from twinkles.image import Exposure, MaskPlane
 from twinkles.image.convolve import fft_convolve_terms
+from twinkles.measurement.psf_flux import psf_flux
 from twinkles.section import Section
 from twinkles.stats import stellar_locus
 from twinkles.units import FWHM_PER_SIGMA
@@ -105,6 +109,38 @@ def gaussian_kernel_1d(fwhm: float, size: int | None = None) -> np.ndarray:
     r = np.arange(size) - size // 2
     g = np.exp(-0.5 * r**2 / sigma**2)
     return g / g.sum()
+
+
+def _radial_profiles(
+    image: np.ndarray, bad: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int
+) -> np.ndarray:
+    """The azimuthal median profile of ``image`` about each position (x, y), out to
+    ``radius`` pixels, as an image (float64): in rings one pixel wide, the median of the
+    unmasked pixels, which a compact neighbour taking a small part of a ring does not move.
+    The profiles of positions whose rings overlap are summed, each measured on ``image``
+    less the profiles before it (brightest first, in the order given)."""
+    h, w = image.shape
+    out = np.zeros((h, w))
+    work = image.copy()
+    offsets = np.arange(-radius, radius + 1)
+    for cx, cy in zip(x, y, strict=True):
+        ix, iy = int(np.rint(cx)), int(np.rint(cy))
+        rows = slice(max(iy - radius, 0), min(iy + radius + 1, h))
+        cols = slice(max(ix - radius, 0), min(ix + radius + 1, w))
+        yy = offsets[rows.start - iy + radius : rows.stop - iy + radius]
+        xx = offsets[cols.start - ix + radius : cols.stop - ix + radius]
+        ring = np.rint(np.hypot(yy[:, None] + (iy - cy), xx[None, :] + (ix - cx))).astype(int)
+        inside = ring <= radius
+        good = inside & ~bad[rows, cols]
+        if not good.any():
+            continue
+        index = np.arange(radius + 1)
+        median = np.asarray(ndimage.median(work[rows, cols], np.where(good, ring, -1), index))
+        median = np.nan_to_num(median)
+        profile = np.where(inside, median[np.clip(ring, 0, radius)], 0.0)
+        out[rows, cols] += profile
+        work[rows, cols] -= profile
+    return out
 
 
 def _saturated_regions(saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,6 +340,27 @@ class DetectionConfig(Section):
         description="Peaks of the filtered image inside a detection that rise this many sigma "
         "above the saddle joining them to a higher peak are sources too, where deblending did "
         "not split them (a faint neighbour on a bright star's wings); 0: off.",
+    )
+    star_subtraction_snr: float = Field(
+        0.0,
+        ge=0,
+        description="With peak_prominence: point sources detected at this significance or more "
+        "have their PSF model subtracted, and the residual's peaks near them that rise "
+        "peak_prominence sigma above their saddle are sources too (a faint neighbour on a "
+        "bright star's steep wing makes no peak of its own, only a shoulder); 0: off.",
+    )
+    star_profile_radius: int = Field(
+        30,
+        ge=1,
+        description="Radius (pixels) out to which a subtracted star's residual is also "
+        "subtracted as its azimuthal median profile (the wings beyond the PSF kernel).",
+    )
+    star_model_error: float = Field(
+        0.05,
+        ge=0,
+        description="Fractional error of a subtracted star's PSF model, per pixel of its "
+        "filtered image: added in quadrature to the noise its residual's peaks are measured "
+        "against, so that what the model misses of the star is not a neighbour.",
     )
 
 
@@ -591,10 +648,103 @@ class DetectionTask:
             }
         )
         if cfg.peak_prominence > 0 and len(table):
+            filtered = nu * noise
             table = self._add_prominent_peaks(
-                table, exposure, nu * noise, noise, segmap, threshold, fwhm
+                table, exposure, filtered, noise, segmap, threshold, fwhm
             )
+            if cfg.star_subtraction_snr > 0 and exposure.psf is not None:
+                table = self._add_peaks_beside_stars(
+                    table, exposure, filtered, noise, segmap, threshold, fwhm
+                )
         return DetectionResult(table, segmap, fwhm, sky_noise)
+
+    def _add_peaks_beside_stars(
+        self,
+        table: Table,
+        exposure: Exposure,
+        filtered: np.ndarray,
+        noise: np.ndarray | float,
+        segmap: np.ndarray,
+        threshold: float,
+        fwhm: float,
+    ) -> Table:
+        """``table`` with the sources that appear beside bright stars once their PSF models
+        are subtracted.
+
+        The point sources (half-light radius within 12% of the stellar locus) detected at
+        ``star_subtraction_snr`` or more are fitted with the PSF (:func:`~twinkles.measurement.\
+psf_flux.psf_flux`) and their models, filtered as the image was, subtracted from the
+        filtered image. Where the residual stands above the threshold against the noise plus
+        ``star_model_error`` times the filtered models, its peaks that rise
+        ``peak_prominence`` sigma above their saddle, lie beyond one FWHM of the star they
+        were beside and half a FWHM of every known source become sources, as
+        :meth:`_add_prominent_peaks` adds them (``flag_peak``). This is the subtraction of
+        DAOPHOT's iterative star finding (Stetson 1987, PASP 99, 191), kept to the wings of
+        stars: a galaxy's profile is not the PSF's.
+        """
+        cfg = self.config
+        radius = np.asarray(table["flux_radius"], dtype=float)
+        significance = np.asarray(table["significance"], dtype=float)
+        measured = np.isfinite(radius) & ~np.asarray(table["flag_peak"], dtype=bool)
+        locus = stellar_locus(radius[measured & (significance >= threshold * 4)], 0.12)
+        if not np.isfinite(locus):
+            return table
+        stars = np.flatnonzero(
+            measured
+            & (significance >= cfg.star_subtraction_snr)
+            & (np.abs(radius / locus - 1.0) <= 0.12)
+        )
+        if not len(stars):
+            return table
+        x, y = np.asarray(table["x"], float)[stars], np.asarray(table["y"], float)[stars]
+        flux, _, masked = psf_flux(exposure, x, y)
+        # a star fitted on few of its pixels (saturated, at an edge) has no model to trust
+        keep = np.isfinite(flux) & (flux > 0) & (masked < 0.2)
+        x, y, flux = x[keep], y[keep], flux[keep]
+        if not len(x):
+            return table
+        model = exposure.psf.render(exposure.shape, x, y, flux)
+        # what the PSF model leaves of each star, symmetric about it: the wings beyond the
+        # kernel (a coadd's kernel ends at its inscribed circle) and any error in its width
+        model += _radial_profiles(
+            np.asarray(exposure.image, dtype=float) - model,
+            exposure.masked(BAD_PLANES | MaskPlane.SAT),
+            x,
+            y,
+            cfg.star_profile_radius,
+        )
+        model = model.astype(np.float32)
+        kernel = self.filter_kernel(exposure)
+        filtered_model = fft_convolve_terms(model, kernel[::-1, ::-1].astype(np.float32))
+        residual = filtered - filtered_model
+        noise_plane = np.broadcast_to(np.asarray(noise, dtype=np.float32), filtered.shape)
+        sigma = np.sqrt(noise_plane**2 + (np.float32(cfg.star_model_error) * filtered_model) ** 2)
+        near_star = filtered_model > threshold * noise_plane
+        above = near_star & (residual > threshold * sigma)
+        py, px, height = peak_prominence(residual, above)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prominence = height / sigma[py, px]
+        candidate = np.isfinite(prominence) & (prominence >= cfg.peak_prominence)
+        # a region's highest peak counts only with the region's own significance
+        candidate |= np.isinf(prominence)
+        py, px = py[candidate], px[candidate]
+        if not len(px):
+            return table
+        to_star, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([px, py]))
+        known = np.concatenate(
+            [
+                np.column_stack([table["x_peak"], table["y_peak"]]),
+                np.column_stack([table["x"], table["y"]]),
+            ]
+        ).astype(float)
+        to_known, _ = cKDTree(known).query(np.column_stack([px, py]).astype(float))
+        # within the profiles' reach, the filter's half-size short of where they stop
+        reach = cfg.star_profile_radius - kernel.shape[0] // 2 - 1
+        new = (to_star > fwhm) & (to_star < reach) & (to_known > 0.5 * fwhm)
+        data = np.ascontiguousarray(exposure.image, dtype=np.float32) - model
+        return self._peak_rows(
+            table, exposure, data, residual, sigma, segmap, px[new], py[new], fwhm
+        )
 
     def _add_prominent_peaks(
         self,
@@ -639,14 +789,37 @@ peak_prominence`, on the pixels above the threshold) and that no source yet stan
         ).astype(float)
         distance, _ = cKDTree(known).query(np.column_stack([px, py]).astype(float))
         new = distance > 0.5 * fwhm
+        data = np.ascontiguousarray(exposure.image, dtype=np.float32)
+        return self._peak_rows(
+            table, exposure, data, filtered, noise_plane, segmap, px[new], py[new], fwhm
+        )
+
+    def _peak_rows(
+        self,
+        table: Table,
+        exposure: Exposure,
+        data: np.ndarray,
+        filtered: np.ndarray,
+        noise_plane: np.ndarray,
+        segmap: np.ndarray,
+        px: np.ndarray,
+        py: np.ndarray,
+        fwhm: float,
+    ) -> Table:
+        """``table`` with a source at each new peak pixel (``px``, ``py``) of ``filtered``
+        (``data`` filtered) that is not at a saturated core (within ``saturation_reach`` of
+        one): its position from the filtered image's maximum (:func:`peak_centroid` on
+        ``data``), an aperture flux of ``data`` of one FWHM's radius, no footprint (``npix``
+        0, no shape), ``flag_peak`` and ``flag_blended`` set; the source whose footprint
+        holds it is flagged blended too."""
+        cfg = self.config
         saturated_points, _ = _saturated_regions(exposure.masked(MaskPlane.SAT))
-        if len(saturated_points):
+        if len(saturated_points) and len(px):
             to_saturated, _ = cKDTree(saturated_points).query(np.column_stack([px, py]))
-            new &= to_saturated > cfg.saturation_reach
-        py, px = py[new], px[new]
+            away = to_saturated > cfg.saturation_reach
+            px, py = px[away], py[away]
         if not len(px):
             return table
-        data = np.ascontiguousarray(exposure.image, dtype=np.float32)
         bad = exposure.masked(BAD_PLANES)
         if exposure.psf is not None:
             x, y = peak_centroid(data, self.filter_kernel(exposure), px, py, bad)
