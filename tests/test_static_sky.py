@@ -12,6 +12,7 @@ from __future__ import annotations
 import nbformat
 import numpy as np
 import pytest
+from astropy.table import Table
 
 from twinkles.sim.truth import Truth
 from twinkles.validation.static_sky import (
@@ -22,6 +23,7 @@ from twinkles.validation.static_sky import (
     star_light_curves,
     star_object_ids,
     truth_comparable,
+    unblended_objects,
 )
 from twinkles.workflow.status import run_status
 
@@ -166,3 +168,23 @@ def test_forced_sources_cover_every_object_on_every_visit(tiny_static):
     on = ~np.asarray(forced["flag_off_image"])
     assert on.mean() > 0.6  # the patch is larger than the rotated sensor
     assert np.all(np.isnan(np.asarray(forced["psFlux"])[~on]))
+
+
+def test_a_blends_brightest_member_with_faint_neighbours_counts_as_unblended():
+    """Alone, a star with neighbours holding 3% of its flux in its reference band (the
+    neighbours' other bands do not count), and not: two stars of one blend of comparable flux,
+    or a star whose neighbours hold 6% together."""
+    objects = Table(
+        {
+            "objectId": np.arange(1, 10),
+            "parent": [0, 5, 5, 5, 7, 7, 9, 9, 9],
+            "refBand": ["i", "i", "i", "r", "i", "i", "i", "i", "i"],
+            "i_psFlux": [1e3, 1e5, 2e3, 1e3, 1e4, 8e3, 1e5, 3e3, 3e3],
+            "r_psFlux": [1e3, 1e5, 1e5, 1e3, 1e4, 8e3, 1e2, 1e6, 1e6],
+        }
+    )
+    np.testing.assert_array_equal(
+        unblended_objects(objects), [True, True, False, False, False, False, False, False, False]
+    )
+    objects["i_psFlux"][7:9] = [2e3, 2e3]  # 4% together in the brightest member's band
+    assert unblended_objects(objects)[6]

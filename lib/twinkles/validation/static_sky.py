@@ -46,6 +46,7 @@ from twinkles.validation.metrics import MIN_PULLS_PER_BIN
 from twinkles.validation.truth_match import isolated
 
 __all__ = [
+    "BLEND_LIGHT_FRACTION",
     "SOURCE_PULL_SNR_EDGES",
     "am1",
     "calibration_errors",
@@ -71,6 +72,7 @@ __all__ = [
     "star_object_ids",
     "star_positions",
     "static_truth",
+    "unblended_objects",
     "visit_bootstrap_median_error",
     "zero_point_residuals",
 ]
@@ -303,12 +305,44 @@ def forced_light_curves(butler, visits: Table, object_ids: np.ndarray | None = N
     return vstack(parts, metadata_conflicts="silent")
 
 
+#: A blend's brightest member whose other members hold less than this fraction of its flux
+#: is measured as if alone (:func:`unblended_objects`).
+BLEND_LIGHT_FRACTION = 0.05
+
+
+def unblended_objects(objects: Table, fraction: float = BLEND_LIGHT_FRACTION) -> np.ndarray:
+    """The Objects whose PSF flux no neighbour in their blend shares: those in no blend
+    (``parent`` 0), and a blend's brightest member where the others together hold less than
+    ``fraction`` of its flux, in its reference band. A faint neighbour found on a bright
+    star's wing is fitted jointly with it, and what it leaves in the star's flux is a small
+    part of its own and the same in every visit: it changes the star's repeatability by
+    nothing, and the pulls against the truth take isolated stars only
+    (:func:`isolated_star_ids`).
+    """
+    parent = np.asarray(objects["parent"])
+    alone = parent == 0
+    bands = np.asarray(objects["refBand"]).astype(str)
+    own = np.full(len(objects), np.nan)
+    for band in np.unique(bands):
+        rows = bands == band
+        own[rows] = np.asarray(objects[f"{band}_psFlux"], dtype=float)[rows]
+    for label in np.unique(parent[~alone]):
+        members = np.flatnonzero(parent == label)
+        top = members[np.nanargmax(own[members])] if np.isfinite(own[members]).any() else None
+        if top is None:
+            continue
+        flux = np.asarray(objects[f"{bands[top]}_psFlux"], dtype=float)[members]
+        others = np.nansum(np.clip(flux[members != top], 0.0, None))
+        alone[top] = np.isfinite(flux[members == top][0]) and others < fraction * own[top]
+    return alone
+
+
 def _star_objects(
     objects: Table, truth: Truth | None, radius_arcsec: float
 ) -> tuple[dict[int, int], dict[int, bool]]:
     """The Objects taken for stars (see :func:`star_light_curves`): their true star's id by
     ``objectId`` and whether each true star varies."""
-    isolated = np.asarray(objects["parent"]) == 0
+    isolated = unblended_objects(objects)
     if truth is None:
         point = isolated & (np.asarray(objects["extendedness"], dtype=float) == 0)
         star_ids = np.asarray(objects["objectId"])[point]
@@ -376,7 +410,9 @@ def star_light_curves(
     run brought no truth catalog), the Objects the coadd measured as point sources
     (``extendedness`` 0), whose ``truth_id`` is then their ``objectId``, ``is_variable``
     False (unknown) and ``true_flux`` NaN: PA1 and the floor need no truth, the pulls do.
-    Objects in blends and rows flagged off-image, bad, on an edge or saturated are dropped.
+    Objects in blends (but a blend's brightest member whose neighbours hold less than 5% of its
+    flux, :func:`unblended_objects`) and rows flagged off-image, bad, on an edge or saturated
+    are dropped.
     Columns added: ``truth_id``, ``is_variable``, ``true_flux`` (nJy) and ``isolated``
     (:func:`isolated_star_ids`; True without a truth).
     """
@@ -513,15 +549,13 @@ def object_star_rows(objects: Table, truth: Truth, radius_arcsec: float = 0.5) -
 def reference_stars(truth: Truth | None, objects: Table) -> Table:
     """Stars whose positions AM1 compares: ``id``, ``ra``, ``dec`` (deg).
 
-    The true non-variable stars; without a truth, the isolated Objects the coadd measured as
-    point sources.
+    The true non-variable stars; without a truth, the unblended Objects
+    (:func:`unblended_objects`) the coadd measured as point sources.
     """
     if truth is not None:
         stars = truth.stars[~np.asarray(truth.stars["is_variable"], dtype=bool)]
         return Table({"id": stars["id"], "ra": stars["ra"], "dec": stars["dec"]})
-    point = (np.asarray(objects["parent"]) == 0) & (
-        np.asarray(objects["extendedness"], dtype=float) == 0
-    )
+    point = unblended_objects(objects) & (np.asarray(objects["extendedness"], dtype=float) == 0)
     chosen = objects[point]
     return Table({"id": chosen["objectId"], "ra": chosen["ra"], "dec": chosen["decl"]})
 
