@@ -78,7 +78,9 @@ def test_objects_against_the_truth(tiny_static):
     n_obj = sum(b["n_objects"] for b in bins)
     real = sum(b["purity"] * b["n_objects"] for b in bins if b["n_objects"])
     assert n_true > 20 and found / n_true >= 0.9  # blends of the crowded field are the misses
-    assert real / n_obj >= 0.98
+    # the issue's requirement (object_purity): with ~35 Objects that bright, one unmatched in
+    # this field at 20x Run 1's density is 3%
+    assert real / n_obj >= 0.95
 
 
 def test_forced_photometry_of_stars_against_the_truth(tiny_static):
@@ -135,7 +137,9 @@ def test_coadd_photometry_of_stars_against_the_truth_and_the_visits(tiny_static)
     snr = steady["true_flux"] / steady["psFluxErr"]
     pull = (steady["psFlux"] - steady["true_flux"]) / steady["psFluxErr"]
     sel = (snr >= 30) & (snr < 300)
-    assert sel.sum() > 30
+    # enough for the width, whose tolerance follows the count; a bright star with a
+    # neighbour of 5% of its light or more is in a blend and left out
+    assert sel.sum() >= 25
     assert_unit_pull_width(pull[sel])
     # the medians carry the tiny run's crowding and its 4 visits' zero points (~9 mmag
     # each), which the visits' forced fluxes of the same stars share: the coadd must measure

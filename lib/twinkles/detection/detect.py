@@ -61,7 +61,7 @@ from scipy.spatial import cKDTree
 
 from twinkles.detection.peaks import peak_prominence
 from twinkles.geometry import friends_of_friends
-from twinkles.image import Exposure, MaskPlane
+from twinkles.image import BAD_PLANES, Exposure, MaskPlane
 from twinkles.image.convolve import fft_convolve_terms
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.section import Section
@@ -96,10 +96,6 @@ def _sep_extract(data: np.ndarray, threshold: float, room: float, **kwargs) -> A
             if "pixel buffer full" not in str(exc) or pixstack >= data.size:
                 raise
             pixstack = min(2 * pixstack, data.size)
-
-
-#: Mask planes excluded from detection and measurement.
-BAD_PLANES = MaskPlane.BAD | MaskPlane.NO_DATA
 
 
 def gaussian_kernel_1d(fwhm: float, size: int | None = None) -> np.ndarray:

@@ -42,12 +42,7 @@ from scipy.spatial import cKDTree
 
 from twinkles.coadd.warp import CalexpModel, WarpTask, warped_psf_kernel
 from twinkles.detection.background import masked_background
-from twinkles.detection.detect import (
-    BAD_PLANES,
-    DetectionConfig,
-    DetectionTask,
-    peak_centroid,
-)
+from twinkles.detection.detect import DetectionConfig, DetectionTask, peak_centroid
 from twinkles.diffim.kernel import (
     AlardLuptonConfig,
     KernelFitError,
@@ -67,7 +62,7 @@ from twinkles.geometry import (
     unit_vectors,
 )
 from twinkles.image.convolve import fft_convolve_terms
-from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.exposure import BAD_PLANES, Exposure, MaskPlane, PhotoCalib
 from twinkles.image.masks import grow_bits, grow_square
 from twinkles.image.psf import PixelPSF
 from twinkles.measurement.psf_flux import psf_flux

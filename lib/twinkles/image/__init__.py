@@ -1,5 +1,5 @@
 """Images: the :class:`~twinkles.image.exposure.Exposure` and its mask planes."""
 
-from twinkles.image.exposure import Exposure, MaskPlane, PhotoCalib
+from twinkles.image.exposure import BAD_PLANES, Exposure, MaskPlane, PhotoCalib
 
-__all__ = ["Exposure", "MaskPlane", "PhotoCalib"]
+__all__ = ["BAD_PLANES", "Exposure", "MaskPlane", "PhotoCalib"]

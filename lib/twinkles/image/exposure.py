@@ -62,6 +62,9 @@ class MaskPlane(IntFlag):
         return {f"MP_{p.name}": int(p).bit_length() - 1 for p in cls}
 
 
+#: Mask planes excluded from detection and measurement.
+BAD_PLANES = MaskPlane.BAD | MaskPlane.NO_DATA
+
 #: The mask plane's type in FITS files (signed: FITS has no unsigned 16-bit type).
 MASK_DISK_DTYPE = np.int16
 if max(int(p) for p in MaskPlane) >= np.iinfo(MASK_DISK_DTYPE).max:

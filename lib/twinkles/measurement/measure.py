@@ -28,8 +28,7 @@ import numpy as np
 from astropy.table import Table
 from pydantic import Field
 
-from twinkles.detection.detect import BAD_PLANES
-from twinkles.image import Exposure, MaskPlane
+from twinkles.image import BAD_PLANES, Exposure, MaskPlane
 from twinkles.measurement.aperture import sum_circles
 from twinkles.measurement.psf_flux import psf_flux
 from twinkles.psf.determine import cut_stamps
