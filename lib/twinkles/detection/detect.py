@@ -114,7 +114,7 @@ def _radial_profiles(
     ``radius`` pixels, as an image (float64): in rings one pixel wide, the median of the
     unmasked pixels, which a compact neighbour taking a small part of a ring does not move.
     The profiles of positions whose rings overlap are summed, each measured on ``image``
-    less the profiles before it (brightest first, in the order given)."""
+    less the profiles before it in the order given."""
     h, w = image.shape
     out = np.zeros((h, w))
     work = image.copy()
@@ -673,7 +673,8 @@ psf_flux.psf_flux`) and their models, filtered as the image was, subtracted from
         filtered image. Where the residual stands above the threshold against the noise plus
         ``star_model_error`` times the filtered models, its peaks that rise
         ``peak_prominence`` sigma above their saddle, lie beyond one FWHM of the star they
-        were beside and half a FWHM of every known source become sources, as
+        were beside (and within ``star_profile_radius`` less the filter's half-size) and
+        half a FWHM from every known source become sources, as
         :meth:`_add_prominent_peaks` adds them (``flag_peak``). This is the subtraction of
         DAOPHOT's iterative star finding (Stetson 1987, PASP 99, 191), kept to the wings of
         stars: a galaxy's profile is not the PSF's.
@@ -720,9 +721,8 @@ psf_flux.psf_flux`) and their models, filtered as the image was, subtracted from
         py, px, height = peak_prominence(residual, above)
         with np.errstate(invalid="ignore", divide="ignore"):
             prominence = height / sigma[py, px]
-        candidate = np.isfinite(prominence) & (prominence >= cfg.peak_prominence)
-        # a region's highest peak counts only with the region's own significance
-        candidate |= np.isinf(prominence)
+        # a region's highest peak has no saddle: standing above the threshold is its test
+        candidate = np.isinf(prominence) | (prominence >= cfg.peak_prominence)
         py, px = py[candidate], px[candidate]
         if not len(px):
             return table

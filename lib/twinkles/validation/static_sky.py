@@ -328,12 +328,12 @@ def unblended_objects(objects: Table, fraction: float = BLEND_LIGHT_FRACTION) ->
         own[rows] = np.asarray(objects[f"{band}_psFlux"], dtype=float)[rows]
     for label in np.unique(parent[~alone]):
         members = np.flatnonzero(parent == label)
-        top = members[np.nanargmax(own[members])] if np.isfinite(own[members]).any() else None
-        if top is None:
+        if not np.isfinite(own[members]).any():
             continue
+        top = members[np.nanargmax(own[members])]
         flux = np.asarray(objects[f"{bands[top]}_psFlux"], dtype=float)[members]
         others = np.nansum(np.clip(flux[members != top], 0.0, None))
-        alone[top] = np.isfinite(flux[members == top][0]) and others < fraction * own[top]
+        alone[top] = others < fraction * own[top]
     return alone
 
 
