@@ -34,6 +34,15 @@ def _exponents(degree: int) -> list[tuple[int, int]]:
     return [(i, d - i) for d in range(degree + 1) for i in range(d, -1, -1)]
 
 
+def _offsets(
+    x: np.ndarray, y: np.ndarray, crpix: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Pixel offsets (u, v) from the FITS (1-based) reference pixel, and the largest of them
+    (at least 1): the polynomials' terms are of (u, v) over it."""
+    u, v = x - (crpix[0] - 1.0), y - (crpix[1] - 1.0)
+    return u, v, max(float(np.max(np.abs(np.concatenate([u, v])))), 1.0)
+
+
 def _fit_poly(
     u: np.ndarray, v: np.ndarray, targets: np.ndarray, degree: int, norm: float
 ) -> np.ndarray:
@@ -71,8 +80,7 @@ def fit_tan_sip(
         (height, width) of the sensor, for the inverse-distortion grid.
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
-    u, v = x - (crpix[0] - 1.0), y - (crpix[1] - 1.0)
-    norm = max(float(np.max(np.abs(np.concatenate([u, v])))), 1.0)
+    u, v, norm = _offsets(x, y, crpix)
     ra0, dec0 = crval
     for _ in range(3):
         xi, eta = sky_to_tangent(ra, dec, ra0, dec0)
@@ -183,8 +191,7 @@ def cross_validated_degree(
     n = len(x)
     if max_degree == 1 or n < 2 * folds:
         return 1
-    u, v = x - (crpix[0] - 1.0), y - (crpix[1] - 1.0)
-    norm = max(float(np.max(np.abs(np.concatenate([u, v])))), 1.0)
+    u, v, norm = _offsets(x, y, crpix)
     xi, eta = sky_to_tangent(np.asarray(ra, float), np.asarray(dec, float), *crval)
     target = np.column_stack([xi, eta])
     fold = np.random.default_rng(0).permutation(n) % folds

@@ -727,16 +727,9 @@ psf_flux.psf_flux`) and their models, filtered as the image was, subtracted from
         if not len(px):
             return table
         to_star, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([px, py]))
-        known = np.concatenate(
-            [
-                np.column_stack([table["x_peak"], table["y_peak"]]),
-                np.column_stack([table["x"], table["y"]]),
-            ]
-        ).astype(float)
-        to_known, _ = cKDTree(known).query(np.column_stack([px, py]).astype(float))
         # within the profiles' reach, the filter's half-size short of where they stop
         reach = cfg.star_profile_radius - kernel.shape[0] // 2 - 1
-        new = (to_star > fwhm) & (to_star < reach) & (to_known > 0.5 * fwhm)
+        new = (to_star > fwhm) & (to_star < reach)
         data = np.ascontiguousarray(exposure.image, dtype=np.float32) - model
         return self._peak_rows(
             table, exposure, data, residual, sigma, segmap, px[new], py[new], fwhm
@@ -777,18 +770,8 @@ peak_prominence`, on the pixels above the threshold) and that no source yet stan
         py, px = py[candidate], px[candidate]
         if not len(px):
             return table
-        known = np.concatenate(
-            [
-                np.column_stack([table["x_peak"], table["y_peak"]]),
-                np.column_stack([table["x"], table["y"]]),
-            ]
-        ).astype(float)
-        distance, _ = cKDTree(known).query(np.column_stack([px, py]).astype(float))
-        new = distance > 0.5 * fwhm
         data = np.ascontiguousarray(exposure.image, dtype=np.float32)
-        return self._peak_rows(
-            table, exposure, data, filtered, noise_plane, segmap, px[new], py[new], fwhm
-        )
+        return self._peak_rows(table, exposure, data, filtered, noise_plane, segmap, px, py, fwhm)
 
     def _peak_rows(
         self,
@@ -802,13 +785,23 @@ peak_prominence`, on the pixels above the threshold) and that no source yet stan
         py: np.ndarray,
         fwhm: float,
     ) -> Table:
-        """``table`` with a source at each new peak pixel (``px``, ``py``) of ``filtered``
-        (``data`` filtered) that is not at a saturated core (within ``saturation_reach`` of
-        one): its position from the filtered image's maximum (:func:`peak_centroid` on
+        """``table`` with a source at each peak pixel (``px``, ``py``) of ``filtered``
+        (``data`` filtered) that no source stands for yet (none's peak or centroid within half
+        a FWHM) and that is not at a saturated core (within ``saturation_reach`` of one): its
+        position from the filtered image's maximum (:func:`peak_centroid` on
         ``data``), an aperture flux of ``data`` of one FWHM's radius, no footprint (``npix``
         0, no shape), ``flag_peak`` and ``flag_blended`` set; the source whose footprint
         holds it is flagged blended too."""
         cfg = self.config
+        if len(px):
+            known = np.concatenate(
+                [
+                    np.column_stack([table["x_peak"], table["y_peak"]]),
+                    np.column_stack([table["x"], table["y"]]),
+                ]
+            ).astype(float)
+            distance, _ = cKDTree(known).query(np.column_stack([px, py]).astype(float))
+            px, py = px[distance > 0.5 * fwhm], py[distance > 0.5 * fwhm]
         saturated_points, _ = _saturated_regions(exposure.masked(MaskPlane.SAT))
         if len(saturated_points) and len(px):
             to_saturated, _ = cKDTree(saturated_points).query(np.column_stack([px, py]))
