@@ -8,6 +8,7 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs.utils import fit_wcs_from_points
 
 from twinkles.calibration.astrometry import AstrometryError, AstrometryTask
+from twinkles.calibration.match_errors import PositionErrorModel
 from twinkles.calibration.photometry import PhotoCalError, PhotoCalTask
 from twinkles.calibration.wcs_fit import cross_validated_degree, fit_tan_sip
 from twinkles.sim.wcs import make_wcs
@@ -144,3 +145,62 @@ def test_cross_validated_degree_checks_its_arguments():
     assert (
         cross_validated_degree(x[:8], y[:8], ra[:8], dec[:8], (512.5, 512.5), (9.45, -44.0), 3) == 1
     )
+
+
+def _heteroscedastic_matches(distortion_px: float, seed: int):
+    """180 matches on a 4000-px sensor, as a run1 visit in u or y has: S/N 5 to 1000
+    (log-uniform), each position off by 500 mas / SNR (the centroid) and 8 mas (the reference)
+    per axis; the true WCS has ``distortion_px`` of radial distortion at the corner."""
+    true = make_wcs(53.0, -27.4, 20.0, 0.2, 4000, 4000, distortion_px)
+    rng = np.random.default_rng(seed)
+    n = 180
+    x, y = rng.uniform(0, 3999, n), rng.uniform(0, 3999, n)
+    snr = 5.0 * 10 ** rng.uniform(0, 2.3, n)
+    sigma = np.hypot(500.0 / snr, 8.0)
+    ra, dec = true.all_pix2world(x, y, 0)
+    ra = ra + rng.normal(0, sigma / 3.6e6) / np.cos(np.deg2rad(dec))
+    dec = dec + rng.normal(0, sigma / 3.6e6)
+    return true, x, y, ra, dec, snr, sigma
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weighted_matches_find_a_distortion_that_faint_centroids_hide(seed):
+    """Half a pixel of distortion at the corner is below the faint centroids' noise: the
+    unweighted cross-validation takes the plane, 14-16 mas from the truth; weighted by the
+    matches' errors it keeps the cubic, and the weighted cubic is several times closer."""
+    true, x, y, ra, dec, _, sigma = _heteroscedastic_matches(0.5, seed)
+    crpix, crval = (2000.5, 2000.5), (53.0, -27.4)
+    weights = 1.0 / sigma**2
+    assert cross_validated_degree(x, y, ra, dec, crpix, crval, 3) == 1
+    assert cross_validated_degree(x, y, ra, dec, crpix, crval, 3, weights=weights) == 3
+    plane = _wcs_error_mas(fit_tan_sip(x, y, ra, dec, crpix, crval, 1), true, 4000)
+    cubic = _wcs_error_mas(fit_tan_sip(x, y, ra, dec, crpix, crval, 3, weights=weights), true, 4000)
+    rms = lambda err: np.sqrt(np.mean(err**2))  # noqa: E731
+    assert rms(cubic) < 0.5 * rms(plane) and rms(cubic) < 8.0
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_weighted_matches_of_an_undistorted_sky_keep_the_plane(seed):
+    _, x, y, ra, dec, _, sigma = _heteroscedastic_matches(0.0, seed)
+    crpix, crval = (2000.5, 2000.5), (53.0, -27.4)
+    assert cross_validated_degree(x, y, ra, dec, crpix, crval, 3, weights=1.0 / sigma**2) == 1
+
+
+def test_the_position_error_model_is_recovered_from_the_offsets():
+    """Offsets drawn from the model itself give back its terms within their noise (~10%
+    for 2000 matches), and the reference catalog's own error is not counted twice."""
+    rng = np.random.default_rng(7)
+    n = 2000
+    snr = 5.0 * 10 ** rng.uniform(0, 2.3, n)
+    reference_var = rng.uniform(0, 50.0, n)  # mas^2
+    variance = 2.5e5 / snr**2 + 40.0 + reference_var
+    offset_sq = (rng.normal(0, 1, n) ** 2 + rng.normal(0, 1, n) ** 2) / 2 * variance
+    model = PositionErrorModel.fit(offset_sq, snr, reference_var, minimum=4.0)
+    assert model.snr_term == pytest.approx(2.5e5, rel=0.1)
+    assert model.floor == pytest.approx(40.0, rel=0.25)
+    # the brightest matches are bounded below
+    assert PositionErrorModel(0.0, 0.0, 4.0).variance(np.array([1e4]), np.zeros(1))[0] == 4.0
+    with pytest.raises(ValueError, match="differ in length"):
+        PositionErrorModel.fit(offset_sq, snr[:-1], reference_var, minimum=4.0)
+    with pytest.raises(ValueError, match="snr must be > 0"):
+        PositionErrorModel.fit(offset_sq, -snr, reference_var, minimum=4.0)

@@ -14,11 +14,13 @@ and its rotation by a fraction of a degree, and it knows nothing of the optical 
 2. **Fit.** Sources and references matched within 3 pixels of the coarse solution give a first
    TAN fit; then, ``iterations`` times, all references are matched to the sources within
    ``match_radius_arcsec`` and a TAN-SIP WCS of degree ``sip_degree`` is fitted
-   (:func:`~twinkles.calibration.wcs_fit.fit_tan_sip`), clipping matches beyond
-   ``clip_sigma`` times the rms. The degree is lowered when matches are scarce, and then
-   to the one that predicts held-out matches best
-   (:func:`~twinkles.calibration.wcs_fit.cross_validated_degree`): distortion terms that the
-   sky does not have follow the centroids' noise.
+   (:func:`~twinkles.calibration.wcs_fit.fit_tan_sip`), each match weighted by its position
+   error (:class:`~twinkles.calibration.match_errors.PositionErrorModel`, fitted to the
+   offsets of a first, unweighted fit) and clipped beyond ``clip_sigma`` times the rms of
+   offset over error. The degree is lowered when matches are scarce, and then to the one
+   that predicts held-out matches best
+   (:func:`~twinkles.calibration.wcs_fit.cross_validated_degree`, with the same weights):
+   distortion terms that the sky does not have follow the centroids' noise.
 3. **Report**: the rms of the matches (mas), for all and for bright (S/N > 50) stars; every
    source of the catalog gets its sky position (``coord_ra``, ``coord_dec``).
 
@@ -35,6 +37,7 @@ from astropy.wcs import WCS
 from pydantic import Field
 from scipy.spatial import cKDTree
 
+from twinkles.calibration.match_errors import PositionErrorModel
 from twinkles.calibration.matching import match_nearest
 from twinkles.calibration.wcs_fit import cross_validated_degree, fit_tan_sip
 from twinkles.errors import TwinklesError
@@ -80,7 +83,21 @@ class AstrometryConfig(Section):
     )
     source_snr_min: float = Field(10.0, gt=0, description="Sources used (signal-to-noise).")
     max_sources: int = Field(600, ge=10, description="Brightest sources used for the search.")
-    clip_sigma: float = Field(3.0, gt=0, description="Matches clipped beyond this many rms.")
+    clip_sigma: float = Field(
+        3.0, gt=0, description="Matches clipped beyond this many rms of their offsets / errors."
+    )
+    weight_matches: bool = Field(
+        True,
+        description="Weight each match by its position error, modelled from the offsets as "
+        "a / SNR^2 + b plus the reference's own error (PositionErrorModel): faint centroids "
+        "then neither decide the fit nor its cross-validated degree.",
+    )
+    min_position_error_mas: float = Field(
+        2.0,
+        gt=0,
+        description="Smallest per-coordinate position error a match is given (centroid and "
+        "reference together): bounds the weights of the brightest stars.",
+    )
     iterations: int = Field(3, ge=1, le=10, description="Match-fit-clip passes.")
 
 
@@ -372,9 +389,10 @@ class AstrometryTask:
         visit: object,
     ) -> AstrometryFit:
         """Sub-step 3: ``iterations`` times, every reference matched to the sources within
-        ``match_radius_arcsec`` and a TAN-SIP WCS fitted, clipping matches beyond
-        ``clip_sigma`` times the rms; the degree lowered while matches are scarce, then to
-        the cross-validated one (``cross_validate_degree``).
+        ``match_radius_arcsec`` and a TAN-SIP WCS fitted, weighted by the matches' modelled
+        errors (``weight_matches``) and clipping matches beyond ``clip_sigma`` times the rms
+        of offset over error; the degree lowered while matches are scarce, then to the
+        cross-validated one (``cross_validate_degree``).
 
         Returns
         -------
@@ -390,6 +408,13 @@ class AstrometryTask:
         crpix = tuple(float(c) for c in wcs.wcs.crpix)
         crval = tuple(float(c) for c in wcs.wcs.crval)
         all_good = _good_sources(catalog, min(cfg.source_snr_min, 5.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = np.asarray(catalog["psfInstFlux"]) / np.asarray(catalog["psfInstFluxErr"])
+        reference_var = (
+            np.nan_to_num(np.asarray(stars["coord_err"], float)) ** 2
+            if "coord_err" in stars.colnames
+            else np.zeros(len(stars))
+        )
         used = np.ones(0, dtype=bool)
         src = ref = np.zeros(0, dtype=int)
         dra = ddec = np.zeros(0)
@@ -408,8 +433,8 @@ class AstrometryTask:
             degree = cfg.sip_degree
             while degree > 1 and len(src) < 3 * (degree + 1) * (degree + 2) // 2:
                 degree -= 1
-            matched = (sx[src], sy[src], stars[ref])
-            fit, used, dra, ddec = self._fit_clipped(*matched, crpix, crval, degree, shape)
+            matched = (sx[src], sy[src], stars[ref], snr[src], reference_var[ref])
+            fit, used, dra, ddec, var = self._fit_clipped(*matched, crpix, crval, degree, shape)
             if cfg.cross_validate_degree and degree > 1:
                 # on the matches the richest fit kept: the degree they can support
                 chosen = cross_validated_degree(
@@ -420,10 +445,13 @@ class AstrometryTask:
                     crpix,
                     tuple(float(c) for c in fit.wcs.crval),
                     degree,
+                    weights=1.0 / var[used] if var is not None else None,
                 )
                 if chosen < degree:
                     degree = chosen
-                    fit, used, dra, ddec = self._fit_clipped(*matched, crpix, crval, degree, shape)
+                    fit, used, dra, ddec, var = self._fit_clipped(
+                        *matched, crpix, crval, degree, shape
+                    )
             crval = tuple(float(c) for c in fit.wcs.crval)
         return AstrometryFit(fit, src, ref, used, degree, dra, ddec)
 
@@ -432,28 +460,50 @@ class AstrometryTask:
         x: np.ndarray,
         y: np.ndarray,
         refs: Table,
+        snr: np.ndarray,
+        reference_var: np.ndarray,
         crpix: tuple[float, float],
         crval: tuple[float, float],
         degree: int,
         shape: tuple[int, int],
-    ) -> tuple[WCS, np.ndarray, np.ndarray, np.ndarray]:
-        """A TAN-SIP fit of ``degree`` to the matches, clipping those beyond ``clip_sigma``
-        times the rms (up to three passes): the WCS, the matches kept, and every match's
-        residual (mas)."""
+    ) -> tuple[WCS, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """A TAN-SIP fit of ``degree`` to the matches, clipping those whose offset over its
+        error is beyond ``clip_sigma`` times the rms (up to four fits): the WCS, the
+        matches kept, every match's offset (mas) and, with ``weight_matches``, its variance
+        per coordinate (mas^2; else None).
+
+        The first fit is unweighted; the error model is fitted to its offsets and every
+        later fit weighted by it."""
         cfg = self.config
         used = np.ones(len(x), dtype=bool)
-        for _clip in range(3):
+        var = None
+        passes = 4
+        for attempt in range(passes):
             fit = fit_tan_sip(
-                x[used], y[used], refs["ra"][used], refs["dec"][used], crpix, crval, degree, shape
+                x[used],
+                y[used],
+                refs["ra"][used],
+                refs["dec"][used],
+                crpix,
+                crval,
+                degree,
+                shape,
+                weights=None if var is None else 1.0 / var[used],
             )
             dra, ddec = self._residuals_mas(fit, x, y, refs)
-            sep = np.hypot(dra, ddec)
-            rms = np.sqrt(np.mean(sep[used] ** 2))
-            new_used = sep < cfg.clip_sigma * rms
-            if np.array_equal(new_used, used) or new_used.sum() < cfg.min_matches:
+            offset_sq = (dra**2 + ddec**2) / 2.0
+            weighted = var is not None
+            if cfg.weight_matches and used.sum() > 2:
+                var = PositionErrorModel.fit(
+                    offset_sq[used], snr[used], reference_var[used], cfg.min_position_error_mas**2
+                ).variance(snr, reference_var)
+            chi = np.sqrt(offset_sq / var) if var is not None else np.sqrt(offset_sq)
+            new_used = chi < cfg.clip_sigma * np.sqrt(np.mean(chi[used] ** 2))
+            settled = np.array_equal(new_used, used) and (weighted or not cfg.weight_matches)
+            if settled or new_used.sum() < cfg.min_matches or attempt == passes - 1:
                 break
             used = new_used
-        return fit, used, dra, ddec
+        return fit, used, dra, ddec, var
 
     @staticmethod
     def _residuals_mas(

@@ -43,11 +43,23 @@ def _offsets(
     return u, v, max(float(np.max(np.abs(np.concatenate([u, v])))), 1.0)
 
 
+def _weighted_lstsq(terms: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
+    if weights is None:
+        return np.linalg.lstsq(terms, targets, rcond=None)[0]
+    root = np.sqrt(weights)[:, None]
+    return np.linalg.lstsq(terms * root, targets * root, rcond=None)[0]
+
+
 def _fit_poly(
-    u: np.ndarray, v: np.ndarray, targets: np.ndarray, degree: int, norm: float
+    u: np.ndarray,
+    v: np.ndarray,
+    targets: np.ndarray,
+    degree: int,
+    norm: float,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     terms = polynomial_terms(u / norm, v / norm, degree)
-    coeffs, *_ = np.linalg.lstsq(terms, targets, rcond=None)
+    coeffs = _weighted_lstsq(terms, targets, weights)
     scale = np.array([norm ** -(i + j) for i, j in _exponents(degree)])
     return coeffs * scale[:, None]
 
@@ -61,6 +73,7 @@ def fit_tan_sip(
     crval: tuple[float, float],
     degree: int = 3,
     shape: tuple[int, int] | None = None,
+    weights: np.ndarray | None = None,
 ) -> WCS:
     """TAN-SIP WCS mapping 0-based pixels (x, y) to (ra, dec) in degrees.
 
@@ -78,17 +91,20 @@ def fit_tan_sip(
         Polynomial degree (1: TAN only).
     shape : tuple, optional
         (height, width) of the sensor, for the inverse-distortion grid.
+    weights : array, optional
+        Each match's weight, the inverse variance of its position (any unit); equal weights
+        if not given.
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     u, v, norm = _offsets(x, y, crpix)
     ra0, dec0 = crval
     for _ in range(3):
         xi, eta = sky_to_tangent(ra, dec, ra0, dec0)
-        coeffs = _fit_poly(u, v, np.column_stack([xi, eta]), degree, norm)
+        coeffs = _fit_poly(u, v, np.column_stack([xi, eta]), degree, norm, weights)
         # move the tangent point to where the fit puts the reference pixel
         ra0, dec0 = (float(c) for c in tangent_to_sky(coeffs[0, 0], coeffs[0, 1], ra0, dec0))
     xi, eta = sky_to_tangent(ra, dec, ra0, dec0)
-    coeffs = _fit_poly(u, v, np.column_stack([xi, eta]), degree, norm)
+    coeffs = _fit_poly(u, v, np.column_stack([xi, eta]), degree, norm, weights)
     exps = _exponents(degree)
     lin = {e: k for k, e in enumerate(exps)}
     cd = np.array(
@@ -152,13 +168,17 @@ def cross_validated_degree(
     crval: tuple[float, float],
     max_degree: int,
     folds: int = 5,
+    weights: np.ndarray | None = None,
 ) -> int:
     """The polynomial degree (1 to ``max_degree``) that predicts held-out matches best.
 
     Each degree's polynomial in the tangent plane at ``crval`` is fitted ``folds`` times,
     each time leaving a fold of the matches out and predicting their gnomonic positions.
-    The lowest degree whose mean squared prediction error is within one standard error of
-    the best degree's is chosen (the one-standard-error rule, Hastie, Tibshirani & Friedman
+    With ``weights`` (each match's inverse variance) the fits are weighted and so are the
+    squared prediction errors (chi^2 each): matches of very different precision, faint
+    centroids beside bright ones, then count as their errors say, where unweighted the
+    faintest decide. The lowest degree whose mean prediction error is within one standard
+    error of the best degree's is chosen (the one-standard-error rule, Hastie, Tibshirani & Friedman
     2009, The Elements of Statistical Learning, section 7.10): a higher degree must predict
     better than its own noise to be used.
 
@@ -177,6 +197,8 @@ def cross_validated_degree(
     folds : int
         Folds of the cross-validation (>= 2); the matches are dealt to them in a fixed
         pseudo-random order, so the choice is reproducible.
+    weights : array, optional
+        Each match's weight, the inverse variance of its position; equal if not given.
 
     Returns
     -------
@@ -194,6 +216,7 @@ def cross_validated_degree(
     u, v, norm = _offsets(x, y, crpix)
     xi, eta = sky_to_tangent(np.asarray(ra, float), np.asarray(dec, float), *crval)
     target = np.column_stack([xi, eta])
+    weights = np.ones(n) if weights is None else np.asarray(weights, float)
     fold = np.random.default_rng(0).permutation(n) % folds
     errors = np.empty((max_degree, n))
     for degree in range(1, max_degree + 1):
@@ -203,8 +226,9 @@ def cross_validated_degree(
             if np.sum(~out) <= terms.shape[1]:
                 errors[degree - 1, out] = np.inf
                 continue
-            coeffs, *_ = np.linalg.lstsq(terms[~out], target[~out], rcond=None)
-            errors[degree - 1, out] = np.sum((terms[out] @ coeffs - target[out]) ** 2, axis=1)
+            coeffs = _weighted_lstsq(terms[~out], target[~out], weights[~out])
+            squared = np.sum((terms[out] @ coeffs - target[out]) ** 2, axis=1)
+            errors[degree - 1, out] = squared * weights[out]
     mean = errors.mean(axis=1)
     best = int(np.argmin(mean))
     standard_error = float(np.std(errors[best]) / np.sqrt(n))
