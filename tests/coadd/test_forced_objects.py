@@ -237,6 +237,21 @@ def test_flux_ramps_recover_a_linear_and_a_radial_ramp_and_a_flat_sensor_gives_n
     assert pulls["robust_std"][pulls["snr_lo"] == 5][0] == pytest.approx(1.0, abs=0.2)
 
 
+def test_a_flat_sensor_s_linear_ramps_are_their_noise_alone():
+    """The length of a fitted gradient has the noise of both its components: over 36 visits
+    of a flat sensor the mean square ramp is the mean square noise (within the ~17% scatter
+    of that mean), not twice it, so the RMS beyond the noise is ~0, not ~the noise."""
+    from astropy.table import vstack
+
+    from twinkles.validation.static_sky import flux_ramps, ramp_excess
+
+    ramps = vstack([flux_ramps(_star_rows(12, 0.0, 0.0, seed), 1000, 1000) for seed in (4, 5, 6)])
+    ratio = np.mean(ramps["linear_mmag"] ** 2) / np.mean(ramps["linear_err_mmag"] ** 2)
+    assert ratio == pytest.approx(1.0, abs=0.4)
+    value, err = ramp_excess(ramps["linear_mmag"], ramps["linear_err_mmag"])
+    assert value < np.sqrt(np.mean(ramps["linear_err_mmag"] ** 2)) and value < 2 * err + 0.1
+
+
 def test_stars_with_a_true_neighbour_are_left_out_of_the_truth_comparisons():
     """A star blended with a neighbour the deblender did not separate is measured with the
     neighbour's light, which its true flux does not hold (and a sensor rotated about its

@@ -784,9 +784,13 @@ def flux_ramps(
     -------
     Table
         Per visit (``ccdVisitId``, ``band``, ``n_stars``): ``linear_mmag`` (``1085.7 |g|``:
-        the magnitude change from the centre to a corner along the gradient) and its error
-        ``linear_err_mmag``, ``radial_mmag`` (``1085.7 c``: centre to corner) and
-        ``radial_err_mmag``. Visits with fewer than ``min_stars`` bright stars are left out.
+        the magnitude change from the centre to a corner along the gradient) and its noise
+        ``linear_err_mmag``, the length of the fit's error vector (``hypot`` of the errors of
+        ``g_x`` and ``g_y``), so that ``linear_mmag^2`` exceeds the true ramp's square by
+        ``linear_err_mmag^2`` on average: a length has the noise of both components, and a
+        flat sensor gives ``linear_mmag ~ linear_err_mmag``; ``radial_mmag`` (``1085.7 c``:
+        centre to corner) and its error ``radial_err_mmag``. Visits with fewer than
+        ``min_stars`` bright stars are left out.
     """
     steady = rows[truth_comparable(rows)]
     value = np.asarray(steady["psFlux"], dtype=float)
@@ -825,7 +829,7 @@ def flux_ramps(
         (gx, gy), (ex, ey) = fit(np.column_stack([ones, xs, ys]), ratio, sigma)
         (c,), (ec,) = fit(np.column_stack([ones, xs**2 + ys**2]), ratio, sigma)
         g = float(np.hypot(gx, gy))
-        g_err = float(np.hypot(gx * ex, gy * ey) / g) if g > 0 else float(np.hypot(ex, ey))
+        g_err = float(np.hypot(ex, ey))
         out.append(
             {
                 "ccdVisitId": int(visit),
@@ -856,8 +860,9 @@ def ramp_excess(values: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
     """The RMS over visits of fitted ramps beyond their errors, and its standard error.
 
     ``sqrt(max(mean(v^2 - e^2), 0))``: a noisy fit of a flat sensor still gives ``|v| ~ e``,
-    so the plain RMS of the ramps would grow with the noise. The standard error comes from
-    the scatter of ``v^2 - e^2`` over visits (one sigma above the value).
+    so the plain RMS of the ramps would grow with the noise. ``e`` must be each ramp's noise
+    in that sense, ``E[v^2] = true^2 + e^2`` (as :func:`flux_ramps` gives it). The standard
+    error comes from the scatter of ``v^2 - e^2`` over visits (one sigma above the value).
     """
     v, e = np.asarray(values, dtype=float), np.asarray(errors, dtype=float)
     ok = np.isfinite(v) & np.isfinite(e)
