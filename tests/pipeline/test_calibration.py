@@ -141,6 +141,12 @@ def test_cross_validated_degree_checks_its_arguments():
     _, x, y, ra, dec = _matches(0.0, 30, 10.0, 3)
     with pytest.raises(ValueError, match="max_degree"):
         cross_validated_degree(x, y, ra, dec, (512.5, 512.5), (9.45, -44.0), 0)
+    with pytest.raises(ValueError, match="weights must be 30 finite positive"):
+        cross_validated_degree(
+            x, y, ra, dec, (512.5, 512.5), (9.45, -44.0), 3, weights=np.zeros(30)
+        )
+    with pytest.raises(ValueError, match="fit_tan_sip: weights must be 30"):
+        fit_tan_sip(x, y, ra, dec, (512.5, 512.5), (9.45, -44.0), 3, weights=np.ones(29))
     # too few matches for the folds: the plane
     assert (
         cross_validated_degree(x[:8], y[:8], ra[:8], dec[:8], (512.5, 512.5), (9.45, -44.0), 3) == 1

@@ -43,7 +43,21 @@ def _offsets(
     return u, v, max(float(np.max(np.abs(np.concatenate([u, v])))), 1.0)
 
 
-def _weighted_lstsq(terms: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
+def _checked_weights(weights: np.ndarray | None, n: int, caller: str) -> np.ndarray | None:
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=float)
+    if weights.shape != (n,) or not np.all(np.isfinite(weights) & (weights > 0)):
+        raise ValueError(
+            f"{caller}: weights must be {n} finite positive numbers, one per match, got shape "
+            f"{weights.shape}"
+        )
+    return weights
+
+
+def _weighted_lstsq(
+    terms: np.ndarray, targets: np.ndarray, weights: np.ndarray | None
+) -> np.ndarray:
     if weights is None:
         return np.linalg.lstsq(terms, targets, rcond=None)[0]
     root = np.sqrt(weights)[:, None]
@@ -96,6 +110,7 @@ def fit_tan_sip(
         if not given.
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
+    weights = _checked_weights(weights, len(x), "fit_tan_sip")
     u, v, norm = _offsets(x, y, crpix)
     ra0, dec0 = crval
     for _ in range(3):
@@ -211,12 +226,13 @@ def cross_validated_degree(
         )
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = len(x)
+    weights = _checked_weights(weights, n, "cross_validated_degree")
     if max_degree == 1 or n < 2 * folds:
         return 1
     u, v, norm = _offsets(x, y, crpix)
     xi, eta = sky_to_tangent(np.asarray(ra, float), np.asarray(dec, float), *crval)
     target = np.column_stack([xi, eta])
-    weights = np.ones(n) if weights is None else np.asarray(weights, float)
+    weights = np.ones(n) if weights is None else weights
     fold = np.random.default_rng(0).permutation(n) % folds
     errors = np.empty((max_degree, n))
     for degree in range(1, max_degree + 1):
