@@ -285,6 +285,47 @@ def test_coadd_aperture_correction_brings_coadd_psf_fluxes_to_total_fluxes(coadd
         CoaddApertureCorrection.from_visits(coadd.psf, {v: corrections[v] for v in (1, 2, 3)})
 
 
+def test_coadd_flux_systematic_is_what_the_visits_errors_make_of_the_coadds(
+    coadded_with_wings,
+):
+    """Each visit's PSF fluxes off by its own random fraction (``e_v`` rms, a different one
+    per visit): over many such draws the coadd's correction scatters, star by star, as much as
+    its flux_systematic says, a few visits' worth where visits overlap, one visit's where one
+    covers the star alone."""
+    _, _, _, skymap, result = coadded_with_wings
+    coadd = result.coadd
+    x, y = measurable_stars(skymap, result)
+    corrections = {
+        v + 1: true_aperture_correction(fwhm, angle) for v, (_, _, fwhm, angle) in enumerate(VISITS)
+    }
+    systematics = {1: 0.002, 2: 0.004, 3: 0.003, 4: 0.006}
+    exact = CoaddApertureCorrection.from_visits(coadd.psf, corrections, systematics)
+    predicted = exact.flux_systematic(x, y)
+    rng = np.random.default_rng(5)
+    draws = []
+    for _ in range(300):
+        off = {v: 1.0 + e * rng.standard_normal() for v, e in systematics.items()}
+        perturbed = {
+            v: (lambda c, f: lambda px, py: c(px, py) * f)(corrections[v], off[v])
+            for v in corrections
+        }
+        draws.append(CoaddApertureCorrection.from_visits(coadd.psf, perturbed)(x, y))
+    scatter = np.std(np.array(draws) / exact(x, y), axis=0)
+    # 300 draws measure each scatter to ~4%
+    np.testing.assert_allclose(scatter, predicted, rtol=0.15)
+    # where visits overlap, below any one visit's; where one covers a star alone, its own
+    assert predicted.min() < min(systematics.values())
+    assert predicted.max() == pytest.approx(max(systematics.values()))
+    # unknown systematics are none; a missing visit is named
+    assert np.all(
+        CoaddApertureCorrection.from_visits(coadd.psf, corrections).flux_systematic(x, y) == 0
+    )
+    with pytest.raises(CoaddApertureCorrectionError, match=r"no flux systematic .* \[4\]"):
+        CoaddApertureCorrection.from_visits(
+            coadd.psf, corrections, {v: systematics[v] for v in (1, 2, 3)}
+        )
+
+
 def test_coadd_psf_round_trips_through_the_coadds_file(coadded, tmp_path):
     _, models, _, skymap, result = coadded
     path = tmp_path / "coadd.fits"

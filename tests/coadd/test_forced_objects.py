@@ -345,6 +345,17 @@ def test_forced_photometry_applies_the_aperture_correction_where_each_object_is(
     assert abs(expected[1] / expected[0] - 1) > 0.02  # the two positions are corrected apart
     np.testing.assert_allclose(corrected["psFlux"] / plain["psFlux"], expected, rtol=1e-10)
     np.testing.assert_allclose(corrected["psFluxErr"] / plain["psFluxErr"], expected, rtol=1e-10)
+    # a per-source systematic that changes with position (a coadd's) adds to each error there
+    systematic = (
+        ForcedPhotometryTask()
+        .run(calexp, ra, dec, flux_systematic=lambda x, y: 0.01 * (1.0 + (x > 0.5 * w)))
+        .catalog
+    )
+    share = 0.01 * (1.0 + (plain["x"] > 0.5 * w))
+    np.testing.assert_allclose(
+        systematic["psFluxErr"], np.hypot(plain["psFluxErr"], share * plain["psFlux"]), rtol=1e-10
+    )
+    assert len(set(share)) == 2
     # the visit summary carries it as JSON; a summary without it is an error naming the visit
     again = ApertureCorrectionMap.from_summary({"visit": 7, "ap_corr_map": correction.to_dict()})
     np.testing.assert_allclose(again(plain["x"], plain["y"]), expected)

@@ -15,6 +15,13 @@ is ``F sum_v s_v k_v K_v / a_v``, and a fit of the coadd's kernel returns
 more than its share of the pixels). The coadd's correction at that position is the inverse,
 a harmonic mean of the visits' corrections, each at its own sensor position, which changes
 over the patch with the visits' PSFs and their edges.
+
+Each visit's PSF fluxes also carry a fractional per-source systematic ``e_v`` beyond their
+photon noise (its PSF model's and its correction's error over the sensor,
+:attr:`~twinkles.measurement.apcorr.ApertureCorrectionResult.flux_systematic`), independent
+from visit to visit. The coadd's fit returns the visits' fluxes with the shares ``g_v``, so
+its PSF fluxes carry ``sqrt(sum_v g_v^2 e_v^2)`` (:meth:`CoaddApertureCorrection.flux_systematic`):
+a few visits' worth of it, which for bright stars exceeds the coadd's photon noise.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ class CoaddApertureCorrection:
 
     psf: CoaddPSF
     corrections: tuple[SensorCorrection, ...]
+    systematics: tuple[float, ...] | None = None
+    """Each input's fractional per-source systematic of PSF fluxes, in the order of
+    ``psf.inputs`` (None: not known, taken as 0)."""
 
     def __post_init__(self) -> None:
         if len(self.corrections) != len(self.psf.inputs):
@@ -59,20 +69,54 @@ class CoaddApertureCorrection:
                 f"{len(self.corrections)} aperture corrections for the coadd PSF's "
                 f"{len(self.psf.inputs)} inputs"
             )
+        if self.systematics is not None and len(self.systematics) != len(self.psf.inputs):
+            raise ValueError(
+                f"{len(self.systematics)} flux systematics for the coadd PSF's "
+                f"{len(self.psf.inputs)} inputs"
+            )
 
     @classmethod
     def from_visits(
-        cls, psf: CoaddPSF, corrections: Mapping[int, SensorCorrection]
+        cls,
+        psf: CoaddPSF,
+        corrections: Mapping[int, SensorCorrection],
+        systematics: Mapping[int, float] | None = None,
     ) -> CoaddApertureCorrection:
-        """The coadd's correction from its visits' (by visit: each input's ``visit``)."""
-        missing = sorted({inp.visit for inp in psf.inputs} - set(corrections))
-        if missing:
-            hint = " (a coadd written before its inputs carried their visit: rerun make_coadd)"
-            raise CoaddApertureCorrectionError(
-                f"no aperture correction for the coadded visit(s) {missing}"
-                + (hint if missing == [0] else "")
-            )
-        return cls(psf, tuple(corrections[inp.visit] for inp in psf.inputs))
+        """The coadd's correction from its visits' (by visit: each input's ``visit``), and
+        with ``systematics`` (by visit: the visit summary's ``psf_flux_systematic``) the
+        per-source systematic its PSF fluxes inherit."""
+        visits = {inp.visit for inp in psf.inputs}
+        for what, given in (("aperture correction", corrections), ("flux systematic", systematics)):
+            missing = sorted(visits - set(given)) if given is not None else []
+            if missing:
+                hint = " (a coadd written before its inputs carried their visit: rerun make_coadd)"
+                raise CoaddApertureCorrectionError(
+                    f"no {what} for the coadded visit(s) {missing}"
+                    + (hint if missing == [0] else "")
+                )
+        return cls(
+            psf,
+            tuple(corrections[inp.visit] for inp in psf.inputs),
+            tuple(float(systematics[inp.visit]) for inp in psf.inputs)
+            if systematics is not None
+            else None,
+        )
+
+    def flux_systematic(self, x: np.ndarray, y: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """The fractional per-source systematic of coadd PSF fluxes at patch positions (x, y):
+        ``sqrt(sum_v g_v^2 e_v^2)`` over the visits covering each position, ``g_v`` their
+        shares of the fit (:meth:`~twinkles.image.coadd_psf.CoaddPSF.fit_shares`); 0 where
+        the inputs' systematics are not known."""
+        x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
+        if self.systematics is None:
+            return np.zeros(len(x))
+        e2 = np.square(np.asarray(self.systematics, dtype=float))
+        out = np.empty(len(x))
+        for start in range(0, len(x), chunk):
+            part = slice(start, start + chunk)
+            fit_share, _ = self.psf.fit_shares(x[part], y[part])
+            out[part] = np.sqrt(np.square(fit_share) @ e2)
+        return out
 
     def __call__(self, x: np.ndarray, y: np.ndarray, chunk: int = 4096) -> np.ndarray:
         """The multiplicative correction of coadd PSF fluxes at patch positions (x, y);

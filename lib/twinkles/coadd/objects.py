@@ -129,6 +129,8 @@ class ObjectTask:
         coadds: dict[str, Exposure],
         n_images: dict[str, np.ndarray] | None = None,
         ap_corr: dict[str, float | Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+        flux_systematic: dict[str, float | Callable[[np.ndarray, np.ndarray], np.ndarray]]
+        | None = None,
     ) -> ObjectResult:
         """The Object table of the patch.
 
@@ -141,6 +143,10 @@ class ObjectTask:
         ap_corr : dict, optional
             Band -> aperture correction of coadd PSF fluxes: a number, or a function of the
             patch position such as :class:`~twinkles.coadd.apcorr.CoaddApertureCorrection`.
+        flux_systematic : dict, optional
+            Band -> fractional per-source systematic of coadd PSF fluxes, added to their
+            errors in quadrature: a number, or a function of the patch position such as
+            :meth:`~twinkles.coadd.apcorr.CoaddApertureCorrection.flux_systematic`.
 
         Returns
         -------
@@ -229,7 +235,13 @@ class ObjectTask:
         ref_snr = np.full(n, np.nan)
         flag_edge = np.zeros(n, dtype=bool)
         for band in bands:
-            result = forced.run(coadds[band], ra, dec, ap_corr=(ap_corr or {}).get(band, 1.0))
+            result = forced.run(
+                coadds[band],
+                ra,
+                dec,
+                ap_corr=(ap_corr or {}).get(band, 1.0),
+                flux_systematic=(flux_systematic or {}).get(band, 0.0),
+            )
             cat = result.catalog
             objects[f"{band}_psFlux"] = cat["psFlux"]
             objects[f"{band}_psFluxErr"] = cat["psFluxErr"]

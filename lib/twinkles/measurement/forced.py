@@ -79,7 +79,7 @@ class ForcedPhotometryTask:
         ra: np.ndarray,
         dec: np.ndarray,
         ap_corr: float | Callable[[np.ndarray, np.ndarray], np.ndarray] = 1.0,
-        flux_systematic: float = 0.0,
+        flux_systematic: float | Callable[[np.ndarray, np.ndarray], np.ndarray] = 0.0,
     ) -> ForcedPhotometryResult:
         """Fluxes at (ra, dec) (deg).
 
@@ -93,8 +93,10 @@ class ForcedPhotometryTask:
             Aperture correction multiplying the PSF fluxes: one number, or a function of the
             pixel position (x, y) such as the calexp's
             :class:`~twinkles.measurement.apcorr.ApertureCorrectionMap`.
-        flux_systematic : float
-            Fractional per-source systematic added in quadrature to the PSF-flux errors.
+        flux_systematic : float or callable
+            Fractional per-source systematic added in quadrature to the PSF-flux errors: one
+            number, or a function of the pixel position (x, y) such as a coadd's
+            :meth:`~twinkles.coadd.apcorr.CoaddApertureCorrection.flux_systematic`.
 
         Returns
         -------
@@ -137,8 +139,13 @@ class ForcedPhotometryTask:
             correction[idx] = ap_corr(x[idx], y[idx])
         else:
             correction[:] = ap_corr
+        systematic = np.full(n, np.nan)
+        if callable(flux_systematic):
+            systematic[idx] = flux_systematic(x[idx], y[idx])
+        else:
+            systematic[:] = flux_systematic
         flux *= correction
-        err = np.hypot(err * correction, flux_systematic * flux)
+        err = np.hypot(err * correction, systematic * flux)
         calib = exposure.photo_calib
         cat = Table()
         cat["x"], cat["y"] = x, y
