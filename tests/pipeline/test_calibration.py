@@ -9,11 +9,7 @@ from astropy.wcs.utils import fit_wcs_from_points
 
 from twinkles.calibration.astrometry import AstrometryError, AstrometryTask
 from twinkles.calibration.match_errors import PositionErrorModel
-from twinkles.calibration.photometry import (
-    PhotoCalError,
-    PhotoCalTask,
-    combined_zero_point_err,
-)
+from twinkles.calibration.photometry import PhotoCalError, PhotoCalTask
 from twinkles.calibration.wcs_fit import cross_validated_degree, fit_tan_sip
 from twinkles.sim.wcs import make_wcs
 
@@ -103,8 +99,6 @@ def test_zero_point_matches_the_truth(measured):
     # correction's uncertainty adds to the calibration's
     total_err = np.hypot(err, 1.0857 * measured.apcorr.uncertainty)
     assert abs(zp - measured.rendered.truth["zero_point"]) < 3 * total_err
-    # the reference stars' own part of it, shared by every visit calibrated on them
-    assert 0 < result.reference_err <= err
     empty = measured.refcat[:0]
     with pytest.raises(PhotoCalError, match="visit 3: only 0 reference stars"):
         PhotoCalTask().run(cat, empty, "r", 3)
@@ -216,24 +210,3 @@ def test_the_position_error_model_is_recovered_from_the_offsets():
         PositionErrorModel.fit(offset_sq, snr[:-1], reference_var, minimum=4.0)
     with pytest.raises(ValueError, match="snr must be > 0"):
         PositionErrorModel.fit(offset_sq, -snr, reference_var, minimum=4.0)
-
-
-def test_a_coadds_zero_point_error_shares_the_reference_stars_part():
-    """Ten visits calibrated on the same reference stars: each zero point is off by the
-    stars' common error (the shared part, 1 mmag) and by its own noise (1.5 mmag). Their
-    weighted mean scatters, over many skies, as combined_zero_point_err says (1.1 mmag);
-    counted as independent, the error would be 0.6 mmag, about half of it."""
-    rng = np.random.default_rng(3)
-    weights = rng.uniform(0.5, 2.0, 10)
-    shared, own = 0.001, 0.0015
-    total = np.full(10, np.hypot(shared, own))
-    offsets = shared * rng.standard_normal((20000, 1)) + own * rng.standard_normal((20000, 10))
-    scatter = np.std(offsets @ (weights / weights.sum()))
-    predicted = combined_zero_point_err(weights, total, np.full(10, shared))
-    assert predicted == pytest.approx(scatter, rel=0.03)
-    independent = combined_zero_point_err(weights, total, np.zeros(10))
-    assert independent < 0.6 * predicted
-    # one visit: its own error; a reference part above the error is the error
-    assert combined_zero_point_err([3.0], [0.002], [0.005]) == pytest.approx(0.002)
-    with pytest.raises(ValueError, match="one positive weight"):
-        combined_zero_point_err([1.0, 0.0], [0.002, 0.002], [0.0, 0.0])

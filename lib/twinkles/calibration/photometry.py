@@ -11,11 +11,6 @@ and ``F`` the aperture-corrected PSF flux (electrons). The zero point is the wei
 scatter until stable; its error is that of the mean, inflated by sqrt(chi^2 per degree of
 freedom) when the scatter exceeds the errors. The refcat is in LSST bands, so there is no
 colour term. Too few stars raises :class:`PhotoCalError`, naming the visit.
-
-Part of that error is the reference magnitudes' alone (``reference_err``): every visit of a
-band calibrated against the same stars shares it, so it does not average down when visits are
-combined, while the rest (the stars' photon noise, the scatter beyond the errors) does
-(:func:`combined_zero_point_err`, the error of a coadd's calibration).
 """
 
 from __future__ import annotations
@@ -34,13 +29,7 @@ from twinkles.image import PhotoCalib
 from twinkles.section import Section
 from twinkles.stats import mad_std
 
-__all__ = [
-    "PhotoCalConfig",
-    "PhotoCalError",
-    "PhotoCalResult",
-    "PhotoCalTask",
-    "combined_zero_point_err",
-]
+__all__ = ["PhotoCalConfig", "PhotoCalError", "PhotoCalResult", "PhotoCalTask"]
 
 
 class PhotoCalError(TwinklesError):
@@ -67,10 +56,6 @@ class PhotoCalResult:
     photo_calib: PhotoCalib
     matches: Table
     scatter: float
-    reference_err: float = 0.0
-    """The part of the zero point's error (mag) that is the reference magnitudes' errors
-    alone, with the calibration's weights: shared by every visit calibrated against the same
-    stars."""
 
     @property
     def n_stars(self) -> int:
@@ -187,40 +172,4 @@ class PhotoCalTask:
                 "used": used,
             }
         )
-        w = weight[used]
-        reference_err = float(np.sqrt(np.sum(w**2 * m_ref_err[used] ** 2)) / np.sum(w))
-        return PhotoCalResult(
-            PhotoCalib(float(zp), zp_err), matches, float(scatter), min(reference_err, zp_err)
-        )
-
-
-def combined_zero_point_err(
-    weights: np.ndarray, zero_point_err: np.ndarray, reference_err: np.ndarray
-) -> float:
-    """The zero-point error (mag) of a weighted mean of exposures, such as a coadd.
-
-    Each exposure's error has a part ``reference_err`` that is its reference stars'
-    (:attr:`PhotoCalResult.reference_err`), shared by every exposure calibrated against the
-    same stars, which adds linearly, and a part of its own, which adds in quadrature:
-    ``sqrt((sum w r)^2 + sum w^2 (e^2 - r^2))`` with the weights normalised to sum to 1. The
-    shared part is taken whole, as if every exposure had used the same stars with the same
-    weights: an upper bound where they differ.
-
-    Parameters
-    ----------
-    weights : array
-        The exposures' weights in the mean (> 0; normalised here).
-    zero_point_err, reference_err : array
-        Each exposure's zero-point error and its reference part (mag, ``reference_err <=
-        zero_point_err``; 0 where not known).
-    """
-    w = np.asarray(weights, dtype=float)
-    e = np.asarray(zero_point_err, dtype=float)
-    r = np.minimum(np.asarray(reference_err, dtype=float), e)
-    if not (len(w) == len(e) == len(r)) or len(w) == 0 or np.any(~(w > 0)):
-        raise ValueError(
-            "combined_zero_point_err: one positive weight, error and reference error per "
-            f"exposure, got {len(w)}, {len(e)} and {len(r)}"
-        )
-    w = w / w.sum()
-    return float(np.sqrt(np.sum(w * r) ** 2 + np.sum(w**2 * (e**2 - r**2))))
+        return PhotoCalResult(PhotoCalib(float(zp), zp_err), matches, float(scatter))

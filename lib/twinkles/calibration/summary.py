@@ -30,9 +30,7 @@ def visit_summary(
     the calibration of fluxes (nJy) from the calibration stars; the zero point as
     electrons-to-total-magnitude also carries the aperture correction's error,
     ``ap_corr_err`` (fractional), which the calibration absorbs: ``zero_point_total_err`` is
-    both in quadrature, the error of the zero point itself; ``zero_point_ref_err`` is the part
-    of ``zero_point_err`` that is the reference stars' own, which every visit of the band
-    shares. ``psf_flux_systematic`` is the
+    both in quadrature, the error of the zero point itself. ``psf_flux_systematic`` is the
     fractional error added to every PSF flux (the PSF model's and the correction's).
     """
     meta = exposure.metadata
@@ -58,7 +56,6 @@ def visit_summary(
         "ap_corr_n_stars": int(np.sum(apcorr.stars["used"])),
         "zero_point": zp,
         "zero_point_err": photocal.photo_calib.zero_point_err,
-        "zero_point_ref_err": photocal.reference_err,
         "zero_point_total_err": float(
             np.hypot(photocal.photo_calib.zero_point_err, MAG_PER_FRACTION * apcorr.uncertainty)
         ),
