@@ -20,8 +20,9 @@ Each visit's PSF fluxes also carry a fractional per-source systematic ``e_v`` be
 photon noise (its PSF model's and its correction's error over the sensor,
 :attr:`~twinkles.measurement.apcorr.ApertureCorrectionResult.flux_systematic`), independent
 from visit to visit. The coadd's fit returns the visits' fluxes with the shares ``g_v``, so
-its PSF fluxes carry ``sqrt(sum_v g_v^2 e_v^2)`` (:meth:`CoaddApertureCorrection.flux_systematic`):
-a few visits' worth of it, which for bright stars exceeds the coadd's photon noise.
+its PSF fluxes carry ``sqrt(sum_v g_v^2 e_v^2)``
+(:meth:`CoaddApertureCorrection.flux_systematic`): less than one visit's where several overlap,
+and for the brightest stars as large as the coadd's photon noise.
 """
 
 from __future__ import annotations
