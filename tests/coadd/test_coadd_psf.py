@@ -290,8 +290,8 @@ def test_coadd_flux_systematic_is_what_the_visits_errors_make_of_the_coadds(
 ):
     """Each visit's PSF fluxes off by its own random fraction (``e_v`` rms, a different one
     per visit): over many such draws the coadd's correction scatters, star by star, as much as
-    its flux_systematic says, a few visits' worth where visits overlap, one visit's where one
-    covers the star alone."""
+    its flux_systematic says: less than any one visit's where visits overlap, one visit's
+    where one covers the star alone."""
     _, _, _, skymap, result = coadded_with_wings
     coadd = result.coadd
     x, y = measurable_stars(skymap, result)
